@@ -1,0 +1,344 @@
+"""A compact GPT-2 decoder (nanoGPT style) that loads the course's decoder weights file by name.
+
+Module names follow GPT-2 / transformers (`wte`, `wpe`, `h.{i}.ln_1`, `attn.c_attn`, `attn.c_proj`,
+`ln_2`, `mlp.c_fc`, `mlp.c_proj`, `ln_f`) and, for the optional cross-attention sub-layer, transformers'
+`GPT2Block(add_cross_attention=True)` names (`ln_cross_attn`, `crossattention.q_attn / c_attn / c_proj`),
+so weights move between this module and `GPT2LMHeadModel` by name. Linear layers are `nn.Linear`
+(out, in); the course file stores GPT-2's Conv1D layout (in, out), so loading and saving transpose.
+
+The LM head has no bias and is tied to `wte`; the MLP uses GELU with the tanh approximation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .io import HW3Error, atomic_path
+
+# weights stored transposed (Conv1D layout) in the course file and in transformers' GPT-2
+CONV1D_SUFFIXES = (".c_attn.weight", ".q_attn.weight", ".c_proj.weight", ".c_fc.weight")
+# constant buffers that older GPT-2 checkpoints carry; they hold no learned values
+IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias", ".crossattention.bias", ".crossattention.masked_bias")
+
+
+@dataclass
+class GPT2Config:
+    vocab_size: int = 50257  # tokens in the byte-level BPE vocabulary (<|endoftext|> is the last)
+    block_size: int = 1024  # maximum sequence length (rows of wpe)
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads (self- and cross-attention alike)
+    n_embd: int = 768  # model width
+    cross_attention: bool = False  # add a cross-attention sub-layer to every block (the captioner)
+    layer_norm_epsilon: float = 1e-5  # GPT-2's LayerNorm epsilon
+
+    @classmethod
+    def small(cls, **kw) -> GPT2Config:
+        """GPT-2 small: the shape of the course's decoder_model.bin."""
+        return cls(**kw)
+
+    @classmethod
+    def tiny(cls, **kw) -> GPT2Config:
+        """A test-sized decoder that builds in milliseconds."""
+        return cls(**({"vocab_size": 300, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32} | kw))
+
+
+class SelfAttention(nn.Module):
+    """Causal multi-head self-attention with an optional key/value cache."""
+
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        B, T, C = x.shape  # (B, T, C)
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
+            v = torch.cat([past[1], v], dim=2)
+        P = k.size(2) - T
+        if P == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v)  # one new token sees every cached one
+        else:  # query i (absolute position P+i) sees keys 0..P+i
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y), (k, v)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from text tokens to encoder tokens (already projected to n_embd)."""
+
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.q_attn = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.c_attn = nn.Linear(cfg.n_embd, 2 * cfg.n_embd)  # encoder tokens -> keys, values
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def kv(self, enc):
+        B, S, C = enc.shape  # (B, S, C) encoder tokens
+        k, v = self.c_attn(enc).split(C, dim=2)
+        return tuple(t.view(B, S, self.n_head, C // self.n_head).transpose(1, 2) for t in (k, v))  # (B, nh, S, hs)
+
+    def forward(self, x, kv, need_weights: bool = False):
+        B, T, C = x.shape
+        q = self.q_attn(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = kv
+        if need_weights:  # explicit softmax so the maps can be returned
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+            att = att.softmax(dim=-1)
+            y = att @ v
+        else:
+            att = None
+            y = F.scaled_dot_product_attention(q, k, v)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y), att
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = SelfAttention(cfg)
+        if cfg.cross_attention:
+            self.ln_cross_attn = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+            self.crossattention = CrossAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cross_kv=None, past=None, need_weights=False):
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        att = None
+        if cross_kv is not None:
+            c, att = self.crossattention(self.ln_cross_attn(x), cross_kv, need_weights)
+            x = x + c
+        x = x + self.mlp(self.ln_2(x))
+        return x, present, att
+
+
+class GPT2(nn.Module):
+    """GPT-2 language model; with `cfg.cross_attention` every block also attends to encoder tokens.
+
+    The state dict keys are the course file's (`wte.weight`, `h.0.attn.c_attn.weight`, ...): the LM
+    head is `wte` itself, so there is no separate head tensor.
+    """
+
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def cross_kv(self, enc: torch.Tensor) -> list:
+        """Per-layer cross-attention keys/values of encoder tokens (B, S, n_embd); computed once per image."""
+        return [blk.crossattention.kv(enc) for blk in self.h]
+
+    def embed(self, idx: torch.Tensor, pos_offset: int = 0) -> torch.Tensor:
+        T = idx.size(1)
+        if pos_offset + T > self.config.block_size:
+            raise ValueError(f"sequence of {pos_offset + T} tokens exceeds block_size {self.config.block_size}")
+        pos = torch.arange(pos_offset, pos_offset + T, device=idx.device)
+        return self.wte(idx) + self.wpe(pos)  # (B, T, C)
+
+    def forward_hidden(self, x, cross_kv=None, past=None, need_weights=False):
+        """Run the blocks on embeddings x (B, T, C). Returns final hidden states, new per-layer
+        self-attention caches, and per-layer cross-attention weights (None unless asked)."""
+        presents, atts = [], []
+        for i, blk in enumerate(self.h):
+            x, present, att = blk(x, None if cross_kv is None else cross_kv[i],
+                                  None if past is None else past[i], need_weights)
+            presents.append(present)
+            atts.append(att)
+        return self.ln_f(x), presents, atts
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.wte.weight)  # tied head, no bias: (B, T, vocab)
+
+    def forward(self, idx: torch.Tensor, enc: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) [+ encoder tokens (B, S, n_embd)] -> logits (B, T, vocab)."""
+        cross_kv = self.cross_kv(enc) if enc is not None else None
+        hidden, _, _ = self.forward_hidden(self.embed(idx), cross_kv)
+        return self.logits(hidden)
+
+
+# ----------------------------------------------------------------------------------------------
+# the course's file format
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise HW3Error(f"{path}: decoder weights file not found")
+    if path.stat().st_size == 0:
+        raise HW3Error(f"{path}: empty file (0 bytes)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            # weights_only: a checkpoint that would run code on unpickling is refused, not run
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises a zoo of types for bad files
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
+        raise HW3Error(f"{path}: not a readable weights file ({msg})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise HW3Error(f"{path}: expected a state dict of tensors")
+    return sd
+
+
+def normalise_gpt2_state_dict(sd: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
+    """Course/transformers GPT-2 keys -> this module's keys and layouts (Conv1D weights transposed)."""
+    out = {}
+    for key, value in sd.items():
+        k = key[len("transformer."):] if key.startswith("transformer.") else key
+        if k.endswith(IGNORED_BUFFERS):
+            continue
+        if k == "lm_head.weight":
+            wte = sd.get("wte.weight", sd.get("transformer.wte.weight"))
+            if wte is not None and not torch.equal(value, wte):
+                raise HW3Error(f"{source}: lm_head.weight differs from wte.weight; the decoder's head must be tied")
+            continue
+        out[k] = value.t().contiguous() if k.endswith(CONV1D_SUFFIXES) and value.dim() == 2 else value
+    return out
+
+
+def infer_config(sd: dict[str, torch.Tensor], source) -> GPT2Config:
+    """Read vocab, width, depth and block size off the tensors; the head count is not stored, so it
+    follows GPT-2's 64-dimensional heads unless the file is smaller than that."""
+    for key in ("wte.weight", "wpe.weight"):
+        if key not in sd:
+            raise HW3Error(f"{source}: missing key {key!r}; not a GPT-2 decoder weights file")
+    vocab, n_embd = sd["wte.weight"].shape
+    block = sd["wpe.weight"].shape[0]
+    layers = {int(k.split(".")[1]) for k in sd if k.startswith("h.") and k.split(".")[1].isdigit()}
+    if not layers:
+        raise HW3Error(f"{source}: no transformer blocks (h.0.*) found")
+    n_layer = max(layers) + 1
+    n_head = n_embd // 64 if n_embd % 64 == 0 and n_embd >= 128 else max(1, n_embd // 32)
+    cross = any(".crossattention." in k for k in sd)
+    return GPT2Config(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                      cross_attention=cross)
+
+
+def load_state_strict(model: nn.Module, sd: dict[str, torch.Tensor], source) -> None:
+    """load_state_dict that reports every missing/unexpected key and shape mismatch in one line."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+              for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                parts.append(f"{label} {len(items)}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
+        raise HW3Error(f"{source}: weights do not fit the model ({'; '.join(parts)})")
+    model.load_state_dict(sd, strict=True)
+
+
+def load_decoder(path: str | os.PathLike, n_head: int | None = None, cross_attention: bool = False) -> GPT2:
+    """Load a decoder weights file in the course format (GPT-2 small or any smaller shape).
+
+    `n_head` overrides the inferred head count (the file does not store it). With `cross_attention`,
+    fresh cross-attention sub-layers are added (the captioner initialises them); cross-attention
+    tensors present in the file are loaded.
+    """
+    path = Path(path)
+    sd = normalise_gpt2_state_dict(_read_state_dict(path), path)
+    cfg = infer_config(sd, path)
+    if n_head is not None:
+        cfg.n_head = n_head
+    if cfg.n_embd % cfg.n_head:
+        raise HW3Error(f"{path}: width {cfg.n_embd} is not divisible by {cfg.n_head} heads")
+    file_has_cross = cfg.cross_attention
+    cfg.cross_attention = cross_attention or file_has_cross
+    model = GPT2(cfg)
+    if cfg.cross_attention and not file_has_cross:
+        own = model.state_dict()
+        sd = sd | {k: own[k] for k in own if ".crossattention." in k or ".ln_cross_attn." in k}
+    load_state_strict(model, sd, path)
+    return model
+
+
+def decoder_state_dict(model: GPT2, include_cross: bool = False) -> dict[str, torch.Tensor]:
+    """The course file's tensors: Conv1D layout, no prefix, no head (tied)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if not include_cross and (".crossattention." in k or ".ln_cross_attn." in k):
+            continue
+        out[k] = v.t().contiguous() if k.endswith(CONV1D_SUFFIXES) else v.clone()
+    return out
+
+
+def save_decoder(model: GPT2, path: str | os.PathLike) -> None:
+    """Write `model` as a course-format decoder file (torch.save of plain tensors; atomic)."""
+    with atomic_path(path) as tmp:
+        torch.save(decoder_state_dict(model), tmp)
+
+
+def export_decoder_from_transformers(gpt2_dir: str | os.PathLike, out: str | os.PathLike) -> int:
+    """Write the course format from a transformers GPT-2 folder (config.json + weights)."""
+    gpt2_dir = Path(gpt2_dir)
+    candidates = [gpt2_dir / "model.safetensors", gpt2_dir / "pytorch_model.bin"]
+    weights = next((p for p in candidates if p.is_file()), None)
+    if weights is None:
+        raise HW3Error(f"{gpt2_dir}: no model.safetensors or pytorch_model.bin in this folder")
+    sd = normalise_gpt2_state_dict(_read_state_dict(weights), weights)
+    cfg = infer_config(sd, weights)
+    cfg_file = gpt2_dir / "config.json"
+    if cfg_file.is_file():
+        from .io import read_json
+
+        hf = read_json(cfg_file)
+        cfg.n_head = int(hf.get("n_head", cfg.n_head))
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise HW3Error(f"{cfg_file}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
+    cfg.cross_attention = False
+    sd = {k: v for k, v in sd.items() if ".crossattention." not in k and ".ln_cross_attn." not in k}
+    model = GPT2(cfg)
+    load_state_strict(model, sd, weights)
+    save_decoder(model, out)
+    return len(decoder_state_dict(model))
+
+
+def config_dict(cfg: GPT2Config) -> dict:
+    return asdict(cfg)

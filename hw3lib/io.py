@@ -1,0 +1,169 @@
+"""File-level plumbing every other module uses: user-facing errors, atomic writes, safe image and
+JSON reading, and confinement of file names to their folder.
+
+Nothing here knows about HW3 layouts; `data.py` builds the readers on top of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+# Largest image we accept (pixels). PIL's own default warns at ~89M and errors at twice that; the
+# HW3 images are at most a few megapixels, so anything past 64M pixels is treated as a bomb.
+MAX_IMAGE_PIXELS = 64_000_000
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class HW3Error(Exception):
+    """A problem with the user's input or files. The CLI prints it as one line and exits non-zero."""
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`.
+
+    On any exception the temporary file is removed, so readers only ever see the old file or the
+    complete new one - never half of it, even after SIGKILL (the rename is the commit point).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file, turning every failure into an HW3Error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise HW3Error(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise HW3Error(f"{path}: not UTF-8 text ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise HW3Error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise HW3Error(f"{path}: {what} not found")
+    if not path.is_dir():
+        raise HW3Error(f"{path}: expected a {what}, found a file")
+    return path
+
+
+def confined_path(root: str | os.PathLike, name: str, source: str | os.PathLike) -> Path:
+    """`root / name`, refusing names that are absolute or climb out of `root` (`../x`, symlinks).
+
+    `source` is the file that supplied the name, for the error message.
+    """
+    root = Path(root)
+    if not isinstance(name, str) or not name:
+        raise HW3Error(f"{source}: file name {name!r} is not a non-empty string")
+    if os.path.isabs(name) or "\\" in name:
+        raise HW3Error(f"{source}: file name {name!r} must be relative to {root}")
+    resolved_root = root.resolve()
+    candidate = (root / name).resolve()
+    if resolved_root != candidate and resolved_root not in candidate.parents:
+        raise HW3Error(f"{source}: file name {name!r} escapes the image folder {root}")
+    return root / name
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name; errors if there are none."""
+    folder = require_dir(folder, "image folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise HW3Error(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    return files
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert every mode HW3 users meet to 8-bit RGB; alpha is composited onto white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit greyscale: rescale the real value range to 0..255 rather than clipping
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.round().astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image fully decoded as RGB, or raise HW3Error saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise HW3Error(f"{path}: image file not found")
+    if path.stat().st_size == 0:
+        raise HW3Error(f"{path}: empty file (0 bytes)")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise HW3Error(
+                        f"{path}: refused as a possible decompression bomb ({w}x{h} = {w * h:,} pixels "
+                        f"> {MAX_IMAGE_PIXELS:,})"
+                    )
+                im.load()
+                return _to_rgb(im)
+    except HW3Error:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise HW3Error(f"{path}: refused as a possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise HW3Error(f"{path}: not an image file (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise HW3Error(f"{path}: corrupt or truncated image ({msg})") from None
