@@ -255,7 +255,9 @@ def encoder_data_config(model) -> dict:
     """The encoder's own preprocessing (input_size, mean, std, interpolation, crop_pct)."""
     import timm.data
 
-    return timm.data.resolve_data_config({}, model=model)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    # manifests give lists (JSON); timm's own configs give tuples - normalise to tuples
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
 
 
 def encoder_transform(model, train: bool = False, **aug):
