@@ -45,6 +45,59 @@ def cmd_demo_models(args) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HW3Error(f"device {name!r} asked for, but no CUDA GPU is available")
+    return name
+
+
+def _manifest(args):
+    from .assets import check_files, load_manifest
+
+    m = load_manifest(args.assets)
+    if getattr(args, "model", None):
+        m.clip.model, m.clip.config = args.model, None
+    if getattr(args, "pretrained", None):
+        m.clip.pretrained = args.pretrained
+    check_files(m)
+    return m
+
+
+def cmd_zeroshot(args) -> int:
+    from .assets import load_clip
+    from .templates import PHOTO, check_template, template_set
+    from .zeroshot import ZeroShotStudy, accuracy, bootstrap_ci, write_predictions_csv
+
+    templates = [check_template(t) for t in args.template] if args.template else []
+    if args.templates:
+        templates += list(template_set(args.templates))
+    templates = templates or list(PHOTO)
+    device = _device(args.device)
+    m = _manifest(args)
+    clip = load_clip(m.clip, device)
+    study = ZeroShotStudy.from_folder(clip, args.image_dir, args.id2label, device, args.batch_size,
+                                      skip_bad=args.skip_bad, labelled=None)
+    pred = study.predict(_weights(study, templates))
+    write_predictions_csv(args.out_csv, study.paths, [study.class_ids[i] for i in pred])
+    msg = f"wrote {args.out_csv}: {len(pred)} images, {len(templates)} template(s)"
+    if study.labels is not None:
+        correct = pred == study.labels
+        lo, hi = bootstrap_ci(correct)
+        msg += f"; accuracy {accuracy(pred, study.labels):.4f} (95% CI {lo:.4f}-{hi:.4f})"
+    print(msg)
+    return 0
+
+
+def _weights(study, templates):
+    from .zeroshot import ensemble
+
+    return ensemble(study.text_features(templates))
+
+
 def cmd_export_decoder(args) -> int:
     from .decoder import export_decoder_from_transformers
 
@@ -55,6 +108,15 @@ def cmd_export_decoder(args) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # parser
+
+
+def _assets_arg(s):
+    s.add_argument("--assets", default=os.environ.get("HW3_ASSETS", "real"),
+                   help="asset manifest (assets.json) or 'real' (default: $HW3_ASSETS or 'real')")
+
+
+def _device_arg(s):
+    s.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="retrain even when cached outputs match")
     s.set_defaults(func=cmd_demo_models)
+
+    s = sub.add_parser("zeroshot", help="P1: CLIP zero-shot classification -> filename,label CSV")
+    s.add_argument("image_dir", type=Path)
+    s.add_argument("id2label", type=Path)
+    s.add_argument("out_csv", type=Path)
+    _assets_arg(s)
+    s.add_argument("--template", action="append", default=[], metavar="T",
+                   help="a prompt with {object}; repeat for an ensemble")
+    s.add_argument("--templates", metavar="NAME", help="built-in set: report, photo, openai80, openai7")
+    s.add_argument("--model", help="open_clip model name (overrides the manifest)")
+    s.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint (overrides the manifest)")
+    s.add_argument("--batch-size", type=int, default=64)
+    _device_arg(s)
+    s.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    s.set_defaults(func=cmd_zeroshot)
 
     s = sub.add_parser("export-decoder", help="write the course decoder file from a transformers GPT-2 folder")
     s.add_argument("gpt2_dir", type=Path, help="folder with config.json + model.safetensors (GPT2LMHeadModel)")

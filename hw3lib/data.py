@@ -66,12 +66,16 @@ def read_id2label(path: str | Path) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
-def read_p1_folder(image_dir: str | Path, id2label_path: str | Path, labelled: bool = True) -> P1Dataset:
+def read_p1_folder(image_dir: str | Path, id2label_path: str | Path, labelled: bool | None = True) -> P1Dataset:
     """Read a P1 folder. With `labelled`, every name must be `{class_id}_{image_id}.ext` and every
-    class id must be in id2label; without it any image name is accepted (a test folder)."""
+    class id must be in id2label; with `labelled=False` any image name is accepted (a test folder);
+    `None` decides by the names: labelled when every one follows the pattern."""
     id2label = read_id2label(id2label_path)
+    files = list_images(image_dir)
+    if labelled is None:
+        labelled = all(P1_NAME.match(p.name) for p in files)
     samples = []
-    for p in list_images(image_dir):
+    for p in files:
         m = P1_NAME.match(p.name)
         if not labelled:
             samples.append(P1Sample(p, int(m["class_id"]) if m else None, p.stem))

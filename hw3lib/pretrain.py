@@ -47,7 +47,7 @@ class DemoModelSettings:
     text_layers: int = 3  # CLIP text transformer depth
     context_length: int = 32  # CLIP text tokens
     embed_dim: int = 128  # joint CLIP embedding
-    clip_epochs: int = 12  # contrastive training epochs
+    clip_epochs: int = 10  # contrastive training epochs
     clip_batch: int = 128  # contrastive batch
     clip_lr: float = 1e-3  # AdamW peak learning rate
     bpe_vocab: int = 512  # BPE tokens including <|endoftext|>
@@ -55,7 +55,7 @@ class DemoModelSettings:
     gpt_heads: int = 4  # GPT-2 heads
     gpt_width: int = 128  # GPT-2 width
     gpt_block: int = 64  # GPT-2 positions
-    gpt_epochs: int = 5  # LM training epochs
+    gpt_epochs: int = 3  # LM training epochs
     gpt_batch: int = 128  # LM batch
     gpt_lr: float = 2e-3  # AdamW peak learning rate
 

@@ -1,0 +1,52 @@
+"""Prompt templates for zero-shot classification: data only. `{object}` stands for the class name.
+
+Built-in sets (`--templates NAME`):
+  report    the original report's three prompts (60.9 / 65.4 / 56.4 % on the HW3 val set)
+  photo     "a photo of a {object}." - CLIP's default single prompt
+  openai80  OpenAI's 80 ImageNet prompt templates (as shipped by open_clip)
+  openai7   the 7 templates the CLIP authors selected from the 80 (CLIP notebook)
+"""
+
+from __future__ import annotations
+
+from .io import HW3Error
+
+REPORT = ("This is a photo of {object}", "This is not a photo of {object}", "No {object}, no score.")
+PHOTO = ("a photo of a {object}.",)
+OPENAI7 = (
+    "itap of a {object}.",
+    "a bad photo of the {object}.",
+    "a origami {object}.",
+    "a photo of the large {object}.",
+    "a {object} in a video game.",
+    "art of the {object}.",
+    "a photo of the small {object}.",
+)
+
+
+def _openai80() -> tuple[str, ...]:
+    # open_clip stores them as callables; calling with the placeholder recovers the format string
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return tuple(t("{object}") for t in OPENAI_IMAGENET_TEMPLATES)
+
+
+def template_set(name: str) -> tuple[str, ...]:
+    sets = {"report": lambda: REPORT, "photo": lambda: PHOTO, "openai80": _openai80, "openai7": lambda: OPENAI7}
+    if name not in sets:
+        raise HW3Error(f"unknown template set {name!r} (choose from {', '.join(sets)})")
+    return sets[name]()
+
+
+def check_template(t: str) -> str:
+    if "{object}" not in t:
+        raise HW3Error(f"template {t!r} has no {{object}} placeholder")
+    try:
+        t.format(object="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise HW3Error(f"template {t!r} is not a valid format string ({e})") from None
+    return t
+
+
+def fill(template: str, name: str) -> str:
+    return template.format(object=name)

@@ -1,0 +1,315 @@
+"""P1: CLIP zero-shot classification and the statistics of a prompt study.
+
+The expensive part (encoding images) happens once per study; every template, ensemble or selection is
+then a matrix product over cached, normalised features:
+
+    study = ZeroShotStudy.from_folder(clip, image_dir, id2label)       # images encoded once
+    text = study.text_features(templates)                               # (T, C, D), one per template
+    logits = study.logits(ensemble(text))                               # (N, C)
+    accuracy(logits, study.labels), bootstrap_ci(...), paired_test(...)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .assets import ClipBundle
+from .data import P1Dataset, load_images, read_p1_folder
+from .io import HW3Error, atomic_path
+from .templates import check_template, fill
+
+# ----------------------------------------------------------------------------------------------
+# encoding
+
+
+@torch.no_grad()
+def encode_images(clip: ClipBundle, images, batch_size: int = 64, device="cpu", desc="encoding images") -> torch.Tensor:
+    """Normalised image features (N, D) of PIL images, batched, with the model's own preprocessing."""
+    feats = []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) <= batch_size):
+        x = torch.stack([clip.preprocess(im) for im in images[i:i + batch_size]]).to(device)
+        feats.append(clip.model.encode_image(x, normalize=True).float().cpu())
+    return torch.cat(feats)
+
+
+def _trimmable(model) -> bool:
+    """open_clip's built-in text tower (causal mask, pooled at the end token = the highest id)."""
+    return (getattr(model, "attn_mask", None) is not None and hasattr(model, "positional_embedding")
+            and getattr(model, "text_pool_type", None) == "argmax" and hasattr(model, "token_embedding"))
+
+
+def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens, normalize=True)`, computed over the first L positions only, where L
+    is the longest prompt in the batch. Exact for causal text towers pooled at the end token: no
+    position before the end token attends past it. Prompts are ~10 of 77 tokens, so this is ~5x less
+    work. Other towers fall back to encode_text."""
+    if not _trimmable(model):
+        return model.encode_text(tokens, normalize=True)
+    L = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :L]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:L].to(cast)  # (B, L, C)
+    x = model.transformer(x, attn_mask=model.attn_mask[:L, :L])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]  # (B, C) at the end token
+    x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+@torch.no_grad()
+def encode_texts(clip: ClipBundle, texts: list[str], batch_size: int = 256, device="cpu") -> torch.Tensor:
+    """Normalised text features (N, D)."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tokens = clip.tokenizer(texts[i:i + batch_size]).to(device)
+        out.append(encode_text_trimmed(clip.model, tokens).float().cpu())
+    return torch.cat(out)
+
+
+def text_features(clip: ClipBundle, class_names: list[str], templates: list[str], device="cpu",
+                  batch_size: int = 256) -> torch.Tensor:
+    """Per-template class embeddings (T, C, D), each row normalised; all prompts in few batches."""
+    for t in templates:
+        check_template(t)
+    texts = [fill(t, c) for t in templates for c in class_names]
+    feats = encode_texts(clip, texts, batch_size, device)
+    return feats.view(len(templates), len(class_names), -1)
+
+
+def ensemble(per_template: torch.Tensor, subset: list[int] | None = None) -> torch.Tensor:
+    """Classifier weights (C, D): mean of the normalised per-template embeddings, renormalised."""
+    x = per_template if subset is None else per_template[subset]
+    w = x.mean(dim=0)
+    return w / w.norm(dim=-1, keepdim=True)
+
+
+def build_classifier(clip: ClipBundle, class_names: list[str], templates: list[str], device="cpu") -> torch.Tensor:
+    """Zero-shot classifier weights (D, C), the layout of open_clip's build_zero_shot_classifier."""
+    return ensemble(text_features(clip, class_names, templates, device)).T.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# a study
+
+
+@dataclass
+class ZeroShotStudy:
+    image_features: torch.Tensor  # (N, D) normalised, encoded once
+    labels: np.ndarray | None  # (N,) class index (position in class_names), None if unlabelled
+    class_names: list[str]  # C names
+    class_ids: list[int]  # C ids (the CSV's label column)
+    paths: list[Path]  # N image files
+    clip: ClipBundle  # the model, for text features
+    device: str = "cpu"
+
+    @classmethod
+    def from_dataset(cls, clip: ClipBundle, ds: P1Dataset, device="cpu", batch_size=64, skip_bad=False):
+        images, kept = load_images([s.path for s in ds.samples], skip_bad=skip_bad)
+        by_path = {s.path: s for s in ds.samples}
+        index = {cid: i for i, cid in enumerate(ds.class_ids)}
+        labels = None
+        if all(by_path[p].class_id is not None for p in kept):
+            labels = np.array([index[by_path[p].class_id] for p in kept])
+        feats = encode_images(clip, images, batch_size, device)
+        return cls(feats, labels, ds.class_names, ds.class_ids, kept, clip, device)
+
+    @classmethod
+    def from_folder(cls, clip, image_dir, id2label, device="cpu", batch_size=64, skip_bad=False, labelled=True):
+        return cls.from_dataset(clip, read_p1_folder(image_dir, id2label, labelled=labelled), device, batch_size,
+                                skip_bad)
+
+    def text_features(self, templates: list[str]) -> torch.Tensor:
+        return text_features(self.clip, self.class_names, list(templates), self.device)
+
+    def logits(self, weights: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities (N, C) against classifier weights (C, D)."""
+        return self.image_features @ weights.T
+
+    def predict(self, weights: torch.Tensor) -> np.ndarray:
+        return self.logits(weights).argmax(dim=1).numpy()
+
+    def require_labels(self) -> np.ndarray:
+        if self.labels is None:
+            raise HW3Error("these images carry no class ids in their names; accuracy needs {class_id}_{id}.png")
+        return self.labels
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics
+
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(pred) == np.asarray(labels)).mean())
+
+
+def topk_accuracy(logits: torch.Tensor, labels: np.ndarray, k: int) -> float:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices.numpy()
+    return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) counts; rows are true classes, columns predicted."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(pred)), 1)
+    return cm
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    cm = confusion_matrix(pred, labels, n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.diag(cm) / cm.sum(axis=1)
+
+
+def bootstrap_ci(correct: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of a 0/1 vector (resampling images)."""
+    correct = np.asarray(correct, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(correct), size=(n_boot, len(correct)))
+    means = correct[idx].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+@dataclass
+class PairedTest:
+    accuracy_a: float
+    accuracy_b: float
+    difference: float  # accuracy_b - accuracy_a
+    ci: tuple[float, float]  # paired bootstrap 95% interval of the difference
+    only_a: int  # images A gets right and B wrong
+    only_b: int  # images B gets right and A wrong
+    p_value: float  # exact two-sided McNemar test on the discordant pairs
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of only_a vs only_b at p = 1/2."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_test(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> PairedTest:
+    """Is B's accuracy different from A's on the same images? (McNemar + paired bootstrap)."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape:
+        raise ValueError("paired test needs results on the same images")
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    diff = b.astype(float) - a.astype(float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
+    boots = diff[idx].mean(axis=1)
+    ci = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)))
+    return PairedTest(float(a.mean()), float(b.mean()), float(diff.mean()), ci, only_a, only_b,
+                      mcnemar_exact(only_a, only_b))
+
+
+def per_template_accuracy(study: ZeroShotStudy, per_template: torch.Tensor) -> np.ndarray:
+    """Accuracy (T,) of each template alone; one batched product for all of them."""
+    labels = study.require_labels()
+    logits = torch.einsum("nd,tcd->tnc", study.image_features, per_template)  # (T, N, C)
+    return (logits.argmax(dim=2).numpy() == labels[None]).mean(axis=1)
+
+
+def greedy_selection(study: ZeroShotStudy, per_template: torch.Tensor, select_idx: np.ndarray,
+                     max_templates: int = 10) -> list[int]:
+    """Forward selection of templates by ensemble accuracy on `select_idx` images (the CLIP authors'
+    procedure). Evaluate the result on other images: selecting and scoring on the same ones overfits."""
+    labels = study.require_labels()[select_idx]
+    feats = study.image_features[select_idx]
+    chosen: list[int] = []
+    best = -1.0
+    while len(chosen) < min(max_templates, len(per_template)):
+        scores = []
+        for t in range(len(per_template)):
+            if t in chosen:
+                scores.append(-1.0)
+                continue
+            w = ensemble(per_template, chosen + [t])
+            scores.append(accuracy((feats @ w.T).argmax(1).numpy(), labels))
+        t_best = int(np.argmax(scores))
+        if scores[t_best] <= best:
+            break
+        chosen.append(t_best)
+        best = scores[t_best]
+    return chosen
+
+
+def top_probabilities(study: ZeroShotStudy, weights: torch.Tensor, indices: list[int], k: int = 5,
+                      temperature: float = 100.0) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for chosen images; CLIP's logit scale 100 by default."""
+    probs = (temperature * study.logits(weights)[indices]).softmax(dim=1)
+    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [[(study.class_names[j], float(p)) for p, j in zip(ps, js, strict=True)]
+            for ps, js in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+
+
+def write_predictions_csv(path: str | os.PathLike, paths: list[Path], class_ids: list[int]) -> None:
+    """The course's `filename,label` CSV, written atomically (never half a file)."""
+    lines = ["filename,label"] + [f"{p.name},{cid}" for p, cid in zip(paths, class_ids, strict=True)]
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------
+# the report's study in one call (the notebook plots what this returns)
+
+
+def prompt_study(study: ZeroShotStudy, prompts: list[str], sets: dict[str, list[str]], n_boot: int = 2000,
+                 seed: int = 0) -> dict:
+    """Accuracy with bootstrap intervals for single prompts and named ensembles, paired tests of
+    every prompt against the first, and greedy template selection (chosen on half of the images,
+    scored on the other half). Text features are computed once per distinct template."""
+    labels = study.require_labels()
+    all_templates = list(dict.fromkeys(prompts + [t for ts in sets.values() for t in ts]))
+    feats = study.text_features(all_templates)
+    pos = {t: i for i, t in enumerate(all_templates)}
+    rows, correct = [], {}
+    entries = [(p, [p]) for p in prompts] + [(f"ensemble: {name} ({len(ts)})", ts) for name, ts in sets.items()]
+    for name, ts in entries:
+        pred = study.predict(ensemble(feats, [pos[t] for t in ts]))
+        ok = pred == labels
+        correct[name] = ok
+        lo, hi = bootstrap_ci(ok, n_boot=n_boot, seed=seed)
+        rows.append({"prompt": name, "templates": len(ts), "accuracy": float(ok.mean()), "ci_low": lo, "ci_high": hi})
+    first = prompts[0]
+    tests = [{"a": first, "b": p, **paired_test(correct[first], correct[p], n_boot, seed).__dict__}
+             for p in prompts[1:]]
+
+    # selection: choose on even-indexed images, score on odd-indexed ones (disjoint halves)
+    idx = np.arange(len(labels))
+    sel, held = idx[0::2], idx[1::2]
+    pool = list(dict.fromkeys(t for ts in sets.values() for t in ts)) or prompts
+    pool_feats = feats[[pos[t] for t in pool]]
+    chosen = greedy_selection(study, pool_feats, sel)
+    held_feats, held_labels = study.image_features[held], labels[held]
+
+    def held_acc(subset):
+        return accuracy((held_feats @ ensemble(pool_feats, subset).T).argmax(1).numpy(), held_labels)
+
+    singles = per_template_accuracy(study, pool_feats)
+    selection = {
+        "pool": len(pool),
+        "chosen": [pool[i] for i in chosen],
+        "held_out_accuracy_selected": held_acc(chosen),
+        "held_out_accuracy_all": held_acc(list(range(len(pool)))),
+        "held_out_accuracy_best_single": held_acc([int(np.argmax(per_template_accuracy(
+            ZeroShotStudy(study.image_features[sel], labels[sel], study.class_names, study.class_ids, [],
+                          study.clip), pool_feats)))]),
+        "per_template_accuracy": {t: float(a) for t, a in zip(pool, singles, strict=True)},
+    }
+    return {"rows": rows, "paired_tests": tests, "selection": selection, "n_images": int(len(labels)),
+            "chance": 1.0 / len(study.class_names)}

@@ -1,0 +1,190 @@
+"""P1: the classifier builder against open_clip's, metrics and intervals, the CLI, the notebook."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from open_clip import build_zero_shot_classifier
+
+from hw3lib.assets import ClipSpec, load_clip, load_manifest
+from hw3lib.templates import OPENAI7, REPORT, fill, template_set
+from hw3lib.zeroshot import (
+    ZeroShotStudy,
+    accuracy,
+    bootstrap_ci,
+    build_classifier,
+    confusion_matrix,
+    encode_text_trimmed,
+    greedy_selection,
+    mcnemar_exact,
+    paired_test,
+    per_class_accuracy,
+    per_template_accuracy,
+    prompt_study,
+    top_probabilities,
+    topk_accuracy,
+)
+
+from .conftest import ROOT, run_cli
+
+NAMES = ["circle", "square", "triangle", "star", "hexagon"]
+
+
+@pytest.fixture(scope="module")
+def random_clip(small_models):
+    """The demo CLIP architecture with fresh random weights (no checkpoint)."""
+    m = load_manifest(small_models)
+    torch.manual_seed(0)
+    return load_clip(ClipSpec(m.clip.model, None, m.clip.config))
+
+
+@pytest.fixture(scope="module")
+def study(small_models, small_world):
+    clip = load_clip(load_manifest(small_models).clip)
+    p1 = small_world / "p1_data"
+    return ZeroShotStudy.from_folder(clip, p1 / "val", p1 / "id2label.json")
+
+
+def test_classifier_equals_open_clip(random_clip):
+    templates = list(REPORT) + list(OPENAI7)
+    ours = build_classifier(random_clip, NAMES, templates)
+    ref = build_zero_shot_classifier(random_clip.model, random_clip.tokenizer, NAMES,
+                                     [lambda c, t=t: fill(t, c) for t in templates], num_classes_per_batch=2)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_trimmed_text_encoding_is_exact(random_clip):
+    tokens = random_clip.tokenizer(["a", "a photo of a large purple hexagon in a video game", "x y z"])
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text_trimmed(random_clip.model, tokens),
+                                   random_clip.model.encode_text(tokens, normalize=True), atol=1e-5, rtol=1e-5)
+
+
+def test_openai80_is_80_templates():
+    t = template_set("openai80")
+    assert len(t) == 80 and all("{object}" in x for x in t) and "a bad photo of a {object}." in t
+
+
+def test_images_are_encoded_once_per_study(small_models, small_world, monkeypatch):
+    clip = load_clip(load_manifest(small_models).clip)
+    calls = {"n": 0}
+    orig = clip.model.encode_image
+
+    def counting(x, normalize=False):
+        calls["n"] += x.shape[0]
+        return orig(x, normalize=normalize)
+
+    monkeypatch.setattr(clip.model, "encode_image", counting)
+    p1 = small_world / "p1_data"
+    st = ZeroShotStudy.from_folder(clip, p1 / "val", p1 / "id2label.json")
+    prompt_study(st, list(REPORT), {"openai7": list(OPENAI7)}, n_boot=50)
+    assert calls["n"] == len(st.paths)
+
+
+def test_metrics_by_hand():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 0, 2])
+    assert accuracy(pred, labels) == pytest.approx(4 / 6)
+    cm = confusion_matrix(pred, labels, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert per_class_accuracy(pred, labels, 3).tolist() == [0.5, 1.0, 0.5]
+    logits = torch.tensor([[3., 2, 1], [1, 3, 2], [1, 3, 2], [2, 3, 1], [3, 1, 2], [1, 2, 3]])
+    assert topk_accuracy(logits, labels, 1) == pytest.approx(4 / 6)
+    assert topk_accuracy(logits, labels, 2) == pytest.approx(5 / 6)  # row 1: label 0 ranks last
+    assert topk_accuracy(logits, labels, 3) == 1.0
+
+
+def test_bootstrap_and_paired_test():
+    rng = np.random.default_rng(1)
+    correct = rng.random(2000) < 0.6
+    lo, hi = bootstrap_ci(correct)
+    assert lo < correct.mean() < hi and 0.03 < hi - lo < 0.06  # ~ +-1.96 * sqrt(.24 / 2000)
+    assert mcnemar_exact(0, 10) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(2, 8) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert mcnemar_exact(5, 5) == 1.0
+    a = rng.random(500) < 0.6
+    b = a.copy()
+    b[:40] = True  # B right on 40 more images (some already right)
+    t = paired_test(a, b)
+    assert t.only_a == 0 and t.only_b == int((~a[:40]).sum())
+    assert t.difference == pytest.approx(b.mean() - a.mean()) and t.ci[0] > 0 and t.p_value < 1e-3
+    assert paired_test(b, a).p_value == pytest.approx(t.p_value)
+
+
+def test_per_template_and_selection(study):
+    feats = study.text_features(list(OPENAI7))
+    singles = per_template_accuracy(study, feats)
+    for i, t in enumerate(OPENAI7):  # batched per-template accuracy equals one-at-a-time
+        pred = study.predict(study.text_features([t])[0])
+        assert singles[i] == pytest.approx(accuracy(pred, study.labels))
+    idx = np.arange(len(study.labels))
+    chosen = greedy_selection(study, feats, idx)
+    from hw3lib.zeroshot import ensemble
+
+    acc_chosen = accuracy(study.predict(ensemble(feats, chosen)), study.labels)
+    assert len(chosen) >= 1 and acc_chosen >= singles.max() - 1e-9
+
+
+def test_top_probabilities(study):
+    from hw3lib.zeroshot import ensemble
+
+    top = top_probabilities(study, ensemble(study.text_features(["a {object}"])), [0, 3], k=5)
+    assert len(top) == 2 and all(len(t) == 5 for t in top)
+    probs = [p for _, p in top[0]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_cli_writes_csv_and_reports_accuracy(small_models, small_world, tmp_path):
+    p1 = small_world / "p1_data"
+    out = tmp_path / "pred.csv"
+    r = run_cli("zeroshot", p1 / "val", p1 / "id2label.json", out, "--assets", small_models,
+                "--templates", "report", "--template", "a {object}", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    files = sorted(p.name for p in (p1 / "val").iterdir())
+    assert lines[0] == "filename,label" and sorted(line.split(",")[0] for line in lines[1:]) == files
+    assert all(0 <= int(line.split(",")[1]) < 10 for line in lines[1:])
+    assert "accuracy" in r.stdout and "4 template(s)" in r.stdout
+
+
+def test_cli_bad_inputs(small_models, small_world, tmp_path):
+    p1 = small_world / "p1_data"
+    out = tmp_path / "pred.csv"
+    out.write_text("previous\n")
+    cases = []
+    r = run_cli("zeroshot", p1 / "val", p1 / "id2label.json", out, "--assets", small_models, "--templates", "nope")
+    cases.append((r, "unknown template set"))
+    (tmp_path / "empty").mkdir()
+    r = run_cli("zeroshot", tmp_path / "empty", p1 / "id2label.json", out, "--assets", small_models)
+    cases.append((r, "no images"))
+    (tmp_path / "id2label.json").write_text(json.dumps({"0": "circle", "1": "square"}))
+    r = run_cli("zeroshot", p1 / "val", tmp_path / "id2label.json", out, "--assets", small_models)
+    cases.append((r, "is not in"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in list((p1 / "val").iterdir())[:3]:
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "0_999.png").write_bytes(b"not a png at all")
+    r = run_cli("zeroshot", bad, p1 / "id2label.json", out, "--assets", small_models)
+    cases.append((r, "0_999.png: not an image file"))
+    for r, msg in cases:
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (msg, r.stderr)
+    assert out.read_text() == "previous\n"  # a failed run never touches the output
+    r = run_cli("zeroshot", bad, p1 / "id2label.json", out, "--assets", small_models, "--skip-bad")
+    assert r.returncode == 0 and "skipped 1 bad image" in r.stderr
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_notebook_smoke(small_models, small_world, tmp_path):
+    import papermill
+
+    figures = tmp_path / "figures"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "p1_prompt_analysis.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters={"data_dir": str(small_world), "assets": str(small_models),
+                                           "device": "cpu", "smoke": True, "figures_dir": str(figures)},
+                               kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False)
+    for name in ("p1_prompt_table", "p1_per_class_accuracy", "p1_confusion", "p1_top5", "p1_selection"):
+        assert (figures / f"{name}.png").stat().st_size > 5000
+    summary = json.loads((figures / "p1_summary.json").read_text())
+    assert [r["prompt"] for r in summary["rows"][:3]] == list(REPORT)
