@@ -55,10 +55,12 @@ def _device(name: str) -> str:
     return name
 
 
-def _manifest(args):
+def _manifest(args, decoder=None):
     from .assets import check_files, load_manifest
 
     m = load_manifest(args.assets)
+    if decoder is not None:
+        m.decoder.weights = str(decoder)
     if getattr(args, "model", None):
         m.clip.model, m.clip.config = args.model, None
     if getattr(args, "pretrained", None):
@@ -96,6 +98,126 @@ def _weights(study, templates):
     from .zeroshot import ensemble
 
     return ensemble(study.text_features(templates))
+
+
+def cmd_train(args) -> int:
+    import torch.distributed as dist
+
+    from .assets import encoder_data_config, encoder_transform, load_tokenizer
+    from .captioner import build_captioner, check_budget, format_report, parameter_report
+    from .data import read_caption_file
+    from .features import FeatureCache, encoder_fingerprint
+    from .metrics import cider_validator
+    from .train import (
+        FeatureSource,
+        augmentation_transform,
+        caption_data,
+        fit,
+        load_config,
+        resolve_device,
+        seed_everything,
+    )
+
+    cap_cfg, cfg = load_config(args.config, args.overrides)
+    m = _manifest(args)
+    device = resolve_device(cfg.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun: one process per device (gloo on CPU, nccl on GPU)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            import torch
+
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    seed_everything(cfg.seed)
+    tok = load_tokenizer(m)
+    p2 = args.data
+    train_cs = read_caption_file(p2 / "train.json", p2 / "images" / "train")
+    val_cs = read_caption_file(p2 / "val.json", p2 / "images" / "val")
+    model = build_captioner(m, cap_cfg, device)
+    report = parameter_report(model)
+    print(f"captioner ({cap_cfg.peft}): {format_report(report)}", flush=True)
+    check_budget(model, cfg.max_trainable)
+    train, val = caption_data(train_cs, tok, cfg.max_caption_tokens), caption_data(val_cs, tok, cfg.max_caption_tokens)
+    n_val = min(cfg.val_images, len(val.paths))
+    eval_tf = encoder_transform(model.encoder)
+    cache = None
+    if cfg.feature_cache:
+        root = Path(cfg.cache_dir) if cfg.cache_dir else args.out.parent / "feature-cache"
+        cache = FeatureCache(root, encoder_fingerprint(m.encoder, encoder_data_config(model.encoder)))
+    train_tf = augmentation_transform(eval_tf, cfg.hflip, cfg.color_jitter) if cfg.augment else eval_tf
+    train_src = FeatureSource(model, train.paths, train_tf, None if cfg.augment else cache, device)
+    val_src = FeatureSource(model, val.paths, eval_tf, cache, device)
+    if cache is not None and (dist.is_initialized() is False or dist.get_rank() == 0):
+        if not cfg.augment:
+            train_src.fill()
+        val_src.fill(range(n_val))
+    if dist.is_initialized():
+        dist.barrier()
+    validator = cider_validator(val.paths[:n_val], val.references[:n_val], val_src, tok, cfg.max_caption_tokens)
+    try:
+        fit(model, train, val, cfg, args.out, train_src, val_src, validator)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def _load_captioner(args, m, device):
+    from .captioner import CaptionerConfig, build_captioner, read_checkpoint
+
+    if args.checkpoint is None:  # the untrained model: the language model with a blank view of the image
+        return build_captioner(m, CaptionerConfig(peft="none"), device)
+    cfg, tensors, _ = read_checkpoint(args.checkpoint)
+    model = build_captioner(m, cfg, device)
+    model.load_trainable(tensors, str(args.checkpoint))
+    return model.eval()
+
+
+def cmd_caption(args) -> int:
+    import json
+
+    from .assets import encoder_transform, load_tokenizer
+    from .decode import caption_images
+    from .io import atomic_write_text, list_images
+
+    m = _manifest(args, decoder=args.decoder_weights)
+    device = _device(args.device)
+    model = _load_captioner(args, m, device).eval()
+    tok = load_tokenizer(m)
+    paths = list_images(args.image_dir)
+    preds = caption_images(model, paths, tok, encoder_transform(model.encoder), args.beams, args.max_len,
+                           args.batch_size, args.length_penalty, device)
+    atomic_write_text(args.out_json, json.dumps(preds, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {args.out_json}: {len(preds)} captions")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .assets import load_clip
+    from .data import read_caption_file, read_predictions
+    from .io import atomic_write_json
+    from .metrics import evaluate
+
+    preds = read_predictions(args.pred_json)
+    cs = read_caption_file(args.annotations, args.images)
+    from .data import check_prediction_keys
+
+    check_prediction_keys(preds, cs.references().keys(), args.pred_json)
+    clip = None
+    if not args.no_clip:
+        m = _manifest(args)
+        clip = load_clip(m.clip, _device(args.device))
+    result = evaluate(preds, cs, clip, args.tokenizer, "A photo depicts " if args.photo_prefix else "",
+                      _device(args.device))
+    print(f"CIDEr: {result['CIDEr']}")
+    if clip is not None:
+        print(f"CLIPScore: {result['CLIPScore']}")
+        print(f"RefCLIPScore: {result['RefCLIPScore']}")
+    out = args.per_image or args.pred_json.with_suffix(".scores.json")
+    atomic_write_json(out, result)
+    return 0
 
 
 def cmd_export_decoder(args) -> int:
@@ -153,6 +275,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     s.set_defaults(func=cmd_zeroshot)
 
+    s = sub.add_parser("train", help="P2: train the captioner (extra --key=value settings override CONFIG)")
+    s.add_argument("config", type=Path, help="TOML config with [captioner] and [train] tables")
+    _assets_arg(s)
+    s.add_argument("--data", type=Path, required=True, help="the p2_data/ folder")
+    s.add_argument("--out", type=Path, required=True, help="run folder (resumed when it holds a run)")
+    s.set_defaults(func=cmd_train, takes_overrides=True)
+
+    s = sub.add_parser("caption", help="P2: caption every image -> {file_name_without_extension: caption}")
+    s.add_argument("image_dir", type=Path)
+    s.add_argument("out_json", type=Path)
+    s.add_argument("decoder_weights", type=Path, help="the course's decoder weights file")
+    s.add_argument("--checkpoint", type=Path, help="run folder or checkpoint file (default: untrained model)")
+    _assets_arg(s)
+    s.add_argument("--beams", type=int, default=1)
+    s.add_argument("--max-len", type=int, default=60)
+    s.add_argument("--length-penalty", type=float, default=1.0)
+    s.add_argument("--batch-size", type=int, default=16)
+    _device_arg(s)
+    s.set_defaults(func=cmd_caption)
+
+    s = sub.add_parser("evaluate", help="P2: CIDEr-D and CLIPScore of a prediction file, like the course's evaluator")
+    s.add_argument("pred_json", type=Path)
+    s.add_argument("--images", type=Path, required=True, help="the images the annotations name")
+    s.add_argument("--annotations", type=Path, required=True, help="val.json (COCO-captions shape)")
+    _assets_arg(s)
+    s.add_argument("--tokenizer", choices=["ptb", "python"], default="ptb",
+                   help="ptb: Stanford PTB tokenizer (Java), as the course; python: Java-free equivalent")
+    s.add_argument("--photo-prefix", action="store_true", help='prefix captions with "A photo depicts" for CLIPScore')
+    s.add_argument("--no-clip", action="store_true", help="CIDEr only")
+    s.add_argument("--per-image", type=Path, help="where per-image scores go (default PRED.scores.json)")
+    _device_arg(s)
+    s.set_defaults(func=cmd_evaluate)
+
     s = sub.add_parser("export-decoder", help="write the course decoder file from a transformers GPT-2 folder")
     s.add_argument("gpt2_dir", type=Path, help="folder with config.json + model.safetensors (GPT2LMHeadModel)")
     s.add_argument("out", type=Path, help="output decoder weights file (e.g. decoder_model.bin)")
@@ -160,9 +315,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_overrides(extra: list[str]) -> dict[str, str]:
+    """`--key=value` / `--key value` pairs (dashes in keys become underscores)."""
+    out, i = {}, 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--") or item == "--":
+            raise HW3Error(f"unexpected argument {item!r} (settings are --key=value)")
+        if "=" in item:
+            key, value = item[2:].split("=", 1)
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            key, value = item[2:], extra[i + 1]
+            i += 1
+        else:
+            raise HW3Error(f"setting {item} has no value (use {item}=VALUE)")
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args.overrides = _parse_overrides(extra)
+    except HW3Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     warnings.showwarning = _warn_one_line
     try:
         return args.func(args) or 0

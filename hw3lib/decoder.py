@@ -50,7 +50,13 @@ class GPT2Config:
 
 
 class SelfAttention(nn.Module):
-    """Causal multi-head self-attention with an optional key/value cache."""
+    """Causal multi-head self-attention with an optional key/value cache and an optional prefix.
+
+    A prefix is extra keys/values every query may attend to (prefix and prompt tuning). With a gate
+    (one per head, zero-initialised, LLaMA-Adapter style) the prefix is attended separately and its
+    output scaled by tanh(gate), so an untrained prefix leaves the model exactly as it was; without
+    a gate the prefix joins the same softmax (Li & Liang's prefix tuning).
+    """
 
     def __init__(self, cfg: GPT2Config):
         super().__init__()
@@ -58,23 +64,33 @@ class SelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(self, x, past: tuple[torch.Tensor, torch.Tensor] | None = None, prefix=None):
         B, T, C = x.shape  # (B, T, C)
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
             v = torch.cat([past[1], v], dim=2)
+        present = (k, v)
         P = k.size(2) - T
+        gate = None
+        if prefix is not None:
+            pk, pv, gate = prefix  # (1 or B, nh, L, hs) x2, (nh,) or None
+            pk, pv = pk.expand(B, -1, -1, -1), pv.expand(B, -1, -1, -1)
+            if gate is None:  # one softmax over [prefix, cached, new]
+                k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+                P += pk.size(2)
         if P == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)  # one new token sees every cached one
+            y = F.scaled_dot_product_attention(q, k, v)  # one new token sees every earlier one
         else:  # query i (absolute position P+i) sees keys 0..P+i
             mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if gate is not None:
+            y = y + torch.tanh(gate).view(1, -1, 1, 1) * F.scaled_dot_product_attention(q, pk, pv)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y), (k, v)
+        return self.c_proj(y), present
 
 
 class CrossAttention(nn.Module):
@@ -128,8 +144,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cross_kv=None, past=None, need_weights=False):
-        a, present = self.attn(self.ln_1(x), past)
+    def forward(self, x, cross_kv=None, past=None, need_weights=False, prefix=None):
+        a, present = self.attn(self.ln_1(x), past, prefix)
         x = x + a
         att = None
         if cross_kv is not None:
@@ -177,13 +193,15 @@ class GPT2(nn.Module):
         pos = torch.arange(pos_offset, pos_offset + T, device=idx.device)
         return self.wte(idx) + self.wpe(pos)  # (B, T, C)
 
-    def forward_hidden(self, x, cross_kv=None, past=None, need_weights=False):
+    def forward_hidden(self, x, cross_kv=None, past=None, need_weights=False, prefixes=None):
         """Run the blocks on embeddings x (B, T, C). Returns final hidden states, new per-layer
-        self-attention caches, and per-layer cross-attention weights (None unless asked)."""
+        self-attention caches, and per-layer cross-attention weights (None unless asked).
+        `prefixes` gives each layer extra (keys, values, gate) for prefix/prompt tuning."""
         presents, atts = [], []
         for i, blk in enumerate(self.h):
             x, present, att = blk(x, None if cross_kv is None else cross_kv[i],
-                                  None if past is None else past[i], need_weights)
+                                  None if past is None else past[i], need_weights,
+                                  None if prefixes is None else prefixes[i])
             presents.append(present)
             atts.append(att)
         return self.ln_f(x), presents, atts

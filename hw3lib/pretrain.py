@@ -30,7 +30,7 @@ from .assets import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec,
 from .data import read_caption_file
 from .decoder import GPT2, GPT2Config, save_decoder
 from .io import HW3Error, atomic_path, atomic_write_json, open_image, read_json, require_dir
-from .tokenizer import train_bpe
+from .tokenizer import teacher_forcing_batch, train_bpe
 
 CLIP_NAME = "hw3-tiny-clip"
 FORMAT_VERSION = 1  # bump when the recipe changes, so cached outputs are rebuilt
@@ -185,27 +185,12 @@ def clip_visual_state_dict(clip_model) -> dict[str, torch.Tensor]:
 # GPT-2 language model
 
 
-def caption_batches(token_lists: list[list[int]], eot: int, block: int):
-    """Teacher forcing in the course layout: input [eot, caption, eot, pad=eot...], target
-    [caption, eot, -100...]. Returns (inputs, targets), each (N, T)."""
-    T = min(block, max(len(t) for t in token_lists) + 1)
-    n = len(token_lists)
-    inp = torch.full((n, T), eot, dtype=torch.long)
-    tgt = torch.full((n, T), -100, dtype=torch.long)
-    for i, toks in enumerate(token_lists):
-        toks = toks[: T - 1]
-        seq = torch.tensor([eot] + toks + [eot], dtype=torch.long)
-        inp[i, : len(seq) - 1] = seq[:-1][:T]
-        tgt[i, : len(seq) - 1] = seq[1:][:T]
-    return inp, tgt
-
-
 def train_gpt(tok, train_caps, val_caps, s: DemoModelSettings, seed: int, log: dict) -> tuple[GPT2, float]:
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=tok.vocab_size, block_size=s.gpt_block, n_layer=s.gpt_layers,
                      n_head=s.gpt_heads, n_embd=s.gpt_width)
     model = GPT2(cfg)
-    x, y = caption_batches(tok.encode_batch(train_caps), tok.eot_id, s.gpt_block)
+    x, y = teacher_forcing_batch(tok.encode_batch(train_caps), tok.eot_id, s.gpt_block)
     rng = np.random.default_rng(seed + 1)
     batch = min(s.gpt_batch, len(x))
     steps_per_epoch = len(x) // batch
@@ -239,7 +224,7 @@ def train_gpt(tok, train_caps, val_caps, s: DemoModelSettings, seed: int, log: d
 @torch.no_grad()
 def perplexity(model: GPT2, tok, captions: list[str], block: int) -> float:
     """exp(mean next-token NLL) over the captions, end token included (fp32)."""
-    x, y = caption_batches(tok.encode_batch(captions), tok.eot_id, block)
+    x, y = teacher_forcing_batch(tok.encode_batch(captions), tok.eot_id, block)
     nll, count = 0.0, 0
     for i in range(0, len(x), 256):
         logits = model(x[i:i + 256])

@@ -125,3 +125,20 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> GPT2BPETokenizer:
     encoder[EOT] = len(encoder)
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return GPT2BPETokenizer(encoder, merges, source="trained BPE")
+
+
+def teacher_forcing_batch(token_lists: list[list[int]], eot: int, max_len: int):
+    """The course's teacher-forcing layout: input [eot, caption..., eot, pad=eot...], target
+    [caption..., eot, -100...] (-100 = ignored). Captions longer than max_len - 1 tokens are cut.
+    Returns (inputs, targets), each (N, T) long, T = min(max_len, longest caption + 1)."""
+    import torch
+
+    T = min(max_len, max(len(t) for t in token_lists) + 1)
+    n = len(token_lists)
+    inp = torch.full((n, T), eot, dtype=torch.long)
+    tgt = torch.full((n, T), -100, dtype=torch.long)
+    for i, toks in enumerate(token_lists):
+        seq = torch.tensor([eot] + list(toks[: T - 1]) + [eot], dtype=torch.long)
+        inp[i, : len(seq) - 1] = seq[:-1]
+        tgt[i, : len(seq) - 1] = seq[1:]
+    return inp, tgt

@@ -1,0 +1,321 @@
+"""P2's captioner: frozen timm ViT -> trainable projection -> frozen GPT-2 with trainable cross-attention,
+plus parameter-efficient fine-tuning (PEFT) of the decoder.
+
+PEFT kinds (`CaptionerConfig.peft`), each combined with the trainable cross-attention:
+  none      cross-attention (+ projection) only - the baseline
+  lora      LoRA of rank r on the named decoder modules (peft library)
+  dora      weight-decomposed LoRA (peft, use_dora=True)
+  ia3       (IA)^3 learned rescaling vectors (peft)
+  adapter   bottleneck adapters after self- and cross-attention (the report's placement)
+  prompt    k learned virtual tokens in front of the caption (their keys/values in every layer)
+  prefix    k learned keys/values per layer (prefix tuning)
+
+Initialisation keeps the untrained captioner equal to the pretrained language model: the cross-attention
+output projection starts at zero, LoRA's B and adapters' up-projections start at zero, (IA)^3 vectors at
+one, and prompt/prefix attention is gated per head by tanh(gate) with gate = 0 (`prefix_gate`).
+
+Freezing is decided by structure: everything is frozen, then exactly the parameters of the projection,
+the cross-attention sub-layers and the PEFT modules are made trainable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .decoder import GPT2
+from .io import HW3Error, atomic_path
+
+PEFT_KINDS = ("none", "lora", "dora", "ia3", "adapter", "prompt", "prefix")
+CHECKPOINT_FORMAT = "hw3lib-captioner-1"
+
+
+@dataclass
+class CaptionerConfig:
+    peft: str = "lora"  # one of PEFT_KINDS
+    lora_r: int = 16  # LoRA / DoRA rank
+    lora_alpha: float = 32.0  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA input
+    lora_targets: list[str] = field(default_factory=lambda: ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+    ia3_targets: list[str] = field(default_factory=lambda: ["attn.c_attn", "mlp.c_proj"])  # (IA)^3 modules
+    ia3_feedforward: list[str] = field(default_factory=lambda: ["mlp.c_proj"])  # scaled on their input
+    adapter_dim: int = 64  # bottleneck width of the adapters
+    adapter_targets: list[str] = field(default_factory=lambda: ["attn.c_proj", "crossattention.c_proj"])
+    virtual_tokens: int = 10  # prompt / prefix length
+    prefix_gate: bool = True  # zero-initialised per-head gates on prompt/prefix attention
+
+    def __post_init__(self):
+        if self.peft not in PEFT_KINDS:
+            raise HW3Error(f"unknown peft kind {self.peft!r} (choose from {', '.join(PEFT_KINDS)})")
+        for name in ("lora_r", "adapter_dim", "virtual_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise HW3Error(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def _target_regex(targets: list[str]) -> str:
+    """Module-name pattern for blocks' sub-modules, e.g. h.3.attn.c_attn (never crossattention.*
+    unless named)."""
+    return r"h\.\d+\.(" + "|".join(re.escape(t) for t in targets) + ")"
+
+
+class Adapter(nn.Module):
+    """Bottleneck adapter wrapping a `base_layer`: y = base(x); y + up(gelu(down(y))), up zero-init."""
+
+    def __init__(self, base_layer: nn.Linear, dim: int):
+        super().__init__()
+        self.base_layer = base_layer
+        width = base_layer.out_features
+        self.adapter_down = nn.Linear(width, dim)
+        self.adapter_up = nn.Linear(dim, width)
+        nn.init.normal_(self.adapter_down.weight, std=0.02)
+        nn.init.zeros_(self.adapter_down.bias)
+        nn.init.zeros_(self.adapter_up.weight)
+        nn.init.zeros_(self.adapter_up.bias)
+
+    def forward(self, x):
+        y = self.base_layer(x)
+        return y + self.adapter_up(F.gelu(self.adapter_down(y)))
+
+
+class PrefixTuning(nn.Module):
+    """Learned keys and values for every layer: (n_layer, n_head, L, head_size) each."""
+
+    def __init__(self, n_layer: int, n_head: int, head_size: int, length: int, gated: bool):
+        super().__init__()
+        self.prefix_keys = nn.Parameter(torch.randn(n_layer, n_head, length, head_size) * 0.5)
+        self.prefix_values = nn.Parameter(torch.randn(n_layer, n_head, length, head_size) * 0.5)
+        self.prefix_gate = nn.Parameter(torch.zeros(n_layer, n_head)) if gated else None
+
+    def forward(self, decoder: GPT2):
+        gates = self.prefix_gate if self.prefix_gate is not None else [None] * len(self.prefix_keys)
+        return [(k[None], v[None], g) for k, v, g in zip(self.prefix_keys, self.prefix_values, gates, strict=True)]
+
+
+class PromptTuning(nn.Module):
+    """k learned input embeddings in front of the caption. They pass through the frozen decoder
+    (attending to each other only; they carry no image), and the caption attends to their keys and
+    values in every layer."""
+
+    def __init__(self, decoder: GPT2, length: int, gated: bool):
+        super().__init__()
+        # initialised from the embeddings of real vocabulary tokens (Lester et al., 2021)
+        ids = torch.randint(0, decoder.config.vocab_size, (length,), generator=torch.Generator().manual_seed(0))
+        self.prompt_embeddings = nn.Parameter(decoder.wte.weight[ids].detach().clone())
+        cfg = decoder.config
+        self.prompt_gate = nn.Parameter(torch.zeros(cfg.n_layer, cfg.n_head)) if gated else None
+
+    def forward(self, decoder: GPT2):
+        _, presents, _ = decoder.forward_hidden(self.prompt_embeddings[None])  # per layer (1, nh, k, hs)
+        gates = self.prompt_gate if self.prompt_gate is not None else [None] * len(presents)
+        return [(k, v, g) for (k, v), g in zip(presents, gates, strict=True)]
+
+
+class Captioner(nn.Module):
+    """Images (or cached encoder tokens) + caption ids -> next-token logits."""
+
+    def __init__(self, encoder: nn.Module | None, decoder: GPT2, cfg: CaptionerConfig, encoder_dim: int | None = None):
+        super().__init__()
+        if not decoder.config.cross_attention:
+            raise ValueError("the decoder needs cross-attention sub-layers (load_decoder(cross_attention=True))")
+        self.config = cfg
+        self.encoder = encoder
+        enc_dim = encoder_dim or encoder.num_features
+        self.encoder_dim = enc_dim
+        self.proj = nn.Linear(enc_dim, decoder.config.n_embd)  # (B, S, E) -> (B, S, C)
+        nn.init.normal_(self.proj.weight, std=enc_dim ** -0.5)
+        nn.init.zeros_(self.proj.bias)
+        for blk in decoder.h:  # zero output: the untrained model is exactly the language model
+            nn.init.zeros_(blk.crossattention.c_proj.weight)
+            nn.init.zeros_(blk.crossattention.c_proj.bias)
+            blk.ln_cross_attn.reset_parameters()
+        self.decoder = decoder
+        self.prompt = None
+        self.prefix = None
+        self._apply_peft(cfg)
+        self._freeze_by_structure()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    def _apply_peft(self, cfg: CaptionerConfig) -> None:
+        dcfg = self.decoder.config
+        if cfg.peft in ("lora", "dora"):
+            from peft import LoraConfig, inject_adapter_in_model
+
+            lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                            target_modules=_target_regex(cfg.lora_targets), use_dora=cfg.peft == "dora", bias="none")
+            self.decoder = inject_adapter_in_model(lc, self.decoder)
+        elif cfg.peft == "ia3":
+            from peft import IA3Config, inject_adapter_in_model
+
+            ic = IA3Config(target_modules=_target_regex(cfg.ia3_targets),
+                           feedforward_modules=_target_regex(cfg.ia3_feedforward))
+            self.decoder = inject_adapter_in_model(ic, self.decoder)
+        elif cfg.peft == "adapter":
+            pattern = re.compile(_target_regex(cfg.adapter_targets))
+            for name, module in list(self.decoder.named_modules()):
+                if pattern.fullmatch(name) and isinstance(module, nn.Linear):
+                    parent_name, _, child = name.rpartition(".")
+                    setattr(self.decoder.get_submodule(parent_name), child, Adapter(module, cfg.adapter_dim))
+        elif cfg.peft == "prompt":
+            self.prompt = PromptTuning(self.decoder, cfg.virtual_tokens, cfg.prefix_gate)
+        elif cfg.peft == "prefix":
+            self.prefix = PrefixTuning(dcfg.n_layer, dcfg.n_head, dcfg.n_embd // dcfg.n_head, cfg.virtual_tokens,
+                                       cfg.prefix_gate)
+        if cfg.peft in ("lora", "dora", "ia3", "adapter") and not any(
+                _component(n) == cfg.peft.replace("dora", "lora") for n, _ in self.named_parameters()):
+            raise HW3Error(f"peft {cfg.peft!r}: no decoder module matched the targets")
+
+    def _freeze_by_structure(self) -> None:
+        for name, p in self.named_parameters():
+            p.requires_grad_(_component(name) != "frozen")
+
+    # -- forward --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen encoder tokens (B, S, E): CLS and every patch token, final norm applied."""
+        self.encoder.eval()
+        return self.encoder.forward_features(images)
+
+    def prefixes(self):
+        if self.prompt is not None:
+            return self.prompt(self.decoder)
+        if self.prefix is not None:
+            return self.prefix(self.decoder)
+        return None
+
+    def cross_kv(self, feats: torch.Tensor):
+        """Per-layer cross-attention keys/values from encoder tokens (computed once per image)."""
+        return self.decoder.cross_kv(self.proj(feats.to(self.proj.weight.dtype)))
+
+    def forward(self, feats: torch.Tensor, input_ids: torch.Tensor, need_weights: bool = False):
+        """Encoder tokens (B, S, E) + ids (B, T) -> logits (B, T, V) [, per-layer cross-attention]."""
+        hidden, _, atts = self.decoder.forward_hidden(self.decoder.embed(input_ids), self.cross_kv(feats),
+                                                      need_weights=need_weights, prefixes=self.prefixes())
+        logits = self.decoder.logits(hidden)
+        return (logits, atts) if need_weights else logits
+
+    # -- trainable state ------------------------------------------------------------------------
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone().contiguous() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable(self, sd: dict[str, torch.Tensor], source="checkpoint") -> None:
+        """Load exactly the trainable tensors; anything missing, extra or misshapen is an error."""
+        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own))
+                  if sd[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            parts = [f"{label} {len(items)}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
+                     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+                     if items]
+            raise HW3Error(f"{source}: checkpoint does not fit this model ({'; '.join(parts)})")
+        with torch.no_grad():
+            for k, p in own.items():
+                p.copy_(sd[k])
+
+
+def _component(name: str) -> str:
+    """Which part of the captioner a parameter belongs to (decides freezing and the report)."""
+    if name.startswith("encoder."):
+        return "frozen"
+    if name.startswith("proj."):
+        return "projection"
+    if ".crossattention." in name or ".ln_cross_attn." in name:
+        if "adapter_" in name:
+            return "adapter"
+        if ".base_layer." in name or "lora_" not in name:
+            return "cross-attention"
+    if "lora_" in name:
+        return "lora"
+    if "ia3_" in name:
+        return "ia3"
+    if "adapter_" in name:
+        return "adapter"
+    if name.startswith("prompt."):
+        return "prompt"
+    if name.startswith("prefix."):
+        return "prefix"
+    return "frozen"
+
+
+def parameter_report(model: Captioner) -> dict[str, int]:
+    """Parameter counts per component, plus `trainable` and `frozen` totals."""
+    out: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        c = _component(name)
+        out[c] = out.get(c, 0) + p.numel()
+    out["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    out["frozen"] = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return out
+
+
+def format_report(report: dict[str, int]) -> str:
+    parts = [f"{k} {v:,}" for k, v in report.items() if k not in ("trainable", "frozen")]
+    return f"trainable {report['trainable']:,} ({', '.join(parts)}); frozen {report['frozen']:,}"
+
+
+def check_budget(model: Captioner, max_trainable: int) -> int:
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if n > max_trainable:
+        raise HW3Error(f"{n:,} trainable parameters exceed the budget of {max_trainable:,} "
+                       f"(the course limit is 35M; raise it with --max_trainable=N if you mean to)")
+    return n
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints: trainable tensors + the config that rebuilds the model, in one safetensors file
+
+
+def save_checkpoint(path: str | os.PathLike, model: Captioner, meta: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    metadata = {"format": CHECKPOINT_FORMAT, "captioner": json.dumps(asdict(model.config)),
+                "decoder": json.dumps(asdict(model.decoder.config)), "encoder_dim": str(model.encoder_dim),
+                "meta": json.dumps(meta or {})}
+    with atomic_path(path) as tmp:
+        save_file(model.trainable_state_dict(), str(tmp), metadata=metadata)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[CaptionerConfig, dict[str, torch.Tensor], dict]:
+    """(config, trainable tensors, metadata) of a captioner checkpoint; never unpickles anything."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint-best.safetensors"
+    if not path.is_file():
+        raise HW3Error(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except Exception as e:
+        raise HW3Error(f"{path}: not a readable safetensors checkpoint ({str(e).splitlines()[0][:160]})") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise HW3Error(f"{path}: not an hw3lib captioner checkpoint (format {metadata.get('format')!r})")
+    cfg = CaptionerConfig(**json.loads(metadata["captioner"]))
+    info = {"decoder": json.loads(metadata["decoder"]), "encoder_dim": int(metadata["encoder_dim"]),
+            "meta": json.loads(metadata.get("meta", "{}"))}
+    return cfg, tensors, info
+
+
+def build_captioner(manifest, cfg: CaptionerConfig, device="cpu", with_encoder: bool = True) -> Captioner:
+    """The captioner from an asset manifest: its timm encoder and its decoder weights file."""
+    from .assets import create_encoder, load_decoder_from_manifest
+
+    encoder = create_encoder(manifest.encoder, device) if with_encoder else None
+    enc_dim = None
+    if encoder is None:
+        enc_dim = create_encoder(manifest.encoder, "meta").num_features
+    decoder = load_decoder_from_manifest(manifest, cross_attention=True)
+    return Captioner(encoder, decoder, cfg, encoder_dim=enc_dim).to(device)

@@ -1,0 +1,100 @@
+"""Encoder-feature cache: a frozen encoder never runs twice on the same image.
+
+Each image's encoder tokens (S, E) are stored as one safetensors file under
+`root/<key[:2]>/<key>.safetensors`, where key = sha256(encoder fingerprint, image bytes). The encoder
+fingerprint covers the timm model name, its architecture overrides, its weights (hub tag, or the
+checkpoint's name, size and modification time) and its preprocessing config, so changing any of them
+misses the cache instead of serving stale features. Writes are atomic; a damaged entry is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .io import atomic_path
+
+
+def encoder_fingerprint(spec, data_config: dict) -> str:
+    weights = {"hub_tag": spec.hub_tag}
+    if spec.checkpoint:
+        st = os.stat(spec.checkpoint)
+        weights = {"file": Path(spec.checkpoint).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    doc = {"model": spec.model, "kwargs": spec.model_kwargs, "weights": weights,
+           "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Disk cache of encoder tokens keyed by (encoder fingerprint, image content)."""
+
+    def __init__(self, root: str | os.PathLike, fingerprint: str):
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        self._keys: dict[Path, str] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, image_path: Path) -> str:
+        if image_path not in self._keys:
+            self._keys[image_path] = hashlib.sha256(
+                (self.fingerprint + file_digest(image_path)).encode()).hexdigest()
+        return self._keys[image_path]
+
+    def _file(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def _read(self, key: str) -> torch.Tensor | None:
+        from safetensors.torch import load_file
+
+        f = self._file(key)
+        if not f.is_file():
+            return None
+        try:
+            return load_file(str(f))["tokens"]
+        except Exception:  # a damaged entry is recomputed, never trusted
+            return None
+
+    def _write(self, key: str, tokens: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_path(self._file(key)) as tmp:
+            save_file({"tokens": tokens.detach().cpu().contiguous()}, str(tmp))
+
+    def get(self, paths: list[Path], encode: Callable[[list[Path]], torch.Tensor], batch_size: int = 32,
+            progress: bool = False) -> list[torch.Tensor]:
+        """Encoder tokens for every path; `encode(paths) -> (B, S, E)` runs only on misses."""
+        out: list[torch.Tensor | None] = [None] * len(paths)
+        todo = []
+        for i, p in enumerate(paths):
+            t = self._read(self.key(p))
+            if t is None:
+                todo.append(i)
+            else:
+                out[i] = t
+        self.hits += len(paths) - len(todo)
+        self.misses += len(todo)
+        bar = tqdm(range(0, len(todo), batch_size), desc="encoding images (cache fill)", leave=False,
+                   disable=not progress or not todo)
+        for j in bar:
+            idx = todo[j:j + batch_size]
+            feats = encode([paths[i] for i in idx])
+            for i, f in zip(idx, feats, strict=True):
+                f = f.detach().cpu()
+                self._write(self.key(paths[i]), f)
+                out[i] = f
+        return out  # type: ignore[return-value]

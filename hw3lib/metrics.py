@@ -1,0 +1,235 @@
+"""Caption metrics as the course's evaluator computes them, plus a Java-free path.
+
+- CIDEr-D: pycocoevalcap's `Cider` (n=4, sigma=6, document frequencies from the evaluated references,
+  x10) after the Stanford PTB tokenizer (Java; lower-cases, strips punctuation). The tokenizer runs in
+  a temporary folder (pycocoevalcap's own wrapper writes into its package folder). `python` is a
+  Java-free re-implementation of the same tokenisation for the cases captions contain; tests check
+  that both give the same tokens and the same CIDEr.
+- CLIPScore: 2.5 * max(cos(image, caption), 0) with the manifest's CLIP and its own preprocessing;
+  optional "A photo depicts" prefix; captions longer than the text context are truncated with a
+  warning. RefCLIPScore: harmonic mean of CLIPScore and the best caption-reference cosine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import HW3Error, open_image
+
+PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenisation
+
+
+def _jar() -> Path:
+    import pycocoevalcap.tokenizer.ptbtokenizer as ptb
+
+    return Path(ptb.__file__).parent / ptb.STANFORD_CORENLP_3_4_1_JAR
+
+
+def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Stanford PTB tokenisation exactly as pycocoevalcap does it (Java), run in a temporary folder."""
+    java = shutil.which("java")
+    if java is None:
+        raise HW3Error("java not found: the PTB tokenizer needs a Java runtime (install openjdk, or use "
+                       "--tokenizer python for the Java-free tokenizer)")
+    keys = [k for k, v in captions.items() for _ in v]
+    sentences = "\n".join(c.replace("\n", " ") for v in captions.values() for c in v)
+    with tempfile.TemporaryDirectory(prefix="hw3-ptb-") as tmp:
+        src = Path(tmp) / "captions.txt"
+        src.write_text(sentences, encoding="utf-8")
+        proc = subprocess.run([java, "-cp", str(_jar()), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+                               "-lowerCase", str(src)], capture_output=True, cwd=tmp, check=False)
+    if proc.returncode != 0:
+        raise HW3Error(f"PTB tokenizer failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
+    lines = proc.stdout.decode("utf-8").split("\n")
+    out: dict[str, list[str]] = {k: [] for k in captions}
+    for k, line in zip(keys, lines, strict=False):
+        out[k].append(" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS))
+    return out
+
+
+# Java-free PTB tokenisation: the rules of Stanford's PTBTokenizer that matter for captions.
+_CONTRACTIONS = re.compile(r"(?i)\b(can)(not)\b|\b(ca|wo|sha)(n't)\b|(\w)(n't)\b|(\w)('(?:s|re|ve|ll|d|m))\b")
+_TOKEN = re.compile(
+    r"""
+    [\w.+-]+@[\w-]+(?:\.[\w-]+)+  # e-mail addresses
+  | \d+(?:[.,:/]\d+)+            # numbers: 3.5  1,000  10:30  1/2
+  | \b(?:mr|mrs|ms|dr|st|jr|sr|prof|etc|vs|inc|ltd|co|corp|mt|ft|ave)\.  # PTB's abbreviations
+  | [a-z]\.(?:[a-z]\.)+          # abbreviations: u.s.  a.m.
+  | n't | '(?:s|re|ve|ll|d|m)\b  # split-off contractions
+  | [\w&]+(?:[-'/][\w&]+)*       # words, hyphenated words, and/or, rock'n'roll
+  | \.\.\.|--|``|''|[!?]+|[^\w\s]  # punctuation; runs of ! and ? stay together
+    """, re.VERBOSE)
+
+
+# With -lowerCase the escaped brackets come out lower-cased (-lrb-), so the evaluator's punctuation
+# filter (upper-case -LRB-) keeps them: a quirk of the course's CIDEr that we reproduce.
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-"}
+
+
+def simple_ptb_tokenize_one(text: str) -> str:
+    s = text.replace("\n", " ").lower()
+    s = s.replace('"', " '' ")
+    s = _CONTRACTIONS.sub(lambda m: " ".join(g for g in m.groups() if g), s)
+    tokens = [_BRACKETS.get(t, t) for t in _TOKEN.findall(s)]
+    return " ".join(t for t in tokens if t not in PUNCTUATIONS)
+
+
+def simple_ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {k: [simple_ptb_tokenize_one(c) for c in v] for k, v in captions.items()}
+
+
+def tokenize(captions: dict[str, list[str]], tokenizer: str = "ptb") -> dict[str, list[str]]:
+    if tokenizer == "ptb":
+        return ptb_tokenize(captions)
+    if tokenizer == "python":
+        return simple_ptb_tokenize(captions)
+    raise HW3Error(f"unknown tokenizer {tokenizer!r} (ptb or python)")
+
+
+# ----------------------------------------------------------------------------------------------
+# CIDEr-D
+
+
+def cider(predictions: dict[str, str], references: dict[str, list[str]], tokenizer: str = "ptb"
+          ) -> tuple[float, dict[str, float]]:
+    """Corpus CIDEr-D (pycocoevalcap) and per-image scores, keys as in `references`."""
+    from pycocoevalcap.cider.cider import Cider
+
+    keys = sorted(references)
+    toks = tokenize({**{f"r/{k}": references[k] for k in keys}, **{f"p/{k}": [predictions[k]] for k in keys}},
+                    tokenizer)
+    gts = {k: toks[f"r/{k}"] for k in keys}
+    res = {k: toks[f"p/{k}"] for k in keys}
+    score, per = Cider().compute_score(gts, res)
+    return float(score), {k: float(s) for k, s in zip(keys, per, strict=True)}
+
+
+# ----------------------------------------------------------------------------------------------
+# CLIPScore
+
+
+def _clip_tokens(clip, texts: list[str]) -> torch.Tensor:
+    """Tokenise for CLIP; captions longer than the context are truncated with one warning."""
+    tokens = clip.tokenizer(texts)
+    try:
+        long = [t for t in texts if len(clip.tokenizer.encode(t)) + 2 > clip.context_length]
+    except AttributeError:  # tokenizers without encode(): rely on their own truncation
+        long = []
+    if long:
+        warnings.warn(f"{len(long)} caption(s) exceed CLIP's {clip.context_length}-token context and were "
+                      f"truncated (e.g. {long[0][:60]!r})", stacklevel=2)
+    return tokens
+
+
+@torch.no_grad()
+def clip_image_features(clip, paths: list[Path], batch_size: int = 64, device="cpu") -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    out = []
+    for i in tqdm(range(0, len(paths), batch_size), desc="CLIP images", leave=False,
+                  disable=len(paths) <= batch_size):
+        x = torch.stack([clip.preprocess(open_image(p)) for p in paths[i:i + batch_size]]).to(device)
+        out.append(clip.model.encode_image(x, normalize=True).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def clip_text_features(clip, texts: list[str], batch_size: int = 256, device="cpu") -> torch.Tensor:
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tokens = _clip_tokens(clip, texts[i:i + batch_size]).to(device)
+        out.append(clip.model.encode_text(tokens, normalize=True).float().cpu())
+    return torch.cat(out)
+
+
+@dataclass
+class ClipScores:
+    clipscore: np.ndarray  # per image, 2.5 * max(cos, 0)
+    refclipscore: np.ndarray | None  # per image, harmonic mean with the reference similarity
+
+
+def clip_scores(clip, paths: list[Path], captions: list[str], references: list[list[str]] | None = None,
+                prefix: str = "", device="cpu", batch_size: int = 64, w: float = 2.5) -> ClipScores:
+    img = clip_image_features(clip, paths, batch_size, device)
+    txt = clip_text_features(clip, [prefix + c for c in captions], device=device)
+    cs = w * np.clip((img * txt).sum(-1).numpy(), 0, None)
+    ref = None
+    if references is not None:
+        flat = [prefix + r for refs in references for r in refs]
+        rf = clip_text_features(clip, flat, device=device)
+        best, i = [], 0
+        for b, refs in enumerate(references):
+            best.append(float((rf[i:i + len(refs)] @ txt[b]).max()))
+            i += len(refs)
+        best = np.clip(np.array(best), 0, None)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ref = np.where(cs + best > 0, 2 * cs * best / (cs + best), 0.0)
+    return ClipScores(cs, ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluator
+
+
+def evaluate(predictions: dict[str, str], caption_set, clip=None, tokenizer: str = "ptb", prefix: str = "",
+             device="cpu") -> dict:
+    """The course evaluator's numbers for predictions over a CaptionSet (keys must match exactly)."""
+    from .data import check_prediction_keys
+
+    refs = caption_set.references()
+    check_prediction_keys(predictions, refs.keys(), "predictions")
+    empty = [k for k, v in refs.items() if not v]
+    if empty:
+        raise HW3Error(f"{caption_set.source}: {len(empty)} image(s) have no reference caption (e.g. {empty[0]})")
+    score, per_cider = cider(predictions, refs, tokenizer)
+    result = {"CIDEr": score, "per_image": {k: {"caption": predictions[k], "CIDEr": per_cider[k]} for k in refs}}
+    if clip is not None:
+        keys = [im.key for im in caption_set.images]
+        paths = [im.path for im in caption_set.images]
+        if any(p is None for p in paths):
+            raise HW3Error("CLIPScore needs the image folder (--images)")
+        cs = clip_scores(clip, paths, [predictions[k] for k in keys], [refs[k] for k in keys], prefix, device)
+        result["CLIPScore"] = float(cs.clipscore.mean())
+        result["RefCLIPScore"] = float(cs.refclipscore.mean())
+        for k, a, b in zip(keys, cs.clipscore, cs.refclipscore, strict=True):
+            result["per_image"][k].update(CLIPScore=float(a), RefCLIPScore=float(b))
+    return result
+
+
+def cider_validator(paths: list[Path], references: list[list[str]], features, tokenizer, max_len: int = 60,
+                    batch_size: int = 32, tokenizer_kind: str = "python"):
+    """A training-loop validator: greedy captions of `paths` scored by CIDEr-D against `references`.
+    `features(indices) -> (B, S, E)` gives encoder tokens (e.g. a FeatureSource)."""
+    from .decode import greedy
+
+    keys = [str(i) for i in range(len(paths))]
+
+    def validate(model) -> dict:
+        preds = {}
+        for i in range(0, len(paths), batch_size):
+            idx = list(range(i, min(i + batch_size, len(paths))))
+            out = greedy(model, features(idx), tokenizer.eot_id, max_len)
+            for j, toks in zip(idx, out.tokens, strict=True):
+                preds[keys[j]] = tokenizer.decode(toks).strip()
+        score, _ = cider(preds, dict(zip(keys, references, strict=True)), tokenizer_kind)
+        return {"cider": score, "example": preds[keys[0]]}
+
+    return validate
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None and os.path.isfile(_jar())
