@@ -219,11 +219,11 @@ def caption_images(model, paths, tokenizer, transform, beams: int = 1, max_len: 
     encoder tokens (a cache); otherwise images go through `transform` and the model's encoder."""
     from tqdm.auto import tqdm
 
-    from .io import open_image
+    from .io import open_image, progress_disabled
 
     out = {}
     for i in tqdm(range(0, len(paths), batch_size), desc=f"captioning ({'greedy' if beams == 1 else f'beam {beams}'})",
-                  disable=not progress, leave=False):
+                  disable=not progress or progress_disabled(), leave=False):
         chunk = paths[i:i + batch_size]
         if features is not None:
             feats = features(list(range(i, i + len(chunk))))

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
-from .io import HW3Error, atomic_write_json
+from .io import HW3Error, atomic_write_json, progress_disabled
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "heart", "moon"]
 COLORS = {
@@ -300,7 +300,7 @@ def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", pro
     p1.mkdir(parents=True)
     atomic_write_json(tmp / "p1_data" / "id2label.json", {str(i): s for i, s in enumerate(SHAPES)})
     p1_boxes = {}
-    for cid, shape in enumerate(tqdm(SHAPES, desc="demo p1", leave=False, disable=not progress)):
+    for cid, shape in enumerate(tqdm(SHAPES, desc="demo p1", leave=False, disable=not progress or progress_disabled())):
         for k in range(ws.p1_per_class):
             rng = np.random.default_rng([seed, 0, cid, k])
             img, objs = draw_scene(rng, 32, 1, shapes=[shape])

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .io import atomic_path
+from .io import atomic_path, progress_disabled
 
 
 def encoder_fingerprint(spec, data_config: dict) -> str:
@@ -79,22 +79,28 @@ class FeatureCache:
             progress: bool = False) -> list[torch.Tensor]:
         """Encoder tokens for every path; `encode(paths) -> (B, S, E)` runs only on misses."""
         out: list[torch.Tensor | None] = [None] * len(paths)
-        todo = []
+        todo: dict[str, list[int]] = {}  # key -> positions; a batch may hold one image several times
         for i, p in enumerate(paths):
-            t = self._read(self.key(p))
+            k = self.key(p)
+            if k in todo:
+                todo[k].append(i)
+                continue
+            t = self._read(k)
             if t is None:
-                todo.append(i)
+                todo[k] = [i]
             else:
                 out[i] = t
-        self.hits += len(paths) - len(todo)
+        self.hits += len(paths) - sum(len(v) for v in todo.values())
         self.misses += len(todo)
-        bar = tqdm(range(0, len(todo), batch_size), desc="encoding images (cache fill)", leave=False,
-                   disable=not progress or not todo)
+        keys = list(todo)
+        bar = tqdm(range(0, len(keys), batch_size), desc="encoding images (cache fill)", leave=False,
+                   disable=not progress or not keys or progress_disabled())
         for j in bar:
-            idx = todo[j:j + batch_size]
-            feats = encode([paths[i] for i in idx])
-            for i, f in zip(idx, feats, strict=True):
+            chunk = keys[j:j + batch_size]
+            feats = encode([paths[todo[k][0]] for k in chunk])
+            for k, f in zip(chunk, feats, strict=True):
                 f = f.detach().cpu()
-                self._write(self.key(paths[i]), f)
-                out[i] = f
+                self._write(k, f)
+                for i in todo[k]:
+                    out[i] = f
         return out  # type: ignore[return-value]

@@ -23,6 +23,11 @@ MAX_IMAGE_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def progress_disabled() -> bool:
+    """TQDM_DISABLE=1 silences every progress bar, also those that set `disable=` themselves."""
+    return os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+
+
 class HW3Error(Exception):
     """A problem with the user's input or files. The CLI prints it as one line and exits non-zero."""
 

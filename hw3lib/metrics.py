@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import HW3Error, open_image
+from .io import HW3Error, open_image, progress_disabled
 
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 
@@ -141,7 +141,7 @@ def clip_image_features(clip, paths: list[Path], batch_size: int = 64, device="c
 
     out = []
     for i in tqdm(range(0, len(paths), batch_size), desc="CLIP images", leave=False,
-                  disable=len(paths) <= batch_size):
+                  disable=len(paths) <= batch_size or progress_disabled()):
         x = torch.stack([clip.preprocess(open_image(p)) for p in paths[i:i + batch_size]]).to(device)
         out.append(clip.model.encode_image(x, normalize=True).float().cpu())
     return torch.cat(out)

@@ -38,7 +38,7 @@ from .captioner import (
     save_checkpoint,
 )
 from .data import CaptionSet
-from .io import HW3Error, atomic_path, atomic_write_json, open_image
+from .io import HW3Error, atomic_path, atomic_write_json, open_image, progress_disabled
 from .tokenizer import teacher_forcing_batch
 
 
@@ -339,7 +339,7 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
     model.train()
     if model.encoder is not None:
         model.encoder.eval()
-    bar = tqdm(total=total, initial=state["step"], desc="training", disable=rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=state["step"], desc="training", disable=rank != 0 or progress_disabled(), dynamic_ncols=True)
     t0 = time.time()
     done = state["step"] >= total
     while not done and state["epoch"] < cfg.epochs:

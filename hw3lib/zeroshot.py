@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .assets import ClipBundle
 from .data import P1Dataset, load_images, read_p1_folder
-from .io import HW3Error, atomic_path
+from .io import HW3Error, atomic_path, progress_disabled
 from .templates import check_template, fill
 
 # ----------------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ from .templates import check_template, fill
 def encode_images(clip: ClipBundle, images, batch_size: int = 64, device="cpu", desc="encoding images") -> torch.Tensor:
     """Normalised image features (N, D) of PIL images, batched, with the model's own preprocessing."""
     feats = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) <= batch_size):
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) <= batch_size or progress_disabled()):
         x = torch.stack([clip.preprocess(im) for im in images[i:i + batch_size]]).to(device)
         feats.append(clip.model.encode_image(x, normalize=True).float().cpu())
     return torch.cat(feats)

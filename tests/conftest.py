@@ -5,6 +5,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would flood the captured output
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_GPT2 = ROOT.parent / "shared" / "gpt2"

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from hw3lib.assets import load_decoder_from_manifest, load_manifest
-from hw3lib.captioner import (PEFT_KINDS, Captioner, CaptionerConfig, build_captioner, check_budget,
-                              parameter_report, read_checkpoint, save_checkpoint)
+from hw3lib.captioner import (
+    PEFT_KINDS,
+    Captioner,
+    CaptionerConfig,
+    build_captioner,
+    check_budget,
+    parameter_report,
+    read_checkpoint,
+    save_checkpoint,
+)
 from hw3lib.decoder import GPT2, GPT2Config
 from hw3lib.io import HW3Error
 

@@ -1,0 +1,173 @@
+"""The training loop: resume equals an uninterrupted run, NaN stops cleanly, the feature cache runs the
+encoder once per image, configs are validated, the CLI trains, and 2-process DDP works on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hw3lib.assets import encoder_data_config, encoder_transform, load_manifest, load_tokenizer
+from hw3lib.captioner import CaptionerConfig, build_captioner, read_checkpoint
+from hw3lib.data import read_caption_file
+from hw3lib.features import FeatureCache, encoder_fingerprint
+from hw3lib.io import HW3Error
+from hw3lib.train import FeatureSource, TrainConfig, caption_data, fit, load_config
+
+from .conftest import ROOT, run_cli
+
+
+class Crash(Exception):
+    pass
+
+
+def setup(small_models, small_world, tmp_path, kind="lora", **train_kw):
+    m = load_manifest(small_models)
+    torch.manual_seed(0)
+    model = build_captioner(m, CaptionerConfig(peft=kind, lora_r=4, adapter_dim=8, virtual_tokens=3))
+    tok = load_tokenizer(m)
+    p2 = small_world / "p2_data"
+    cfg = TrainConfig(**({"epochs": 2, "batch_size": 16, "lr": 2e-3, "warmup_steps": 2, "eta_min": 1e-5,
+                          "val_every": 4, "val_images": 8, "log_every": 1, "select_metric": "loss", "max_steps": 14}
+                         | train_kw))
+    train = caption_data(read_caption_file(p2 / "train.json", p2 / "images" / "train"), tok, 40)
+    val = caption_data(read_caption_file(p2 / "val.json", p2 / "images" / "val"), tok, 40)
+    cache = FeatureCache(tmp_path / "cache", encoder_fingerprint(m.encoder, encoder_data_config(model.encoder)))
+    tf = encoder_transform(model.encoder)
+    return model, cfg, train, val, FeatureSource(model, train.paths, tf, cache), FeatureSource(model, val.paths, tf, cache)
+
+
+def test_resume_equals_uninterrupted(small_models, small_world, tmp_path):
+    model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path)
+    fit(model, train, val, cfg, tmp_path / "a", src, vsrc)
+    reference = model.trainable_state_dict()
+
+    model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path)
+    calls = {"n": 0}
+    real = src.__call__
+
+    def crashing(indices):
+        calls["n"] += 1
+        if calls["n"] == 11:  # mid-epoch, after the save at step 8
+            raise Crash
+        return real(indices)
+
+    src_crash = FeatureSource(model, src.paths, src.transform, src.cache)
+    src_crash.__class__ = type("Crashing", (FeatureSource,), {"__call__": lambda self, idx: crashing(idx)})
+    with pytest.raises(Crash):
+        fit(model, train, val, cfg, tmp_path / "b", src_crash, vsrc)
+    state = torch.load(tmp_path / "b" / "resume.pt", weights_only=True)
+    assert state["state"]["step"] == 8
+
+    model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path)  # a fresh process, in effect
+    summary = fit(model, train, val, cfg, tmp_path / "b", src, vsrc)
+    resumed = model.trainable_state_dict()
+    assert summary["steps"] == 14 and resumed.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(resumed[k], reference[k]), k
+    log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in log if "step" in e]
+    assert steps == sorted(set(steps)) and steps[-1] == 14  # no duplicated steps after the resume
+    best = load_file(tmp_path / "b" / "checkpoint-best.safetensors")
+    assert set(best) == set(reference)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_models, small_world, tmp_path):
+    model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path, val_every=2)
+    calls = {"n": 0}
+
+    class Poisoned(FeatureSource):
+        def __call__(self, idx):
+            calls["n"] += 1
+            f = super().__call__(idx)
+            return f * float("nan") if calls["n"] == 4 else f
+
+    bad = Poisoned(model, src.paths, src.transform, src.cache)
+    with pytest.raises(HW3Error, match="non-finite loss.*at step 3.*last good checkpoint kept"):
+        fit(model, train, val, cfg, tmp_path / "run", bad, vsrc)
+    _, tensors, info = read_checkpoint(tmp_path / "run" / "checkpoint-last.safetensors")
+    assert info["meta"]["step"] == 2 and all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_feature_cache_runs_encoder_once_per_image(small_models, small_world, tmp_path):
+    model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path, epochs=2, val_every=0, max_steps=0)
+    fit(model, train, val, cfg, tmp_path / "run", src, vsrc)
+    assert src.encoder_calls == len(train.paths)  # two epochs, each image encoded once
+    again = FeatureSource(model, src.paths, src.transform, FeatureCache(src.cache.root, src.cache.fingerprint))
+    a = again([0, 1, 2])
+    assert again.encoder_calls == 0
+    live = FeatureSource(model, src.paths, src.transform, None)([0, 1, 2])
+    torch.testing.assert_close(a, live)  # cached tokens equal a fresh encoder run
+    other = FeatureSource(model, src.paths, src.transform, FeatureCache(src.cache.root, "another-encoder"))
+    other([0])
+    assert other.encoder_calls == 1  # a different encoder fingerprint misses
+    entry = next(src.cache.root.rglob("*.safetensors"))
+    entry.write_bytes(b"garbage")  # a damaged entry is recomputed, not trusted
+    fresh = FeatureSource(model, src.paths, src.transform, FeatureCache(src.cache.root, src.cache.fingerprint))
+    fresh(list(range(len(src.paths))))
+    assert fresh.encoder_calls == 1
+
+
+def test_augmentation_bypasses_cache(small_models, small_world, tmp_path):
+    _, cfg = load_config(ROOT / "configs" / "report_lora16.toml")
+    assert cfg.augment and cfg.hflip == 0.3 and cfg.lr == 3e-5 and cfg.batch_size == 8 and cfg.epochs == 10
+
+
+@pytest.mark.parametrize("override, msg", [
+    ({"lr": "-0.1"}, "invalid training setting.*lr=-0.1"), ({"epochs": "two"}, "not a valid int"),
+    ({"learning_rate": "1"}, "unknown setting --learning_rate"), ({"peft": "bitfit"}, "unknown peft kind"),
+    ({"amp": "fp8"}, "amp='fp8'")])
+def test_bad_settings(override, msg):
+    with pytest.raises(HW3Error, match=msg):
+        load_config(ROOT / "configs" / "demo" / "lora16.toml", override)
+
+
+def test_bad_config_files(tmp_path):
+    (tmp_path / "a.toml").write_text("[train]\nlr = 'fast'\n")
+    with pytest.raises(HW3Error, match="lr: 'fast' is not a valid float"):
+        load_config(tmp_path / "a.toml")
+    (tmp_path / "a2.toml").write_text("[train]\nepochs = 1.5\n")
+    with pytest.raises(HW3Error, match="epochs: expected int, got float"):
+        load_config(tmp_path / "a2.toml")
+    (tmp_path / "b.toml").write_text("[trian]\nlr = 1\n")
+    with pytest.raises(HW3Error, match="unknown table"):
+        load_config(tmp_path / "b.toml")
+    (tmp_path / "c.toml").write_text("[train\n")
+    with pytest.raises(HW3Error, match="invalid TOML"):
+        load_config(tmp_path / "c.toml")
+
+
+def test_cli_train_and_budget(small_models, small_world, tmp_path):
+    args = ["train", ROOT / "configs" / "demo" / "lora16.toml", "--assets", small_models, "--data",
+            small_world / "p2_data", "--out", tmp_path / "run", "--epochs=1", "--batch_size=32", "--val_images=6",
+            "--lora_r", "2", "--device", "cpu"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "trainable" in r.stdout and "validation" in r.stdout
+    cfg, tensors, info = read_checkpoint(tmp_path / "run")
+    assert cfg.lora_r == 2 and info["meta"]["step"] >= 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best"] is not None and 0 <= summary["best"]
+    r = run_cli(*args[:-2], "--max_trainable=1000")
+    assert r.returncode == 2 and "exceed the budget" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(*args, "--bogus=1")
+    assert r.returncode == 2 and "unknown setting --bogus" in r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(small_models, small_world, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "hw3lib", "train", str(ROOT / "configs" / "demo" / "none.toml"), "--assets", str(small_models),
+           "--data", str(small_world / "p2_data"), "--out", str(tmp_path / "ddp"), "--epochs=1",
+           "--batch_size=8", "--val_images=4", "--device=cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["steps"] == 600 // (8 * 2)  # 600 pairs split across two ranks
+    read_checkpoint(tmp_path / "ddp")
