@@ -125,7 +125,6 @@ def beam_search(model, feats: torch.Tensor, eot: int, beams: int = 3, max_len: i
         new_score = torch.full((B, K), float("-inf"), device=dev)
         new_parent = torch.zeros((B, K), dtype=torch.long, device=dev)
         new_token = torch.full((B, K), eot, dtype=torch.long, device=dev)
-        eot_parent = torch.zeros((B, K), dtype=torch.long, device=dev)  # for finished slots' back-pointers
         for b in range(B):
             kept = 0
             for j in range(2 * K):
@@ -139,7 +138,6 @@ def beam_search(model, feats: torch.Tensor, eot: int, beams: int = 3, max_len: i
                 if kept < K:
                     new_score[b, kept], new_parent[b, kept], new_token[b, kept] = s, p, w
                     kept += 1
-            eot_parent[b] = torch.arange(K, device=dev)
             finished[b].sort(key=lambda h: -h[0])
             if len(finished[b]) >= K:
                 best_live = new_score[b].max().item() / (t + 1) ** length_penalty
@@ -201,6 +199,7 @@ def teacher_forced_argmax(model, feats: torch.Tensor, eot: int, max_len: int = 6
     return out
 
 
+@torch.no_grad()
 def sequence_logprob(model, feats: torch.Tensor, tokens: list[int], eot: int, with_end: bool = True) -> float:
     """Sum of log-probabilities of `tokens` (+ the end token) under a teacher-forced forward."""
     seq = [eot] + tokens + ([eot] if with_end else [])
