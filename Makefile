@@ -10,7 +10,7 @@ ASSETS ?= $(DEMO)/models/assets.json
 DEMO_SIZE ?= full
 PYTEST_ARGS ?=
 
-.PHONY: all venv report demo test lint bench clean
+.PHONY: all venv report demo test lint bench browser clean
 
 all: report
 
@@ -32,13 +32,27 @@ $(DEMO)/hw3_data/DEMO.json: | $(VENV)/.installed
 demo: $(DEMO)/hw3_data/DEMO.json
 	$(HW3) demo-models $(DEMO)/hw3_data $(DEMO)/models --size $(DEMO_SIZE) --seed 0
 
-# The main job. With DATA/ASSETS pointing at a real hw3_data/ and a real manifest the demo is skipped.
+# The main job. With DATA/ASSETS pointing at a real hw3_data/ and a real manifest the demo is skipped
+# and the report's own configs (configs/report_*.toml) are trained instead of the demo twins.
 report: venv
 	@if [ "$(DATA)" = "$(DEMO)/hw3_data" ]; then $(MAKE) --no-print-directory demo; fi
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(PY) -m hw3lib.report --data $(DATA) --assets $(ASSETS)
+	TQDM_MININTERVAL=5 $(PY) -m hw3lib.report --data $(DATA) --assets $(ASSETS) \
+		$(if $(filter $(DEMO)/hw3_data,$(DATA)),,--real)
 
-test: venv
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest $(PYTEST_ARGS)
+# Debian's chromium + chromedriver for the headless-browser test of the attention viewer.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing chromium + chromium-driver (apt)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else echo "chromium not installed and no root apt: the browser test will be skipped"; fi; }
+
+test: venv browser
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# Every benchmark; results go to build/bench/results.md (quoted in the README).
+bench: venv demo
+	$(PY) bench/run_all.py --out build/bench
 
 lint: venv
 	$(VENV)/bin/ruff check hw3lib tests bench

@@ -101,94 +101,23 @@ def _weights(study, templates):
 
 
 def cmd_train(args) -> int:
-    import torch.distributed as dist
+    from .pipeline import train_run
 
-    from .assets import encoder_data_config, encoder_transform, load_tokenizer
-    from .captioner import build_captioner, check_budget, format_report, parameter_report
-    from .data import read_caption_file
-    from .features import FeatureCache, encoder_fingerprint
-    from .metrics import cider_validator
-    from .train import (
-        FeatureSource,
-        augmentation_transform,
-        caption_data,
-        fit,
-        load_config,
-        resolve_device,
-        seed_everything,
-    )
-
-    cap_cfg, cfg = load_config(args.config, args.overrides)
-    m = _manifest(args)
-    device = resolve_device(cfg.device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:  # under torchrun: one process per device (gloo on CPU, nccl on GPU)
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.type == "cuda":
-            import torch
-
-            device = torch.device("cuda", local)
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    seed_everything(cfg.seed)
-    tok = load_tokenizer(m)
-    p2 = args.data
-    train_cs = read_caption_file(p2 / "train.json", p2 / "images" / "train")
-    val_cs = read_caption_file(p2 / "val.json", p2 / "images" / "val")
-    model = build_captioner(m, cap_cfg, device)
-    report = parameter_report(model)
-    print(f"captioner ({cap_cfg.peft}): {format_report(report)}", flush=True)
-    check_budget(model, cfg.max_trainable)
-    train, val = caption_data(train_cs, tok, cfg.max_caption_tokens), caption_data(val_cs, tok, cfg.max_caption_tokens)
-    n_val = min(cfg.val_images, len(val.paths))
-    eval_tf = encoder_transform(model.encoder)
-    cache = None
-    if cfg.feature_cache:
-        root = Path(cfg.cache_dir) if cfg.cache_dir else args.out.parent / "feature-cache"
-        cache = FeatureCache(root, encoder_fingerprint(m.encoder, encoder_data_config(model.encoder)))
-    train_tf = augmentation_transform(eval_tf, cfg.hflip, cfg.color_jitter) if cfg.augment else eval_tf
-    train_src = FeatureSource(model, train.paths, train_tf, None if cfg.augment else cache, device)
-    val_src = FeatureSource(model, val.paths, eval_tf, cache, device)
-    if cache is not None and (dist.is_initialized() is False or dist.get_rank() == 0):
-        if not cfg.augment:
-            train_src.fill()
-        val_src.fill(range(n_val))
-    if dist.is_initialized():
-        dist.barrier()
-    validator = cider_validator(val.paths[:n_val], val.references[:n_val], val_src, tok, cfg.max_caption_tokens)
-    try:
-        fit(model, train, val, cfg, args.out, train_src, val_src, validator)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    train_run(args.config, args.assets, args.data, args.out, args.overrides, reuse=False)
     return 0
-
-
-def _load_captioner(args, m, device):
-    from .captioner import CaptionerConfig, build_captioner, read_checkpoint
-
-    if args.checkpoint is None:  # the untrained model: the language model with a blank view of the image
-        return build_captioner(m, CaptionerConfig(peft="none"), device)
-    cfg, tensors, _ = read_checkpoint(args.checkpoint)
-    model = build_captioner(m, cfg, device)
-    model.load_trainable(tensors, str(args.checkpoint))
-    return model.eval()
 
 
 def cmd_caption(args) -> int:
     import json
 
-    from .assets import encoder_transform, load_tokenizer
-    from .decode import caption_images
     from .io import atomic_write_text, list_images
+    from .pipeline import caption_folder, load_run, manifest_for
 
-    m = _manifest(args, decoder=args.decoder_weights)
+    m = manifest_for(args.assets, decoder=args.decoder_weights)
     device = _device(args.device)
-    model = _load_captioner(args, m, device).eval()
-    tok = load_tokenizer(m)
+    model = load_run(args.checkpoint, m, device)
     paths = list_images(args.image_dir)
-    preds = caption_images(model, paths, tok, encoder_transform(model.encoder), args.beams, args.max_len,
-                           args.batch_size, args.length_penalty, device)
+    preds = caption_folder(model, m, paths, args.beams, args.max_len, args.batch_size, args.length_penalty, device)
     atomic_write_text(args.out_json, json.dumps(preds, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {args.out_json}: {len(preds)} captions")
     return 0
@@ -217,6 +146,36 @@ def cmd_evaluate(args) -> int:
         print(f"RefCLIPScore: {result['RefCLIPScore']}")
     out = args.per_image or args.pred_json.with_suffix(".scores.json")
     atomic_write_json(out, result)
+    return 0
+
+
+def cmd_attention(args) -> int:
+    from .assets import encoder_transform, load_tokenizer
+    from .attention import capture, display_maps, html_viewer, method_maps
+    from .io import atomic_write_text, list_images, open_image
+    from .pipeline import load_run, manifest_for
+    from .plots import save, token_maps_figure
+
+    m = manifest_for(args.assets)
+    device = _device(args.device)
+    model = load_run(args.checkpoint, m, device)
+    paths = []
+    for p in args.images:
+        paths += list_images(p) if p.is_dir() else [p]
+    layers = "last" if args.layers == "last" else "all" if args.layers == "all" else [int(x) for x in args.layers.split(",")]
+    heads = args.heads if args.heads in ("mean", "max") else [int(x) for x in args.heads.split(",")]
+    caps = capture(model, load_tokenizer(m), encoder_transform(model.encoder), paths, args.beams, args.max_len, device)
+    items = []
+    for ca in caps:
+        maps = method_maps(model, ca, args.method, layers, heads)
+        items.append((ca, maps))
+        fig = token_maps_figure(open_image(ca.path), ca.caption, ca.token_texts, display_maps(ca, maps),
+                                title=f"{ca.path.name} ({args.method}, layers={args.layers}, heads={args.heads})")
+        save(fig, args.out / f"{ca.path.stem}_attention.png")
+        print(f"{ca.path.name}: {ca.caption}")
+    if args.html:
+        atomic_write_text(args.html, html_viewer(items))
+        print(f"wrote {args.html}")
     return 0
 
 
@@ -307,6 +266,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-image", type=Path, help="where per-image scores go (default PRED.scores.json)")
     _device_arg(s)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("attention", help="P3: per-token attention maps as figures and a standalone HTML viewer")
+    s.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    s.add_argument("--checkpoint", type=Path, help="run folder or checkpoint file (default: untrained model)")
+    _assets_arg(s)
+    s.add_argument("--out", type=Path, required=True, help="folder for the per-image figures")
+    s.add_argument("--html", type=Path, help="also write a standalone HTML viewer here")
+    s.add_argument("--method", choices=["raw", "rollout", "relevance"], default="raw")
+    s.add_argument("--layers", default="last", help="last, all, or comma-separated layer indices")
+    s.add_argument("--heads", default="mean", help="mean, max, or comma-separated head indices")
+    s.add_argument("--beams", type=int, default=1)
+    s.add_argument("--max-len", type=int, default=60)
+    _device_arg(s)
+    s.set_defaults(func=cmd_attention)
 
     s = sub.add_parser("export-decoder", help="write the course decoder file from a transformers GPT-2 folder")
     s.add_argument("gpt2_dir", type=Path, help="folder with config.json + model.safetensors (GPT2LMHeadModel)")

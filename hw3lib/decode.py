@@ -64,8 +64,9 @@ def _max_len(model, max_len: int) -> int:
 
 @torch.no_grad()
 def greedy(model, feats: torch.Tensor, eot: int, max_len: int = 60, use_cache: bool = True,
-           capture: bool = False) -> Decoded:
-    """Argmax decoding of a batch of encoder tokens (B, S, E)."""
+           capture: bool = False, min_len: int = 0) -> Decoded:
+    """Argmax decoding of a batch of encoder tokens (B, S, E); the end token is suppressed before
+    `min_len` tokens."""
     B = feats.shape[0]
     max_len = _max_len(model, max_len)
     st = _Stepper(model, feats, use_cache, capture)
@@ -77,6 +78,8 @@ def greedy(model, feats: torch.Tensor, eot: int, max_len: int = 60, use_cache: b
     atts = []
     for t in range(max_len):
         logits, att = st.step(last, t)
+        if t < min_len:
+            logits[:, eot] = float("-inf")
         logp = logits.log_softmax(-1)
         nxt = logits.argmax(-1)
         scores += torch.where(alive, logp.gather(1, nxt[:, None])[:, 0], torch.zeros_like(scores)).cpu()
@@ -100,11 +103,12 @@ def greedy(model, feats: torch.Tensor, eot: int, max_len: int = 60, use_cache: b
 
 @torch.no_grad()
 def beam_search(model, feats: torch.Tensor, eot: int, beams: int = 3, max_len: int = 60,
-                length_penalty: float = 1.0, use_cache: bool = True, capture: bool = False) -> Decoded:
+                length_penalty: float = 1.0, use_cache: bool = True, capture: bool = False,
+                min_len: int = 0) -> Decoded:
     """Beam search; hypotheses are ranked by sum(log p) / length ** length_penalty (length counts the
     end token). Stops when every image has `beams` finished hypotheses that no live beam can beat."""
     if beams == 1:
-        return greedy(model, feats, eot, max_len, use_cache, capture)
+        return greedy(model, feats, eot, max_len, use_cache, capture, min_len)
     B, K = feats.shape[0], beams
     max_len = _max_len(model, max_len)
     dev = feats.device
@@ -117,6 +121,8 @@ def beam_search(model, feats: torch.Tensor, eot: int, beams: int = 3, max_len: i
     done = [False] * B
     for t in range(max_len):
         logits, att = st.step(last, t)
+        if t < min_len:
+            logits[:, eot] = float("-inf")
         logp = logits.log_softmax(-1).view(B, K, -1)
         V = logp.shape[-1]
         cand = (score[:, :, None] + logp).view(B, K * V)

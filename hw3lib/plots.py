@@ -107,3 +107,167 @@ def selection_figure(selection: dict, title: str = "Template ensembles and selec
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# P2
+
+
+def _pareto(xs, ys):
+    """Indices on the upper-left front: no other point has fewer parameters and a higher score."""
+    order = np.argsort(xs)
+    front, best = [], -np.inf
+    for i in order:
+        if ys[i] > best:
+            front.append(i)
+            best = ys[i]
+    return front
+
+
+def variants_figure(rows: list[dict], title: str = "PEFT variants on the val split (greedy)"):
+    names = [r["variant"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.4 * len(rows) + 1.5), sharey=True)
+    y = np.arange(len(rows))[::-1]
+    for ax, metric, color in zip(axes, ["CIDEr", "CLIPScore"], ["#4C72B0", "#DD8452"], strict=True):
+        vals = [r[metric] for r in rows]
+        ax.barh(y, vals, color=color)
+        for yi, v in zip(y, vals, strict=True):
+            ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8)
+        ax.set_xlabel(metric)
+        ax.set_xlim(0, max(vals) * 1.2 if max(vals) > 0 else 1)
+    axes[0].set_yticks(y, names)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(rows: list[dict], title: str = "Trainable parameters vs caption quality"):
+    """Two panels: parameters (log) against CIDEr and against CLIPScore, Pareto front joined."""
+    rows = [r for r in rows if r.get("trainable", 0) > 0]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    xs = np.array([r["trainable"] for r in rows], dtype=float)
+    for ax, metric in zip(axes, ["CIDEr", "CLIPScore"], strict=True):
+        ys = np.array([r[metric] for r in rows])
+        ax.scatter(xs, ys, s=40, color="#4C72B0", zorder=3)
+        for r, x, yv in zip(rows, xs, ys, strict=True):
+            ax.annotate(r["variant"], (x, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        front = _pareto(xs, ys)
+        ax.plot(xs[front], ys[front], color="#C44E52", lw=1.2, ls="--", label="Pareto front", zorder=2)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(curves: dict[str, dict], title: str = "Training curves"):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, c in curves.items():
+        axes[0].plot(c["steps"], c["loss"], label=name, lw=1)
+        pts = [(s, v) for s, v in zip(c["val_steps"], c["val_cider"], strict=True) if v is not None]
+        if pts:
+            axes[1].plot(*zip(*pts, strict=True), marker="o", label=name, lw=1)
+    axes[0].set_xlabel("optimiser step")
+    axes[0].set_ylabel("training loss (teacher forcing)")
+    axes[0].set_yscale("log")
+    axes[1].set_xlabel("optimiser step")
+    axes[1].set_ylabel("val CIDEr (subset, greedy)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def greedy_vs_beam_figure(greedy: dict, beam: dict, title: str | None = None):
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    for ax, metric in zip(axes, ["CIDEr", "CLIPScore"], strict=True):
+        vals = [greedy[metric], beam[metric]]
+        ax.bar(["greedy", f"beam {beam['beams']}"], vals, color=["#4C72B0", "#55A868"])
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=9)
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, max(vals) * 1.2)
+    fig.suptitle(title or f"Decoding: {beam['variant']}")
+    fig.tight_layout()
+    return fig
+
+
+def caption_examples_figure(images, captions: list[dict[str, str]], references: list[str],
+                            title: str = "Example captions"):
+    """One row per image: the image, then each model's caption and one reference caption."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 2, figsize=(10, 1.9 * n), gridspec_kw={"width_ratios": [1, 4]}, squeeze=False)
+    for i, (im, caps, ref) in enumerate(zip(images, captions, references, strict=True)):
+        axes[i, 0].imshow(im)
+        axes[i, 0].set_axis_off()
+        lines = [f"{k}: {textwrap.shorten(v, 90)}" for k, v in caps.items()] + [f"reference: {textwrap.shorten(ref, 90)}"]
+        axes[i, 1].text(0, 0.5, "\n".join(lines), va="center", fontsize=8, family="monospace")
+        axes[i, 1].set_axis_off()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# P3
+
+
+def token_maps_figure(image, caption: str, tokens: list[str], heats: list[np.ndarray], title: str | None = None,
+                      cols: int = 5, alpha: float = 0.5):
+    """The image with its caption, then one panel per generated token (the end token included) with
+    that token's map overlaid - the report's P3 figure."""
+    from .attention import overlay
+
+    n = len(tokens) + 1
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title(textwrap.fill(caption, 28), fontsize=7)
+    for i, (tok, heat) in enumerate(zip(tokens, heats, strict=True), start=1):
+        ax = axes.flat[i]
+        ax.imshow(overlay(image, heat, alpha=alpha))
+        ax.set_title(tok.strip() or repr(tok), fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def localisation_figure(loc: dict, title: str = "Do the maps find the named object? (demo world)"):
+    methods = [m for m in loc["pointing"] if loc["pointing"][m] is not None]
+    colors = ["#4C72B0", "#DD8452", "#55A868", "#8C8C8C"]
+    fig, axes = plt.subplots(1, 2 if loc.get("deletion_auc") else 1, figsize=(9, 3.2), squeeze=False)
+    vals = [loc["pointing"][m] * 100 for m in methods]
+    axes[0, 0].bar(methods, vals, color=colors[: len(methods)])
+    for i, v in enumerate(vals):
+        axes[0, 0].text(i, v + 1, f"{v:.0f}%", ha="center", fontsize=8)
+    axes[0, 0].set_ylabel("pointing game accuracy (%)")
+    axes[0, 0].set_ylim(0, 105)
+    axes[0, 0].set_title(f"pointing game ({loc['nouns']} object nouns)", fontsize=9)
+    if loc.get("deletion_auc"):
+        d = [loc["deletion_auc"][m] for m in methods]
+        axes[0, 1].bar(methods, d, color=colors[: len(methods)])
+        axes[0, 1].set_ylabel("mean p(token) while deleting top patches")
+        axes[0, 1].set_title("deletion (lower = map found what matters)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def layer_head_figure(per_head, title: str = "Pointing accuracy of raw attention per layer and head"):
+    import seaborn as sns
+
+    a = np.asarray(per_head) * 100
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * a.shape[1], 0.8 + 0.5 * a.shape[0]))
+    sns.heatmap(a, annot=True, fmt=".0f", cmap="magma", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "%"})
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    return fig

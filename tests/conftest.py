@@ -35,6 +35,17 @@ def small_models(small_world, tmp_path_factory):
     return build_demo_models(small_world, tmp_path_factory.mktemp("models"), size="small", seed=0)
 
 
+@pytest.fixture(scope="session")
+def small_run(small_models, small_world, tmp_path_factory):
+    """A briefly trained LoRA captioner on the small world (run folder)."""
+    from hw3lib.pipeline import train_run
+
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, small_world / "p2_data", out,
+              {"max_steps": "30", "val_images": "4", "lora_r": "4", "device": "cpu"})
+    return out
+
+
 def run_cli(*args, cwd=None):
     """Run `python -m hw3lib ARGS` in a subprocess; returns CompletedProcess (text)."""
     import subprocess

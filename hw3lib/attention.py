@@ -1,0 +1,379 @@
+"""P3: where the decoder looks for each generated word.
+
+Three kinds of map per generated token (the end token included), each a distribution over the
+encoder's patch grid (prefix tokens such as CLS dropped, rows renormalised to sum to 1):
+
+  raw        cross-attention of the query that produced the token; choose layers and heads or
+             aggregate them (mean / max; "last" layer averaged over heads is the common choice)
+  rollout    raw cross-attention carried back through the frozen ViT's self-attention
+             (attention rollout, Abnar & Zuidema 2020: R = prod_l (I + A_l) / 2, heads averaged),
+             so encoder tokens that mix many patches spread their weight onto them
+  relevance  gradient-weighted cross-attention (Chefer et al., 2021): per layer
+             E_heads[(dA ⊙ A)^+] for the gradient of the token's logit, summed over layers. The
+             decoder self-attention term of their update rule is left out (captions are short and
+             that term mostly re-weights tokens, not patches).
+
+Localisation on the demo world (its boxes): for object-noun tokens, the pointing game (is the map's
+peak inside the named object's box, within a tolerance) and a deletion score (the token's probability
+as the most-attended patches are blanked, area under that curve: lower = the map found what matters),
+each against a random map.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .decode import beam_search
+from .io import open_image
+
+# ----------------------------------------------------------------------------------------------
+# capture
+
+
+@dataclass
+class CaptionAttention:
+    path: Path  # the image
+    caption: str  # decoded caption
+    token_ids: list[int]  # generated ids, the end token included when the caption finished
+    token_texts: list[str]  # their readable texts
+    attention: torch.Tensor  # (T, L, H, S) raw cross-attention over all encoder tokens
+    feats: torch.Tensor  # (S, E) encoder tokens (for rollout / relevance / deletion)
+    pixels: torch.Tensor  # (3, h, w) the encoder's input
+    grid: tuple[int, int]  # patch grid (rows, cols)
+    n_prefix: int  # encoder tokens before the patches (CLS, registers)
+    extra: dict = field(default_factory=dict)
+
+
+def patch_layout(encoder) -> tuple[tuple[int, int], int]:
+    """(grid rows, cols) and the number of prefix tokens of a timm ViT."""
+    grid = tuple(encoder.patch_embed.grid_size)
+    return (int(grid[0]), int(grid[1])), int(getattr(encoder, "num_prefix_tokens", 1))
+
+
+@torch.no_grad()
+def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 60, device="cpu") -> list[CaptionAttention]:
+    """Caption images with attention capture on (greedy, or beam search following the final beam)."""
+    grid, n_prefix = patch_layout(model.encoder)
+    out = []
+    for p in paths:
+        x = transform(open_image(p))[None].to(device)
+        feats = model.encode(x)
+        res = beam_search(model, feats, tokenizer.eot_id, beams, max_len, capture=True)
+        ids = res.tokens[0] + ([tokenizer.eot_id] if res.finished[0] else [])
+        texts = [tokenizer.id_to_token_text(i) for i in ids]
+        out.append(CaptionAttention(Path(p), tokenizer.decode(res.tokens[0]).strip(), ids, texts,
+                                    res.attentions[0].float(), feats[0].cpu(), x[0].cpu(), grid, n_prefix))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# aggregation and maps
+
+
+def select(att: torch.Tensor, layers="last", heads="mean") -> torch.Tensor:
+    """(T, L, H, S) -> (T, S): layers = "last" | "all" | int | list | slice (a range);
+    heads = "mean" | "max" | int | list (averaged)."""
+    L = att.shape[1]
+    if layers == "last":
+        idx = [L - 1]
+    elif layers == "all":
+        idx = list(range(L))
+    elif isinstance(layers, int):
+        idx = [layers % L]
+    elif isinstance(layers, slice):
+        idx = list(range(L))[layers]
+    else:
+        idx = [int(i) % L for i in layers]
+    a = att[:, idx]  # (T, l, H, S)
+    if heads == "mean":
+        a = a.mean(dim=2)
+    elif heads == "max":
+        a = a.max(dim=2).values
+    else:
+        hidx = [heads] if isinstance(heads, int) else list(heads)
+        a = a[:, :, hidx].mean(dim=2)
+    return a.mean(dim=1)  # (T, S)
+
+
+def patch_distribution(maps: torch.Tensor, n_prefix: int) -> torch.Tensor:
+    """Drop prefix tokens and renormalise each row to a distribution over patches: (T, P)."""
+    m = maps[:, n_prefix:].clamp_min(0)
+    return m / m.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def to_grid(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    return maps.reshape(maps.shape[0], *grid)  # (T, rows, cols)
+
+
+def upsample(grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(T, rows, cols) -> (T, H, W) bilinear, for overlays and peak finding."""
+    return F.interpolate(grid_maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def normalise(m: np.ndarray) -> np.ndarray:
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def overlay(image: Image.Image, heat: np.ndarray, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """RGB uint8 image with a colour-mapped heat map (H, W in [0, 1]) blended on top."""
+    import matplotlib
+
+    rgb = np.asarray(image.convert("RGB").resize((heat.shape[1], heat.shape[0]), Image.BILINEAR), dtype=np.float32)
+    colored = matplotlib.colormaps[cmap](heat)[..., :3] * 255
+    return (rgb * (1 - alpha) + colored * alpha).clip(0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# rollout through the encoder, and gradient relevance
+
+
+@torch.no_grad()
+def encoder_rollout(encoder, pixels: torch.Tensor) -> torch.Tensor:
+    """Attention rollout of a timm ViT for one image: (S, S), row i = input-token mixture of token i."""
+    attn_maps = []
+
+    def hook(mod, args, _out):
+        x = args[0]
+        B, N, C = x.shape
+        qkv = mod.qkv(x).reshape(B, N, 3, mod.num_heads, C // mod.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = mod.q_norm(qkv[0]), mod.k_norm(qkv[1])
+        attn_maps.append(((q * mod.scale) @ k.transpose(-2, -1)).softmax(-1).mean(dim=1)[0])  # (N, N)
+
+    handles = [blk.attn.register_forward_hook(hook) for blk in encoder.blocks]
+    try:
+        encoder.forward_features(pixels[None])
+    finally:
+        for h in handles:
+            h.remove()
+    S = attn_maps[0].shape[0]
+    R = torch.eye(S)
+    for A in attn_maps:
+        A = 0.5 * A + 0.5 * torch.eye(S)
+        R = (A / A.sum(-1, keepdim=True)) @ R
+    return R
+
+
+def rollout_maps(model, ca: CaptionAttention, layers="last", heads="mean") -> torch.Tensor:
+    """Raw cross-attention carried back to input patches through the encoder's rollout: (T, S)."""
+    R = encoder_rollout(model.encoder, ca.pixels)
+    return select(ca.attention, layers, heads) @ R
+
+
+def relevance_maps(model, ca: CaptionAttention) -> torch.Tensor:
+    """Gradient-weighted cross-attention summed over layers, one backward pass per token: (T, S)."""
+    ids = torch.tensor([[ca.token_ids[-1]] + ca.token_ids[:-1]])  # [start, tokens...] (start = end token)
+    eot = model.decoder.config.vocab_size - 1
+    ids[0, 0] = eot
+    out = []
+    feats = ca.feats[None]
+    for t, target in enumerate(ca.token_ids):
+        with torch.enable_grad():
+            logits, atts = model(feats, ids[:, : t + 1], need_weights=True)
+            for a in atts:
+                a.retain_grad()
+            logits[0, t, target].backward()
+        rel = sum((a.grad[0, :, t] * a[0, :, t]).clamp_min(0).mean(dim=0) for a in atts)  # (S,)
+        out.append(rel.detach())
+        model.zero_grad(set_to_none=True)
+    return torch.stack(out)
+
+
+def method_maps(model, ca: CaptionAttention, method: str, layers="last", heads="mean") -> torch.Tensor:
+    """(T, P) patch distributions for one of: raw, rollout, relevance."""
+    if method == "raw":
+        m = select(ca.attention, layers, heads)
+    elif method == "rollout":
+        m = rollout_maps(model, ca, layers, heads)
+    elif method == "relevance":
+        m = relevance_maps(model, ca)
+    else:
+        raise ValueError(f"unknown attention method {method!r} (raw, rollout, relevance)")
+    return patch_distribution(m, ca.n_prefix)
+
+
+def display_maps(ca: CaptionAttention, maps: torch.Tensor, size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """Per token: a (H, W) map in [0, 1] at image size, for overlays."""
+    im = open_image(ca.path)
+    size = size or (im.height, im.width)
+    up = upsample(to_grid(maps, ca.grid), size).numpy()
+    return [normalise(m) for m in up]
+
+
+# ----------------------------------------------------------------------------------------------
+# localisation on the demo world
+
+
+def _noun_boxes(ca: CaptionAttention, objects: list[dict], shapes: list[str], colors: list[str]):
+    """(token index, boxes of objects it can name) for tokens that spell a shape noun. A colour word
+    just before it narrows the boxes to objects of that colour."""
+    words = [t.strip().lower() for t in ca.token_texts]
+    out = []
+    for i, w in enumerate(words):
+        if w in shapes:
+            cands = [o for o in objects if o["shape"] == w]
+            prev = words[i - 1] if i > 0 else ""
+            if prev in colors:
+                cands = [o for o in cands if o["color"] == prev] or cands
+            if cands:
+                out.append((i, [o["box"] for o in cands]))
+    return out
+
+
+def pointing_hit(heat: np.ndarray, boxes, tolerance: float) -> bool:
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return any(x0 - tolerance <= x < x1 + tolerance and y0 - tolerance <= y < y1 + tolerance for x0, y0, x1, y1 in boxes)
+
+
+@torch.no_grad()
+def deletion_auc(model, ca: CaptionAttention, t: int, patch_map: np.ndarray, fractions=(0, .1, .2, .3, .5)) -> float:
+    """Mean probability of token t as the top-attended patches are replaced by the image mean
+    (lower = the map pointed at what the token needs)."""
+    rows, cols = ca.grid
+    ph, pw = ca.pixels.shape[1] // rows, ca.pixels.shape[2] // cols
+    order = np.argsort(-patch_map)
+    eot = model.decoder.config.vocab_size - 1
+    ids = torch.tensor([[eot] + ca.token_ids[:t]])
+    probs = []
+    for f in fractions:
+        x = ca.pixels.clone()
+        fill = x.mean(dim=(1, 2), keepdim=True)
+        for p in order[: int(round(f * len(order)))]:
+            r, c = divmod(int(p), cols)
+            x[:, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = fill
+        logits = model(model.encode(x[None]), ids)
+        probs.append(float(logits[0, -1].softmax(-1)[ca.token_ids[t]]))
+    return float(np.mean(probs))
+
+
+def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[dict]], shapes, colors,
+                 methods=("raw", "rollout", "relevance"), tolerance_patches: float = 0.5, seed: int = 0,
+                 deletion: bool = True) -> dict:
+    """Pointing game and deletion score per method, a random-map baseline, and pointing accuracy
+    per (layer, head) of raw attention."""
+    rng = np.random.default_rng(seed)
+    hits = {m: [] for m in (*methods, "random")}
+    dels = {m: [] for m in (*methods, "random")}
+    per_head = None
+    for ca in captures:
+        objects = boxes.get(ca.path.name) or boxes.get(f"val/{ca.path.name}") or []
+        nouns = _noun_boxes(ca, objects, shapes, colors)
+        if not nouns:
+            continue
+        im = open_image(ca.path)
+        size = (im.height, im.width)
+        tol = tolerance_patches * size[1] / ca.grid[1]
+        maps = {m: method_maps(model, ca, m) for m in methods}
+        maps["random"] = torch.from_numpy(rng.random((len(ca.token_ids), ca.grid[0] * ca.grid[1]))).float()
+        ups = {m: upsample(to_grid(v, ca.grid), size).numpy() for m, v in maps.items()}
+        L, H = ca.attention.shape[1:3]
+        if per_head is None:
+            per_head = np.zeros((L, H))
+            n_nouns = 0
+        raw_all = patch_distribution(ca.attention.flatten(1, 2).permute(1, 0, 2).reshape(L * H * len(ca.token_ids), -1),
+                                     ca.n_prefix).reshape(L, H, len(ca.token_ids), -1)
+        for t, bxs in nouns:
+            n_nouns += 1
+            for m in maps:
+                hits[m].append(pointing_hit(ups[m][t], bxs, tol))
+                if deletion:
+                    dels[m].append(deletion_auc(model, ca, t, maps[m][t].numpy()))
+            for layer in range(L):
+                for h in range(H):
+                    heat = upsample(to_grid(raw_all[layer, h, t][None], ca.grid), size)[0].numpy()
+                    per_head[layer, h] += pointing_hit(heat, bxs, tol)
+    n = len(hits["random"])
+    return {
+        "nouns": n,
+        "pointing": {m: float(np.mean(v)) if v else None for m, v in hits.items()},
+        "deletion_auc": {m: float(np.mean(v)) if v else None for m, v in dels.items()} if deletion else None,
+        "pointing_per_layer_head": (per_head / max(n, 1)).tolist() if per_head is not None else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# interactive viewers
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=88)
+    return buf.getvalue()
+
+
+def frames(ca: CaptionAttention, maps: torch.Tensor, size: int = 224) -> list[bytes]:
+    """One JPEG per token: the image with that token's map overlaid."""
+    im = open_image(ca.path).resize((size, size), Image.BILINEAR)
+    return [_jpeg(overlay(im, h)) for h in display_maps(ca, maps, (size, size))]
+
+
+def show_attention(ca: CaptionAttention, maps: torch.Tensor, size: int = 256):
+    """An ipywidgets viewer: a slider (and play button) stepping through the tokens."""
+    import ipywidgets as W
+
+    pngs = frames(ca, maps, size)
+    img = W.Image(value=pngs[0], format="jpeg", width=size, height=size)
+    label = W.HTML()
+    slider = W.IntSlider(value=0, min=0, max=len(pngs) - 1, description="token", continuous_update=True)
+    play = W.Play(value=0, min=0, max=len(pngs) - 1, interval=700)
+    W.jslink((play, "value"), (slider, "value"))
+
+    def update(change=None):
+        t = slider.value
+        img.value = pngs[t]
+        words = [f"<b style='color:#c00'>{w}</b>" if i == t else w for i, w in enumerate(ca.token_texts)]
+        label.value = f"<code>{''.join(words)}</code>"
+
+    slider.observe(update, names="value")
+    update()
+    return W.VBox([W.HBox([play, slider]), img, label])
+
+
+def html_viewer(items: list[tuple[CaptionAttention, torch.Tensor]], title: str = "hw3lib attention viewer",
+                size: int = 256) -> str:
+    """A standalone HTML page (no kernel, no network): per image a slider and play button stepping
+    through the tokens, frames embedded as base64 PNGs."""
+    import html
+    import json
+
+    blocks = []
+    for n, (ca, maps) in enumerate(items):
+        srcs = ["data:image/jpeg;base64," + base64.b64encode(p).decode() for p in frames(ca, maps, size)]
+        tokens = [t if t.strip() else repr(t) for t in ca.token_texts]
+        blocks.append(f"""
+<section class="viewer" id="v{n}">
+  <h2>{html.escape(ca.path.name)}: <span class="caption">{html.escape(ca.caption)}</span></h2>
+  <div class="controls"><button class="play" type="button">play</button>
+  <input class="slider" type="range" min="0" max="{len(srcs) - 1}" value="0" step="1" aria-label="token">
+  <span class="token"></span></div>
+  <img class="frame" width="{size}" height="{size}" alt="attention map">
+  <script type="application/json" class="data">{json.dumps({"frames": srcs, "tokens": tokens})}</script>
+</section>""")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} .viewer{{margin-bottom:2em}} .token{{font-family:monospace;
+font-size:1.2em;margin-left:1em}} .caption{{font-weight:normal}} .controls{{margin:.5em 0}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+{''.join(blocks)}
+<script>
+for (const v of document.querySelectorAll('.viewer')) {{
+  const d = JSON.parse(v.querySelector('.data').textContent);
+  const s = v.querySelector('.slider'), img = v.querySelector('.frame'), tok = v.querySelector('.token');
+  const show = () => {{ const t = +s.value; img.src = d.frames[t]; tok.textContent = (t + 1) + '/' + d.frames.length + '  ' + d.tokens[t]; }};
+  s.addEventListener('input', show); show();
+  let timer = null;
+  v.querySelector('.play').addEventListener('click', () => {{
+    if (timer) {{ clearInterval(timer); timer = null; return; }}
+    timer = setInterval(() => {{ s.value = (+s.value + 1) % d.frames.length; show(); }}, 700);
+  }});
+}}
+</script></body></html>
+"""

@@ -1,0 +1,194 @@
+"""Whole P2 steps as library calls, shared by the `hw3` commands and the notebooks: train a run from a
+config (cached), caption images with a run, evaluate predictions, and the PEFT comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .assets import (
+    check_files,
+    encoder_data_config,
+    encoder_transform,
+    load_clip,
+    load_manifest,
+    load_tokenizer,
+)
+from .captioner import (
+    CaptionerConfig,
+    build_captioner,
+    check_budget,
+    format_report,
+    parameter_report,
+    read_checkpoint,
+)
+from .data import read_caption_file
+from .decode import caption_images
+from .features import FeatureCache, encoder_fingerprint
+from .io import HW3Error, atomic_write_json, read_json
+from .metrics import cider_validator, evaluate, java_available
+from .train import (
+    FeatureSource,
+    augmentation_transform,
+    caption_data,
+    fit,
+    load_config,
+    resolve_device,
+    seed_everything,
+)
+
+
+def manifest_for(assets, decoder=None):
+    m = load_manifest(assets)
+    if decoder is not None:
+        m.decoder.weights = str(decoder)
+    check_files(m)
+    return m
+
+
+def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device: str | None = None,
+              reuse: bool = True) -> dict:
+    """Train the captioner of `config` on `p2_dir` into `out`. With `reuse`, a finished run with the
+    same configuration is not trained again (its summary is returned); an interrupted one resumes."""
+    import torch.distributed as dist
+
+    overrides = dict(overrides or {})
+    if device is not None:
+        overrides.setdefault("device", device)
+    cap_cfg, cfg = load_config(config, overrides)
+    out, p2_dir = Path(out), Path(p2_dir)
+    if reuse and (out / "summary.json").is_file() and (out / "config.json").is_file():
+        done = read_json(out / "config.json")
+        from dataclasses import asdict
+
+        if done.get("captioner") == asdict(cap_cfg) and done.get("train") == asdict(cfg):
+            return read_json(out / "summary.json")
+        raise HW3Error(f"{out}: holds a finished run with another configuration (use a new folder)")
+    m = manifest_for(assets)
+    dev = resolve_device(cfg.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():  # under torchrun: one process per device
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    seed_everything(cfg.seed)
+    tok = load_tokenizer(m)
+    train_cs = read_caption_file(p2_dir / "train.json", p2_dir / "images" / "train")
+    val_cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
+    model = build_captioner(m, cap_cfg, dev)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    if rank0:
+        print(f"captioner ({cap_cfg.peft}): {format_report(parameter_report(model))}", flush=True)
+    check_budget(model, cfg.max_trainable)
+    train, val = caption_data(train_cs, tok, cfg.max_caption_tokens), caption_data(val_cs, tok, cfg.max_caption_tokens)
+    n_val = min(cfg.val_images, len(val.paths))
+    eval_tf = encoder_transform(model.encoder)
+    cache = None
+    if cfg.feature_cache:
+        root = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / "feature-cache"
+        cache = FeatureCache(root, encoder_fingerprint(m.encoder, encoder_data_config(model.encoder)))
+    train_tf = augmentation_transform(eval_tf, cfg.hflip, cfg.color_jitter) if cfg.augment else eval_tf
+    train_src = FeatureSource(model, train.paths, train_tf, None if cfg.augment else cache, dev)
+    val_src = FeatureSource(model, val.paths, eval_tf, cache, dev)
+    if cache is not None and rank0:
+        if not cfg.augment:
+            train_src.fill()
+        val_src.fill(range(n_val))
+    if dist.is_initialized():
+        dist.barrier()
+    validator = cider_validator(val.paths[:n_val], val.references[:n_val], val_src, tok, cfg.max_caption_tokens)
+    try:
+        return fit(model, train, val, cfg, out, train_src, val_src, validator)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def load_run(checkpoint, manifest, device="cpu"):
+    """A captioner from a run folder or checkpoint file; None gives the untrained model."""
+    if checkpoint is None:
+        return build_captioner(manifest, CaptionerConfig(peft="none"), device).eval()
+    cfg, tensors, _ = read_checkpoint(checkpoint)
+    model = build_captioner(manifest, cfg, device)
+    model.load_trainable(tensors, str(checkpoint))
+    return model.eval()
+
+
+def caption_folder(model, manifest, paths, beams=1, max_len=60, batch_size=16, length_penalty=1.0,
+                   device="cpu", progress=True) -> dict[str, str]:
+    tok = load_tokenizer(manifest)
+    return caption_images(model, list(paths), tok, encoder_transform(model.encoder), beams, max_len, batch_size,
+                          length_penalty, device, progress)
+
+
+def default_tokenizer() -> str:
+    """The course's PTB tokenizer where Java is installed, else the Java-free equivalent."""
+    return "ptb" if java_available() else "python"
+
+
+def evaluate_predictions(preds, p2_dir, split="val", manifest=None, device="cpu", tokenizer=None, clip=None) -> dict:
+    p2_dir = Path(p2_dir)
+    cs = read_caption_file(p2_dir / f"{split}.json", p2_dir / "images" / split)
+    if clip is None and manifest is not None:
+        clip = load_clip(manifest.clip, device)
+    return evaluate(preds, cs, clip, tokenizer or default_tokenizer(), device=device)
+
+
+def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
+                     device="cpu", beams_best: int = 3, max_len: int = 40, progress=True) -> dict:
+    """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
+    model, and greedy vs beam for the best variant. Returns rows and the run folders."""
+    m = manifest_for(assets)
+    clip = load_clip(m.clip, device)
+    p2_dir, runs_dir = Path(p2_dir), Path(runs_dir)
+    val = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
+    paths = [im.path for im in val.images]
+    rows, preds_by = [], {}
+    untrained = load_run(None, m, device)
+    preds = caption_folder(untrained, m, paths, max_len=max_len, device=device, progress=progress)
+    res = evaluate_predictions(preds, p2_dir, manifest=m, device=device, clip=clip)
+    rows.append({"variant": "untrained", "peft": "-", "trainable": 0, "CIDEr": res["CIDEr"],
+                 "CLIPScore": res["CLIPScore"], "run": None})
+    preds_by["untrained"] = preds
+    for name, config in variants.items():
+        run = runs_dir / name
+        summary = train_run(config, assets, p2_dir, run, overrides, device)
+        model = load_run(run, m, device)
+        preds = caption_folder(model, m, paths, max_len=max_len, device=device, progress=progress)
+        res = evaluate_predictions(preds, p2_dir, manifest=m, device=device, clip=clip)
+        atomic_write_json(run / "val_predictions.json", preds)
+        rows.append({"variant": name, "peft": model.config.peft, "trainable": summary["parameters"]["trainable"],
+                     "CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"], "run": str(run)})
+        preds_by[name] = preds
+    trained = [r for r in rows if r["run"]]
+    best = max(trained, key=lambda r: r["CIDEr"]) if trained else None
+    beam = None
+    if best is not None and beams_best > 1:
+        model = load_run(best["run"], m, device)
+        preds = caption_folder(model, m, paths, beams=beams_best, max_len=max_len, device=device, progress=progress)
+        res = evaluate_predictions(preds, p2_dir, manifest=m, device=device, clip=clip)
+        beam = {"variant": best["variant"], "beams": beams_best, "CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"]}
+        preds_by[f"{best['variant']} (beam {beams_best})"] = preds
+    return {"rows": rows, "best": best, "beam": beam, "predictions": preds_by,
+            "references": val.references(), "paths": {im.key: str(im.path) for im in val.images}}
+
+
+def training_curves(run_dir) -> dict:
+    """Loss / learning-rate points and validation points of a run's log.jsonl."""
+    steps, losses, val_steps, val_cider, val_loss = [], [], [], [], []
+    for line in Path(run_dir, "log.jsonl").read_text(encoding="utf-8").splitlines():
+        e = json.loads(line)
+        if "loss" in e:
+            steps.append(e["step"])
+            losses.append(e["loss"])
+        elif "validation" in e:
+            v = e["validation"]
+            val_steps.append(v["step"])
+            val_cider.append(v.get("cider"))
+            val_loss.append(v.get("val_loss"))
+    return {"steps": steps, "loss": losses, "val_steps": val_steps, "val_cider": val_cider, "val_loss": val_loss}

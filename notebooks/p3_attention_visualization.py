@@ -1,0 +1,126 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (hw3lib)
+#     language: python
+#     name: hw3lib
+# ---
+
+# %% [markdown]
+# # P3 - attention of the captioner, token by token
+#
+# For each P3 test image: the caption and one cross-attention map per generated word (the end token
+# included), as in the report's Problem 3; the top-1 and last-1 val images by CLIPScore with their
+# maps; an interactive slider (and a standalone HTML viewer); and - new here - a score of whether the
+# maps find the named objects, on the demo world whose object boxes are known.
+
+# %% tags=["parameters"]
+data_dir = "../build/demo/hw3_data"  # an hw3_data/ folder
+assets = "../build/demo/models/assets.json"  # asset manifest, or "real"
+checkpoint = "../build/runs/demo/lora16"  # a trained run (from the P2 notebook or `hw3 train`)
+device = "auto"  # auto, cpu, cuda
+smoke = False  # a quick run for tests: fewer val images
+figures_dir = "../figures"  # where figures, the HTML viewer and the summary JSON go
+layers = "last"  # "last", "all", or a list of layer indices
+heads = "mean"  # "mean", "max", or a list of head indices
+localisation_images = 80  # val images scored for localisation (demo world only)
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+from hw3lib.assets import encoder_transform, load_clip, load_tokenizer
+from hw3lib.attention import capture, display_maps, html_viewer, localisation, method_maps, show_attention
+from hw3lib.data import read_caption_file
+from hw3lib.demo import COLORS, SHAPES, read_boxes
+from hw3lib.io import atomic_write_json, atomic_write_text, list_images, open_image
+from hw3lib.metrics import evaluate
+from hw3lib.pipeline import caption_folder, evaluate_predictions, load_run, manifest_for
+from hw3lib.plots import layer_head_figure, localisation_figure, save, token_maps_figure
+
+figures = Path(figures_dir)
+figures.mkdir(parents=True, exist_ok=True)
+device = ("cuda" if __import__("torch").cuda.is_available() else "cpu") if device == "auto" else device
+m = manifest_for(assets)
+model = load_run(checkpoint, m, device)
+tok = load_tokenizer(m)
+transform = encoder_transform(model.encoder)
+data = Path(data_dir)
+
+# %% [markdown]
+# ## The P3 test images: caption and one map per token (last layer, heads averaged)
+
+# %%
+p3 = capture(model, tok, transform, list_images(data / "p3_data" / "images"), device=device)
+for ca in p3:
+    maps = method_maps(model, ca, "raw", layers, heads)
+    save(token_maps_figure(open_image(ca.path), ca.caption, ca.token_texts, display_maps(ca, maps)),
+         figures / f"p3_{ca.path.stem}.png")
+    print(f"{ca.path.name}: {ca.caption}")
+
+# %% [markdown]
+# ## Step through the tokens (slider + play); the same viewer as a standalone HTML file
+
+# %%
+display(show_attention(p3[0], method_maps(model, p3[0], "raw", layers, heads)))
+atomic_write_text(figures / "p3_viewer.html",
+                  html_viewer([(ca, method_maps(model, ca, "raw", layers, heads)) for ca in p3]))
+
+# %% [markdown]
+# ## Top-1 and last-1 val images by CLIPScore
+
+# %%
+p2 = data / "p2_data"
+val_paths = list_images(p2 / "images" / "val")
+if smoke:
+    val_paths = val_paths[:8]
+preds = caption_folder(model, m, val_paths, device=device, progress=False)
+cs = read_caption_file(p2 / "val.json", p2 / "images" / "val")
+keep = {p.stem for p in val_paths}
+cs.images = [im for im in cs.images if im.key in keep]
+scores = evaluate(preds, cs, load_clip(m.clip, device), "python", device=device)["per_image"]
+ranked = sorted(scores, key=lambda k: scores[k]["CLIPScore"])
+extremes = {"top-1": ranked[-1], "last-1": ranked[0]}
+by_key = {p.stem: p for p in val_paths}
+for label, key in extremes.items():
+    ca = capture(model, tok, transform, [by_key[key]], device=device)[0]
+    maps = method_maps(model, ca, "raw", layers, heads)
+    title = f"{label} by CLIPScore: {by_key[key].name}, CLIPScore = {scores[key]['CLIPScore']:.3f}"
+    save(token_maps_figure(open_image(ca.path), ca.caption, ca.token_texts, display_maps(ca, maps), title=title),
+         figures / f"p3_{label}.png")
+    print(title, "-", ca.caption)
+
+# %% [markdown]
+# ## Do the maps find the named object? (demo world: pointing game and deletion)
+# For every shape noun in a caption, the pointing game asks whether the map's peak falls inside the
+# box of an object of that shape (and colour, when a colour word precedes it), within half a patch.
+# Deletion blanks the most-attended patches and tracks the token's probability. Random maps give
+# the baseline.
+
+# %%
+boxes_file = p2 / "boxes.json"
+loc = None
+if boxes_file.is_file():
+    n = 6 if smoke else localisation_images
+    caps = capture(model, tok, transform, list_images(p2 / "images" / "val")[:n], device=device)
+    loc = localisation(model, caps, read_boxes(boxes_file), SHAPES, list(COLORS), deletion=not smoke)
+    print({k: v for k, v in loc.items() if k != "pointing_per_layer_head"})
+    save(localisation_figure(loc), figures / "p3_localisation.png")
+    save(layer_head_figure(loc["pointing_per_layer_head"]), figures / "p3_layer_head.png")
+else:
+    print("no boxes.json: localisation is scored on the demo world only")
+atomic_write_json(figures / "p3_summary.json", {
+    "p3_captions": {ca.path.name: ca.caption for ca in p3},
+    "extremes": {k: {"image": by_key[v].name, "CLIPScore": scores[v]["CLIPScore"], "caption": preds[v]}
+                 for k, v in extremes.items()},
+    "localisation": loc, "layers": layers, "heads": heads})
+plt.close("all")

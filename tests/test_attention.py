@@ -1,0 +1,129 @@
+"""P3: maps are distributions over the patch grid, aggregation choices, localisation scoring, the
+HTML viewer in headless Chromium, and the attention CLI."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from hw3lib.assets import encoder_transform, load_manifest, load_tokenizer
+from hw3lib.attention import (
+    CaptionAttention,
+    capture,
+    html_viewer,
+    method_maps,
+    patch_distribution,
+    pointing_hit,
+    select,
+    to_grid,
+    upsample,
+)
+from hw3lib.io import list_images
+from hw3lib.pipeline import load_run
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def captured(small_models, small_run, small_world):
+    m = load_manifest(small_models)
+    model = load_run(small_run, m)
+    tok = load_tokenizer(m)
+    paths = list_images(small_world / "p3_data" / "images")[:2]
+    return model, capture(model, tok, encoder_transform(model.encoder), paths, max_len=10)
+
+
+def test_select_aggregations_by_hand():
+    att = torch.rand(3, 4, 2, 5)  # (T, L, H, S)
+    torch.testing.assert_close(select(att, "last", "mean"), att[:, 3].mean(1))
+    torch.testing.assert_close(select(att, "all", "max"), att.max(2).values.mean(1))
+    torch.testing.assert_close(select(att, slice(1, 3), [1]), att[:, 1:3, 1].mean(1))
+    torch.testing.assert_close(select(att, [0, -1], 0), att[:, [0, 3], 0].mean(1))
+
+
+def test_patch_distribution_drops_prefix_and_renormalises():
+    maps = torch.tensor([[0.5, 0.25, 0.25], [0.9, 0.0, 0.1]])
+    d = patch_distribution(maps, 1)
+    torch.testing.assert_close(d, torch.tensor([[0.5, 0.5], [0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("method", ["raw", "rollout", "relevance"])
+def test_maps_are_distributions_over_the_grid(captured, method):
+    model, cas = captured
+    for ca in cas:
+        assert ca.grid == (8, 8) and ca.n_prefix == 1
+        assert ca.attention.shape[0] == len(ca.token_ids) == len(ca.token_texts)
+        maps = method_maps(model, ca, method)
+        assert maps.shape == (len(ca.token_ids), 64) and (maps >= 0).all()
+        torch.testing.assert_close(maps.sum(-1), torch.ones(len(ca.token_ids)), atol=1e-5, rtol=0)
+        assert to_grid(maps, ca.grid).shape == (len(ca.token_ids), 8, 8)
+        assert upsample(to_grid(maps, ca.grid), (96, 96)).shape == (len(ca.token_ids), 96, 96)
+
+
+def test_raw_attention_sums_to_one_before_dropping_cls(captured):
+    _, cas = captured
+    for ca in cas:
+        torch.testing.assert_close(ca.attention.sum(-1), torch.ones(ca.attention.shape[:-1]), atol=1e-5, rtol=0)
+
+
+def test_pointing_game():
+    heat = np.zeros((96, 96))
+    heat[40, 60] = 1
+    assert pointing_hit(heat, [(50, 30, 70, 50)], tolerance=0)
+    assert not pointing_hit(heat, [(0, 0, 20, 20)], tolerance=0)
+    assert pointing_hit(heat, [(62, 30, 80, 50)], tolerance=6)  # just outside, within tolerance
+
+
+def test_html_viewer_in_headless_chromium(captured, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        pytest.skip("Debian chromium + chromium-driver are not installed (make test installs them as root)")
+    model, cas = captured
+    page = tmp_path / "viewer.html"
+    page.write_text(html_viewer([(ca, method_maps(model, ca, "raw")) for ca in cas]))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(a)
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    drv = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        drv.get(page.as_uri())
+        viewer = drv.find_elements(By.CSS_SELECTOR, ".viewer")[0]
+        img, slider, token = (viewer.find_element(By.CSS_SELECTOR, s) for s in (".frame", ".slider", ".token"))
+        first_src, first_token = img.get_attribute("src"), token.text
+        assert first_src.startswith("data:image/jpeg;base64,") and first_token.startswith("1/")
+        slider.send_keys(Keys.ARROW_RIGHT)  # a user moving the slider one step
+        assert slider.get_attribute("value") == "1"
+        assert img.get_attribute("src") != first_src and token.text.startswith("2/")
+        assert drv.execute_script("return arguments[0].naturalWidth", img) > 0  # the frame decodes
+        viewer.find_element(By.CSS_SELECTOR, ".play").click()
+        import time
+
+        time.sleep(1.6)
+        assert slider.get_attribute("value") not in ("1",)  # play advanced it
+    finally:
+        drv.quit()
+
+
+def test_attention_cli(small_models, small_run, small_world, tmp_path):
+    images = small_world / "p3_data" / "images"
+    r = run_cli("attention", images, "--checkpoint", small_run, "--assets", small_models, "--out", tmp_path / "fig",
+                "--html", tmp_path / "v.html", "--method", "rollout", "--layers", "all", "--max-len", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list((tmp_path / "fig").glob("*_attention.png"))) == 5
+    html = (tmp_path / "v.html").read_text()
+    assert html.count('class="viewer"') == 5 and "http" not in html.split("<body>")[1]  # nothing fetched
+
+
+def test_capture_record_fields(captured):
+    _, cas = captured
+    ca = cas[0]
+    assert isinstance(ca, CaptionAttention) and ca.caption == "".join(
+        t for t in ca.token_texts if t != "<|endoftext|>").strip()
