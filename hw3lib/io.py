@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,6 +34,36 @@ class HW3Error(Exception):
 
 
 # ----------------------------------------------------------------------------------------------
+# fault injection (for the reliability suite): HW3_FAULT="POINT:N" SIGKILLs this process the N-th
+# time it passes POINT. Points: "write:<file name>" (after the data is written, before the rename),
+# "step" (after an optimiser step), "validation" (inside a validation).
+
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    spec = os.environ.get("HW3_FAULT")
+    if not spec:
+        return
+    target, _, n = spec.rpartition(":")
+    if target != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete `.name.XXXX.tmp` files that a killed atomic write left behind; returns how many."""
+    n = 0
+    for p in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------
 # atomic writes
 
 
@@ -51,6 +82,7 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        fault_point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -38,7 +38,15 @@ from .captioner import (
     save_checkpoint,
 )
 from .data import CaptionSet
-from .io import HW3Error, atomic_path, atomic_write_json, open_image, progress_disabled
+from .io import (
+    HW3Error,
+    atomic_path,
+    atomic_write_json,
+    fault_point,
+    open_image,
+    progress_disabled,
+    remove_stale_temporaries,
+)
 from .tokenizer import teacher_forcing_batch
 
 
@@ -282,7 +290,11 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
     state = {"step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None}
     resume_file = run_dir / "resume.pt"
     if resume and resume_file.is_file():
-        ck = torch.load(resume_file, map_location="cpu", weights_only=True)
+        try:  # weights_only: a resume file that would run code is refused, never executed
+            ck = torch.load(resume_file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            msg = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:160]
+            raise HW3Error(f"{resume_file}: not a readable resume state ({msg}); remove it to start over") from None
         if ck.get("config") != json.dumps({"captioner": asdict(model.config), "train": asdict(cfg)}, sort_keys=True):
             raise HW3Error(f"{resume_file}: run folder holds a run with another configuration (use a new --out)")
         model.load_trainable(ck["trainable"], str(resume_file))
@@ -294,6 +306,7 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
     log_path = run_dir / "log.jsonl"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)  # left by a write that was killed before its rename
         atomic_write_json(run_dir / "config.json", {"captioner": asdict(model.config), "train": asdict(cfg),
                                                     "parameters": report, "world_size": world})
         _truncate_log(log_path, state["step"])
@@ -319,6 +332,7 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
         result = {"step": state["step"], "epoch": state["epoch"]}
         if val is not None and val_source is not None:
             result["val_loss"] = validation_loss(model, val_source, val, cfg, autocast)
+        fault_point("validation")
         if validator is not None:
             model.eval()
             result.update(validator(model))
@@ -373,6 +387,7 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
             else:
                 opt.step()
             state["step"] += 1
+            fault_point("step")
             bar.update()
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
             if state["step"] % cfg.log_every == 0 or state["step"] == 1:

@@ -30,3 +30,16 @@ def test_cli_lists_subcommands():
     assert r.returncode == 0
     for cmd in ("demo-data", "demo-models", "export-decoder"):
         assert cmd in r.stdout
+
+
+def test_gpu_smoke_script_runs_at_toy_size_on_cpu():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_smoke.py"), "--tiny", "--device", "cpu",
+                        "--steps", "1", "--tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    values = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
+    for key in ("trainable_params", "train_images_per_s_live", "train_images_per_s_cache", "greedy_tokens_per_s",
+                "beam3_tokens_per_s"):
+        assert float(values[key]) > 0, key
