@@ -47,7 +47,7 @@ class DemoModelSettings:
     text_layers: int = 3  # CLIP text transformer depth
     context_length: int = 32  # CLIP text tokens
     embed_dim: int = 128  # joint CLIP embedding
-    clip_epochs: int = 10  # contrastive training epochs
+    clip_epochs: int = 9  # contrastive training epochs
     clip_batch: int = 128  # contrastive batch
     clip_lr: float = 1e-3  # AdamW peak learning rate
     bpe_vocab: int = 512  # BPE tokens including <|endoftext|>
