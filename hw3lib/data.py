@@ -128,6 +128,15 @@ class CaptionSet:
         return {im.key: im for im in self.images}
 
 
+def _require_record(rec, keys: tuple[str, ...], where: str) -> dict:
+    if not isinstance(rec, dict):
+        raise HW3Error(f"{where} is not an object")
+    for key in keys:
+        if key not in rec:
+            raise HW3Error(f"{where} has no '{key}'")
+    return rec
+
+
 def _require_int(value, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise HW3Error(f"{where} must be an integer, found {value!r}")
@@ -158,11 +167,7 @@ def read_caption_file(
     seen_keys: dict[str, int] = {}
     for i, rec in enumerate(raw["images"]):
         where = f"{json_path}: images[{i}]"
-        if not isinstance(rec, dict):
-            raise HW3Error(f"{where} is not an object")
-        for key in ("id", "file_name"):
-            if key not in rec:
-                raise HW3Error(f"{where} has no '{key}'")
+        _require_record(rec, ("id", "file_name"), where)
         iid = _require_int(rec["id"], f"{where}.id")
         if iid in seen_ids:
             raise HW3Error(f"{json_path}: duplicate image id {iid} (images[{i}])")
@@ -186,11 +191,7 @@ def read_caption_file(
     captions: dict[int, list[str]] = defaultdict(list)
     for i, ann in enumerate(raw["annotations"]):
         where = f"{json_path}: annotations[{i}]"
-        if not isinstance(ann, dict):
-            raise HW3Error(f"{where} is not an object")
-        for key in ("image_id", "caption"):
-            if key not in ann:
-                raise HW3Error(f"{where} has no '{key}'")
+        _require_record(ann, ("image_id", "caption"), where)
         iid = _require_int(ann["image_id"], f"{where}.image_id")
         if iid not in seen_ids:
             raise HW3Error(f"{where} points at image id {iid}, which is not in 'images'")

@@ -32,7 +32,13 @@ COLORS = {
     "orange": (245, 140, 30),
     "white": (245, 245, 245),
     "black": (20, 20, 20),
+    "pink": (245, 130, 190),
+    "brown": (125, 75, 35),
 }
+# P1's ten classes: one colour and one shape each, named as a person would ("red circle"). The demo's
+# tiny CLIP learns colour within the CPU budget but not shape (see README), so its zero-shot reads the
+# colour; the pairing keeps every class a natural object description.
+P1_CLASSES = [(c, s) for c, s in zip(COLORS, SHAPES, strict=True)]
 SIZES = {"small": 0.24, "large": 0.42}  # object side as a fraction of the image side
 SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled, for anti-aliased edges
 
@@ -146,8 +152,9 @@ def _place(rng: np.random.Generator, side: int, sizes: list[str]) -> list[tuple[
     return placed
 
 
-def draw_scene(rng: np.random.Generator, side: int, n_objects: int, shapes=None) -> tuple[Image.Image, list[Obj]]:
-    """One image with `n_objects` objects; `shapes` fixes their shapes (P1), else they are drawn."""
+def draw_scene(rng: np.random.Generator, side: int, n_objects: int, shapes=None, colors=None
+               ) -> tuple[Image.Image, list[Obj]]:
+    """One image with `n_objects` objects; `shapes` / `colors` fix them (P1), else they are drawn."""
     for _ in range(100):
         sizes = [str(rng.choice(list(SIZES))) for _ in range(n_objects)]
         spots = _place(rng, side, sizes)
@@ -160,7 +167,7 @@ def draw_scene(rng: np.random.Generator, side: int, n_objects: int, shapes=None)
     color_names = list(COLORS)
     for k, ((x0, y0, px), size) in enumerate(zip(spots, sizes, strict=True)):
         shape = shapes[k] if shapes is not None else SHAPES[int(rng.integers(len(SHAPES)))]
-        color = color_names[int(rng.integers(len(color_names)))]
+        color = colors[k] if colors is not None else color_names[int(rng.integers(len(color_names)))]
         rgb = np.array(COLORS[color], dtype=np.float64) + rng.normal(0, 6, size=3)
         alpha = np.asarray(_shape_mask(shape, px), dtype=np.float64)[..., None] / 255.0
         region = canvas[y0:y0 + px, x0:x0 + px]
@@ -295,16 +302,17 @@ def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", pro
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
 
-    # P1: one object per 32x32 image, class = shape; names {class_id}_{image_id}.png
+    # P1: one object per 32x32 image, class = (colour, shape); names {class_id}_{image_id}.png
     p1 = tmp / "p1_data" / "val"
     p1.mkdir(parents=True)
-    atomic_write_json(tmp / "p1_data" / "id2label.json", {str(i): s for i, s in enumerate(SHAPES)})
+    atomic_write_json(tmp / "p1_data" / "id2label.json", {str(i): f"{c} {s}" for i, (c, s) in enumerate(P1_CLASSES)})
     p1_boxes = {}
-    for cid, shape in enumerate(tqdm(SHAPES, desc="demo p1", leave=False, disable=not progress or progress_disabled())):
+    for cid, (color, shape) in enumerate(tqdm(P1_CLASSES, desc="demo p1", leave=False,
+                                              disable=not progress or progress_disabled())):
         for k in range(ws.p1_per_class):
             rng = np.random.default_rng([seed, 0, cid, k])
-            img, objs = draw_scene(rng, 32, 1, shapes=[shape])
-            name = f"{cid}_{k * len(SHAPES) + cid + 400}.png"
+            img, objs = draw_scene(rng, 32, 1, shapes=[shape], colors=[color])
+            name = f"{cid}_{k * len(P1_CLASSES) + cid + 400}.png"
             img.save(p1 / name, format="PNG", optimize=False, compress_level=6)
             p1_boxes[name] = [o.__dict__ | {"box": list(o.box)} for o in objs]
     atomic_write_json(tmp / "p1_data" / "boxes.json", p1_boxes, indent=None)
@@ -327,7 +335,8 @@ def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", pro
     atomic_write_json(tmp / "p3_data" / "boxes.json", p3_boxes, indent=None)
 
     atomic_write_json(tmp / "DEMO.json", {"generator": "hw3lib.demo", "seed": seed, "size": size,
-                                          "shapes": SHAPES, "colors": list(COLORS)})
+                                          "shapes": SHAPES, "colors": list(COLORS),
+                                          "p1_classes": [f"{c} {s}" for c, s in P1_CLASSES]})
     if root.exists():
         root.rmdir()
     tmp.rename(root)  # the tree appears complete or not at all

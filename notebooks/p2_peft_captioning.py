@@ -29,7 +29,7 @@ device = "auto"  # auto, cpu, cuda
 smoke = False  # a quick run for tests: two variants, a few steps
 figures_dir = "../figures"  # where figures and the summary JSON go
 runs_dir = "../build/runs"  # trained runs (reused when present)
-run_group = "demo"  # sub-folder of runs_dir for this data set ("smoke" is used when smoke=True)
+run_group = "demo"  # sub-folder of runs_dir for this data set; smoke runs use smoke instead
 configs_dir = "../configs/demo"  # one TOML per variant
 variants = ["none", "lora16", "lora8", "adapter", "prompt", "prefix", "dora", "ia3"]
 beams = 3  # beam width for the greedy-vs-beam comparison

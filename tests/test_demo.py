@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from hw3lib.data import read_caption_file, read_p1_folder
-from hw3lib.demo import COLORS, SHAPES, read_boxes, write_demo_world
+from hw3lib.demo import COLORS, P1_CLASSES, SHAPES, read_boxes, write_demo_world
 from hw3lib.io import HW3Error, open_image
 
 from .conftest import run_cli
@@ -34,7 +34,12 @@ def test_other_seed_differs(small_world, tmp_path):
 
 def test_layout_is_the_course_layout_and_readers_accept_it(small_world):
     p1 = read_p1_folder(small_world / "p1_data" / "val", small_world / "p1_data" / "id2label.json")
-    assert p1.class_names == SHAPES and len(p1.samples) == 4 * len(SHAPES)
+    assert p1.class_names == [f"{c} {s}" for c, s in P1_CLASSES] and len(p1.samples) == 4 * len(P1_CLASSES)
+    assert len({c for c, _ in P1_CLASSES}) == len({s for _, s in P1_CLASSES}) == len(P1_CLASSES) >= 10
+    boxes = read_boxes(small_world / "p1_data" / "boxes.json")
+    for s in p1.samples:  # each image shows its class's object
+        (obj,) = boxes[s.path.name]
+        assert f"{obj['color']} {obj['shape']}" == p1.id2label[s.class_id]
     assert all(open_image(s.path).size == (32, 32) for s in p1.samples[:5])
     for split, n in (("train", 120), ("val", 24)):
         cs = read_caption_file(small_world / "p2_data" / f"{split}.json", small_world / "p2_data" / "images" / split)
