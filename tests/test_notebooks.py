@@ -32,7 +32,7 @@ def test_pair_is_in_sync_and_valid(name):
 def test_notebook_holds_no_model_or_training_code(name):
     tree = ast.parse((ROOT / "notebooks" / f"{name}.py").read_text())
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)], "notebooks define no classes"
-    assert not [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.Lambda)], "no functions either"
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)], "no function definitions either"
     src = (ROOT / "notebooks" / f"{name}.py").read_text()
     for banned in ("torch.nn", "nn.Module", ".backward(", "optim.", "zero_grad", "F.cross_entropy"):
         assert banned not in src, f"{name}: model/training code ({banned}) belongs in hw3lib"
