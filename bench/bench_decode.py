@@ -60,11 +60,12 @@ def main():
     def hf_generate():
         with torch.no_grad():
             return hf.generate(ids, encoder_hidden_states=feats, max_new_tokens=T, min_new_tokens=T, do_sample=False,
-                               num_beams=1, use_cache=True, pad_token_id=50256, eos_token_id=None)
+                               num_beams=1, use_cache=True, pad_token_id=50256, eos_token_id=50256)
 
     t_hf, out_hf = best_of(hf_generate, args.repeats)
     t_beam, _ = best_of(lambda: beam_search(model, feats, eot, 3, T, min_len=T), 1)
-    same = out_c.tokens == out_p.tokens == out_hf[:, 1:].tolist()
+    same_cache = out_c.tokens == out_p.tokens
+    same_hf = out_c.tokens == out_hf[:, 1:].tolist()
     print(f"threads: {torch.get_num_threads()}")
     print(f"decode_batch: {B}")
     print(f"decode_new_tokens: {T}")
@@ -75,7 +76,8 @@ def main():
     print(f"speedup_ours_vs_hf_generate: {t_hf / t_cache:.2f}")
     print(f"tokens_per_s_kv_cache: {B * T / t_cache:.1f}")
     print(f"beam3_over_greedy_time: {t_beam / t_cache:.2f}")
-    print(f"outputs_identical_cache_nocache_hf: {same}")
+    print(f"outputs_identical_cache_vs_no_cache: {same_cache}")
+    print(f"outputs_identical_ours_vs_hf_generate: {same_hf}")
 
     if (args.demo / "models" / "assets.json").is_file():
         from hw3lib.assets import load_clip, load_manifest
