@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -357,6 +357,3 @@ def export_decoder_from_transformers(gpt2_dir: str | os.PathLike, out: str | os.
     save_decoder(model, out)
     return len(decoder_state_dict(model))
 
-
-def config_dict(cfg: GPT2Config) -> dict:
-    return asdict(cfg)

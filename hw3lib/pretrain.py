@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .assets import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec, load_clip
 from .data import read_caption_file
 from .decoder import GPT2, GPT2Config, save_decoder
-from .io import HW3Error, atomic_path, atomic_write_json, open_image, read_json, require_dir
+from .io import HW3Error, atomic_path, atomic_write_json, open_image, require_dir
 from .tokenizer import teacher_forcing_batch, train_bpe
 
 CLIP_NAME = "hw3-tiny-clip"
@@ -301,6 +301,3 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
           f"decoder perplexity (val): {ppl:.2f} (vocab {tok.vocab_size}); {log['seconds']} s")
     return manifest_path
 
-
-def read_metrics(models_dir) -> dict:
-    return read_json(Path(models_dir) / "metrics.json")

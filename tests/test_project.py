@@ -43,3 +43,11 @@ def test_gpu_smoke_script_runs_at_toy_size_on_cpu():
     for key in ("trainable_params", "train_images_per_s_live", "train_images_per_s_cache", "greedy_tokens_per_s",
                 "beam3_tokens_per_s"):
         assert float(values[key]) > 0, key
+
+
+def test_package_level_entry_points(gpt2_files):
+    import hw3lib
+
+    tok = hw3lib.load_gpt2_tokenizer(*gpt2_files)
+    assert tok.vocab_size == 50257 and callable(hw3lib.load_decoder) and callable(hw3lib.show_attention)
+    assert issubclass(hw3lib.HW3Error, Exception)
