@@ -46,13 +46,9 @@ def cmd_demo_models(args) -> int:
 
 
 def _device(name: str) -> str:
-    import torch
+    from .train import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HW3Error(f"device {name!r} asked for, but no CUDA GPU is available")
-    return name
+    return str(resolve_device(name))
 
 
 def _manifest(args, decoder=None):
