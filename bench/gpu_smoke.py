@@ -4,6 +4,7 @@ Builds vit_gigantic_patch14_clip_224 (frozen encoder) + GPT-2 small decoder with
 LoRA r=16 (the report's best setting), then measures in bf16:
   - training steps with the live encoder and with cached encoder tokens (images/s, peak memory)
   - batched greedy and beam-3 decoding with the KV cache (tokens/s)
+  - greedy captions for 1,400 random-feature images through `fast_decoding` (time, images/s)
   - model FLOPs utilisation (MFU) of the training step: 6 * trainable-path params * tokens approx.
 Prints `name: value` lines.
 
@@ -45,6 +46,8 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--tokens", type=int, default=30)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--caption-images", type=int, default=1400, help="random-feature images to caption")
+    p.add_argument("--caption-batch", type=int, default=64)
     p.add_argument("--tiny", action="store_true", help="toy sizes (CPU check of the script itself)")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -113,8 +116,29 @@ def main():
         dt3, _ = timed(lambda: beam_search(model, cached, eot, 3, args.tokens, min_len=args.tokens), device, 1)
         print(f"beam3_tokens_per_s: {batch * args.tokens / dt3:.0f}")
         print(f"beam3_over_greedy_time: {dt3 / dt:.2f}")
+    caption_many(model, cached.shape[1], eot, args, device)
     if device.type == "cuda":
         print(f"peak_gpu_mem_gb: {torch.cuda.max_memory_allocated(device) / 2**30:.2f}")
+
+
+def caption_many(model, n_tokens, eot, args, device):
+    """Greedy captions (up to --tokens) for --caption-images random-feature images, through
+    `fast_decoding` as `hw3 caption` runs (bf16 autocast + SDPA on CUDA; packed fp32 on CPU)."""
+    from hw3lib.inference import fast_decoding
+
+    g = torch.Generator(device=device).manual_seed(0)
+    n, bs = args.caption_images, args.caption_batch
+    sync(device)
+    t0 = time.perf_counter()
+    with fast_decoding(model, device, rows_hint=bs):
+        for i in range(0, n, bs):
+            feats = torch.randn(min(bs, n - i), n_tokens, model.encoder_dim, device=device, generator=g)
+            greedy(model, feats, eot, args.tokens)
+    sync(device)
+    dt = time.perf_counter() - t0
+    print(f"caption_random_features_images: {n}")
+    print(f"caption_random_features_s: {dt:.2f}")
+    print(f"caption_random_features_images_per_s: {n / dt:.1f}")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,18 @@ def _looks_like_path(value: str | None) -> bool:
     return value is not None and (os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors")))
 
 
+_FIELD_TYPES = {"str": (str,), "str | None": (str, type(None)), "int | None": (int, type(None)), "dict": (dict,)}
+
+
+def _check_field_types(spec, where: str) -> None:
+    """Each manifest field must have its annotated type (a string where a path goes, an int for n_head)."""
+    for name, f in spec.__dataclass_fields__.items():
+        value, allowed = getattr(spec, name), _FIELD_TYPES[str(f.type)]
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise HW3Error(f"{where}.{name}: expected {want}, got {type(value).__name__} ({value!r})")
+
+
 def manifest_from_dict(raw: dict, base: Path, source: str) -> Manifest:
     if not isinstance(raw, dict):
         raise HW3Error(f"{source}: expected a JSON object with clip, encoder, decoder and tokenizer")
@@ -118,6 +130,7 @@ def manifest_from_dict(raw: dict, base: Path, source: str) -> Manifest:
             parts[key] = cls(**raw[key])
         except TypeError as e:
             raise HW3Error(f"{source}: section {key!r}: {e}") from None
+        _check_field_types(parts[key], f"{source}: {key}")
     unknown = set(raw) - set(specs)
     if unknown:
         raise HW3Error(f"{source}: unknown section(s): {', '.join(sorted(unknown))}")
@@ -141,14 +154,28 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     return manifest_from_dict(read_json(path), path.parent.resolve(), str(path))
 
 
-def check_files(m: Manifest) -> None:
-    """Every local file the manifest names must exist (hub tags are not checked)."""
-    files = [("decoder.weights", m.decoder.weights), ("tokenizer.encoder_json", m.tokenizer.encoder_json),
-             ("tokenizer.vocab_bpe", m.tokenizer.vocab_bpe), ("encoder.checkpoint", m.encoder.checkpoint),
-             ("clip.config", m.clip.config)]
-    if _looks_like_path(m.clip.pretrained):
-        files.append(("clip.pretrained", m.clip.pretrained))
-    missing = [f"{k} = {v}" for k, v in files if v is not None and not Path(v).is_file()]
+MANIFEST_PARTS = ("clip", "encoder", "decoder", "tokenizer")
+
+
+def manifest_files(m: Manifest, parts=MANIFEST_PARTS) -> list[tuple[str, str]]:
+    """(field, path) of every local file that the named parts of the manifest use."""
+    files = []
+    if "decoder" in parts:
+        files.append(("decoder.weights", m.decoder.weights))
+    if "tokenizer" in parts:
+        files += [("tokenizer.encoder_json", m.tokenizer.encoder_json), ("tokenizer.vocab_bpe", m.tokenizer.vocab_bpe)]
+    if "encoder" in parts:
+        files.append(("encoder.checkpoint", m.encoder.checkpoint))
+    if "clip" in parts:
+        files.append(("clip.config", m.clip.config))
+        if _looks_like_path(m.clip.pretrained):
+            files.append(("clip.pretrained", m.clip.pretrained))
+    return [(k, v) for k, v in files if v is not None]
+
+
+def check_files(m: Manifest, parts=MANIFEST_PARTS) -> None:
+    """Every local file that the named parts of the manifest use must exist (hub tags are not checked)."""
+    missing = [f"{k} = {v}" for k, v in manifest_files(m, parts) if not Path(v).is_file()]
     if missing:
         raise HW3Error(f"{m.source}: missing file(s): {'; '.join(missing)}")
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .decode import beam_search
-from .io import open_image
+from .io import HW3Error, open_image
 
 # ----------------------------------------------------------------------------------------------
 # capture
@@ -61,9 +61,13 @@ def patch_layout(encoder) -> tuple[tuple[int, int], int]:
 @torch.no_grad()
 def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 60, device="cpu") -> list[CaptionAttention]:
     """Caption images with attention capture on (greedy, or beam search following the final beam)."""
+    from tqdm.auto import tqdm
+
+    from .io import progress_disabled
+
     grid, n_prefix = patch_layout(model.encoder)
     out = []
-    for p in paths:
+    for p in tqdm(paths, desc="attention capture", leave=False, disable=progress_disabled() or len(paths) < 2):
         x = transform(open_image(p))[None].to(device)
         feats = model.encode(x)
         res = beam_search(model, feats, tokenizer.eot_id, beams, max_len, capture=True)
@@ -78,10 +82,20 @@ def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 6
 # aggregation and maps
 
 
+def check_layers_heads(layers, heads, n_layer: int, n_head: int) -> None:
+    """Layer and head indices must exist (negative ones count from the end); never wrap round."""
+    for what, sel, n in (("layers", layers, n_layer), ("heads", heads, n_head)):
+        idx = [sel] if isinstance(sel, int) else sel if isinstance(sel, list) else []
+        bad = [i for i in idx if not -n <= int(i) < n]
+        if bad:
+            raise HW3Error(f"--{what}: no {what[:-1]} {bad[0]} (there are {n}: 0..{n - 1}, or -1 for the last)")
+
+
 def select(att: torch.Tensor, layers="last", heads="mean") -> torch.Tensor:
     """(T, L, H, S) -> (T, S): layers = "last" | "all" | int | list | slice (a range);
     heads = "mean" | "max" | int | list (averaged)."""
     L = att.shape[1]
+    check_layers_heads(layers, heads, L, att.shape[2])
     if layers == "last":
         idx = [L - 1]
     elif layers == "all":
@@ -262,8 +276,12 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
     rng = np.random.default_rng(seed)
     hits = {m: [] for m in (*methods, "random")}
     dels = {m: [] for m in (*methods, "random")}
+    from tqdm.auto import tqdm
+
+    from .io import progress_disabled
+
     per_head = None
-    for ca in captures:
+    for ca in tqdm(captures, desc="localisation", leave=False, disable=progress_disabled() or len(captures) < 2):
         objects = boxes.get(ca.path.name) or boxes.get(f"val/{ca.path.name}") or []
         nouns = _noun_boxes(ca, objects, shapes, colors)
         if not nouns:

@@ -39,15 +39,15 @@ CHECKPOINT_FORMAT = "hw3lib-captioner-1"
 
 @dataclass
 class CaptionerConfig:
-    peft: str = "lora"  # one of PEFT_KINDS
+    peft: str = "lora"  # none | lora | dora | ia3 | adapter | prompt | prefix
     lora_r: int = 16  # LoRA / DoRA rank
     lora_alpha: float = 32.0  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA input
-    lora_targets: list[str] = field(default_factory=lambda: ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+    lora_targets: list[str] = field(default_factory=lambda: ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])  # LoRA/DoRA modules
     ia3_targets: list[str] = field(default_factory=lambda: ["attn.c_attn", "mlp.c_proj"])  # (IA)^3 modules
     ia3_feedforward: list[str] = field(default_factory=lambda: ["mlp.c_proj"])  # scaled on their input
     adapter_dim: int = 64  # bottleneck width of the adapters
-    adapter_targets: list[str] = field(default_factory=lambda: ["attn.c_proj", "crossattention.c_proj"])
+    adapter_targets: list[str] = field(default_factory=lambda: ["attn.c_proj", "crossattention.c_proj"])  # adapters after
     virtual_tokens: int = 10  # prompt / prefix length
     prefix_gate: bool = True  # zero-initialised per-head gates on prompt/prefix attention
 

@@ -1,7 +1,8 @@
 """The `hw3` command line (also `python -m hw3lib`).
 
-Each subcommand is a thin wrapper: parse arguments, call the library, print a short summary. User
-errors (`HW3Error`) print as one line on stderr with exit status 2; `--debug` shows the traceback.
+Each subcommand is a thin wrapper: parse arguments, check the inputs it reads (before any model file),
+call the library, print a short summary. User errors (`HW3Error`) print as one line on stderr with
+exit status 2; `--debug` (before or after the subcommand) shows the traceback.
 """
 
 from __future__ import annotations
@@ -51,22 +52,10 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
-def _manifest(args, decoder=None):
-    from .assets import check_files, load_manifest
-
-    m = load_manifest(args.assets)
-    if decoder is not None:
-        m.decoder.weights = str(decoder)
-    if getattr(args, "model", None):
-        m.clip.model, m.clip.config = args.model, None
-    if getattr(args, "pretrained", None):
-        m.clip.pretrained = args.pretrained
-    check_files(m)
-    return m
-
-
 def cmd_zeroshot(args) -> int:
     from .assets import load_clip
+    from .io import require_dir, require_file
+    from .pipeline import manifest_for
     from .templates import PHOTO, check_template, template_set
     from .zeroshot import ZeroShotStudy, accuracy, bootstrap_ci, write_predictions_csv
 
@@ -74,8 +63,10 @@ def cmd_zeroshot(args) -> int:
     if args.templates:
         templates += list(template_set(args.templates))
     templates = templates or list(PHOTO)
+    require_dir(args.image_dir, "image folder")
+    require_file(args.id2label, "id2label file")
+    m = manifest_for(args.assets, parts=("clip",), clip_model=args.model, clip_pretrained=args.pretrained)
     device = _device(args.device)
-    m = _manifest(args)
     clip = load_clip(m.clip, device)
     study = ZeroShotStudy.from_folder(clip, args.image_dir, args.id2label, device, args.batch_size,
                                       skip_bad=args.skip_bad, labelled=None)
@@ -99,6 +90,11 @@ def _weights(study, templates):
 def cmd_train(args) -> int:
     from .pipeline import train_run
 
+    if args.print_config:
+        from .train import config_toml, load_config
+
+        print(config_toml(*load_config(args.config, args.overrides)), end="")
+        return 0
     train_run(args.config, args.assets, args.data, args.out, args.overrides, reuse=False)
     return 0
 
@@ -106,14 +102,29 @@ def cmd_train(args) -> int:
 def cmd_caption(args) -> int:
     import json
 
-    from .io import atomic_write_text, list_images
+    from .io import atomic_write_text, image_paths, require_file, unique_stems
     from .pipeline import caption_folder, load_run, manifest_for
 
-    m = manifest_for(args.assets, decoder=args.decoder_weights)
+    paths = unique_stems(image_paths(args.images))
+    if str(args.out_json) != "-":
+        for p in paths:
+            if not p.stem.isascii() and not _utf8(p.stem):
+                raise HW3Error(f"{p}: file name is not valid UTF-8, so it cannot be a key of {args.out_json} "
+                               "(rename the file, or print with OUT_JSON -)")
+    require_file(args.decoder_weights, "decoder weights file")
+    if args.checkpoint is None and not args.untrained:
+        raise HW3Error("--checkpoint: no trained captioner given (a run folder or checkpoint file from hw3 train); "
+                       "pass --untrained to caption with the untrained model")
+    if args.checkpoint is not None and not args.checkpoint.exists():
+        raise HW3Error(f"--checkpoint {args.checkpoint}: no such run folder or checkpoint file")
+    m = manifest_for(args.assets, decoder=args.decoder_weights, parts=("encoder", "decoder", "tokenizer"))
     device = _device(args.device)
     model = load_run(args.checkpoint, m, device)
-    paths = list_images(args.image_dir)
-    preds = caption_folder(model, m, paths, args.beams, args.max_len, args.batch_size, args.length_penalty, device)
+    preds = caption_folder(model, m, paths, args.beams, args.max_len, args.batch_size, args.length_penalty, device,
+                           quantize=args.quantize)
+    if str(args.out_json) == "-":
+        sys.stdout.write("".join(f"{name}\t{caption}\n" for name, caption in preds.items()))
+        return 0
     atomic_write_text(args.out_json, json.dumps(preds, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {args.out_json}: {len(preds)} captions")
     return 0
@@ -132,8 +143,9 @@ def cmd_evaluate(args) -> int:
     check_prediction_keys(preds, cs.references().keys(), args.pred_json)
     clip = None
     if not args.no_clip:
-        m = _manifest(args)
-        clip = load_clip(m.clip, _device(args.device))
+        from .pipeline import manifest_for
+
+        clip = load_clip(manifest_for(args.assets, parts=("clip",)).clip, _device(args.device))
     result = evaluate(preds, cs, clip, args.tokenizer, "A photo depicts " if args.photo_prefix else "",
                       _device(args.device))
     print(f"CIDEr: {result['CIDEr']}")
@@ -147,19 +159,18 @@ def cmd_evaluate(args) -> int:
 
 def cmd_attention(args) -> int:
     from .assets import encoder_transform, load_tokenizer
-    from .attention import capture, display_maps, html_viewer, method_maps
-    from .io import atomic_write_text, list_images, open_image
+    from .attention import capture, check_layers_heads, display_maps, html_viewer, method_maps
+    from .io import atomic_write_text, image_paths, open_image, unique_stems
     from .pipeline import load_run, manifest_for
     from .plots import save, token_maps_figure
 
-    m = manifest_for(args.assets)
+    paths = unique_stems(image_paths(args.images))
+    layers = _index_list("--layers", args.layers, ("last", "all"))
+    heads = _index_list("--heads", args.heads, ("mean", "max"))
+    m = manifest_for(args.assets, parts=("encoder", "decoder", "tokenizer"))
     device = _device(args.device)
     model = load_run(args.checkpoint, m, device)
-    paths = []
-    for p in args.images:
-        paths += list_images(p) if p.is_dir() else [p]
-    layers = "last" if args.layers == "last" else "all" if args.layers == "all" else [int(x) for x in args.layers.split(",")]
-    heads = args.heads if args.heads in ("mean", "max") else [int(x) for x in args.heads.split(",")]
+    check_layers_heads(layers, heads, model.decoder.config.n_layer, model.decoder.config.n_head)
     caps = capture(model, load_tokenizer(m), encoder_transform(model.encoder), paths, args.beams, args.max_len, device)
     items = []
     for ca in caps:
@@ -183,75 +194,238 @@ def cmd_export_decoder(args) -> int:
     return 0
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in a file name (surrogate escapes)
+        return False
+    return True
+
+
+def _index_list(option: str, text: str, words: tuple[str, ...]):
+    """'last' / 'mean' style words, or comma-separated integers."""
+    if text in words:
+        return text
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise HW3Error(f"{option}: expected {' or '.join(words)} or comma-separated integers, got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# what each command reads and writes: outputs are checked against inputs before any work
+
+
+def _manifest_inputs(assets) -> list:
+    """The manifest file and the local files it names."""
+    if str(assets) == "real" or not Path(assets).is_file():
+        return []
+    from .assets import load_manifest, manifest_files
+
+    try:
+        return [assets] + [path for _, path in manifest_files(load_manifest(assets))]
+    except HW3Error:
+        return [assets]
+
+
+PATHS = {  # command -> args -> (inputs, {argument: output file}, {argument: output folder})
+    "demo-data": lambda a: ([], {}, {"OUT_DIR": a.out_dir}),
+    "demo-models": lambda a: ([a.data_dir], {}, {"OUT_DIR": a.out_dir}),
+    "zeroshot": lambda a: ([a.image_dir, a.id2label, a.pretrained, *_manifest_inputs(a.assets)],
+                           {"OUT_CSV": a.out_csv}, {}),
+    "train": lambda a: ([a.config, a.data, *_manifest_inputs(a.assets)], {}, {"--out": a.out}),
+    "caption": lambda a: ([*a.images, a.decoder_weights, a.checkpoint, *_manifest_inputs(a.assets)],
+                          {"OUT_JSON": a.out_json}, {}),
+    "evaluate": lambda a: ([a.pred_json, a.images, a.annotations, *_manifest_inputs(a.assets)],
+                           {"--per-image": a.per_image or a.pred_json.with_suffix(".scores.json")}, {}),
+    "attention": lambda a: ([*a.images, a.checkpoint, *_manifest_inputs(a.assets)], {"--html": a.html},
+                            {"--out": a.out}),
+    "export-decoder": lambda a: ([a.gpt2_dir], {"OUT": a.out}, {}),
+}
+
+
+def _os_error_line(e: Exception) -> str:
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e.__class__.__name__}"
+    return str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+
+
 # ----------------------------------------------------------------------------------------------
 # parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end like every other error: exit status 2 and one `error:` line."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(2)
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _device_name(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (auto, cpu, cuda, cuda:N, mps)")
+    return text
+
+
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after every option's help (not for flags and unset options); descriptions and
+    examples keep their line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or isinstance(action, argparse._VersionAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hw3lib")
+    except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        return "unknown"
+
+
+def _command(sub, name: str, summary: str, description: str, examples: list[str], **kw) -> argparse.ArgumentParser:
+    s = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}", formatter_class=_Help,
+                       epilog="example" + ("s" if len(examples) > 1 else "") + ":\n" +
+                       "\n".join(f"  {e}" for e in examples), **kw)
+    s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback of an error (also accepted before the subcommand)")
+    return s
+
+
 def _assets_arg(s):
     s.add_argument("--assets", default=os.environ.get("HW3_ASSETS", "real"),
-                   help="asset manifest (assets.json) or 'real' (default: $HW3_ASSETS or 'real')")
+                   help="asset manifest (assets.json), or 'real' for the built-in one; $HW3_ASSETS sets the default")
 
 
 def _device_arg(s):
-    s.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    s.add_argument("--device", type=_device_name, default="auto",
+                   help="auto (CUDA if torch can use it, else CPU), cpu, cuda, cuda:N")
+
+
+def _settings_epilog() -> str:
+    from .train import settings_table
+
+    rows = settings_table()
+    width = max(len(f"--{k}={t}") for _, k, t, _, _ in rows)
+    out = ["settings (--key=value after the config, or keys of its [captioner] / [train] tables):"]
+    for table in ("captioner", "train"):
+        out.append(f"  [{table}]")
+        out += [f"    {f'--{k}={t}':<{width}}  default {d!r}: {c}" for tb, k, t, d, c in rows if tb == table]
+    return "\n".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hw3", description=__doc__.splitlines()[0])
+    p = _Parser(prog="hw3", description=__doc__.splitlines()[0], formatter_class=_Help,
+                                epilog="Run 'hw3 COMMAND --help' for a command's arguments and an example.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("demo-data", help="write the miniature demo hw3_data/ (deterministic)")
-    s.add_argument("out_dir", type=Path)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", choices=["small", "full"], default="full")
+    s = _command(sub, "demo-data", "write the miniature demo hw3_data/ (deterministic)",
+                 "Procedurally drawn shapes with captions and object boxes, in the course's data layout.\n"
+                 "The same seed gives byte-identical files.", ["hw3 demo-data build/demo/hw3_data --size small"])
+    s.add_argument("out_dir", type=Path, help="the hw3_data/ folder to write")
+    s.add_argument("--seed", type=_non_negative, default=0, help="random seed of the world")
+    s.add_argument("--size", choices=["small", "full"], default="full", help="small: a few seconds, for tests")
     s.set_defaults(func=cmd_demo_data)
 
-    s = sub.add_parser("demo-models", help="pretrain the demo world's tiny BPE, CLIP, ViT and GPT-2")
+    s = _command(sub, "demo-models", "pretrain the demo world's tiny BPE, CLIP, ViT and GPT-2",
+                 "Writes the models in the real file formats and an assets.json manifest that every other\n"
+                 "command takes with --assets. Cached: rerunning with the same data and seed does nothing.",
+                 ["hw3 demo-models build/demo/hw3_data build/demo/models"])
     s.add_argument("data_dir", type=Path, help="a demo hw3_data/ folder (from hw3 demo-data)")
-    s.add_argument("out_dir", type=Path)
-    s.add_argument("--size", choices=["small", "full"], default="full")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("out_dir", type=Path, help="folder for the models and assets.json")
+    s.add_argument("--size", choices=["small", "full"], default="full", help="training budget")
+    s.add_argument("--seed", type=_non_negative, default=0, help="random seed of the training")
     s.add_argument("--force", action="store_true", help="retrain even when cached outputs match")
     s.set_defaults(func=cmd_demo_models)
 
-    s = sub.add_parser("zeroshot", help="P1: CLIP zero-shot classification -> filename,label CSV")
-    s.add_argument("image_dir", type=Path)
-    s.add_argument("id2label", type=Path)
-    s.add_argument("out_csv", type=Path)
+    s = _command(sub, "zeroshot", "P1: CLIP zero-shot classification -> filename,label CSV",
+                 "Needs only the manifest's CLIP entry (or --model/--pretrained). Prints the accuracy with a\n"
+                 "95% bootstrap interval when the file names carry class ids ({class_id}_{image_id}.png).",
+                 ["hw3 zeroshot hw3_data/p1_data/val hw3_data/p1_data/id2label.json pred.csv --templates report",
+                  "hw3 zeroshot val/ id2label.json pred.csv --model ViT-B-32 --pretrained openai "
+                  "--template 'a photo of a {object}.'"])
+    s.add_argument("image_dir", type=Path, help="folder of images to classify")
+    s.add_argument("id2label", type=Path, help='JSON {"class id": "class name"}')
+    s.add_argument("out_csv", type=Path, help="output CSV (filename,label)")
     _assets_arg(s)
     s.add_argument("--template", action="append", default=[], metavar="T",
-                   help="a prompt with {object}; repeat for an ensemble")
+                   help="a prompt with {object}; repeat for an ensemble (default: 'This is a photo of {object}')")
     s.add_argument("--templates", metavar="NAME", help="built-in set: report, photo, openai80, openai7")
     s.add_argument("--model", help="open_clip model name (overrides the manifest)")
-    s.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint (overrides the manifest)")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--pretrained", help="open_clip pretrained tag or checkpoint file (overrides the manifest)")
+    s.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
     _device_arg(s)
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     s.set_defaults(func=cmd_zeroshot)
 
-    s = sub.add_parser("train", help="P2: train the captioner (extra --key=value settings override CONFIG)")
+    s = _command(sub, "train", "P2: train the captioner",
+                 "Trains the projection, cross-attention and PEFT modules of the configured captioner on\n"
+                 "p2_data/train; validates on p2_data/val; keeps checkpoint-best/-last.safetensors, log.jsonl\n"
+                 "and summary.json in --out. An interrupted run resumes exactly when rerun with the same --out.\n"
+                 "Any setting below overrides the config: --key=value (or --key value).\n\n" + _settings_epilog(),
+                 ["hw3 train configs/report_lora16.toml --assets assets.json --data hw3_data/p2_data "
+                  "--out runs/lora16 --lr=1e-4 --max_steps=500",
+                  "hw3 train configs/demo/lora16.toml --data build/demo/hw3_data/p2_data --out runs/x --print-config"])
     s.add_argument("config", type=Path, help="TOML config with [captioner] and [train] tables")
     _assets_arg(s)
     s.add_argument("--data", type=Path, required=True, help="the p2_data/ folder")
     s.add_argument("--out", type=Path, required=True, help="run folder (resumed when it holds a run)")
+    s.add_argument("--print-config", action="store_true", help="print the resolved config (TOML) and exit")
     s.set_defaults(func=cmd_train, takes_overrides=True)
 
-    s = sub.add_parser("caption", help="P2: caption every image -> {file_name_without_extension: caption}")
-    s.add_argument("image_dir", type=Path)
-    s.add_argument("out_json", type=Path)
-    s.add_argument("decoder_weights", type=Path, help="the course's decoder weights file")
-    s.add_argument("--checkpoint", type=Path, help="run folder or checkpoint file (default: untrained model)")
+    s = _command(sub, "caption", "P2: caption images -> {file name without extension: caption}",
+                 "Needs the manifest's encoder and tokenizer, the decoder weights, and a trained checkpoint.\n"
+                 "IMAGES may be image files and folders. OUT_JSON '-' prints 'name<TAB>caption' lines instead.",
+                 ["hw3 caption hw3_data/p2_data/images/val pred.json hw3_data/p2_data/decoder_model.bin "
+                  "--checkpoint runs/lora16 --assets assets.json",
+                  "hw3 caption photo.jpg - decoder_model.bin --checkpoint runs/lora16 --assets assets.json"])
+    s.add_argument("images", type=Path, nargs="+", metavar="IMAGES", help="image files and/or folders")
+    s.add_argument("out_json", type=Path, metavar="OUT_JSON", help="output JSON, or - for stdout")
+    s.add_argument("decoder_weights", type=Path, metavar="DECODER", help="the course's decoder weights file")
+    s.add_argument("--checkpoint", type=Path, help="run folder or checkpoint file from hw3 train (required)")
+    s.add_argument("--untrained", action="store_true", help="caption with the untrained model (no --checkpoint)")
     _assets_arg(s)
-    s.add_argument("--beams", type=int, default=1)
-    s.add_argument("--max-len", type=int, default=60)
-    s.add_argument("--length-penalty", type=float, default=1.0)
-    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy)")
+    s.add_argument("--max-len", type=_positive, default=60, help="longest caption in tokens")
+    s.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length ** this")
+    s.add_argument("--batch-size", type=_positive, default=16, help="images decoded together")
+    s.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: dynamic int8 decoder on the CPU (faster; captions can change). Never the default")
     _device_arg(s)
     s.set_defaults(func=cmd_caption)
 
-    s = sub.add_parser("evaluate", help="P2: CIDEr-D and CLIPScore of a prediction file, like the course's evaluator")
-    s.add_argument("pred_json", type=Path)
+    s = _command(sub, "evaluate", "P2: CIDEr-D and CLIPScore of a prediction file, like the course's evaluator",
+                 "Needs only the manifest's CLIP entry (nothing with --no-clip). Writes per-image scores to\n"
+                 "--per-image (default PRED.scores.json).",
+                 ["hw3 evaluate pred.json --images hw3_data/p2_data/images/val "
+                  "--annotations hw3_data/p2_data/val.json --assets assets.json"])
+    s.add_argument("pred_json", type=Path, help="predictions {file name without extension: caption}")
     s.add_argument("--images", type=Path, required=True, help="the images the annotations name")
     s.add_argument("--annotations", type=Path, required=True, help="val.json (COCO-captions shape)")
     _assets_arg(s)
@@ -259,25 +433,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ptb: Stanford PTB tokenizer (Java), as the course; python: Java-free equivalent")
     s.add_argument("--photo-prefix", action="store_true", help='prefix captions with "A photo depicts" for CLIPScore')
     s.add_argument("--no-clip", action="store_true", help="CIDEr only")
-    s.add_argument("--per-image", type=Path, help="where per-image scores go (default PRED.scores.json)")
+    s.add_argument("--per-image", type=Path, help="where per-image scores go (default: PRED.scores.json)")
     _device_arg(s)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("attention", help="P3: per-token attention maps as figures and a standalone HTML viewer")
-    s.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    s = _command(sub, "attention", "P3: per-token attention maps as figures and a standalone HTML viewer",
+                 "Captions each image with attention capture and draws one map per generated token.",
+                 ["hw3 attention hw3_data/p3_data/images --checkpoint runs/lora16 --assets assets.json "
+                  "--out figures/p3 --html viewer.html"])
+    s.add_argument("images", type=Path, nargs="+", help="image files and/or folders")
     s.add_argument("--checkpoint", type=Path, help="run folder or checkpoint file (default: untrained model)")
     _assets_arg(s)
     s.add_argument("--out", type=Path, required=True, help="folder for the per-image figures")
     s.add_argument("--html", type=Path, help="also write a standalone HTML viewer here")
-    s.add_argument("--method", choices=["raw", "rollout", "relevance"], default="raw")
+    s.add_argument("--method", choices=["raw", "rollout", "relevance"], default="raw", help="how maps are made")
     s.add_argument("--layers", default="last", help="last, all, or comma-separated layer indices")
     s.add_argument("--heads", default="mean", help="mean, max, or comma-separated head indices")
-    s.add_argument("--beams", type=int, default=1)
-    s.add_argument("--max-len", type=int, default=60)
+    s.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy)")
+    s.add_argument("--max-len", type=_positive, default=60, help="longest caption in tokens")
     _device_arg(s)
     s.set_defaults(func=cmd_attention)
 
-    s = sub.add_parser("export-decoder", help="write the course decoder file from a transformers GPT-2 folder")
+    s = _command(sub, "export-decoder", "write the course decoder file from a transformers GPT-2 folder",
+                 "Converts GPT2LMHeadModel weights (config.json + model.safetensors) to the course's format.",
+                 ["hw3 export-decoder gpt2/ decoder_model.bin"])
     s.add_argument("gpt2_dir", type=Path, help="folder with config.json + model.safetensors (GPT2LMHeadModel)")
     s.add_argument("out", type=Path, help="output decoder weights file (e.g. decoder_model.bin)")
     s.set_defaults(func=cmd_export_decoder)
@@ -305,22 +484,26 @@ def _parse_overrides(extra: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for stream in (sys.stdout, sys.stderr):  # file names with undecodable bytes print, never crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        args.overrides = _parse_overrides(extra)
-    except HW3Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     warnings.showwarning = _warn_one_line
     try:
+        args.overrides = _parse_overrides(extra)
+        from .io import check_output_paths, check_outputs
+
+        inputs, files, folders = PATHS[args.command](args)
+        check_outputs(files | folders, inputs)
+        check_output_paths(files, folders)
         return args.func(args) or 0
-    except HW3Error as e:
+    except (HW3Error, OSError, UnicodeError) as e:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e if isinstance(e, HW3Error) else _os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

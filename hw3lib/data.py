@@ -62,6 +62,9 @@ def read_id2label(path: str | Path) -> dict[int, str]:
             raise HW3Error(f"{path}: key {k!r} is not a class id (a non-negative integer in a string)")
         if not isinstance(v, str) or not v.strip():
             raise HW3Error(f"{path}: class {k} has no name (value {v!r})")
+        if int(k) in out:
+            first = next(key for key in raw if key.strip().isdigit() and int(key) == int(k))
+            raise HW3Error(f"{path}: keys {first!r} and {k!r} are the same class id {int(k)}")
         out[int(k)] = v.strip()
     return dict(sorted(out.items()))
 

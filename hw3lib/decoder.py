@@ -49,9 +49,42 @@ class GPT2Config:
         return cls(**({"vocab_size": 300, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32} | kw))
 
 
+class KVCache:
+    """One layer's self-attention keys and values, preallocated: (B, nh, capacity, hs) each.
+
+    `append` writes new keys/values in place and returns views of everything so far, so a decoding
+    step costs no concatenation. Rows can be reordered (beam search) or dropped (finished captions).
+    Storage is allocated on the first append, in the dtype and device of the keys (bf16 under autocast).
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.size = 0  # positions filled
+        self.k: torch.Tensor | None = None  # (B, nh, capacity, hs)
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, nh, T, hs = k.shape  # (B, nh, T, hs)
+        if self.k is None:
+            self.k = k.new_empty(B, nh, self.capacity, hs)
+            self.v = v.new_empty(B, nh, self.capacity, hs)
+        if self.size + T > self.capacity:
+            raise ValueError(f"KV cache full: {self.size} + {T} positions > capacity {self.capacity}")
+        self.k[:, :, self.size:self.size + T] = k
+        self.v[:, :, self.size:self.size + T] = v
+        self.size += T
+        return self.k[:, :, :self.size], self.v[:, :, :self.size]  # (B, nh, size, hs)
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (in that order): beam reordering or dropping finished rows."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
 class SelfAttention(nn.Module):
     """Causal multi-head self-attention with an optional key/value cache and an optional prefix.
 
+    The cache is a `KVCache` (filled in place) or a (keys, values) pair that is concatenated.
     A prefix is extra keys/values every query may attend to (prefix and prompt tuning). With a gate
     (one per head, zero-initialised, LLaMA-Adapter style) the prefix is attended separately and its
     output scaled by tanh(gate), so an untrained prefix leaves the model exactly as it was; without
@@ -64,14 +97,18 @@ class SelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x, past: tuple[torch.Tensor, torch.Tensor] | None = None, prefix=None):
+    def forward(self, x, past: KVCache | tuple[torch.Tensor, torch.Tensor] | None = None, prefix=None):
         B, T, C = x.shape  # (B, T, C)
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
-            v = torch.cat([past[1], v], dim=2)
-        present = (k, v)
+        if isinstance(past, KVCache):
+            k, v = past.append(k, v)  # (B, nh, P+T, hs) views
+            present = past
+        else:
+            if past is not None:
+                k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
+                v = torch.cat([past[1], v], dim=2)
+            present = (k, v)
         P = k.size(2) - T
         gate = None
         if prefix is not None:
@@ -94,7 +131,13 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from text tokens to encoder tokens (already projected to n_embd)."""
+    """Multi-head attention from text tokens to encoder tokens (already projected to n_embd).
+
+    The text rows may outnumber the images by a whole factor G (beam search: G beams per image).
+    Then the G rows of an image are attended as G*T queries against that image's keys/values, so the
+    keys/values are stored and read once per image rather than once per beam. Each query's attention
+    is independent of the others, so the result is the same as repeating the keys/values G times.
+    """
 
     def __init__(self, cfg: GPT2Config):
         super().__init__()
@@ -106,20 +149,25 @@ class CrossAttention(nn.Module):
     def kv(self, enc):
         B, S, C = enc.shape  # (B, S, C) encoder tokens
         k, v = self.c_attn(enc).split(C, dim=2)
-        return tuple(t.view(B, S, self.n_head, C // self.n_head).transpose(1, 2) for t in (k, v))  # (B, nh, S, hs)
+        return tuple(t.view(B, S, self.n_head, C // self.n_head).transpose(1, 2).contiguous()
+                     for t in (k, v))  # (B, nh, S, hs)
 
     def forward(self, x, kv, need_weights: bool = False):
-        B, T, C = x.shape
-        q = self.q_attn(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k, v = kv
+        R, T, C = x.shape  # (R, T, C): R = B images x G rows each
+        k, v = kv  # (B, nh, S, hs)
+        B, nh, hs = k.size(0), self.n_head, C // self.n_head
+        G = R // B
+        q = self.q_attn(x).view(B, G, T, nh, hs).permute(0, 3, 1, 2, 4).reshape(B, nh, G * T, hs)
         if need_weights:  # explicit softmax so the maps can be returned
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, G*T, S)
             att = att.softmax(dim=-1)
             y = att @ v
+            if G > 1:  # (R, nh, T, S); with G = 1 the very tensor y came from (gradient relevance needs it)
+                att = att.view(B, nh, G, T, -1).transpose(1, 2).reshape(R, nh, T, -1)
         else:
             att = None
-            y = F.scaled_dot_product_attention(q, k, v)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+            y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, G*T, hs)
+        y = y.view(B, nh, G, T, hs).permute(0, 2, 3, 1, 4).reshape(R, T, C)
         return self.c_proj(y), att
 
 

@@ -295,6 +295,8 @@ def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", pro
         raise HW3Error(f"unknown demo size {size!r} (choose from {', '.join(WORLD_SIZES)})")
     ws = WORLD_SIZES[size]
     root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise HW3Error(f"{root}: exists and is a file, not a folder")
     if root.exists() and any(root.iterdir()):
         raise HW3Error(f"{root}: folder exists and is not empty (remove it or choose another)")
     tmp = root.with_name(f".{root.name}.partial")

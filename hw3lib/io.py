@@ -21,6 +21,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 # Largest image we accept (pixels). PIL's own default warns at ~89M and errors at twice that; the
 # HW3 images are at most a few megapixels, so anything past 64M pixels is treated as a bomb.
 MAX_IMAGE_PIXELS = 64_000_000
+MAX_IMAGE_ASPECT = 50  # longer side / shorter side: a 20000x1 strip would need 4.5e9 pixels once resized
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -121,13 +122,62 @@ def read_json(path: str | os.PathLike) -> Any:
         raise HW3Error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
-def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+def _require(path: str | os.PathLike, what: str, folder: bool) -> Path:
     path = Path(path)
     if not path.exists():
         raise HW3Error(f"{path}: {what} not found")
-    if not path.is_dir():
-        raise HW3Error(f"{path}: expected a {what}, found a file")
+    if path.is_dir() != folder:
+        raise HW3Error(f"{path}: expected a {what}, found a {'file' if folder else 'folder'}")
     return path
+
+
+def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    return _require(path, what, folder=True)
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    return _require(path, what, folder=False)
+
+
+def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs) -> None:
+    """The one place the rule lives: no command writes to a path that resolves to one of its inputs, or
+    into a folder it reads. `outputs` maps an argument name to the path it writes (a file or a folder;
+    None or '-' for none); `inputs` are the files and folders it reads. Checked before any work."""
+    ins = []
+    for p in inputs:
+        if p is None or str(p) == "-" or not Path(p).exists():
+            continue
+        ins.append((Path(p).resolve(), Path(p).is_dir()))
+    for label, out in outputs.items():
+        if out is None or str(out) == "-":
+            continue
+        o = Path(out).resolve()
+        for i, is_dir in ins:
+            if o == i:
+                raise HW3Error(f"{label} {out}: refusing to write over an input of this command ({i})")
+            if is_dir and o.is_relative_to(i):
+                raise HW3Error(f"{label} {out}: refusing to write inside the input folder {i}")
+
+
+def check_output_paths(files: dict, folders: dict) -> None:
+    """Output files and folders that cannot be written are refused before any work: a file path that
+    is a folder, a folder path that is a file, a parent that is a file, a parent that is not writable."""
+    for kind, outputs in (("file", files), ("folder", folders)):
+        for label, out in outputs.items():
+            if out is None or str(out) == "-":
+                continue
+            p = Path(out)
+            if kind == "file" and p.is_dir():
+                raise HW3Error(f"{label} {out}: is a folder (give a file name)")
+            if kind == "folder" and p.exists() and not p.is_dir():
+                raise HW3Error(f"{label} {out}: exists and is a file, not a folder")
+            parent = p.parent if kind == "file" or not p.exists() else p
+            while not parent.exists():
+                parent = parent.parent
+            if not parent.is_dir():
+                raise HW3Error(f"{label} {out}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise HW3Error(f"{label} {out}: {parent} is not writable")
 
 
 def confined_path(root: str | os.PathLike, name: str, source: str | os.PathLike) -> Path:
@@ -154,6 +204,59 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise HW3Error(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
     return files
+
+
+def image_paths(items) -> list[Path]:
+    """Image files from a mix of image files and folders (each folder's images sorted by name)."""
+    out: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            out += list_images(item)
+        elif item.is_file():
+            if item.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise HW3Error(f"{item}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
+            out.append(item)
+        else:
+            raise HW3Error(f"{item}: no such image file or folder")
+    return out
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike):
+    """Hold an exclusive lock on `folder/.lock` (the folder is created). The kernel drops it when the
+    process dies, so a SIGKILLed run leaves nothing that blocks its resume."""
+    import fcntl
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise HW3Error(f"{folder}: exists and is a file, not a run folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            raise HW3Error(f"{folder}: run folder in use by another hw3 train (pid {pid}); wait for it or use "
+                           "another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield folder
+    finally:
+        f.close()
+
+
+def unique_stems(paths: list[Path]) -> list[Path]:
+    """Outputs are keyed by file name without extension: two images with one stem would collide."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in seen:
+            raise HW3Error(f"{p}: same name without extension as {seen[p.stem]} (outputs are keyed by it; rename one)")
+        seen[p.stem] = p
+    return paths
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -188,6 +291,9 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
+                if max(w, h) > MAX_IMAGE_ASPECT * max(min(w, h), 1):
+                    raise HW3Error(f"{path}: refused: {w}x{h} is more than {MAX_IMAGE_ASPECT}:1 (resized for an "
+                                   f"encoder it would need {max(w, h) * 224 // max(min(w, h), 1):,} pixels a side)")
                 if w * h > MAX_IMAGE_PIXELS:
                     raise HW3Error(
                         f"{path}: refused as a possible decompression bomb ({w}x{h} = {w * h:,} pixels "

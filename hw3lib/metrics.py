@@ -3,8 +3,13 @@
 - CIDEr-D: pycocoevalcap's `Cider` (n=4, sigma=6, document frequencies from the evaluated references,
   x10) after the Stanford PTB tokenizer (Java; lower-cases, strips punctuation). The tokenizer runs in
   a temporary folder (pycocoevalcap's own wrapper writes into its package folder). `python` is a
-  Java-free re-implementation of the same tokenisation for the cases captions contain; tests check
-  that both give the same tokens and the same CIDEr.
+  Java-free re-implementation of PTB's rules for the cases captions contain. Tests check that both give
+  the same tokens on 50 hard strings (abbreviations, months and initials, gonna/wanna/gotta/lemme/gimme,
+  'tis, y'all, rock'n'roll, '90s, web addresses, hashtags, emoticons, contractions, numbers, brackets),
+  on English and demo captions, and the same CIDEr. Known differences that remain (rules not
+  re-implemented): PTB's full abbreviation list (only the common ones here), web addresses whose
+  top-level domain is not com/org/net/edu/gov, PTB's Unicode normalisation of quotes, dashes and
+  ellipses, and emoticons other than :) :( ;) ;( with or without a nose.
 - CLIPScore: 2.5 * max(cos(image, caption), 0) with the manifest's CLIP and its own preprocessing;
   optional "A photo depicts" prefix; captions longer than the text context are truncated with a
   warning. RefCLIPScore: harmonic mean of CLIPScore and the best caption-reference cosine.
@@ -39,6 +44,15 @@ def _jar() -> Path:
     return Path(ptb.__file__).parent / ptb.STANFORD_CORENLP_3_4_1_JAR
 
 
+_LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def one_line(caption: str) -> str:
+    """Every character that Python or Java may read as a line break becomes a space, so that each
+    caption stays one line of the tokenizer's input (captions are aligned with images by line)."""
+    return _LINE_BREAKS.sub(" ", caption)
+
+
 def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     """Stanford PTB tokenisation exactly as pycocoevalcap does it (Java), run in a temporary folder."""
     java = shutil.which("java")
@@ -46,7 +60,7 @@ def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
         raise HW3Error("java not found: the PTB tokenizer needs a Java runtime (install openjdk, or use "
                        "--tokenizer python for the Java-free tokenizer)")
     keys = [k for k, v in captions.items() for _ in v]
-    sentences = "\n".join(c.replace("\n", " ") for v in captions.values() for c in v)
+    sentences = "\n".join(one_line(c) for v in captions.values() for c in v)
     with tempfile.TemporaryDirectory(prefix="hw3-ptb-") as tmp:
         src = Path(tmp) / "captions.txt"
         src.write_text(sentences, encoding="utf-8")
@@ -55,22 +69,35 @@ def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     if proc.returncode != 0:
         raise HW3Error(f"PTB tokenizer failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
     lines = proc.stdout.decode("utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != len(keys):  # one line out per caption in, or every later caption would shift
+        raise HW3Error(f"PTB tokenizer returned {len(lines)} lines for {len(keys)} captions")
     out: dict[str, list[str]] = {k: [] for k in captions}
-    for k, line in zip(keys, lines, strict=False):
+    for k, line in zip(keys, lines, strict=True):
         out[k].append(" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS))
     return out
 
 
 # Java-free PTB tokenisation: the rules of Stanford's PTBTokenizer that matter for captions.
+# Splits PTB makes inside words: gonna -> gon na, 'tis -> 't is, y'all -> y' all, rock'n'roll -> rock 'n' roll.
+_SPLITS = re.compile(r"(?i)\b(gon|wan|got|lem|gim)(na|ta|me)\b|(?<![\w'])('t)(is|was)\b|\b(y')(all)\b|(\w)('n')(\w)")
+_SPLIT_OK = {("gon", "na"), ("wan", "na"), ("got", "ta"), ("lem", "me"), ("gim", "me")}
 _CONTRACTIONS = re.compile(r"(?i)\b(can)(not)\b|\b(ca|wo|sha)(n't)\b|(\w)(n't)\b|(\w)('(?:s|re|ve|ll|d|m))\b")
+_MONTHS = "jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec"
 _TOKEN = re.compile(
     r"""
-    [\w.+-]+@[\w-]+(?:\.[\w-]+)+  # e-mail addresses
+    (?:https?://|www\.)[\w./?=&%~+-]*[\w/]  # web addresses
+  | [\w-]+(?:\.[\w-]+)*\.(?:com|org|net|edu|gov)\b
+  | [\w.+-]+@[\w-]+(?:\.[\w-]+)+  # e-mail addresses
   | \d+(?:[.,:/]\d+)+            # numbers: 3.5  1,000  10:30  1/2
-  | \b(?:mr|mrs|ms|dr|st|jr|sr|prof|etc|vs|inc|ltd|co|corp|mt|ft|ave)\.  # PTB's abbreviations
-  | [a-z]\.(?:[a-z]\.)+          # abbreviations: u.s.  a.m.
+  | \b(?:mr|mrs|ms|dr|st|jr|sr|prof|etc|vs|inc|ltd|co|corp|mt|ft|ave|ph\.d|""" + _MONTHS + r""")\.  # PTB's abbreviations
+  | \b[a-z]\.(?:[a-z]\.)*         # initials and abbreviations: c.  u.s.  a.m.
   | n't | '(?:s|re|ve|ll|d|m)\b  # split-off contractions
-  | [\w&]+(?:[-'/][\w&]+)*       # words, hyphenated words, and/or, rock'n'roll
+  | 'n' | 't\b | y' | '\d\ds?\b   # rock 'n' roll, 'tis, y'all, the '90s
+  | \#\w+                        # hashtags
+  | [:;]-?[()]                   # emoticons :) ;(
+  | [\w&]+(?:[-'/][\w&]+)*       # words, hyphenated words, and/or
   | \.\.\.|--|``|''|[!?]+|[^\w\s]  # punctuation; runs of ! and ? stay together
     """, re.VERBOSE)
 
@@ -80,11 +107,27 @@ _TOKEN = re.compile(
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-"}
 
 
+def _split(m: re.Match) -> str:
+    groups = [g for g in m.groups() if g]
+    if m.group(1) and (m.group(1).lower(), m.group(2).lower()) not in _SPLIT_OK:
+        return m.group(0)  # e.g. "gotme": not one of PTB's splits
+    return " ".join(groups)
+
+
+def _escape_brackets(token: str) -> str:
+    if token in _BRACKETS:
+        return _BRACKETS[token]
+    if token[:1] in ":;" and token[-1:] in "()":  # emoticon: the bracket is escaped inside the token
+        return token[:-1] + _BRACKETS[token[-1]]
+    return token
+
+
 def simple_ptb_tokenize_one(text: str) -> str:
-    s = text.replace("\n", " ").lower()
+    s = one_line(text).lower()
     s = s.replace('"', " '' ")
+    s = _SPLITS.sub(_split, s)
     s = _CONTRACTIONS.sub(lambda m: " ".join(g for g in m.groups() if g), s)
-    tokens = [_BRACKETS.get(t, t) for t in _TOKEN.findall(s)]
+    tokens = [_escape_brackets(t) for t in _TOKEN.findall(s)]
     return " ".join(t for t in tokens if t not in PUNCTUATIONS)
 
 

@@ -4,13 +4,17 @@ config (cached), caption images with a run, evaluate predictions, and the PEFT c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .assets import (
+    MANIFEST_PARTS,
     check_files,
     encoder_data_config,
     encoder_transform,
@@ -29,7 +33,7 @@ from .captioner import (
 from .data import read_caption_file
 from .decode import caption_images
 from .features import FeatureCache, encoder_fingerprint
-from .io import HW3Error, atomic_write_json, read_json
+from .io import HW3Error, atomic_write_json, read_json, run_lock
 from .metrics import cider_validator, evaluate, java_available
 from .train import (
     FeatureSource,
@@ -42,20 +46,25 @@ from .train import (
 )
 
 
-def manifest_for(assets, decoder=None):
+def manifest_for(assets, decoder=None, parts=MANIFEST_PARTS, clip_model=None, clip_pretrained=None):
+    """The manifest `assets` (a path or 'real') with command-line overrides (decoder weights, CLIP
+    model/pretrained), after checking the files of the parts a command uses (and only those)."""
     m = load_manifest(assets)
     if decoder is not None:
         m.decoder.weights = str(decoder)
-    check_files(m)
+    if clip_model:
+        m.clip.model, m.clip.config = clip_model, None
+    if clip_pretrained:
+        m.clip.pretrained = clip_pretrained
+    check_files(m, parts)
     return m
 
 
 def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device: str | None = None,
               reuse: bool = True) -> dict:
     """Train the captioner of `config` on `p2_dir` into `out`. With `reuse`, a finished run with the
-    same configuration is not trained again (its summary is returned); an interrupted one resumes."""
-    import torch.distributed as dist
-
+    same configuration is not trained again (its summary is returned); an interrupted one resumes.
+    The run folder is locked while training: a second `hw3 train` into it refuses."""
     overrides = dict(overrides or {})
     if device is not None:
         overrides.setdefault("device", device)
@@ -63,11 +72,16 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
     out, p2_dir = Path(out), Path(p2_dir)
     if reuse and (out / "summary.json").is_file() and (out / "config.json").is_file():
         done = read_json(out / "config.json")
-        from dataclasses import asdict
-
         if done.get("captioner") == asdict(cap_cfg) and done.get("train") == asdict(cfg):
             return read_json(out / "summary.json")
         raise HW3Error(f"{out}: holds a finished run with another configuration (use a new folder)")
+    with run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+        return _train_locked(cap_cfg, cfg, assets, p2_dir, out)
+
+
+def _train_locked(cap_cfg, cfg, assets, p2_dir: Path, out: Path) -> dict:
+    import torch.distributed as dist
+
     m = manifest_for(assets)
     dev = resolve_device(cfg.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -80,7 +94,13 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
     tok = load_tokenizer(m)
     train_cs = read_caption_file(p2_dir / "train.json", p2_dir / "images" / "train")
     val_cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
+    if len(val_cs) == 0:
+        raise HW3Error(f"{p2_dir / 'val.json'}: the val split has no images (validation needs some)")
     model = build_captioner(m, cap_cfg, dev)
+    block = model.decoder.config.block_size
+    if cfg.max_caption_tokens + 1 > block:
+        raise HW3Error(f"max_caption_tokens={cfg.max_caption_tokens}: the decoder holds {block} positions "
+                       f"(at most {block - 1} caption tokens + the start token)")
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0:
         print(f"captioner ({cap_cfg.peft}): {format_report(parameter_report(model))}", flush=True)
@@ -113,17 +133,22 @@ def load_run(checkpoint, manifest, device="cpu"):
     """A captioner from a run folder or checkpoint file; None gives the untrained model."""
     if checkpoint is None:
         return build_captioner(manifest, CaptionerConfig(peft="none"), device).eval()
-    cfg, tensors, _ = read_checkpoint(checkpoint)
+    cfg, tensors, info = read_checkpoint(checkpoint)
     model = build_captioner(manifest, cfg, device)
+    have = asdict(model.decoder.config)
+    differ = [f"{k} {info['decoder'][k]} in the checkpoint, {have[k]} from {manifest.source}"
+              for k in ("n_layer", "n_head", "n_embd", "vocab_size") if k in info["decoder"] and info["decoder"][k] != have[k]]
+    if differ:
+        raise HW3Error(f"{checkpoint}: trained with another decoder ({'; '.join(differ)})")
     model.load_trainable(tensors, str(checkpoint))
     return model.eval()
 
 
 def caption_folder(model, manifest, paths, beams=1, max_len=60, batch_size=16, length_penalty=1.0,
-                   device="cpu", progress=True) -> dict[str, str]:
+                   device="cpu", progress=True, quantize=None) -> dict[str, str]:
     tok = load_tokenizer(manifest)
     return caption_images(model, list(paths), tok, encoder_transform(model.encoder), beams, max_len, batch_size,
-                          length_penalty, device, progress)
+                          length_penalty, device, progress, quantize=quantize)
 
 
 def default_tokenizer() -> str:
@@ -155,8 +180,10 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
     rows.append({"variant": "untrained", "peft": "-", "trainable": 0, "CIDEr": res["CIDEr"],
                  "CLIPScore": res["CLIPScore"], "run": None})
     preds_by["untrained"] = preds
-    for name, config in variants.items():
+    for i, (name, config) in enumerate(variants.items(), 1):
         run = runs_dir / name
+        print(f"[variant {i}/{len(variants)}] {name}: training (or reusing) {run}", flush=True)
+        t0 = time.time()
         summary = train_run(config, assets, p2_dir, run, overrides, device)
         model = load_run(run, m, device)
         preds = caption_folder(model, m, paths, max_len=max_len, device=device, progress=progress)
@@ -164,6 +191,8 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
         atomic_write_json(run / "val_predictions.json", preds)
         rows.append({"variant": name, "peft": model.config.peft, "trainable": summary["parameters"]["trainable"],
                      "CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"], "run": str(run)})
+        print(f"[variant {i}/{len(variants)}] {name}: CIDEr {res['CIDEr']:.3f} CLIPScore {res['CLIPScore']:.3f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
         preds_by[name] = preds
     trained = [r for r in rows if r["run"]]
     best = max(trained, key=lambda r: r["CIDEr"]) if trained else None

@@ -20,6 +20,15 @@ DEMO_VARIANTS = ["none", "lora16", "lora8", "adapter", "prompt", "prefix", "dora
 REAL_VARIANTS = ["report_lora16", "report_lora8", "report_adapter", "report_prompt"]
 
 
+def require_kernel(kernel: str = "hw3lib") -> None:
+    """The Jupyter kernel the notebooks run on must be registered (make venv does it)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if kernel not in KernelSpecManager().find_kernel_specs():
+        raise HW3Error(f"Jupyter kernel {kernel!r} is not registered: run `make venv`, or "
+                       f"`python -m ipykernel install --sys-prefix --name {kernel}` in this environment")
+
+
 def run_notebook(name: str, parameters: dict, out_dir: Path, kernel: str = "hw3lib") -> Path:
     import jupytext
     import papermill
@@ -28,9 +37,10 @@ def run_notebook(name: str, parameters: dict, out_dir: Path, kernel: str = "hw3l
     staged = out_dir / f"{name}.input.ipynb"
     jupytext.write(jupytext.read(ROOT / "notebooks" / f"{name}.py"), staged)  # the .py is the source of truth
     executed = out_dir / f"{name}.ipynb"
-    try:
+    try:  # the notebook's own output (per-variant lines, progress bars) streams through as it comes
         papermill.execute_notebook(str(staged), str(executed), parameters=parameters, kernel_name=kernel,
-                                   cwd=str(ROOT / "notebooks"), progress_bar=False)
+                                   cwd=str(ROOT / "notebooks"), progress_bar=False,
+                                   stdout_file=sys.stdout, stderr_file=sys.stderr)
     except papermill.PapermillExecutionError as e:
         raise HW3Error(f"{name}: cell {e.exec_count} failed: {e.ename}: {e.evalue} (see {executed})") from None
     finally:
@@ -121,6 +131,7 @@ def main(argv=None) -> int:
         assets = str(Path(args.assets).resolve()) if args.assets != "real" else "real"
         common = {"data_dir": str(args.data.resolve()), "assets": assets, "device": args.device,
                   "figures_dir": str(args.figures.resolve())}
+        require_kernel()
         executed = ROOT / "notebooks" / "executed"
         group = "real" if args.real else "demo"
         t_all = time.time()

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -70,7 +71,7 @@ class TrainConfig:
     val_every: int = 0  # optimiser steps between validations (0 = once per epoch)
     val_images: int = 100  # val images used for validation loss and metrics
     select_metric: str = "cider"  # best checkpoint by: cider | loss (cider needs a validator)
-    max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs)
+    max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs; negative is an error)
     seed: int = 0  # data order, initialisation of new modules
     log_every: int = 10  # optimiser steps between log lines
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -82,6 +83,8 @@ class TrainConfig:
                   ("grad_clip", self.grad_clip >= 0), ("hflip", 0 <= self.hflip <= 1),
                   ("color_jitter", self.color_jitter >= 0), ("max_caption_tokens", self.max_caption_tokens >= 2),
                   ("val_images", self.val_images >= 1), ("max_trainable", self.max_trainable >= 1),
+                  ("max_steps", self.max_steps >= 0), ("log_every", self.log_every >= 1),
+                  ("val_every", self.val_every >= 0), ("seed", self.seed >= 0),
                   ("amp", self.amp in ("auto", "off", "bf16", "fp16")),
                   ("select_metric", self.select_metric in ("cider", "loss"))]
         bad = [name for name, ok in checks if not ok]
@@ -118,6 +121,31 @@ def _coerce(cls, key: str, value):
     return value
 
 
+def settings_table() -> list[tuple[str, str, str, object, str]]:
+    """(table, key, type, default, comment) for every [captioner] and [train] setting. The comments are
+    read from the dataclasses' source, so `hw3 train --help` cannot drift from the code."""
+    import inspect
+    import re
+
+    rows = []
+    for table, cls in (("captioner", CaptionerConfig), ("train", TrainConfig)):
+        comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), flags=re.M))
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((table, f.name, type(default).__name__, default, comments.get(f.name, "")))
+    return rows
+
+
+def config_toml(cap: CaptionerConfig, tr: TrainConfig) -> str:
+    """A resolved configuration as a TOML file that `load_config` reads back to the same values."""
+    out = []
+    for table, cfg in (("captioner", cap), ("train", tr)):
+        out.append(f"[{table}]")
+        out += [f"{f.name} = {json.dumps(getattr(cfg, f.name))}" for f in fields(cfg)]
+        out.append("")
+    return "\n".join(out)
+
+
 def load_config(path: str | os.PathLike | None, overrides: dict[str, str] | None = None,
                 ) -> tuple[CaptionerConfig, TrainConfig]:
     """Read a TOML config ([captioner] + [train]) and apply `key=value` overrides; unknown keys,
@@ -136,6 +164,9 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, str] | None
     unknown_tables = set(raw) - {"captioner", "train"}
     if unknown_tables:
         raise HW3Error(f"{path}: unknown table(s) {', '.join(sorted(unknown_tables))} (use [captioner] and [train])")
+    for table in ("captioner", "train"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise HW3Error(f"{path}: [{table}] must be a table of settings, got {type(raw[table]).__name__}")
     values = {"captioner": dict(raw.get("captioner", {})), "train": dict(raw.get("train", {}))}
     names = {"captioner": {f.name for f in fields(CaptionerConfig)}, "train": {f.name for f in fields(TrainConfig)}}
     for table in values:
@@ -220,9 +251,32 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def nvidia_gpu_visible() -> bool:
+    """An NVIDIA GPU is present on this machine (driver device file, or `nvidia-smi -L` lists one)."""
+    import shutil
+    import subprocess
+
+    if Path("/dev/nvidia0").exists():
+        return True
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        r = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "GPU" in r.stdout
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if nvidia_gpu_visible():
+            warnings.warn(f"an NVIDIA GPU is visible but torch {torch.__version__} cannot use it (a CPU-only "
+                          "build, or a driver older than its CUDA); running on the CPU. The README's 'Installing "
+                          "torch' section says how to get a CUDA build.", stacklevel=2)
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HW3Error(f"device {name!r} asked for, but no CUDA GPU is available")
     return torch.device(name)

@@ -259,9 +259,12 @@ def top_probabilities(study: ZeroShotStudy, weights: torch.Tensor, indices: list
 
 def write_predictions_csv(path: str | os.PathLike, paths: list[Path], class_ids: list[int]) -> None:
     """The course's `filename,label` CSV, written atomically (never half a file)."""
-    lines = ["filename,label"] + [f"{p.name},{cid}" for p, cid in zip(paths, class_ids, strict=True)]
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")  # quotes names with commas, quotes or line breaks
+        w.writerow(["filename", "label"])
+        w.writerows([p.name, cid] for p, cid in zip(paths, class_ids, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------

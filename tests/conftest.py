@@ -8,14 +8,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would flood the captured output
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_GPT2 = ROOT.parent / "shared" / "gpt2"
+GPT2_FILES = ROOT / "tests" / "data" / "gpt2"  # the real GPT-2 BPE files, shipped as test data
 
 
 @pytest.fixture(scope="session")
 def gpt2_files():
-    enc, bpe = SHARED_GPT2 / "encoder.json", SHARED_GPT2 / "vocab.bpe"
-    if not enc.is_file():
-        pytest.skip(f"real GPT-2 BPE files not found at {SHARED_GPT2}")
+    import hashlib
+
+    enc, bpe = GPT2_FILES / "encoder.json", GPT2_FILES / "vocab.bpe"
+    assert hashlib.sha256(enc.read_bytes()).hexdigest().startswith("196139668be6"), f"{enc} is not GPT-2's"
+    assert hashlib.sha256(bpe.read_bytes()).hexdigest().startswith("1ce1664773c5"), f"{bpe} is not GPT-2's"
     return enc, bpe
 
 

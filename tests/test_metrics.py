@@ -9,7 +9,14 @@ import torch
 
 from hw3lib.assets import load_clip, load_manifest
 from hw3lib.data import read_caption_file
-from hw3lib.metrics import cider, clip_scores, java_available, ptb_tokenize, simple_ptb_tokenize
+from hw3lib.metrics import (
+    cider,
+    clip_scores,
+    java_available,
+    ptb_tokenize,
+    simple_ptb_tokenize,
+    simple_ptb_tokenize_one,
+)
 
 from .conftest import run_cli
 
@@ -26,6 +33,75 @@ ENGLISH = [
     "An airplane flying over a city at sunset.", "A teddy bear sitting on a bed next to a pillow", "What?! A cat on the roof",
     "A sign that reads \"STOP\" at a 4-way intersection", "a [big] {dog}", "Children play soccer in the park at 5 p.m.",
 ]
+
+
+# Hard strings for the Java-free PTB tokenizer, with the Java PTBTokenizer's output (pycocoevalcap 1.2,
+# recorded with `ptb_tokenize`; test_python_tokenizer_matches_ptb_on_hard_strings re-checks it live when
+# java is installed).
+HARD_PTB = {
+    'jan. 5 was cold.': 'jan. 5 was cold',
+    "we're gonna win": "we 're gon na win",
+    'i wanna go home': 'i wan na go home',
+    "rock'n'roll fans": "rock 'n' roll fans",
+    "music of the '90s": "music of the '90s",
+    'see www.site.com now': 'see www.site.com now',
+    "a man's hat": "a man 's hat",
+    "it isn't done": "it is n't done",
+    "they can't go": "they ca n't go",
+    'cannot stop': 'can not stop',
+    "won't stop": "wo n't stop",
+    "don't": "do n't",
+    'a dog (brown) runs': 'a dog -lrb- brown -rrb- runs',
+    '"quoted" words': 'quoted words',
+    '3.5 miles at 10:30': '3.5 miles at 10:30',
+    '1,000 people': '1,000 people',
+    'half 1/2 cup': 'half 1/2 cup',
+    'e-mail me at a.b@c.com': 'e-mail me at a.b@c.com',
+    'mr. smith and dr. jones': 'mr. smith and dr. jones',
+    'u.s. army': 'u.s. army',
+    'a.m. sun': 'a.m. sun',
+    'wait... what?!': 'wait what ?!',
+    'hyphen-ated and/or slashed': 'hyphen-ated and/or slashed',
+    "dogs' toys": 'dogs toys',
+    "o'clock": "o'clock",
+    "y'all come": "y' all come",
+    "it's 5 o'clock": "it 's 5 o'clock",
+    "ain't it": "ai n't it",
+    "i'd've gone": "i 'd 've gone",
+    'the cat-- the dog': 'the cat the dog',
+    '50% off': '50 % off',
+    '$5 bill': '$ 5 bill',
+    '#hashtag here': '#hashtag here',
+    'a & b': 'a & b',
+    'ph.d. student': 'ph.d. student',
+    'etc. and so on': 'etc. and so on',
+    'st. louis': 'st. louis',
+    'vs. them': 'vs. them',
+    "let's go": "let 's go",
+    'gotta run': 'got ta run',
+    'lemme see': 'lem me see',
+    'gimme that': 'gim me that',
+    "'tis the season": "'t is the season",
+    'a b c.': 'a b c.',
+    't-shirt': 't-shirt',
+    '2nd place': '2nd place',
+    "rock 'n' roll": "rock 'n' roll",
+    'o.k. then': 'o.k. then',
+    '5-year-old': '5-year-old',
+    'a :) face': 'a :-rrb- face',
+}
+
+
+def test_python_tokenizer_equals_recorded_ptb_on_hard_strings():
+    assert len(HARD_PTB) >= 30
+    assert {s: simple_ptb_tokenize_one(s) for s in HARD_PTB} == HARD_PTB
+
+
+@needs_java
+def test_python_tokenizer_matches_ptb_on_hard_strings():
+    caps = {str(i): [s] for i, s in enumerate(HARD_PTB)}
+    assert ptb_tokenize(caps) == simple_ptb_tokenize(caps)
+    assert [v[0] for v in ptb_tokenize(caps).values()] == list(HARD_PTB.values())
 
 
 @needs_java
@@ -95,7 +171,7 @@ def test_caption_and_evaluate_cli(small_models, small_world, tmp_path):
     images = small_world / "p2_data" / "images" / "val"
     out = tmp_path / "pred.json"
     r = run_cli("caption", images, out, m.decoder.weights, "--assets", small_models, "--max-len", "12",
-                "--beams", "2", "--device", "cpu")
+                "--beams", "2", "--device", "cpu", "--untrained")
     assert r.returncode == 0, r.stderr[-2000:]
     preds = json.loads(out.read_text())
     assert set(preds) == {p.stem for p in images.iterdir()} and all(isinstance(v, str) for v in preds.values())

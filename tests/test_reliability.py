@@ -79,7 +79,7 @@ def test_killed_caption_and_zeroshot_leave_no_partial_output(small_models, small
     m = load_manifest(small_models)
     out = tmp_path / "pred.json"
     r = hw3("caption", small_world / "p3_data" / "images", out, m.decoder.weights, "--assets", small_models,
-            "--max-len", "5", "--device", "cpu", fault="write:pred.json:1")
+            "--max-len", "5", "--device", "cpu", "--untrained", fault="write:pred.json:1")
     assert r.returncode == -9 and not out.exists()
     csv = tmp_path / "pred.csv"
     csv.write_text("old\n")
@@ -128,13 +128,14 @@ def _bad_inputs(small_models, small_world, tmp):
         (["train", cfg, "--assets", small_models, "--data", tmp / "nowhere", "--out", tmp / "r"], "not found"),
         (["caption", p2 / "images" / "val", tmp / "p.json", dec, "--checkpoint", tmp / "foreign.safetensors",
           "--assets", small_models], "not a readable safetensors checkpoint"),
-        (["caption", tmp / "nowhere", tmp / "p.json", dec, "--assets", small_models], "image folder not found"),
-        (["caption", p2 / "images" / "val", tmp / "p.json", tmp / "nope.bin", "--assets", small_models], "missing file"),
+        (["caption", tmp / "nowhere", tmp / "p.json", dec, "--assets", small_models], "no such image file or folder"),
+        (["caption", p2 / "images" / "val", tmp / "p.json", tmp / "nope.bin", "--assets", small_models],
+         "decoder weights file not found"),
         (["evaluate", tmp / "missing.json", *ev], "1 missing"),
         (["evaluate", tmp / "nonstr.json", *ev], "not strings"),
         (["evaluate", tmp / "broken.json", *ev], "invalid JSON"),
         (["evaluate", tmp / "nope.json", *ev], "file not found"),
-        (["attention", tmp / "nope.jpg", "--assets", small_models, "--out", tmp / "a"], "image file not found"),
+        (["attention", tmp / "nope.jpg", "--assets", small_models, "--out", tmp / "a"], "no such image file or folder"),
         (["export-decoder", tmp / "nowhere", tmp / "d.bin"], "no model.safetensors"),
     ]
 
@@ -188,5 +189,5 @@ def test_nothing_touches_the_network_for_local_assets(small_models, small_world,
     m = load_manifest(small_models)
     r = subprocess.run([sys.executable, "-m", "hw3lib", "caption", str(small_world / "p3_data" / "images"),
                         str(tmp_path / "p.json"), m.decoder.weights, "--assets", str(small_models), "--max-len", "5",
-                        "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+                        "--device", "cpu", "--untrained"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
