@@ -10,7 +10,7 @@ ASSETS ?= $(DEMO)/models/assets.json
 DEMO_SIZE ?= full
 PYTEST_ARGS ?=
 
-.PHONY: all venv report demo test lint bench browser clean
+.PHONY: all venv report demo lab test lint bench browser clean
 
 all: report
 
@@ -39,6 +39,14 @@ report: venv
 	@if [ "$(DATA)" = "$(DEMO)/hw3_data" ]; then $(MAKE) --no-print-directory demo; fi
 	TQDM_MININTERVAL=5 $(PY) -m hw3lib.report --data $(DATA) --assets $(ASSETS) \
 		$(if $(filter $(DEMO)/hw3_data,$(DATA)),,--real)
+
+# JupyterLab on notebooks/ with the project's kernel ("Python (hw3lib)"), the demo built first.
+# LAB_ARGS passes options through, e.g. make lab LAB_ARGS="--port 8890 --no-browser".
+LAB_ARGS ?=
+lab: venv
+	@if [ "$(DATA)" = "$(DEMO)/hw3_data" ]; then $(MAKE) --no-print-directory demo; fi
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 \
+		--MappingKernelManager.default_kernel_name=hw3lib $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Debian's chromium + chromedriver for the headless-browser test of the attention viewer.
 browser:

@@ -11,8 +11,9 @@ _EXPORTS = {
     "load_decoder": "hw3lib.decoder",
     "load_manifest": "hw3lib.assets",
     "build_captioner": "hw3lib.captioner",
-    "show_attention": "hw3lib.attention",
-    "html_viewer": "hw3lib.attention",
+    "show_attention": "hw3lib.viewer",
+    "html_viewer": "hw3lib.viewer",
+    "AttentionExplorer": "hw3lib.viewer",
     "HW3Error": "hw3lib.io",
 }
 __all__ = list(_EXPORTS)

@@ -21,8 +21,6 @@ each against a random map.
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,83 +313,3 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
         "deletion_auc": {m: float(np.mean(v)) if v else None for m, v in dels.items()} if deletion else None,
         "pointing_per_layer_head": (per_head / max(n, 1)).tolist() if per_head is not None else None,
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# interactive viewers
-
-
-def _jpeg(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=88)
-    return buf.getvalue()
-
-
-def frames(ca: CaptionAttention, maps: torch.Tensor, size: int = 224) -> list[bytes]:
-    """One JPEG per token: the image with that token's map overlaid."""
-    im = open_image(ca.path).resize((size, size), Image.BILINEAR)
-    return [_jpeg(overlay(im, h)) for h in display_maps(ca, maps, (size, size))]
-
-
-def show_attention(ca: CaptionAttention, maps: torch.Tensor, size: int = 256):
-    """An ipywidgets viewer: a slider (and play button) stepping through the tokens."""
-    import ipywidgets as W
-
-    pngs = frames(ca, maps, size)
-    img = W.Image(value=pngs[0], format="jpeg", width=size, height=size)
-    label = W.HTML()
-    slider = W.IntSlider(value=0, min=0, max=len(pngs) - 1, description="token", continuous_update=True)
-    play = W.Play(value=0, min=0, max=len(pngs) - 1, interval=700)
-    W.jslink((play, "value"), (slider, "value"))
-
-    def update(change=None):
-        t = slider.value
-        img.value = pngs[t]
-        words = [f"<b style='color:#c00'>{w}</b>" if i == t else w for i, w in enumerate(ca.token_texts)]
-        label.value = f"<code>{''.join(words)}</code>"
-
-    slider.observe(update, names="value")
-    update()
-    return W.VBox([W.HBox([play, slider]), img, label])
-
-
-def html_viewer(items: list[tuple[CaptionAttention, torch.Tensor]], title: str = "hw3lib attention viewer",
-                size: int = 256) -> str:
-    """A standalone HTML page (no kernel, no network): per image a slider and play button stepping
-    through the tokens, frames embedded as base64 PNGs."""
-    import html
-    import json
-
-    blocks = []
-    for n, (ca, maps) in enumerate(items):
-        srcs = ["data:image/jpeg;base64," + base64.b64encode(p).decode() for p in frames(ca, maps, size)]
-        tokens = [t if t.strip() else repr(t) for t in ca.token_texts]
-        blocks.append(f"""
-<section class="viewer" id="v{n}">
-  <h2>{html.escape(ca.path.name)}: <span class="caption">{html.escape(ca.caption)}</span></h2>
-  <div class="controls"><button class="play" type="button">play</button>
-  <input class="slider" type="range" min="0" max="{len(srcs) - 1}" value="0" step="1" aria-label="token">
-  <span class="token"></span></div>
-  <img class="frame" width="{size}" height="{size}" alt="attention map">
-  <script type="application/json" class="data">{json.dumps({"frames": srcs, "tokens": tokens})}</script>
-</section>""")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:1.5em}} .viewer{{margin-bottom:2em}} .token{{font-family:monospace;
-font-size:1.2em;margin-left:1em}} .caption{{font-weight:normal}} .controls{{margin:.5em 0}}</style></head>
-<body><h1>{html.escape(title)}</h1>
-{''.join(blocks)}
-<script>
-for (const v of document.querySelectorAll('.viewer')) {{
-  const d = JSON.parse(v.querySelector('.data').textContent);
-  const s = v.querySelector('.slider'), img = v.querySelector('.frame'), tok = v.querySelector('.token');
-  const show = () => {{ const t = +s.value; img.src = d.frames[t]; tok.textContent = (t + 1) + '/' + d.frames.length + '  ' + d.tokens[t]; }};
-  s.addEventListener('input', show); show();
-  let timer = null;
-  v.querySelector('.play').addEventListener('click', () => {{
-    if (timer) {{ clearInterval(timer); timer = null; return; }}
-    timer = setInterval(() => {{ s.value = (+s.value + 1) % d.frames.length; show(); }}, 700);
-  }});
-}}
-</script></body></html>
-"""

@@ -159,10 +159,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_attention(args) -> int:
     from .assets import encoder_transform, load_tokenizer
-    from .attention import capture, check_layers_heads, display_maps, html_viewer, method_maps
+    from .attention import capture, check_layers_heads, display_maps, method_maps
     from .io import atomic_write_text, image_paths, open_image, unique_stems
     from .pipeline import load_run, manifest_for
     from .plots import save, token_maps_figure
+    from .viewer import html_viewer
 
     paths = unique_stems(image_paths(args.images))
     layers = _index_list("--layers", args.layers, ("last", "all"))

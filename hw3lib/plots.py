@@ -13,14 +13,29 @@ import numpy as np
 
 
 def save(fig, path: str | Path, dpi: int = 130) -> Path:
-    """Save a figure atomically (write, then rename) and close it."""
+    """Save a figure atomically (write, then rename), show it inline when running in a notebook's
+    kernel (JupyterLab, papermill), then close it."""
     from .io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    if _in_kernel():
+        from IPython.display import display
+
+        display(fig)
     plt.close(fig)
     return path
+
+
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel (where display() reaches the notebook), False in scripts and tests."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,13 +39,14 @@ import matplotlib.pyplot as plt
 from IPython.display import display
 
 from hw3lib.assets import encoder_transform, load_clip, load_tokenizer
-from hw3lib.attention import capture, display_maps, html_viewer, localisation, method_maps, show_attention
+from hw3lib.attention import capture, display_maps, localisation, method_maps
 from hw3lib.data import read_caption_file
 from hw3lib.demo import COLORS, SHAPES, read_boxes
 from hw3lib.io import atomic_write_json, atomic_write_text, list_images, open_image
 from hw3lib.metrics import evaluate
 from hw3lib.pipeline import caption_folder, evaluate_predictions, load_run, manifest_for
 from hw3lib.plots import layer_head_figure, localisation_figure, save, token_maps_figure
+from hw3lib.viewer import METHODS, AttentionExplorer, html_viewer
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
@@ -68,12 +69,15 @@ for ca in p3:
     print(f"{ca.path.name}: {ca.caption}")
 
 # %% [markdown]
-# ## Step through the tokens (slider + play); the same viewer as a standalone HTML file
+# ## The attention explorer: choose the image, the method, the layer and the head; step through the
+# tokens with the slider or play. The same maps (every method) go into a standalone HTML viewer.
 
 # %%
-display(show_attention(p3[0], method_maps(model, p3[0], "raw", layers, heads)))
+AttentionExplorer(model, p3)
+
+# %%
 atomic_write_text(figures / "p3_viewer.html",
-                  html_viewer([(ca, method_maps(model, ca, "raw", layers, heads)) for ca in p3]))
+                  html_viewer([(ca, {k: method_maps(model, ca, k, layers, heads) for k in METHODS}) for ca in p3]))
 
 # %% [markdown]
 # ## Top-1 and last-1 val images by CLIPScore

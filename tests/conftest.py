@@ -48,6 +48,24 @@ def small_run(small_models, small_world, tmp_path_factory):
     return out
 
 
+def headless_chrome(profile_dir):
+    """Debian's chromium driven by selenium, headless (skips the test when either is missing)."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        pytest.skip("Debian chromium + chromium-driver are not installed (make test installs them as root)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={profile_dir}"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(driver_bin), options=opts)
+
+
 def run_cli(*args, cwd=None):
     """Run `python -m hw3lib ARGS` in a subprocess; returns CompletedProcess (text)."""
     import subprocess

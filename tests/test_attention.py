@@ -1,7 +1,6 @@
 """P3: maps are distributions over the patch grid, aggregation choices, localisation scoring, the
 HTML viewer in headless Chromium, and the attention CLI."""
 
-import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ from hw3lib.assets import encoder_transform, load_manifest, load_tokenizer
 from hw3lib.attention import (
     CaptionAttention,
     capture,
-    html_viewer,
     method_maps,
     patch_distribution,
     pointing_hit,
@@ -21,8 +19,9 @@ from hw3lib.attention import (
 )
 from hw3lib.io import list_images
 from hw3lib.pipeline import load_run
+from hw3lib.viewer import html_viewer
 
-from .conftest import run_cli
+from .conftest import headless_chrome, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -76,23 +75,14 @@ def test_pointing_game():
 
 
 def test_html_viewer_in_headless_chromium(captured, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_bin):
-        pytest.skip("Debian chromium + chromium-driver are not installed (make test installs them as root)")
     model, cas = captured
     page = tmp_path / "viewer.html"
-    page.write_text(html_viewer([(ca, method_maps(model, ca, "raw")) for ca in cas]))
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(a)
-    from selenium.webdriver.chrome.service import Service
+    page.write_text(html_viewer([(ca, {m: method_maps(model, ca, m) for m in ("raw", "rollout")}) for ca in cas]))
+    drv = headless_chrome(tmp_path / "profile")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
 
-    drv = webdriver.Chrome(service=Service(driver_bin), options=opts)
     try:
         drv.get(page.as_uri())
         viewer = drv.find_elements(By.CSS_SELECTOR, ".viewer")[0]
@@ -108,6 +98,10 @@ def test_html_viewer_in_headless_chromium(captured, tmp_path):
 
         time.sleep(1.6)
         assert slider.get_attribute("value") not in ("1",)  # play advanced it
+        viewer.find_element(By.CSS_SELECTOR, ".play").click()  # pause
+        before = img.get_attribute("src")
+        Select(viewer.find_element(By.CSS_SELECTOR, ".method")).select_by_value("rollout")
+        assert img.get_attribute("src") != before  # the method choice changes the frame
     finally:
         drv.quit()
 

@@ -71,7 +71,8 @@ def test_debug_before_or_after_the_subcommand(where, tmp_path):
 
 def test_print_config_round_trips(tmp_path):
     cfg = ROOT / "configs" / "demo" / "lora16.toml"
-    r = run_cli("train", cfg, "--data", tmp_path, "--out", tmp_path / "run", "--print-config", "--lr=1e-4",
+    (tmp_path / "data").mkdir()
+    r = run_cli("train", cfg, "--data", tmp_path / "data", "--out", tmp_path / "run", "--print-config", "--lr=1e-4",
                 "--lora_targets", "attn.c_attn,mlp.c_fc")
     assert r.returncode == 0, r.stderr
     (tmp_path / "resolved.toml").write_text(r.stdout)

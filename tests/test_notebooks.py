@@ -46,12 +46,26 @@ def _run(name, tmp_path, **params):
                                cwd=str(ROOT / "notebooks"), progress_bar=False)
 
 
+def inline_images(executed) -> int:
+    nb = nbformat.read(executed, as_version=4)
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_p1_notebook_smoke_shows_every_figure_inline(small_models, small_world, tmp_path):
+    fig = tmp_path / "figures"
+    _run("p1_prompt_analysis", tmp_path, data_dir=str(small_world), assets=str(small_models), figures_dir=str(fig))
+    saved = len(list(fig.glob("*.png")))
+    assert saved >= 5 and inline_images(tmp_path / "p1_prompt_analysis.ipynb") >= saved
+
+
 def test_p2_notebook_smoke(small_models, small_world, tmp_path):
     fig = tmp_path / "figures"
     _run("p2_peft_captioning", tmp_path, data_dir=str(small_world), assets=str(small_models),
          figures_dir=str(fig), runs_dir=str(tmp_path / "runs"), configs_dir=str(ROOT / "configs" / "demo"), beams=2)
     for f in ("p2_variants", "p2_pareto", "p2_training_curves", "p2_greedy_vs_beam", "p2_examples"):
         assert (fig / f"{f}.png").stat().st_size > 5000, f
+    saved = len(list(fig.glob("*.png")))
+    assert inline_images(tmp_path / "p2_peft_captioning.ipynb") >= saved >= 5  # every saved figure also shown
     summary = json.loads((fig / "p2_summary.json").read_text())
     assert [r["variant"] for r in summary["rows"]] == ["untrained", "none", "lora16"]
     assert summary["rows"][2]["trainable"] > summary["rows"][1]["trainable"] > 0
@@ -63,6 +77,11 @@ def test_p3_notebook_smoke(small_models, small_world, small_run, tmp_path):
          checkpoint=str(small_run), figures_dir=str(fig))
     assert len(list(fig.glob("p3_*.png"))) >= 5 + 2 + 2  # P3 images, top/last-1, localisation plots
     assert (fig / "p3_viewer.html").stat().st_size > 10_000
+    assert inline_images(tmp_path / "p3_attention_visualization.ipynb") >= len(list(fig.glob("*.png")))
+    nb = nbformat.read(tmp_path / "p3_attention_visualization.ipynb", as_version=4)
+    widgets = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets, "the attention explorer is displayed"
     summary = json.loads((fig / "p3_summary.json").read_text())
     assert set(summary["extremes"]) == {"top-1", "last-1"}
     assert summary["extremes"]["top-1"]["CLIPScore"] >= summary["extremes"]["last-1"]["CLIPScore"]
