@@ -222,3 +222,14 @@ def test_cli_error_is_one_line_nonzero(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
     r = run_cli("--debug", "demo-data", tmp_path / "x", "--size", "small")
     assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "out.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

@@ -38,6 +38,15 @@ def test_notebook_holds_no_model_or_training_code(name):
         assert banned not in src, f"{name}: model/training code ({banned}) belongs in hw3lib"
 
 
+def test_report_names_a_missing_kernel_in_one_line():
+    from hw3lib.io import HW3Error
+    from hw3lib.report import require_kernel
+
+    require_kernel("hw3lib")  # make venv registered it
+    with pytest.raises(HW3Error, match="ipykernel install --sys-prefix --name no-such-kernel"):
+        require_kernel("no-such-kernel")
+
+
 def _run(name, tmp_path, **params):
     import papermill
 
@@ -66,6 +75,9 @@ def test_p2_notebook_smoke(small_models, small_world, tmp_path):
         assert (fig / f"{f}.png").stat().st_size > 5000, f
     saved = len(list(fig.glob("*.png")))
     assert inline_images(tmp_path / "p2_peft_captioning.ipynb") >= saved >= 5  # every saved figure also shown
+    nb = nbformat.read(tmp_path / "p2_peft_captioning.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "[variant 1/2] none" in text and "[variant 2/2] lora16: CIDEr" in text  # progress per variant
     summary = json.loads((fig / "p2_summary.json").read_text())
     assert [r["variant"] for r in summary["rows"]] == ["untrained", "none", "lora16"]
     assert summary["rows"][2]["trainable"] > summary["rows"][1]["trainable"] > 0
