@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .io import HW3Error, atomic_write_json, read_json
+from .io import HW3Error, atomic_write_json, first_line, read_json
 
 REAL_MANIFEST = {
     "clip": {"model": "ViT-B-32", "pretrained": "openai", "config": None},
@@ -198,14 +198,19 @@ def load_decoder_from_manifest(m: Manifest, cross_attention: bool = False):
 
 def register_clip_config(config_path: str | os.PathLike, name: str) -> None:
     """Register an open_clip model config JSON under `name` (idempotent)."""
+    import tempfile
+
     import open_clip
-    from open_clip import factory
 
     cfg = read_json(config_path)
     if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
         raise HW3Error(f"{config_path}: not an open_clip model config (needs vision_cfg and text_cfg)")
-    factory._MODEL_CONFIGS[name] = cfg  # add_model_config() only takes files named after the model
-    assert name in open_clip.list_models()
+    with tempfile.TemporaryDirectory() as tmp:  # add_model_config names a model after its file
+        named = Path(tmp) / f"{name}.json"
+        named.write_text(json.dumps(cfg), encoding="utf-8")
+        open_clip.add_model_config(named)
+    if name not in open_clip.list_models():
+        raise HW3Error(f"{config_path}: open_clip did not register it as {name!r}")
 
 
 @dataclass
@@ -230,11 +235,9 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> ClipBundle:
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=pretrained, device=device)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:300]
-        raise HW3Error(f"{pretrained}: checkpoint does not fit {spec.model} ({first})") from None
+        raise HW3Error(f"{pretrained}: checkpoint does not fit {spec.model} ({first_line(e)})") from None
     except Exception as e:  # download failures, bad tags, corrupt files
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
-        raise HW3Error(f"cannot load CLIP {spec.model} / {pretrained}: {first}") from None
+        raise HW3Error(f"cannot load CLIP {spec.model} / {pretrained}: {first_line(e)}") from None
     model.eval()
     tokenizer = open_clip.get_tokenizer(spec.model)
     ctx = int(getattr(tokenizer, "context_length", 77) or 77)
@@ -267,11 +270,9 @@ def create_encoder(spec: EncoderSpec, device: str | torch.device = "cpu", pretra
             model = timm.create_model(name, pretrained=bool(use_weights), pretrained_cfg_overlay=overlay or None,
                                       **kwargs)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:300]
-        raise HW3Error(f"{spec.checkpoint or name}: weights do not fit timm model {spec.model} ({first})") from None
+        raise HW3Error(f"{spec.checkpoint or name}: weights do not fit timm model {spec.model} ({first_line(e)})") from None
     except Exception as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
-        raise HW3Error(f"cannot build timm encoder {name}: {first}") from None
+        raise HW3Error(f"cannot build timm encoder {name}: {first_line(e)}") from None
     model.eval().requires_grad_(False)
     if str(device) != "meta":
         model.to(device)
@@ -287,12 +288,9 @@ def encoder_data_config(model) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
 
 
-def encoder_transform(model, train: bool = False, **aug):
-    """timm's transform built from the encoder's config; `aug` adds train-time options (hflip,
-    color_jitter) on top of it."""
+def encoder_transform(model):
+    """timm's evaluation transform built from the encoder's config (training adds its augmentation on
+    top: `train.augmentation_transform`)."""
     import timm.data
 
-    cfg = encoder_data_config(model)
-    if not train:
-        return timm.data.create_transform(**cfg, is_training=False)
-    return timm.data.create_transform(**cfg, is_training=True, **aug)
+    return timm.data.create_transform(**encoder_data_config(model), is_training=False)

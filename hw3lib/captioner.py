@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .decoder import GPT2
-from .io import HW3Error, atomic_path
+from .io import HW3Error, atomic_path, first_line
 
 PEFT_KINDS = ("none", "lora", "dora", "ia3", "adapter", "prompt", "prefix")
 CHECKPOINT_FORMAT = "hw3lib-captioner-1"
@@ -300,7 +300,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CaptionerConfig, dict[str,
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     except Exception as e:
-        raise HW3Error(f"{path}: not a readable safetensors checkpoint ({str(e).splitlines()[0][:160]})") from None
+        raise HW3Error(f"{path}: not a readable safetensors checkpoint ({first_line(e, 160)})") from None
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise HW3Error(f"{path}: not an hw3lib captioner checkpoint (format {metadata.get('format')!r})")
     cfg = CaptionerConfig(**json.loads(metadata["captioner"]))

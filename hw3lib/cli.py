@@ -103,7 +103,6 @@ def cmd_caption(args) -> int:
     import json
 
     from .io import atomic_write_text, image_paths, require_file, unique_stems
-    from .pipeline import caption_folder, load_run, manifest_for
 
     paths = unique_stems(image_paths(args.images))
     if str(args.out_json) != "-":
@@ -117,6 +116,8 @@ def cmd_caption(args) -> int:
                        "pass --untrained to caption with the untrained model")
     if args.checkpoint is not None and not args.checkpoint.exists():
         raise HW3Error(f"--checkpoint {args.checkpoint}: no such run folder or checkpoint file")
+    from .pipeline import caption_folder, load_run, manifest_for  # torch: only once the inputs are known good
+
     m = manifest_for(args.assets, decoder=args.decoder_weights, parts=("encoder", "decoder", "tokenizer"))
     device = _device(args.device)
     model = load_run(args.checkpoint, m, device)
@@ -246,9 +247,11 @@ PATHS = {  # command -> args -> (inputs, {argument: output file}, {argument: out
 
 
 def _os_error_line(e: Exception) -> str:
+    from .io import first_line
+
     if isinstance(e, OSError) and e.filename is not None:
         return f"{e.filename}: {e.strerror or e.__class__.__name__}"
-    return str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+    return first_line(e)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,7 +259,15 @@ def _os_error_line(e: Exception) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes end like every other error: exit status 2 and one `error:` line."""
+    """Usage mistakes end like every other error: exit status 2 and one `error:` line. `more_help`
+    (a function) adds text to the description when help is shown, so building the parser stays cheap."""
+
+    more_help = None
+
+    def format_help(self):
+        if self.more_help is not None:
+            self.description, self.more_help = f"{self.description}\n\n{self.more_help()}", None
+        return super().format_help()
 
     def error(self, message):
         print(f"error: {self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
@@ -389,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "Trains the projection, cross-attention and PEFT modules of the configured captioner on\n"
                  "p2_data/train; validates on p2_data/val; keeps checkpoint-best/-last.safetensors, log.jsonl\n"
                  "and summary.json in --out. An interrupted run resumes exactly when rerun with the same --out.\n"
-                 "Any setting below overrides the config: --key=value (or --key value).\n\n" + _settings_epilog(),
+                 "Any setting below overrides the config: --key=value (or --key value).",
                  ["hw3 train configs/report_lora16.toml --assets assets.json --data hw3_data/p2_data "
                   "--out runs/lora16 --lr=1e-4 --max_steps=500",
                   "hw3 train configs/demo/lora16.toml --data build/demo/hw3_data/p2_data --out runs/x --print-config"])
@@ -398,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path, required=True, help="the p2_data/ folder")
     s.add_argument("--out", type=Path, required=True, help="run folder (resumed when it holds a run)")
     s.add_argument("--print-config", action="store_true", help="print the resolved config (TOML) and exit")
+    s.more_help = _settings_epilog  # imports torch: only when the help is shown
     s.set_defaults(func=cmd_train, takes_overrides=True)
 
     s = _command(sub, "caption", "P2: caption images -> {file name without extension: caption}",

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .io import HW3Error, atomic_path
+from .io import HW3Error, atomic_path, first_line
 
 # weights stored transposed (Conv1D layout) in the course file and in transformers' GPT-2
 CONV1D_SUFFIXES = (".c_attn.weight", ".q_attn.weight", ".c_proj.weight", ".c_fc.weight")
@@ -282,8 +282,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             # weights_only: a checkpoint that would run code on unpickling is refused, not run
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises a zoo of types for bad files
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
-        raise HW3Error(f"{path}: not a readable weights file ({msg})") from None
+        raise HW3Error(f"{path}: not a readable weights file ({first_line(e, 200)})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

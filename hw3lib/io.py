@@ -129,6 +129,12 @@ def read_json(path: str | os.PathLike) -> Any:
         raise HW3Error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's first line (its class name when it has no text), for one-line error messages."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else e.__class__.__name__)[:limit]
+
+
 def _require(path: str | os.PathLike, what: str, folder: bool) -> Path:
     path = Path(path)
     if not path.exists():
@@ -315,5 +321,4 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     except UnidentifiedImageError:
         raise HW3Error(f"{path}: not an image file (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise HW3Error(f"{path}: corrupt or truncated image ({msg})") from None
+        raise HW3Error(f"{path}: corrupt or truncated image ({first_line(e)})") from None

@@ -31,6 +31,7 @@ from .data import read_caption_file
 from .decoder import GPT2, GPT2Config, save_decoder
 from .io import HW3Error, atomic_path, atomic_write_json, open_image, require_dir
 from .tokenizer import teacher_forcing_batch, train_bpe
+from .train import cosine_lr
 
 CLIP_NAME = "hw3-tiny-clip"
 FORMAT_VERSION = 1  # bump when the recipe changes, so cached outputs are rebuilt
@@ -108,13 +109,6 @@ def _fingerprint(data_dir: Path, size: str, seed: int, s: DemoModelSettings) -> 
     return h.hexdigest()
 
 
-def _cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def _load_split_tensors(split, preprocess, desc) -> torch.Tensor:
     return torch.stack([preprocess(open_image(im.path)) for im in tqdm(split.images, desc=desc, leave=False)])
 
@@ -144,7 +138,7 @@ def train_clip(bundle, train, val, s: DemoModelSettings, seed: int, log: dict) -
             texts = [caps[i][int(rng.integers(len(caps[i])))] for i in idx]
             tokens = tokenizer(texts)
             for g in opt.param_groups:
-                g["lr"] = _cosine_lr(step, total, s.clip_lr, warmup=max(1, total // 20))
+                g["lr"] = cosine_lr(step, total, s.clip_lr, warmup=max(1, total // 20))
             # fp32: on this CPU bf16 autocast is ~15x slower than fp32 for models this small
             img = model.encode_image(x_train[idx], normalize=True)
             txt = model.encode_text(tokens, normalize=True)
@@ -205,7 +199,7 @@ def train_gpt(tok, train_caps, val_caps, s: DemoModelSettings, seed: int, log: d
         for b in range(steps_per_epoch):
             idx = torch.from_numpy(order[b * batch:(b + 1) * batch])
             for g in opt.param_groups:
-                g["lr"] = _cosine_lr(step, total, s.gpt_lr, warmup=max(1, total // 20))
+                g["lr"] = cosine_lr(step, total, s.gpt_lr, warmup=max(1, total // 20))
             logits = model(x[idx])
             loss = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), ignore_index=-100)
             opt.zero_grad(set_to_none=True)

@@ -243,12 +243,17 @@ class FeatureSource:
 # the loop
 
 
+def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.0) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine annealing down to `floor` at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then cosine annealing down to eta_min at `total` steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    """The training schedule: warm-up to cfg.lr, cosine down to cfg.eta_min."""
+    return cosine_lr(step, total, cfg.lr, cfg.warmup_steps, cfg.eta_min)
 
 
 def nvidia_gpu_visible() -> bool:

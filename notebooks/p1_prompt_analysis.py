@@ -41,12 +41,13 @@ from hw3lib.io import atomic_write_json, open_image
 from hw3lib.plots import (confusion_figure, per_class_accuracy_figure, prompt_table_figure, save,
                           selection_figure, top_probabilities_figure)
 from hw3lib.templates import OPENAI7, PHOTO, REPORT, template_set
+from hw3lib.train import resolve_device
 from hw3lib.zeroshot import (ZeroShotStudy, confusion_matrix, ensemble, per_class_accuracy, prompt_study,
                              top_probabilities)
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
-device = ("cuda" if __import__("torch").cuda.is_available() else "cpu") if device == "auto" else device
+device = str(resolve_device(device))
 clip = load_clip(load_manifest(assets).clip, device)
 p1 = Path(data_dir) / "p1_data"
 study = ZeroShotStudy.from_folder(clip, p1 / "val", p1 / "id2label.json", device)

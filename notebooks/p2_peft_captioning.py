@@ -43,10 +43,11 @@ from hw3lib.io import atomic_write_json, open_image
 from hw3lib.pipeline import compare_variants, default_tokenizer, training_curves
 from hw3lib.plots import (caption_examples_figure, greedy_vs_beam_figure, pareto_figure, save,
                           training_curves_figure, variants_figure)
+from hw3lib.train import resolve_device
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
-device = ("cuda" if __import__("torch").cuda.is_available() else "cpu") if device == "auto" else device
+device = str(resolve_device(device))
 overrides = {"max_steps": "12", "val_images": "8"} if smoke else {}
 if smoke:
     variants = variants[:2]

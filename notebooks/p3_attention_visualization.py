@@ -46,11 +46,12 @@ from hw3lib.io import atomic_write_json, atomic_write_text, list_images, open_im
 from hw3lib.metrics import evaluate
 from hw3lib.pipeline import caption_folder, evaluate_predictions, load_run, manifest_for
 from hw3lib.plots import layer_head_figure, localisation_figure, save, token_maps_figure
+from hw3lib.train import resolve_device
 from hw3lib.viewer import METHODS, AttentionExplorer, html_viewer
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
-device = ("cuda" if __import__("torch").cuda.is_available() else "cpu") if device == "auto" else device
+device = str(resolve_device(device))
 m = manifest_for(assets)
 model = load_run(checkpoint, m, device)
 tok = load_tokenizer(m)
