@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
     from .pipeline import train_run
 
     if args.print_config:
-        from .train import config_toml, load_config
+        from .config import config_toml, load_config
 
         print(config_toml(*load_config(args.config, args.overrides)), end="")
         return 0
@@ -339,7 +339,7 @@ def _device_arg(s):
 
 
 def _settings_epilog() -> str:
-    from .train import settings_table
+    from .config import settings_table
 
     rows = settings_table()
     width = max(len(f"--{k}={t}") for _, k, t, _, _ in rows)

@@ -130,6 +130,12 @@ class CaptionSet:
     def by_key(self) -> dict[str, ImageRecord]:
         return {im.key: im for im in self.images}
 
+    def subset(self, keys) -> CaptionSet:
+        """A new caption set of the images whose keys are given (file order kept)."""
+        keys = set(keys)
+        images = [im for im in self.images if im.key in keys]
+        return CaptionSet(self.source, images, {im.id: list(self.captions.get(im.id, [])) for im in images})
+
 
 def _require_record(rec, keys: tuple[str, ...], where: str) -> dict:
     if not isinstance(rec, dict):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .io import atomic_path, progress_disabled
+from .io import atomic_path, open_image, progress_disabled
 
 
 def encoder_fingerprint(spec, data_config: dict) -> str:
@@ -104,3 +104,27 @@ class FeatureCache:
                 for i in todo[k]:
                     out[i] = f
         return out  # type: ignore[return-value]
+
+
+class FeatureSource:
+    """Encoder tokens for image indices: from the feature cache, or live through the encoder."""
+
+    def __init__(self, model, paths: list[Path], transform, cache=None, device="cpu"):  # model: a Captioner
+        self.model, self.paths, self.transform, self.cache, self.device = model, paths, transform, cache, device
+        self.encoder_calls = 0  # images pushed through the encoder (for tests and benchmarks)
+
+    def _encode(self, paths: list[Path]) -> torch.Tensor:
+        x = torch.stack([self.transform(open_image(p)) for p in paths]).to(self.device)
+        self.encoder_calls += len(paths)
+        return self.model.encode(x)
+
+    def fill(self, indices=None, batch_size: int = 32) -> None:
+        if self.cache is not None:
+            idx = range(len(self.paths)) if indices is None else indices
+            self.cache.get([self.paths[i] for i in idx], self._encode, batch_size, progress=True)
+
+    def __call__(self, indices: list[int]) -> torch.Tensor:
+        if self.cache is None:
+            return self._encode([self.paths[i] for i in indices])
+        feats = self.cache.get([self.paths[i] for i in indices], self._encode)
+        return torch.stack(feats).to(self.device)

@@ -30,20 +30,13 @@ from .captioner import (
     parameter_report,
     read_checkpoint,
 )
+from .config import load_config
 from .data import read_caption_file
 from .decode import caption_images
-from .features import FeatureCache, encoder_fingerprint
-from .io import HW3Error, atomic_write_json, read_json, run_lock
+from .features import FeatureCache, FeatureSource, encoder_fingerprint
+from .io import HW3Error, atomic_write_json, list_images, read_json, run_lock
 from .metrics import cider_validator, evaluate, java_available
-from .train import (
-    FeatureSource,
-    augmentation_transform,
-    caption_data,
-    fit,
-    load_config,
-    resolve_device,
-    seed_everything,
-)
+from .train import augmentation_transform, caption_data, fit, resolve_device, seed_everything
 
 
 def manifest_for(assets, decoder=None, parts=MANIFEST_PARTS, clip_model=None, clip_pretrained=None):
@@ -162,6 +155,20 @@ def evaluate_predictions(preds, p2_dir, split="val", manifest=None, device="cpu"
     if clip is None and manifest is not None:
         clip = load_clip(manifest.clip, device)
     return evaluate(preds, cs, clip, tokenizer or default_tokenizer(), device=device)
+
+
+def clipscore_extremes(model, manifest, p2_dir, limit: int | None = None, device="cpu", clip=None) -> dict:
+    """Caption the val images (the first `limit` by name), score the captions as the course's evaluator
+    does, and name the best and the worst caption by CLIPScore: {"predictions", "per_image", "paths",
+    "top-1", "last-1"} (the last two are prediction keys)."""
+    p2_dir = Path(p2_dir)
+    paths = list_images(p2_dir / "images" / "val")[:limit]
+    preds = caption_folder(model, manifest, paths, device=device, progress=False)
+    cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val").subset(preds)
+    scores = evaluate(preds, cs, clip or load_clip(manifest.clip, device), default_tokenizer(), device=device)
+    ranked = sorted(scores["per_image"], key=lambda k: scores["per_image"][k]["CLIPScore"])
+    return {"predictions": preds, "per_image": scores["per_image"], "paths": {p.stem: p for p in paths},
+            "top-1": ranked[-1], "last-1": ranked[0]}
 
 
 def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,

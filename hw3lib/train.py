@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,156 +32,23 @@ from tqdm.auto import tqdm
 
 from .captioner import (
     Captioner,
-    CaptionerConfig,
     check_budget,
     format_report,
     parameter_report,
     save_checkpoint,
 )
+from .config import TrainConfig
 from .data import CaptionSet
+from .features import FeatureSource
 from .io import (
     HW3Error,
     atomic_path,
     atomic_write_json,
     fault_point,
-    open_image,
     progress_disabled,
     remove_stale_temporaries,
 )
 from .tokenizer import teacher_forcing_batch
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10  # passes over every (image, caption) pair
-    batch_size: int = 8  # pairs per micro-batch (per process)
-    grad_accum: int = 1  # micro-batches per optimiser step
-    lr: float = 3e-5  # AdamW peak learning rate
-    weight_decay: float = 0.01  # AdamW weight decay
-    warmup_steps: int = 0  # linear warm-up, in optimiser steps
-    eta_min: float = 1e-6  # floor of the cosine annealing
-    grad_clip: float = 1.0  # max gradient norm (0 = off)
-    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | off | bf16 | fp16
-    hflip: float = 0.0  # horizontal-flip probability (augmentation)
-    color_jitter: float = 0.0  # colour-jitter strength for brightness/contrast/saturation (0 = off)
-    feature_cache: bool = True  # cache frozen encoder tokens on disk (only without augmentation)
-    cache_dir: str = ""  # where the cache lives ("" = RUN_DIR/../feature-cache)
-    max_caption_tokens: int = 60  # longest caption in tokens (+1 for the end token)
-    max_trainable: int = 35_000_000  # refuse to train above this many trainable parameters
-    val_every: int = 0  # optimiser steps between validations (0 = once per epoch)
-    val_images: int = 100  # val images used for validation loss and metrics
-    select_metric: str = "cider"  # best checkpoint by: cider | loss (cider needs a validator)
-    max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs; negative is an error)
-    seed: int = 0  # data order, initialisation of new modules
-    log_every: int = 10  # optimiser steps between log lines
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-
-    def __post_init__(self):
-        checks = [("lr", self.lr > 0), ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
-                  ("grad_accum", self.grad_accum >= 1), ("eta_min", 0 <= self.eta_min <= self.lr),
-                  ("weight_decay", self.weight_decay >= 0), ("warmup_steps", self.warmup_steps >= 0),
-                  ("grad_clip", self.grad_clip >= 0), ("hflip", 0 <= self.hflip <= 1),
-                  ("color_jitter", self.color_jitter >= 0), ("max_caption_tokens", self.max_caption_tokens >= 2),
-                  ("val_images", self.val_images >= 1), ("max_trainable", self.max_trainable >= 1),
-                  ("max_steps", self.max_steps >= 0), ("log_every", self.log_every >= 1),
-                  ("val_every", self.val_every >= 0), ("seed", self.seed >= 0),
-                  ("amp", self.amp in ("auto", "off", "bf16", "fp16")),
-                  ("select_metric", self.select_metric in ("cider", "loss"))]
-        bad = [name for name, ok in checks if not ok]
-        if bad:
-            raise HW3Error("invalid training setting(s): " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad))
-
-    @property
-    def augment(self) -> bool:
-        return self.hflip > 0 or self.color_jitter > 0
-
-
-# ----------------------------------------------------------------------------------------------
-# configuration files: TOML with [captioner] and [train] tables, plus --key=value overrides
-
-
-def _coerce(cls, key: str, value):
-    f = next(f for f in fields(cls) if f.name == key)
-    kind = type(f.default if f.default is not MISSING else f.default_factory())  # type: ignore[misc]
-    if isinstance(value, str) and kind is not str:
-        try:
-            if kind is bool:
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            if kind is list:
-                return [v.strip() for v in value.split(",") if v.strip()]
-            return kind(float(value)) if kind is int and "e" in value.lower() else kind(value)
-        except ValueError:
-            raise HW3Error(f"setting {key}: {value!r} is not a valid {kind.__name__}") from None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is not type(value) and not (kind is list and isinstance(value, list)):
-        raise HW3Error(f"setting {key}: expected {kind.__name__}, got {type(value).__name__} ({value!r})")
-    return value
-
-
-def settings_table() -> list[tuple[str, str, str, object, str]]:
-    """(table, key, type, default, comment) for every [captioner] and [train] setting. The comments are
-    read from the dataclasses' source, so `hw3 train --help` cannot drift from the code."""
-    import inspect
-    import re
-
-    rows = []
-    for table, cls in (("captioner", CaptionerConfig), ("train", TrainConfig)):
-        comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), flags=re.M))
-        for f in fields(cls):
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            rows.append((table, f.name, type(default).__name__, default, comments.get(f.name, "")))
-    return rows
-
-
-def config_toml(cap: CaptionerConfig, tr: TrainConfig) -> str:
-    """A resolved configuration as a TOML file that `load_config` reads back to the same values."""
-    out = []
-    for table, cfg in (("captioner", cap), ("train", tr)):
-        out.append(f"[{table}]")
-        out += [f"{f.name} = {json.dumps(getattr(cfg, f.name))}" for f in fields(cfg)]
-        out.append("")
-    return "\n".join(out)
-
-
-def load_config(path: str | os.PathLike | None, overrides: dict[str, str] | None = None,
-                ) -> tuple[CaptionerConfig, TrainConfig]:
-    """Read a TOML config ([captioner] + [train]) and apply `key=value` overrides; unknown keys,
-    wrong types and out-of-range values are errors naming the key."""
-    import tomllib
-
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise HW3Error(f"{path}: config file not found")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise HW3Error(f"{path}: invalid TOML ({e})") from None
-    unknown_tables = set(raw) - {"captioner", "train"}
-    if unknown_tables:
-        raise HW3Error(f"{path}: unknown table(s) {', '.join(sorted(unknown_tables))} (use [captioner] and [train])")
-    for table in ("captioner", "train"):
-        if not isinstance(raw.get(table, {}), dict):
-            raise HW3Error(f"{path}: [{table}] must be a table of settings, got {type(raw[table]).__name__}")
-    values = {"captioner": dict(raw.get("captioner", {})), "train": dict(raw.get("train", {}))}
-    names = {"captioner": {f.name for f in fields(CaptionerConfig)}, "train": {f.name for f in fields(TrainConfig)}}
-    for table in values:
-        unknown = set(values[table]) - names[table]
-        if unknown:
-            raise HW3Error(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(unknown))}")
-    for key, value in (overrides or {}).items():
-        table = next((t for t in names if key in names[t]), None)
-        if table is None:
-            raise HW3Error(f"unknown setting --{key} (not a [captioner] or [train] key)")
-        values[table][key] = value
-    cap = {k: _coerce(CaptionerConfig, k, v) for k, v in values["captioner"].items()}
-    tr = {k: _coerce(TrainConfig, k, v) for k, v in values["train"].items()}
-    return CaptionerConfig(**cap), TrainConfig(**tr)
-
 
 # ----------------------------------------------------------------------------------------------
 # data
@@ -213,30 +80,6 @@ def augmentation_transform(base, hflip: float, jitter: float):
     if jitter > 0:
         extra.append(T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
     return T.Compose(extra + list(base.transforms))
-
-
-class FeatureSource:
-    """Encoder tokens for image indices: from the feature cache, or live through the encoder."""
-
-    def __init__(self, model: Captioner, paths: list[Path], transform, cache=None, device="cpu"):
-        self.model, self.paths, self.transform, self.cache, self.device = model, paths, transform, cache, device
-        self.encoder_calls = 0  # images pushed through the encoder (for tests and benchmarks)
-
-    def _encode(self, paths: list[Path]) -> torch.Tensor:
-        x = torch.stack([self.transform(open_image(p)) for p in paths]).to(self.device)
-        self.encoder_calls += len(paths)
-        return self.model.encode(x)
-
-    def fill(self, indices=None, batch_size: int = 32) -> None:
-        if self.cache is not None:
-            idx = range(len(self.paths)) if indices is None else indices
-            self.cache.get([self.paths[i] for i in idx], self._encode, batch_size, progress=True)
-
-    def __call__(self, indices: list[int]) -> torch.Tensor:
-        if self.cache is None:
-            return self._encode([self.paths[i] for i in indices])
-        feats = self.cache.get([self.paths[i] for i in indices], self._encode)
-        return torch.stack(feats).to(self.device)
 
 
 # ----------------------------------------------------------------------------------------------

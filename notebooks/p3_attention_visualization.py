@@ -36,15 +36,12 @@ localisation_images = 80  # val images scored for localisation (demo world only)
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from IPython.display import display
 
-from hw3lib.assets import encoder_transform, load_clip, load_tokenizer
+from hw3lib.assets import encoder_transform, load_tokenizer
 from hw3lib.attention import capture, display_maps, localisation, method_maps
-from hw3lib.data import read_caption_file
 from hw3lib.demo import COLORS, SHAPES, read_boxes
 from hw3lib.io import atomic_write_json, atomic_write_text, list_images, open_image
-from hw3lib.metrics import evaluate
-from hw3lib.pipeline import caption_folder, evaluate_predictions, load_run, manifest_for
+from hw3lib.pipeline import clipscore_extremes, load_run, manifest_for
 from hw3lib.plots import layer_head_figure, localisation_figure, save, token_maps_figure
 from hw3lib.train import resolve_device
 from hw3lib.viewer import METHODS, AttentionExplorer, html_viewer
@@ -85,17 +82,9 @@ atomic_write_text(figures / "p3_viewer.html",
 
 # %%
 p2 = data / "p2_data"
-val_paths = list_images(p2 / "images" / "val")
-if smoke:
-    val_paths = val_paths[:8]
-preds = caption_folder(model, m, val_paths, device=device, progress=False)
-cs = read_caption_file(p2 / "val.json", p2 / "images" / "val")
-keep = {p.stem for p in val_paths}
-cs.images = [im for im in cs.images if im.key in keep]
-scores = evaluate(preds, cs, load_clip(m.clip, device), "python", device=device)["per_image"]
-ranked = sorted(scores, key=lambda k: scores[k]["CLIPScore"])
-extremes = {"top-1": ranked[-1], "last-1": ranked[0]}
-by_key = {p.stem: p for p in val_paths}
+ext = clipscore_extremes(model, m, p2, limit=8 if smoke else None, device=device)
+preds, scores, by_key = ext["predictions"], ext["per_image"], ext["paths"]
+extremes = {label: ext[label] for label in ("top-1", "last-1")}
 for label, key in extremes.items():
     ca = capture(model, tok, transform, [by_key[key]], device=device)[0]
     maps = method_maps(model, ca, "raw", layers, heads)

@@ -11,7 +11,7 @@ import pytest
 
 from hw3lib.assets import load_manifest
 from hw3lib.cli import build_parser
-from hw3lib.train import load_config, settings_table
+from hw3lib.config import load_config, settings_table
 
 from .conftest import ROOT, run_cli
 
