@@ -28,9 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .decode import beam_search
-from .io import HW3Error, open_image
+from .io import HW3Error, open_image, progress_disabled
 
 # ----------------------------------------------------------------------------------------------
 # capture
@@ -59,10 +60,6 @@ def patch_layout(encoder) -> tuple[tuple[int, int], int]:
 @torch.no_grad()
 def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 60, device="cpu") -> list[CaptionAttention]:
     """Caption images with attention capture on (greedy, or beam search following the final beam)."""
-    from tqdm.auto import tqdm
-
-    from .io import progress_disabled
-
     grid, n_prefix = patch_layout(model.encoder)
     out = []
     for p in tqdm(paths, desc="attention capture", leave=False, disable=progress_disabled() or len(paths) < 2):
@@ -274,10 +271,6 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
     rng = np.random.default_rng(seed)
     hits = {m: [] for m in (*methods, "random")}
     dels = {m: [] for m in (*methods, "random")}
-    from tqdm.auto import tqdm
-
-    from .io import progress_disabled
-
     per_head = None
     for ca in tqdm(captures, desc="localisation", leave=False, disable=progress_disabled() or len(captures) < 2):
         objects = boxes.get(ca.path.name) or boxes.get(f"val/{ca.path.name}") or []

@@ -153,7 +153,7 @@ def cmd_evaluate(args) -> int:
     if clip is not None:
         print(f"CLIPScore: {result['CLIPScore']}")
         print(f"RefCLIPScore: {result['RefCLIPScore']}")
-    out = args.per_image or args.pred_json.with_suffix(".scores.json")
+    out = _per_image_path(args)
     atomic_write_json(out, result)
     return 0
 
@@ -194,6 +194,11 @@ def cmd_export_decoder(args) -> int:
     n = export_decoder_from_transformers(args.gpt2_dir, args.out)
     print(f"wrote {args.out} ({n} tensors, course decoder format)")
     return 0
+
+
+def _per_image_path(args) -> Path:
+    """Where `hw3 evaluate` writes per-image scores: --per-image, or PRED.scores.json beside PRED."""
+    return args.per_image or args.pred_json.with_suffix(".scores.json")
 
 
 def _utf8(text: str) -> bool:
@@ -239,7 +244,7 @@ PATHS = {  # command -> args -> (inputs, {argument: output file}, {argument: out
     "caption": lambda a: ([*a.images, a.decoder_weights, a.checkpoint, *_manifest_inputs(a.assets)],
                           {"OUT_JSON": a.out_json}, {}),
     "evaluate": lambda a: ([a.pred_json, a.images, a.annotations, *_manifest_inputs(a.assets)],
-                           {"--per-image": a.per_image or a.pred_json.with_suffix(".scores.json")}, {}),
+                           {"--per-image": _per_image_path(a)}, {}),
     "attention": lambda a: ([*a.images, a.checkpoint, *_manifest_inputs(a.assets)], {"--html": a.html},
                             {"--out": a.out}),
     "export-decoder": lambda a: ([a.gpt2_dir], {"OUT": a.out}, {}),
@@ -507,11 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warn_one_line
     try:
         args.overrides = _parse_overrides(extra)
-        from .io import check_output_paths, check_outputs
+        from .io import check_outputs
 
         inputs, files, folders = PATHS[args.command](args)
-        check_outputs(files | folders, inputs)
-        check_output_paths(files, folders)
+        check_outputs(files, folders, inputs)
         return args.func(args) or 0
     except (HW3Error, OSError, UnicodeError) as e:
         if args.debug:

@@ -152,34 +152,24 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return _require(path, what, folder=False)
 
 
-def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs) -> None:
-    """The one place the rule lives: no command writes to a path that resolves to one of its inputs, or
-    into a folder it reads. `outputs` maps an argument name to the path it writes (a file or a folder;
-    None or '-' for none); `inputs` are the files and folders it reads. Checked before any work."""
-    ins = []
-    for p in inputs:
-        if p is None or str(p) == "-" or not Path(p).exists():
-            continue
-        ins.append((Path(p).resolve(), Path(p).is_dir()))
-    for label, out in outputs.items():
-        if out is None or str(out) == "-":
-            continue
-        o = Path(out).resolve()
-        for i, is_dir in ins:
-            if o == i:
-                raise HW3Error(f"{label} {out}: refusing to write over an input of this command ({i})")
-            if is_dir and o.is_relative_to(i):
-                raise HW3Error(f"{label} {out}: refusing to write inside the input folder {i}")
-
-
-def check_output_paths(files: dict, folders: dict) -> None:
-    """Output files and folders that cannot be written are refused before any work: a file path that
-    is a folder, a folder path that is a file, a parent that is a file, a parent that is not writable."""
+def check_outputs(files: dict, folders: dict, inputs) -> None:
+    """The one place the rules live, checked before any work. `files` and `folders` map an argument
+    name to the path it writes (None or '-' for none); `inputs` are the files and folders the command
+    reads. No output may resolve to an input or lie inside an input folder, and an output that cannot
+    be written is refused: a file path that is a folder, a folder path that is a file, a parent that is
+    a file or not writable."""
+    ins = [(Path(p).resolve(), Path(p).is_dir()) for p in inputs
+           if p is not None and str(p) != "-" and Path(p).exists()]
     for kind, outputs in (("file", files), ("folder", folders)):
         for label, out in outputs.items():
             if out is None or str(out) == "-":
                 continue
-            p = Path(out)
+            p, o = Path(out), Path(out).resolve()
+            for i, is_dir in ins:
+                if o == i:
+                    raise HW3Error(f"{label} {out}: refusing to write over an input of this command ({i})")
+                if is_dir and o.is_relative_to(i):
+                    raise HW3Error(f"{label} {out}: refusing to write inside the input folder {i}")
             if kind == "file" and p.is_dir():
                 raise HW3Error(f"{label} {out}: is a folder (give a file name)")
             if kind == "folder" and p.exists() and not p.is_dir():
