@@ -105,7 +105,8 @@ def test_feature_cache_runs_encoder_once_per_image(small_models, small_world, tm
     other = FeatureSource(model, src.paths, src.transform, FeatureCache(src.cache.root, "another-encoder"))
     other([0])
     assert other.encoder_calls == 1  # a different encoder fingerprint misses
-    entry = next(src.cache.root.rglob("*.safetensors"))
+    entry = src.cache._file(src.cache.key(src.paths[0]))  # a train image's entry (val shares the cache)
+    assert entry.is_file()
     entry.write_bytes(b"garbage")  # a damaged entry is recomputed, not trusted
     fresh = FeatureSource(model, src.paths, src.transform, FeatureCache(src.cache.root, src.cache.fingerprint))
     fresh(list(range(len(src.paths))))
