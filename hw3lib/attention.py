@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import stats
 from .decode import beam_search
 from .io import HW3Error, open_image, progress_disabled
 
@@ -222,8 +223,8 @@ def display_maps(ca: CaptionAttention, maps: torch.Tensor, size: tuple[int, int]
 
 
 def _noun_boxes(ca: CaptionAttention, objects: list[dict], shapes: list[str], colors: list[str]):
-    """(token index, boxes of objects it can name) for tokens that spell a shape noun. A colour word
-    just before it narrows the boxes to objects of that colour."""
+    """(token index, shape, boxes of objects it can name) for tokens that spell a shape noun present
+    in the image. A colour word just before it narrows the boxes to objects of that colour."""
     words = [t.strip().lower() for t in ca.token_texts]
     out = []
     for i, w in enumerate(words):
@@ -233,7 +234,7 @@ def _noun_boxes(ca: CaptionAttention, objects: list[dict], shapes: list[str], co
             if prev in colors:
                 cands = [o for o in cands if o["color"] == prev] or cands
             if cands:
-                out.append((i, [o["box"] for o in cands]))
+                out.append((i, w, [o["box"] for o in cands]))
     return out
 
 
@@ -265,12 +266,15 @@ def deletion_auc(model, ca: CaptionAttention, t: int, patch_map: np.ndarray, fra
 
 def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[dict]], shapes, colors,
                  methods=("raw", "rollout", "relevance"), tolerance_patches: float = 0.5, seed: int = 0,
-                 deletion: bool = True) -> dict:
-    """Pointing game and deletion score per method, a random-map baseline, and pointing accuracy
-    per (layer, head) of raw attention."""
+                 deletion: bool = True, n_boot: int = 2000) -> dict:
+    """Pointing game and deletion score per method, a random-map baseline, pointing accuracy per shape
+    and per (layer, head) of raw attention. Intervals resample images (stats.bootstrap_ci), and each
+    method is compared with random maps on the same nouns (paired bootstrap)."""
     rng = np.random.default_rng(seed)
-    hits = {m: [] for m in (*methods, "random")}
-    dels = {m: [] for m in (*methods, "random")}
+    names = (*methods, "random")
+    hits = {m: [] for m in names}  # per image: nouns the map points at
+    dels = {m: [] for m in names}
+    counts, by_shape = [], {sh: {m: 0 for m in (*names, "nouns")} for sh in shapes}
     per_head = None
     for ca in tqdm(captures, desc="localisation", leave=False, disable=progress_disabled() or len(captures) < 2):
         objects = boxes.get(ca.path.name) or boxes.get(f"val/{ca.path.name}") or []
@@ -283,26 +287,48 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
         maps = {m: method_maps(model, ca, m) for m in methods}
         maps["random"] = torch.from_numpy(rng.random((len(ca.token_ids), ca.grid[0] * ca.grid[1]))).float()
         ups = {m: upsample(to_grid(v, ca.grid), size).numpy() for m, v in maps.items()}
-        L, H = ca.attention.shape[1:3]
-        if per_head is None:
-            per_head = np.zeros((L, H))
-            n_nouns = 0
-        raw_all = patch_distribution(ca.attention.flatten(1, 2).permute(1, 0, 2).reshape(L * H * len(ca.token_ids), -1),
-                                     ca.n_prefix).reshape(L, H, len(ca.token_ids), -1)
-        for t, bxs in nouns:
-            n_nouns += 1
-            for m in maps:
-                hits[m].append(pointing_hit(ups[m][t], bxs, tol))
-                if deletion:
-                    dels[m].append(deletion_auc(model, ca, t, maps[m][t].numpy()))
-            for layer in range(L):
-                for h in range(H):
-                    heat = upsample(to_grid(raw_all[layer, h, t][None], ca.grid), size)[0].numpy()
-                    per_head[layer, h] += pointing_hit(heat, bxs, tol)
-    n = len(hits["random"])
+        counts.append(len(nouns))
+        for m in names:
+            hit = [pointing_hit(ups[m][t], bxs, tol) for t, _, bxs in nouns]
+            hits[m].append(sum(hit))
+            for (_, shape, _), h in zip(nouns, hit, strict=True):
+                by_shape[shape][m] += h
+            if deletion:
+                dels[m] += [deletion_auc(model, ca, t, maps[m][t].numpy()) for t, _, _ in nouns]
+        for _, shape, _ in nouns:
+            by_shape[shape]["nouns"] += 1
+        per_head = _pointing_per_head(ca, nouns, size, tol) + (0 if per_head is None else per_head)
+    n = int(sum(counts))
+    if n == 0:
+        return {"nouns": 0, "images": 0, "pointing": dict.fromkeys(names), "pointing_ci": {}, "vs_random": {},
+                "pointing_by_shape": {}, "deletion_auc": None, "pointing_per_layer_head": None}
+    total = np.array(counts)
+    right = {m: np.array(v) for m, v in hits.items()}
     return {
         "nouns": n,
-        "pointing": {m: float(np.mean(v)) if v else None for m, v in hits.items()},
-        "deletion_auc": {m: float(np.mean(v)) if v else None for m, v in dels.items()} if deletion else None,
-        "pointing_per_layer_head": (per_head / max(n, 1)).tolist() if per_head is not None else None,
+        "images": len(counts),
+        "pointing": {m: float(v.sum() / n) for m, v in right.items()},
+        "pointing_ci": {m: list(stats.bootstrap_ci(v, total, n_boot=n_boot, seed=seed)) for m, v in right.items()},
+        "vs_random": {m: _paired(right["random"], right[m], total, n_boot, seed) for m in methods},
+        "pointing_by_shape": {sh: {k: (v / d["nouns"] if k != "nouns" and d["nouns"] else v) for k, v in d.items()}
+                              for sh, d in by_shape.items()},
+        "deletion_auc": {m: float(np.mean(v)) for m, v in dels.items()} if deletion else None,
+        "pointing_per_layer_head": (per_head / n).tolist(),
     }
+
+
+def _paired(a, b, total, n_boot, seed) -> dict:
+    d = stats.paired_bootstrap(a, b, total, total, n_boot=n_boot, seed=seed)
+    return {"difference": d.difference, "ci": list(d.ci), "p_value": d.p_value}
+
+
+def _pointing_per_head(ca: CaptionAttention, nouns, size, tol) -> np.ndarray:
+    """(L, H) pointing hits of every single layer and head's raw attention over one caption's nouns."""
+    L, H = ca.attention.shape[1:3]
+    raw = patch_distribution(ca.attention.flatten(1, 2).permute(1, 0, 2).reshape(L * H * len(ca.token_ids), -1),
+                             ca.n_prefix).reshape(L, H, len(ca.token_ids), -1)
+    out = np.zeros((L, H))
+    for t, _, bxs in nouns:
+        heat = upsample(to_grid(raw[:, :, t].reshape(L * H, -1), ca.grid), size).numpy()  # (L*H, h, w)
+        out += np.array([pointing_hit(h, bxs, tol) for h in heat]).reshape(L, H)
+    return out

@@ -11,8 +11,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from . import stats
 from .assets import (
     MANIFEST_PARTS,
     check_files,
@@ -33,7 +35,9 @@ from .captioner import (
 from .config import load_config
 from .data import read_caption_file
 from .decode import caption_images
+from .demo import read_boxes
 from .features import FeatureCache, FeatureSource, encoder_fingerprint
+from .grounding import grounding
 from .io import HW3Error, atomic_write_json, list_images, read_json, run_lock
 from .metrics import cider_validator, evaluate, java_available
 from .train import augmentation_transform, caption_data, fit, resolve_device, seed_everything
@@ -171,47 +175,95 @@ def clipscore_extremes(model, manifest, p2_dir, limit: int | None = None, device
             "top-1": ranked[-1], "last-1": ranked[0]}
 
 
+def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu", boxes=None, world=None) -> dict:
+    """Everything P2 reports about one set of val captions: CIDEr-D and CLIPScore (the course
+    evaluator), per-image arrays in sorted key order for the intervals, and grounding where the
+    demo world's boxes are known."""
+    res = evaluate_predictions(preds, p2_dir, manifest=manifest, device=device, clip=clip)
+    keys = sorted(res["per_image"])
+    out = {"CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"], "keys": keys,
+           "per_image": {m: np.array([res["per_image"][k][m] for k in keys]) for m in ("CIDEr", "CLIPScore")}}
+    if boxes is not None:
+        out["grounding"] = grounding(preds, boxes, world["shapes"], world["colors"])
+    return out
+
+
+def with_intervals(row: dict, scored: dict, reference: dict | None, n_boot: int = 2000) -> dict:
+    """`row` plus 95% bootstrap intervals over images (CIDEr, CLIPScore, grounding shares) and, when a
+    reference variant's scores are given, paired bootstrap differences against it on the same images."""
+    row = dict(row)
+    for m in ("CIDEr", "CLIPScore"):
+        row[f"{m}_ci"] = list(stats.bootstrap_ci(scored["per_image"][m], n_boot=n_boot))
+    g = scored.get("grounding")
+    if g is not None:
+        row["grounding"] = g.summary(n_boot=n_boot)
+    if reference is not None and reference is not scored:
+        paired = {m: stats.paired_bootstrap(reference["per_image"][m], scored["per_image"][m], n_boot=n_boot)
+                  for m in ("CIDEr", "CLIPScore")}
+        rg = reference.get("grounding")
+        if g is not None and rg is not None and g.share("mentions") is not None and rg.share("mentions") is not None:
+            paired["mentions"] = stats.paired_bootstrap(rg.right["mentions"], g.right["mentions"], rg.total["mentions"],
+                                                        g.total["mentions"], n_boot=n_boot)
+        row["vs_reference"] = {m: {"difference": d.difference, "ci": list(d.ci), "p_value": d.p_value}
+                               for m, d in paired.items()}
+    return row
+
+
 def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
-                     device="cpu", beams_best: int = 3, max_len: int = 40, progress=True) -> dict:
+                     device="cpu", beams_best: int = 3, max_len: int = 40, progress=True, reference: str | None = None,
+                     n_boot: int = 2000) -> dict:
     """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
-    model, and greedy vs beam for the best variant. Returns rows and the run folders."""
+    model, and greedy vs beam for the best variant. Every row carries bootstrap intervals, and paired
+    differences against the `reference` variant (the report's setting). Returns rows and run folders."""
     m = manifest_for(assets)
     clip = load_clip(m.clip, device)
     p2_dir, runs_dir = Path(p2_dir), Path(runs_dir)
+    boxes, world = demo_truth(p2_dir)
     val = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
     paths = [im.path for im in val.images]
-    rows, preds_by = [], {}
-    untrained = load_run(None, m, device)
-    preds = caption_folder(untrained, m, paths, max_len=max_len, device=device, progress=progress)
-    res = evaluate_predictions(preds, p2_dir, manifest=m, device=device, clip=clip)
-    rows.append({"variant": "untrained", "peft": "-", "trainable": 0, "CIDEr": res["CIDEr"],
-                 "CLIPScore": res["CLIPScore"], "run": None})
-    preds_by["untrained"] = preds
+
+    def caption_and_score(model, beams=1):
+        preds = caption_folder(model, m, paths, beams=beams, max_len=max_len, device=device, progress=progress)
+        return preds, score_predictions(preds, p2_dir, m, clip, device, boxes, world)
+
+    preds, sc = caption_and_score(load_run(None, m, device))
+    rows = [{"variant": "untrained", "peft": "-", "trainable": 0, "CIDEr": sc["CIDEr"], "CLIPScore": sc["CLIPScore"],
+             "run": None}]
+    scored, preds_by = {"untrained": sc}, {"untrained": preds}
     for i, (name, config) in enumerate(variants.items(), 1):
         run = runs_dir / name
         print(f"[variant {i}/{len(variants)}] {name}: training (or reusing) {run}", flush=True)
         t0 = time.time()
         summary = train_run(config, assets, p2_dir, run, overrides, device)
         model = load_run(run, m, device)
-        preds = caption_folder(model, m, paths, max_len=max_len, device=device, progress=progress)
-        res = evaluate_predictions(preds, p2_dir, manifest=m, device=device, clip=clip)
+        preds, sc = caption_and_score(model)
         atomic_write_json(run / "val_predictions.json", preds)
         rows.append({"variant": name, "peft": model.config.peft, "trainable": summary["parameters"]["trainable"],
-                     "CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"], "run": str(run)})
-        print(f"[variant {i}/{len(variants)}] {name}: CIDEr {res['CIDEr']:.3f} CLIPScore {res['CLIPScore']:.3f} "
+                     "CIDEr": sc["CIDEr"], "CLIPScore": sc["CLIPScore"], "run": str(run)})
+        print(f"[variant {i}/{len(variants)}] {name}: CIDEr {sc['CIDEr']:.3f} CLIPScore {sc['CLIPScore']:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
-        preds_by[name] = preds
+        scored[name], preds_by[name] = sc, preds
+    ref = scored.get(reference) if reference else None
+    rows = [with_intervals(r, scored[r["variant"]], ref, n_boot) for r in rows]
     trained = [r for r in rows if r["run"]]
     best = max(trained, key=lambda r: r["CIDEr"]) if trained else None
     beam = None
     if best is not None and beams_best > 1:
-        model = load_run(best["run"], m, device)
-        preds = caption_folder(model, m, paths, beams=beams_best, max_len=max_len, device=device, progress=progress)
-        res = evaluate_predictions(preds, p2_dir, manifest=m, device=device, clip=clip)
-        beam = {"variant": best["variant"], "beams": beams_best, "CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"]}
+        preds, sc = caption_and_score(load_run(best["run"], m, device), beams_best)
+        beam = with_intervals({"variant": best["variant"], "beams": beams_best, "CIDEr": sc["CIDEr"],
+                               "CLIPScore": sc["CLIPScore"]}, sc, scored[best["variant"]], n_boot)
         preds_by[f"{best['variant']} (beam {beams_best})"] = preds
-    return {"rows": rows, "best": best, "beam": beam, "predictions": preds_by,
+    return {"rows": rows, "best": best, "beam": beam, "predictions": preds_by, "reference": reference if ref else None,
             "references": val.references(), "paths": {im.key: str(im.path) for im in val.images}}
+
+
+def demo_truth(p2_dir) -> tuple[dict | None, dict | None]:
+    """The demo world's boxes (p2_data/boxes.json) and its shape / colour lists (DEMO.json beside
+    p2_data), or (None, None) for real data."""
+    p2_dir = Path(p2_dir)
+    if not (p2_dir / "boxes.json").is_file() or not (p2_dir.parent / "DEMO.json").is_file():
+        return None, None
+    return read_boxes(p2_dir / "boxes.json"), read_json(p2_dir.parent / "DEMO.json")
 
 
 def training_curves(run_dir) -> dict:

@@ -124,6 +124,34 @@ def selection_figure(selection: dict, title: str = "Template ensembles and selec
     return fig
 
 
+def negation_figure(neg: dict, title: str | None = None):
+    """Left: per class, the cosine similarity of the positive and the negated prompt's text embeddings.
+    Right: accuracy of the positive prompt, the negated prompt, and the negated prompt read inverted,
+    with 95% intervals, beside how often the two prompts pick the same class."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    cos = np.array(neg["cosine_per_class"])
+    axes[0].bar(neg["classes"], cos, color="#4C72B0")
+    axes[0].axhline(neg["cosine_mean"], color="#C44E52", ls="--", lw=1, label=f"mean {neg['cosine_mean']:.3f}")
+    axes[0].set_ylim(min(0.0, cos.min() - 0.05), 1.02)
+    axes[0].set_ylabel("cos(text(positive), text(negated))")
+    axes[0].tick_params(axis="x", rotation=45, labelsize=8)
+    axes[0].legend(fontsize=8, loc="lower right")
+    labels = ["positive", "negated", "negated,\ninverted", "same\nprediction"]
+    parts = [neg["positive_accuracy"], neg["negated_accuracy"], neg["negated_inverted_accuracy"]]
+    vals = [p["accuracy"] for p in parts] + [neg["same_prediction"]]
+    cis = [[p["ci_low"], p["ci_high"]] for p in parts] + [neg["same_prediction_ci"]]
+    axes[1].bar(labels, np.array(vals) * 100, yerr=np.array(_err(vals, cis)) * 100, capsize=3,
+                color=["#4C72B0", "#DD8452", "#55A868", "#8C8C8C"])
+    for i, v in enumerate(vals):
+        axes[1].text(i, v * 100 + 3, f"{v * 100:.1f}%", ha="center", fontsize=8)
+    axes[1].axhline(neg["chance"] * 100, color="grey", ls=":", lw=1)
+    axes[1].set_ylim(0, 110)
+    axes[1].set_ylabel("%")
+    fig.suptitle(title or f"Does the text tower read \"not\"? {neg['positive']!r} vs {neg['negated']!r}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------------------------
 # P2
 
@@ -139,18 +167,96 @@ def _pareto(xs, ys):
     return front
 
 
-def variants_figure(rows: list[dict], title: str = "PEFT variants on the val split (greedy)"):
+def _metric(row: dict, metric: str) -> tuple[float | None, list[float] | None]:
+    """A row's value and 95% interval for CIDEr, CLIPScore or a grounding kind ("mentions", ...)."""
+    if metric in ("CIDEr", "CLIPScore"):
+        return row[metric], row.get(f"{metric}_ci")
+    g = (row.get("grounding") or {}).get(metric) or {}
+    return g.get("share"), g.get("ci")
+
+
+def _err(vals, cis):
+    """matplotlib's asymmetric error bars from values and [low, high] intervals (0 where unknown)."""
+    lo = [v - c[0] if c else 0 for v, c in zip(vals, cis, strict=True)]
+    hi = [c[1] - v if c else 0 for v, c in zip(vals, cis, strict=True)]
+    return [lo, hi]
+
+
+def variants_figure(rows: list[dict], title: str = "PEFT variants on the val split (greedy, 95% bootstrap intervals)"):
+    """One panel per metric (CIDEr, CLIPScore and, on the demo world, mentions grounded), a bar per
+    variant with its interval."""
+    metrics = ["CIDEr", "CLIPScore"] + (["mentions"] if any(r.get("grounding") for r in rows) else [])
     names = [r["variant"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.4 * len(rows) + 1.5), sharey=True)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.4 * len(rows) + 1.5), sharey=True)
     y = np.arange(len(rows))[::-1]
-    for ax, metric, color in zip(axes, ["CIDEr", "CLIPScore"], ["#4C72B0", "#DD8452"], strict=True):
-        vals = [r[metric] for r in rows]
-        ax.barh(y, vals, color=color)
+    for ax, metric, color in zip(axes, metrics, ["#4C72B0", "#DD8452", "#55A868"], strict=False):
+        vals, cis = zip(*(_metric(r, metric) for r in rows), strict=True)
+        vals = [0.0 if v is None else v for v in vals]
+        ax.barh(y, vals, xerr=_err(vals, cis), color=color, capsize=2)
         for yi, v in zip(y, vals, strict=True):
-            ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8)
-        ax.set_xlabel(metric)
-        ax.set_xlim(0, max(vals) * 1.2 if max(vals) > 0 else 1)
+            ax.text(v, yi + 0.25, f" {v:.3f}", va="center", fontsize=7)
+        ax.set_xlabel("(colour, shape) mentions right" if metric == "mentions" else metric)
+        ax.set_xlim(0, max(max(vals) * 1.25, 1e-6))
     axes[0].set_yticks(y, names)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def paired_differences_figure(rows: list[dict], reference: str, title: str | None = None):
+    """Each variant minus the reference variant on the same images: paired bootstrap 95% intervals.
+    An interval that crosses 0 is a difference the data cannot tell from none."""
+    rows = [r for r in rows if r.get("vs_reference")]
+    metrics = [m for m in ("CIDEr", "CLIPScore", "mentions") if any(m in r["vs_reference"] for r in rows)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.4 * len(rows) + 1.5), sharey=True,
+                             squeeze=False)
+    y = np.arange(len(rows))[::-1]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        d = [r["vs_reference"].get(metric) for r in rows]
+        vals = [x["difference"] if x else 0.0 for x in d]
+        colors = ["#C44E52" if x and (x["ci"][0] > 0 or x["ci"][1] < 0) else "#8C8C8C" for x in d]
+        err = _err(vals, [x["ci"] if x else None for x in d])
+        for k, (v, yi, c) in enumerate(zip(vals, y, colors, strict=True)):
+            ax.errorbar([v], [yi], xerr=[[err[0][k]], [err[1][k]]], fmt="o", color=c, capsize=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel(f"{'mentions right' if metric == 'mentions' else metric} - {reference}")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0, 0].set_yticks(y, [r["variant"] for r in rows])
+    fig.suptitle(title or f"Paired differences against {reference} (red: interval excludes 0)")
+    fig.tight_layout()
+    return fig
+
+
+def grounding_figure(rows: list[dict], title: str = "Do captions name objects that are there? (demo world)"):
+    """The Pareto figure's companion: trainable parameters against the share of (colour, shape)
+    mentions that match an object of the image, with intervals; and shape / colour words per variant."""
+    rows = [r for r in rows if r.get("grounding")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    trained = [r for r in rows if r.get("trainable", 0) > 0]
+    xs = np.array([r["trainable"] for r in trained], dtype=float)
+    vals, cis = zip(*(_metric(r, "mentions") for r in trained), strict=True)
+    vals = np.array([0.0 if v is None else v for v in vals])
+    axes[0].errorbar(xs, vals, yerr=_err(vals, cis), fmt="o", color="#4C72B0", capsize=3)
+    for r, x, v in zip(trained, xs, vals, strict=True):
+        axes[0].annotate(r["variant"], (x, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = _pareto(xs, vals)
+    axes[0].plot(xs[front], vals[front], color="#C44E52", lw=1.2, ls="--", label="Pareto front")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("trainable parameters")
+    axes[0].set_ylabel("(colour, shape) mentions right")
+    axes[0].legend(fontsize=8, loc="lower right")
+    x = np.arange(len(rows))
+    for k, (kind, color) in enumerate([("mentions", "#4C72B0"), ("shapes", "#DD8452"), ("colors", "#55A868")]):
+        v, c = zip(*(_metric(r, kind) for r in rows), strict=True)
+        v = [0.0 if a is None else a for a in v]
+        axes[1].bar(x + (k - 1) * 0.27, v, 0.27, yerr=_err(v, c), color=color, capsize=2,
+                    label={"mentions": "mentions", "shapes": "shape words", "colors": "colour words"}[kind])
+    axes[1].set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right", fontsize=8)
+    axes[1].set_ylabel("share right")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].legend(fontsize=8, loc="lower right")
+    for ax in axes:
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -259,10 +365,11 @@ def localisation_figure(loc: dict, title: str = "Do the maps find the named obje
     methods = [m for m in loc["pointing"] if loc["pointing"][m] is not None]
     colors = ["#4C72B0", "#DD8452", "#55A868", "#8C8C8C"]
     fig, axes = plt.subplots(1, 2 if loc.get("deletion_auc") else 1, figsize=(9, 3.2), squeeze=False)
-    vals = [loc["pointing"][m] * 100 for m in methods]
-    axes[0, 0].bar(methods, vals, color=colors[: len(methods)])
+    vals = [loc["pointing"][m] for m in methods]
+    err = np.array(_err(vals, [(loc.get("pointing_ci") or {}).get(m) for m in methods])) * 100
+    axes[0, 0].bar(methods, np.array(vals) * 100, yerr=err, capsize=3, color=colors[: len(methods)])
     for i, v in enumerate(vals):
-        axes[0, 0].text(i, v + 1, f"{v:.0f}%", ha="center", fontsize=8)
+        axes[0, 0].text(i, v * 100 + err[1][i] + 1, f"{v * 100:.0f}%", ha="center", fontsize=8)
     axes[0, 0].set_ylabel("pointing game accuracy (%)")
     axes[0, 0].set_ylim(0, 105)
     axes[0, 0].set_title(f"pointing game ({loc['nouns']} object nouns)", fontsize=9)
@@ -285,4 +392,26 @@ def layer_head_figure(per_head, title: str = "Pointing accuracy of raw attention
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
+    return fig
+
+
+def pointing_by_shape_figure(loc: dict, title: str = "Pointing game by shape (demo world)"):
+    """Grouped bars: per shape named in a caption, each method's pointing accuracy (random included),
+    with the number of nouns per shape under its name."""
+    per = loc["pointing_by_shape"]
+    shapes = [sh for sh in per if per[sh]["nouns"]]
+    methods = list(loc["pointing"])
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(shapes) + 2), 3.6))
+    x = np.arange(len(shapes))
+    w = 0.8 / len(methods)
+    colors = ["#4C72B0", "#DD8452", "#55A868", "#8C8C8C"]
+    for k, m in enumerate(methods):
+        ax.bar(x + (k - (len(methods) - 1) / 2) * w, [per[sh][m] * 100 for sh in shapes], w, label=m,
+               color=colors[k % len(colors)])
+    ax.set_xticks(x, [f"{sh}\n({per[sh]['nouns']})" for sh in shapes], fontsize=8)
+    ax.set_ylabel("pointing game accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, ncol=len(methods))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
     return fig

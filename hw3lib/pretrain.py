@@ -2,12 +2,21 @@
 
 On the demo world's training split only, this trains and writes:
   tokenizer/encoder.json + vocab.bpe   a byte-level BPE in GPT-2's format
-  clip/hw3-tiny-clip.json + open_clip_model.safetensors   a tiny open_clip CLIP (contrastive)
+  clip/hw3-tiny-clip.json + open_clip_model.safetensors   a tiny open_clip CLIP (recipe below)
   encoder/clip_visual.safetensors      the CLIP's image tower in OpenAI-CLIP key format, which timm
                                        converts on load exactly as it does real CLIP checkpoints
   decoder/decoder_model.bin            a tiny GPT-2 LM on the captions, in the course format
   assets.json                          the manifest naming all of them
-  metrics.json                         training curves, CLIP recall@1 (val), decoder perplexity (val)
+  metrics.json                         training curves, CLIP recall@1 (val), shape and colour
+                                       zero-shot accuracy on single-object scenes, decoder perplexity
+
+The CLIP recipe. Contrastive training alone, within a CPU budget, learns colour and not shape (11% on
+10 shapes). Two signals from the world's own boxes fix that:
+  1. a vision-only warm start: each object's patch tokens, mean-pooled over its box, must name its
+     shape and colour (a linear head per attribute, dropped afterwards): a clean label per object;
+  2. then contrastive training in which every caption also meets a copy of itself with each shape word
+     swapped for another shape (a negative that differs only in shape), with the object loss kept on.
+Measured on held-out single-object scenes, this reads shape at ~93% and colour at ~99% (metrics.json).
 
 Deterministic for a seed; skipped when `assets.json` and a fingerprint of data + settings match.
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,18 +39,26 @@ from tqdm.auto import tqdm
 from .assets import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec, load_clip
 from .data import read_caption_file
 from .decoder import GPT2, GPT2Config, save_decoder
-from .io import HW3Error, atomic_path, atomic_write_json, open_image, require_dir
+from .io import (
+    HW3Error,
+    atomic_path,
+    atomic_write_json,
+    open_image,
+    progress_disabled,
+    read_json,
+    require_dir,
+)
 from .tokenizer import teacher_forcing_batch, train_bpe
 from .train import cosine_lr
 
 CLIP_NAME = "hw3-tiny-clip"
-FORMAT_VERSION = 1  # bump when the recipe changes, so cached outputs are rebuilt
+FORMAT_VERSION = 2  # bump when the recipe changes, so cached outputs are rebuilt
 
 
 @dataclass
 class DemoModelSettings:
-    image_size: int = 64  # CLIP / encoder input side
-    patch_size: int = 8  # ViT patch side -> (64/8)^2 = 64 patches + CLS
+    image_size: int = 96  # CLIP / encoder input side (the demo images' side)
+    patch_size: int = 12  # ViT patch side -> (96/12)^2 = 64 patches + CLS; the demo world's grid cell
     vision_width: int = 128  # ViT width
     vision_layers: int = 4  # ViT depth
     head_width: int = 32  # ViT / text head width -> 4 heads
@@ -48,9 +66,11 @@ class DemoModelSettings:
     text_layers: int = 3  # CLIP text transformer depth
     context_length: int = 32  # CLIP text tokens
     embed_dim: int = 128  # joint CLIP embedding
-    clip_epochs: int = 9  # contrastive training epochs
-    clip_batch: int = 128  # contrastive batch
-    clip_lr: float = 1e-3  # AdamW peak learning rate
+    clip_object_steps: int = 150  # vision-only warm start: objects name their shape and colour
+    clip_steps: int = 250  # contrastive steps after it (with shape-swapped negatives + the object loss)
+    clip_batch: int = 128  # images per step
+    clip_lr: float = 1e-3  # AdamW peak learning rate (one cosine schedule over both phases)
+    probe_images: int = 500  # held-out single-object scenes for the shape / colour zero-shot check
     bpe_vocab: int = 512  # BPE tokens including <|endoftext|>
     gpt_layers: int = 4  # GPT-2 depth
     gpt_heads: int = 4  # GPT-2 heads
@@ -63,7 +83,8 @@ class DemoModelSettings:
     @classmethod
     def for_size(cls, size: str) -> DemoModelSettings:
         if size == "small":
-            return cls(clip_epochs=4, gpt_epochs=2, vision_layers=2, text_layers=2, gpt_layers=2)
+            return cls(clip_object_steps=6, clip_steps=10, clip_batch=32, probe_images=40, gpt_epochs=2,
+                       vision_layers=2, text_layers=2, gpt_layers=2)
         if size == "full":
             return cls()
         raise HW3Error(f"unknown demo-models size {size!r} (choose small or full)")
@@ -102,7 +123,7 @@ def encoder_spec(s: DemoModelSettings, checkpoint: str) -> EncoderSpec:
 
 def _fingerprint(data_dir: Path, size: str, seed: int, s: DemoModelSettings) -> str:
     h = hashlib.sha256()
-    for f in ("p2_data/train.json", "p2_data/val.json"):
+    for f in ("p2_data/train.json", "p2_data/val.json", "p2_data/boxes.json", "DEMO.json"):
         h.update(hashlib.sha256((data_dir / f).read_bytes()).digest())
     h.update(json.dumps({"size": size, "seed": seed, "settings": asdict(s), "v": FORMAT_VERSION},
                         sort_keys=True).encode())
@@ -117,44 +138,83 @@ def _load_split_tensors(split, preprocess, desc) -> torch.Tensor:
 # CLIP
 
 
-def train_clip(bundle, train, val, s: DemoModelSettings, seed: int, log: dict) -> float:
-    """Contrastive training on (image, one of its captions) pairs; returns val image->text recall@1."""
+def object_targets(split, boxes: dict, split_name: str, grid: int, shapes: list[str], colors: list[str]):
+    """Per image, up to K objects as patch-pooling weights (N, K, grid*grid) summing to 1 over each
+    object's box (patch centres inside it), and shape / colour labels (N, K), -100 where no object."""
+    n_max = max(len(boxes[f"{split_name}/{im.path.name}"]) for im in split.images)
+    weights = torch.zeros(len(split.images), n_max, grid * grid)
+    shape_y = torch.full((len(split.images), n_max), -100)
+    color_y = torch.full((len(split.images), n_max), -100)
+    for i, im in enumerate(split.images):
+        side = open_image(im.path).size[0]
+        centres = (np.arange(grid) + 0.5) * side / grid
+        for k, o in enumerate(boxes[f"{split_name}/{im.path.name}"]):
+            x0, y0, x1, y1 = o["box"]
+            inside = np.outer((centres >= y0) & (centres < y1), (centres >= x0) & (centres < x1)).flatten()
+            if inside.any():
+                weights[i, k] = torch.from_numpy(inside / inside.sum()).float()
+                shape_y[i, k], color_y[i, k] = shapes.index(o["shape"]), colors.index(o["color"])
+    return weights, shape_y, color_y
+
+
+def shape_swapper(shapes: list[str], rng: np.random.Generator):
+    """caption -> the same caption with every shape word replaced by another, random shape."""
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, shapes)) + r")\b")
+
+    def other(m):
+        return shapes[(shapes.index(m.group(1)) + 1 + int(rng.integers(len(shapes) - 1))) % len(shapes)]
+
+    return lambda caption: pattern.sub(other, caption)
+
+
+def train_clip(bundle, train, val, boxes: dict, world: dict, s: DemoModelSettings, seed: int, log: dict) -> float:
+    """The recipe of the module docstring; returns val image->text recall@1."""
     model, tokenizer = bundle.model, bundle.tokenizer
-    x_train = _load_split_tensors(train, bundle.preprocess, "clip: loading train images")
+    shapes, colors = world["shapes"], world["colors"]
+    grid = s.image_size // s.patch_size
+    x_train = _load_split_tensors(train, bundle.preprocess, "clip: loading train images")  # (N, 3, H, W)
+    pool, shape_y, color_y = object_targets(train, boxes, "train", grid, shapes, colors)
+    heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(s.vision_width, len(shapes)),
+                                 "color": torch.nn.Linear(s.vision_width, len(colors))})
     caps = [train.captions[im.id] for im in train.images]
     rng = np.random.default_rng(seed)
+    swap = shape_swapper(shapes, rng)
     batch = min(s.clip_batch, len(train.images))
-    steps_per_epoch = len(train.images) // batch
-    total = steps_per_epoch * s.clip_epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=s.clip_lr, weight_decay=0.1)
+    total = s.clip_object_steps + s.clip_steps
+    opt = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=s.clip_lr, weight_decay=0.1)
     model.train()
-    log["clip_loss"] = []
-    bar = tqdm(total=total, desc="clip: contrastive training", leave=False)
-    step = 0
-    for _ in range(s.clip_epochs):
-        order = rng.permutation(len(train.images))
-        for b in range(steps_per_epoch):
-            idx = order[b * batch:(b + 1) * batch]
-            texts = [caps[i][int(rng.integers(len(caps[i])))] for i in idx]
-            tokens = tokenizer(texts)
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, total, s.clip_lr, warmup=max(1, total // 20))
-            # fp32: on this CPU bf16 autocast is ~15x slower than fp32 for models this small
-            img = model.encode_image(x_train[idx], normalize=True)
-            txt = model.encode_text(tokens, normalize=True)
-            logits = model.logit_scale.exp() * img @ txt.T
+    model.visual.output_tokens = True  # (pooled, patch tokens after ln_post)
+    log["clip_loss"], log["clip_object_loss"] = [], []
+    bar = tqdm(total=total, desc="clip: objects, then contrastive", leave=False, disable=progress_disabled())
+    for step in range(total):
+        idx = torch.from_numpy(rng.choice(len(train.images), size=batch, replace=False))
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, total, s.clip_lr, warmup=max(1, total // 20))
+        # fp32: on this CPU bf16 autocast is ~15x slower than fp32 for models this small
+        pooled, tokens = model.visual(x_train[idx])  # (B, E), (B, P, W)
+        objects = torch.einsum("bkp,bpw->bkw", pool[idx], tokens)  # (B, K, W): each object's mean token
+        obj_loss = (F.cross_entropy(heads["shape"](objects).flatten(0, 1), shape_y[idx].flatten(), ignore_index=-100)
+                    + F.cross_entropy(heads["color"](objects).flatten(0, 1), color_y[idx].flatten(), ignore_index=-100))
+        loss = obj_loss
+        if step >= s.clip_object_steps:
+            texts = [caps[i][int(rng.integers(len(caps[i])))] for i in idx.tolist()]
+            img = F.normalize(pooled, dim=-1)
+            txt = model.encode_text(tokenizer(texts + [swap(t) for t in texts]), normalize=True)  # (2B, E)
+            logits = model.logit_scale.exp() * img @ txt.T  # (B, 2B): captions, then their shape swaps
             target = torch.arange(len(idx))
-            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            log["clip_loss"].append(round(loss.item(), 5))
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :len(idx)].T, target)) / 2
+            loss = loss + contrastive
+            log["clip_loss"].append(round(contrastive.item(), 5))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        log["clip_object_loss"].append(round(obj_loss.item(), 5))
+        bar.update()
+        bar.set_postfix(objects=f"{obj_loss.item():.3f}", contrastive=log["clip_loss"][-1] if log["clip_loss"] else "-")
     bar.close()
+    model.visual.output_tokens = False
     model.eval()
     return clip_recall_at_1(bundle, val)
 
@@ -170,9 +230,51 @@ def clip_recall_at_1(bundle, split) -> float:
     return hits.float().mean().item()
 
 
+@torch.no_grad()
+def attribute_zero_shot(bundle, images, shape_labels, color_labels, shapes: list[str], colors: list[str]) -> dict:
+    """Zero-shot shape and colour accuracy. Each class's text embedding averages the caption phrase
+    "a single {colour} {shape}" over the other attribute (the shape "circle" is every colour of circle)."""
+    from .zeroshot import encode_images, ensemble, text_features
+
+    feats = encode_images(bundle, images)  # (N, D)
+    per = text_features(bundle, [f"{c} {sh}" for c in colors for sh in shapes], ["a single {object}"])[0]
+    per = per.view(len(colors), len(shapes), -1)  # (colours, shapes, D)
+    out = {"n": len(images), "template": "a single {colour} {shape}, averaged over the other attribute"}
+    for name, weights, labels in (("shape", ensemble(per), shape_labels), ("color", ensemble(per.transpose(0, 1)), color_labels)):
+        out[f"{name}_accuracy"] = float(((feats @ weights.T).argmax(1).numpy() == np.asarray(labels)).mean())
+    return out
+
+
+def single_object_probe(s: DemoModelSettings, side: int, seed: int, shapes, colors):
+    """Held-out single-object scenes drawn like P2's val images (their own seed stream, never written)."""
+    from .demo import draw_scene
+
+    images, ys, yc = [], [], []
+    for i in range(s.probe_images):
+        im, (obj,) = draw_scene(np.random.default_rng([seed, 9, i]), side, 1)
+        images.append(im)
+        ys.append(shapes.index(obj.shape))
+        yc.append(colors.index(obj.color))
+    return images, ys, yc
+
+
 def clip_visual_state_dict(clip_model) -> dict[str, torch.Tensor]:
     """The image tower's tensors under OpenAI CLIP keys (`visual.conv1.weight`, ...)."""
     return {k: v.detach().clone().contiguous() for k, v in clip_model.state_dict().items() if k.startswith("visual.")}
+
+
+def clip_attribute_checks(bundle, val, boxes: dict, world: dict, s: DemoModelSettings, seed: int) -> dict:
+    """Shape and colour zero-shot on single-object images: the val split's own, and a larger held-out
+    probe drawn the same way."""
+    shapes, colors = world["shapes"], world["colors"]
+    singles = [(im, boxes[f"val/{im.path.name}"][0]) for im in val.images if len(boxes[f"val/{im.path.name}"]) == 1]
+    side = open_image(val.images[0].path).size[0]
+    out = {"probe": attribute_zero_shot(bundle, *single_object_probe(s, side, seed, shapes, colors), shapes, colors)}
+    if singles:
+        out["val_single_object"] = attribute_zero_shot(
+            bundle, [open_image(im.path) for im, _ in singles], [shapes.index(o["shape"]) for _, o in singles],
+            [colors.index(o["color"]) for _, o in singles], shapes, colors)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,6 +337,9 @@ def perplexity(model: GPT2, tok, captions: list[str], block: int) -> float:
 def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, force: bool = False) -> Path:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     p2 = require_dir(data_dir / "p2_data", "p2_data folder")
+    for f in (data_dir / "DEMO.json", p2 / "boxes.json"):
+        if not f.is_file():
+            raise HW3Error(f"{f}: missing; demo-models trains on a demo world (hw3 demo-data) and its boxes")
     s = DemoModelSettings.for_size(size)
     fp = _fingerprint(data_dir, size, seed, s)
     manifest_path = out_dir / "assets.json"
@@ -261,7 +366,9 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
     atomic_write_json(cfg_path, clip_config(s))
     torch.manual_seed(seed)
     bundle = load_clip(ClipSpec(CLIP_NAME, None, str(cfg_path)))
-    recall = train_clip(bundle, train, val, s, seed, log)
+    world, boxes = read_json(data_dir / "DEMO.json"), read_json(p2 / "boxes.json")
+    recall = train_clip(bundle, train, val, boxes, world, s, seed, log)
+    log["clip_zero_shot"] = clip_attribute_checks(bundle, val, boxes, world, s, seed)
     from safetensors.torch import save_file
 
     with atomic_path(clip_dir / "open_clip_model.safetensors") as tmp:
@@ -291,7 +398,9 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
     atomic_write_json(out_dir / "metrics.json", log)
     manifest.save(manifest_path)
     stamp.write_text(fp + "\n")
+    z = log["clip_zero_shot"]["probe"]
     print(f"CLIP recall@1 (val, {len(val.images)} images): {recall:.3f} (chance {1 / len(val.images):.3f}); "
-          f"decoder perplexity (val): {ppl:.2f} (vocab {tok.vocab_size}); {log['seconds']} s")
+          f"zero-shot on {z['n']} single-object scenes: shape {z['shape_accuracy']:.1%}, colour "
+          f"{z['color_accuracy']:.1%}; decoder perplexity (val): {ppl:.2f} (vocab {tok.vocab_size}); {log['seconds']} s")
     return manifest_path
 

@@ -76,7 +76,118 @@ def export_html(executed: list[Path], figures: Path, out_dir: Path) -> Path:
 
 
 def _pct(x):
-    return f"{x * 100:.1f}%"
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def _ci(lo_hi, pct=True):
+    f = _pct if pct else (lambda v: f"{v:.3f}")
+    return f"{f(lo_hi[0])} - {f(lo_hi[1])}" if lo_hi else ""
+
+
+def _delta(d: dict | None, scale: float = 1.0, fmt: str = "+.3f", unit: str = "") -> str:
+    """A paired difference with its interval: "+0.012 [-0.010, +0.034]" ("" when absent)."""
+    if d is None:
+        return ""
+    lo, hi = d["ci"]
+    return f"{d['difference'] * scale:{fmt}}{unit} [{lo * scale:{fmt}}, {hi * scale:{fmt}}]"
+
+
+def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
+    keys = ("clip_recall_at_1_val", "clip_recall_chance", "clip_zero_shot", "decoder_perplexity_val",
+            "decoder_vocab_size", "seconds")
+    d = {k: mm[k] for k in keys if k in mm}
+    lines = ["## Demo models (pretrained in-project)", "",
+             f"- tiny CLIP image-to-text recall@1 on val pairs: {d['clip_recall_at_1_val']:.3f} "
+             f"(chance {d['clip_recall_chance']:.4f})"]
+    for name, z in (d.get("clip_zero_shot") or {}).items():
+        what = {"probe": "held-out single-object scenes", "val_single_object": "single-object val images"}[name]
+        lines.append(f"- tiny CLIP zero-shot on {z['n']} {what}: shape {_pct(z['shape_accuracy'])}, "
+                     f"colour {_pct(z['color_accuracy'])} (targets >= 90% / >= 95%; chance 10%)")
+    lines += [f"- tiny GPT-2 perplexity on val captions: {d['decoder_perplexity_val']:.2f} "
+              f"(vocabulary {d['decoder_vocab_size']})", ""]
+    return d, lines
+
+
+def p1_section(p1: dict) -> list[str]:
+    lines = ["## P1: zero-shot accuracy by prompt", "",
+             f"{p1['n_images']} images, chance {_pct(p1['chance'])}. 95% bootstrap intervals.", "",
+             "| prompt | templates | accuracy | 95% CI |", "|---|---:|---:|---|"]
+    lines += [f"| {r['prompt']} | {r['templates']} | {_pct(r['accuracy'])} | {_ci((r['ci_low'], r['ci_high']))} |"
+              for r in p1["rows"]]
+    lines += ["", "Paired tests against the first prompt (exact McNemar; paired bootstrap 95% interval):", ""]
+    lines += [f"- {t['b']!r}: {_delta(t, 100, '+.1f', ' points')}, p = {t['p_value']:.3g}" for t in p1["paired_tests"]]
+    s = p1["selection"]
+    lines += ["", f"Template selection (chosen on half the images, scored on the other half): best single "
+              f"{_pct(s['held_out_accuracy_best_single'])}, all {s['pool']} {_pct(s['held_out_accuracy_all'])}, "
+              f"{len(s['chosen'])} selected {_pct(s['held_out_accuracy_selected'])}.", ""]
+    neg = p1.get("negation")
+    if neg:
+        lines += [f"Negation ({neg['positive']!r} vs {neg['negated']!r}): mean cosine of their text embeddings "
+                  f"{neg['cosine_mean']:.3f} (per class {min(neg['cosine_per_class']):.3f} - "
+                  f"{max(neg['cosine_per_class']):.3f}); same predicted class on {_pct(neg['same_prediction'])} of "
+                  f"images; accuracy positive {_pct(neg['positive_accuracy']['accuracy'])}, negated "
+                  f"{_pct(neg['negated_accuracy']['accuracy'])}, negated read inverted "
+                  f"{_pct(neg['negated_inverted_accuracy']['accuracy'])} "
+                  f"({_ci((neg['negated_inverted_accuracy']['ci_low'], neg['negated_inverted_accuracy']['ci_high']))}).", ""]
+    return lines
+
+
+def p2_section(p2: dict) -> list[str]:
+    ref = p2.get("reference")
+    lines = ["## P2: PEFT variants (val split, greedy)", "",
+             f"CIDEr-D with the {p2['tokenizer']} tokenizer; CLIPScore with the manifest's CLIP; 95% bootstrap "
+             f"intervals over images. Grounding (demo world): the share of (colour, shape) mentions, shape words "
+             f"and colour words that name an object of the image." + (f" Delta: paired bootstrap against {ref} "
+                                                                     f"on the same images." if ref else ""), "",
+             "| variant | PEFT | trainable | CIDEr [95% CI] | CLIPScore [95% CI] | mentions right | shape words | "
+             "colour words |" + (f" delta CIDEr vs {ref} |" if ref else ""),
+             "|---|---|---:|---|---|---|---:|---:|" + ("---|" if ref else "")]
+    for r in p2["rows"]:
+        g = r.get("grounding") or {}
+        cells = [r["variant"], r["peft"], f"{r['trainable']:,}",
+                 f"{r['CIDEr']:.3f} [{_ci(r.get('CIDEr_ci'), False)}]", f"{r['CLIPScore']:.3f} [{_ci(r.get('CLIPScore_ci'), False)}]",
+                 f"{_pct(g['mentions']['share'])} [{_ci(g['mentions']['ci'])}]" if g.get("mentions") else "",
+                 _pct(g["shapes"]["share"]) if g.get("shapes") else "", _pct(g["colors"]["share"]) if g.get("colors") else ""]
+        if ref:
+            cells.append(_delta((r.get("vs_reference") or {}).get("CIDEr")))
+        lines.append("| " + " | ".join(cells) + " |")
+    b = p2["best"]
+    lines += ["", f"Best: {b['variant']} (CIDEr {b['CIDEr']:.3f}, CLIPScore {b['CLIPScore']:.3f})."]
+    if p2.get("beam"):
+        lines += [f"Beam {p2['beam']['beams']}: CIDEr {p2['beam']['CIDEr']:.3f} [{_ci(p2['beam'].get('CIDEr_ci'), False)}], "
+                  f"CLIPScore {p2['beam']['CLIPScore']:.3f}."]
+    return lines + [""]
+
+
+def p3_section(p3: dict) -> list[str]:
+    lines = ["## P3: attention", ""]
+    lines += [f"- {k}: {v['image']} (CLIPScore {v['CLIPScore']:.3f}): {v['caption']}" for k, v in p3["extremes"].items()]
+    loc = p3.get("localisation")
+    if loc and loc.get("nouns"):
+        lines += ["", f"Localisation of object nouns ({loc['nouns']} nouns that name an object of the image; 95% "
+                  "intervals over images; delta: paired bootstrap against random maps):", "",
+                  "| method | pointing game [95% CI] | delta vs random | deletion score (lower is better) |",
+                  "|---|---|---|---:|"]
+        for m, v in loc["pointing"].items():
+            d = (loc.get("deletion_auc") or {}).get(m)
+            vr = (loc.get("vs_random") or {}).get(m)
+            lines += [f"| {m} | {_pct(v)} [{_ci((loc.get('pointing_ci') or {}).get(m))}] | "
+                      f"{_delta(vr, 100, '+.1f', ' pts')} | {'' if d is None else f'{d:.3f}'} |"]
+        by = loc.get("pointing_by_shape") or {}
+        if by:
+            methods = list(loc["pointing"])
+            lines += ["", "Pointing game by shape:", "", "| shape | nouns | " + " | ".join(methods) + " |",
+                      "|---|---:|" + "---:|" * len(methods)]
+            lines += [f"| {sh} | {v['nouns']} | " + " | ".join(_pct(v[m]) for m in methods) + " |"
+                      for sh, v in by.items() if v["nouns"]]
+        ph = loc.get("pointing_per_layer_head")
+        if ph:
+            import numpy as np
+
+            a = np.asarray(ph)
+            li, hi = np.unravel_index(int(a.argmax()), a.shape)
+            lines += ["", f"Best single layer/head for pointing: layer {li}, head {hi} ({_pct(a[li, hi])})."]
+    return lines + [""]
 
 
 def write_summary(figures: Path, models_dir: Path | None) -> dict:
@@ -85,59 +196,12 @@ def write_summary(figures: Path, models_dir: Path | None) -> dict:
     lines = ["# hw3lib report summary", "",
              "Generated by `make report` from the notebooks' outputs. Figures are beside this file.", ""]
     if models_dir is not None and (models_dir / "metrics.json").is_file():
-        mm = read_json(models_dir / "metrics.json")
-        doc["demo_models"] = {k: mm[k] for k in ("clip_recall_at_1_val", "clip_recall_chance",
-                                                "decoder_perplexity_val", "decoder_vocab_size", "seconds") if k in mm}
-        d = doc["demo_models"]
-        lines += ["## Demo models (pretrained in-project)", "",
-                  f"- tiny CLIP image-to-text recall@1 on val pairs: {d['clip_recall_at_1_val']:.3f} "
-                  f"(chance {d['clip_recall_chance']:.4f})",
-                  f"- tiny GPT-2 perplexity on val captions: {d['decoder_perplexity_val']:.2f} "
-                  f"(vocabulary {d['decoder_vocab_size']})", ""]
-    if (figures / "p1_summary.json").is_file():
-        p1 = doc["p1"] = read_json(figures / "p1_summary.json")
-        lines += ["## P1: zero-shot accuracy by prompt", "",
-                  f"{p1['n_images']} images, chance {_pct(p1['chance'])}. 95% bootstrap intervals.", "",
-                  "| prompt | templates | accuracy | 95% CI |", "|---|---:|---:|---|"]
-        lines += [f"| {r['prompt']} | {r['templates']} | {_pct(r['accuracy'])} | {_pct(r['ci_low'])} - "
-                  f"{_pct(r['ci_high'])} |" for r in p1["rows"]]
-        lines += ["", "Paired tests against the first prompt (exact McNemar):", ""]
-        lines += [f"- {t['b']!r}: {t['difference'] * 100:+.1f} points, p = {t['p_value']:.3g}" for t in p1["paired_tests"]]
-        s = p1["selection"]
-        lines += ["", f"Template selection (chosen on half the images, scored on the other half): best single "
-                  f"{_pct(s['held_out_accuracy_best_single'])}, all {s['pool']} {_pct(s['held_out_accuracy_all'])}, "
-                  f"{len(s['chosen'])} selected {_pct(s['held_out_accuracy_selected'])}.", ""]
-    if (figures / "p2_summary.json").is_file():
-        p2 = doc["p2"] = read_json(figures / "p2_summary.json")
-        lines += ["## P2: PEFT variants (val split, greedy)", "",
-                  f"CIDEr-D with the {p2['tokenizer']} tokenizer; CLIPScore with the manifest's CLIP.", "",
-                  "| variant | PEFT | trainable params | CIDEr | CLIPScore |", "|---|---|---:|---:|---:|"]
-        lines += [f"| {r['variant']} | {r['peft']} | {r['trainable']:,} | {r['CIDEr']:.3f} | {r['CLIPScore']:.3f} |"
-                  for r in p2["rows"]]
-        b = p2["best"]
-        lines += ["", f"Best: {b['variant']} (CIDEr {b['CIDEr']:.3f}, CLIPScore {b['CLIPScore']:.3f})."]
-        if p2.get("beam"):
-            lines += [f"Beam {p2['beam']['beams']}: CIDEr {p2['beam']['CIDEr']:.3f}, CLIPScore {p2['beam']['CLIPScore']:.3f}."]
-        lines += [""]
-    if (figures / "p3_summary.json").is_file():
-        p3 = doc["p3"] = read_json(figures / "p3_summary.json")
-        lines += ["## P3: attention", ""]
-        lines += [f"- {k}: {v['image']} (CLIPScore {v['CLIPScore']:.3f}): {v['caption']}" for k, v in p3["extremes"].items()]
-        loc = p3.get("localisation")
-        if loc:
-            lines += ["", f"Localisation of object nouns ({loc['nouns']} nouns):", "",
-                      "| method | pointing game | deletion score (lower is better) |", "|---|---:|---:|"]
-            for m, v in loc["pointing"].items():
-                d = (loc.get("deletion_auc") or {}).get(m)
-                lines += [f"| {m} | {_pct(v)} | {'' if d is None else f'{d:.3f}'} |"]
-            ph = loc.get("pointing_per_layer_head")
-            if ph:
-                import numpy as np
-
-                a = np.asarray(ph)
-                li, hi = np.unravel_index(int(a.argmax()), a.shape)
-                lines += ["", f"Best single layer/head for pointing: layer {li}, head {hi} ({_pct(a[li, hi])})."]
-        lines += [""]
+        doc["demo_models"], part = demo_models_section(read_json(models_dir / "metrics.json"))
+        lines += part
+    for name, section in (("p1", p1_section), ("p2", p2_section), ("p3", p3_section)):
+        if (figures / f"{name}_summary.json").is_file():
+            doc[name] = read_json(figures / f"{name}_summary.json")
+            lines += section(doc[name])
     atomic_write_text(figures / "summary.md", "\n".join(lines))
     atomic_write_json(figures / "summary.json", doc)
     return doc
@@ -168,7 +232,8 @@ def main(argv=None) -> int:
             ("p1_prompt_analysis", {}),
             ("p2_peft_captioning", {"runs_dir": str(args.runs.resolve()), "run_group": group,
                                     "configs_dir": str(ROOT / "configs" / ("" if args.real else "demo")),
-                                    "variants": REAL_VARIANTS if args.real else DEMO_VARIANTS}),
+                                    "variants": REAL_VARIANTS if args.real else DEMO_VARIANTS,
+                                    "reference": "report_lora16" if args.real else "lora16"}),  # the report's setting
             ("p3_attention_visualization", {}),
         ]
         done = []

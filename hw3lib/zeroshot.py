@@ -6,12 +6,12 @@ then a matrix product over cached, normalised features:
     study = ZeroShotStudy.from_folder(clip, image_dir, id2label)       # images encoded once
     text = study.text_features(templates)                               # (T, C, D), one per template
     logits = study.logits(ensemble(text))                               # (N, C)
-    accuracy(logits, study.labels), bootstrap_ci(...), paired_test(...)
+    accuracy(logits, study.labels), stats.bootstrap_ci(...), stats.paired_test(...)
+    negation_study(study, "This is a photo of {object}", "This is not a photo of {object}")
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .assets import ClipBundle
 from .data import P1Dataset, load_images, read_p1_folder
 from .io import HW3Error, atomic_path, progress_disabled
+from .stats import bootstrap_ci, paired_test
 from .templates import check_template, fill
 
 # ----------------------------------------------------------------------------------------------
@@ -168,51 +169,6 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> 
         return np.diag(cm) / cm.sum(axis=1)
 
 
-def bootstrap_ci(correct: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of a 0/1 vector (resampling images)."""
-    correct = np.asarray(correct, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(correct), size=(n_boot, len(correct)))
-    means = correct[idx].mean(axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
-@dataclass
-class PairedTest:
-    accuracy_a: float
-    accuracy_b: float
-    difference: float  # accuracy_b - accuracy_a
-    ci: tuple[float, float]  # paired bootstrap 95% interval of the difference
-    only_a: int  # images A gets right and B wrong
-    only_b: int  # images B gets right and A wrong
-    p_value: float  # exact two-sided McNemar test on the discordant pairs
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test of only_a vs only_b at p = 1/2."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
-def paired_test(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> PairedTest:
-    """Is B's accuracy different from A's on the same images? (McNemar + paired bootstrap)."""
-    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
-    if a.shape != b.shape:
-        raise ValueError("paired test needs results on the same images")
-    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
-    diff = b.astype(float) - a.astype(float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
-    boots = diff[idx].mean(axis=1)
-    ci = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)))
-    return PairedTest(float(a.mean()), float(b.mean()), float(diff.mean()), ci, only_a, only_b,
-                      mcnemar_exact(only_a, only_b))
-
-
 def per_template_accuracy(study: ZeroShotStudy, per_template: torch.Tensor) -> np.ndarray:
     """Accuracy (T,) of each template alone; one batched product for all of them."""
     labels = study.require_labels()
@@ -251,6 +207,35 @@ def top_probabilities(study: ZeroShotStudy, weights: torch.Tensor, indices: list
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     return [[(study.class_names[j], float(p)) for p, j in zip(ps, js, strict=True)]
             for ps, js in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+
+
+def negation_study(study: ZeroShotStudy, positive: str, negated: str, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Does the text tower read "not"? For a positive prompt and its negation:
+    - per class, the cosine similarity of the two prompts' text embeddings (1.0: "not" is ignored);
+    - how often the two prompts predict the same class for an image;
+    - the accuracy of each prompt, and of the negated prompt read inverted (the class it scores *lowest*),
+      with 95% bootstrap intervals. If "not" were understood, the inverted reading would be the good one."""
+    labels = study.require_labels()
+    feats = study.text_features([positive, negated])  # (2, C, D)
+    cos = (feats[0] * feats[1]).sum(-1).numpy()  # (C,)
+    pos_logits, neg_logits = study.logits(feats[0]), study.logits(feats[1])  # (N, C) each
+    pos, neg, inv = pos_logits.argmax(1).numpy(), neg_logits.argmax(1).numpy(), neg_logits.argmin(1).numpy()
+
+    def acc(pred):
+        ok = pred == labels
+        lo, hi = bootstrap_ci(ok, n_boot=n_boot, seed=seed)
+        return {"accuracy": float(ok.mean()), "ci_low": lo, "ci_high": hi}
+
+    same = pos == neg
+    same_ci = bootstrap_ci(same, n_boot=n_boot, seed=seed)
+    return {"positive": positive, "negated": negated, "classes": list(study.class_names),
+            "cosine_per_class": cos.tolist(), "cosine_mean": float(cos.mean()),
+            "same_prediction": float(same.mean()), "same_prediction_ci": list(same_ci),
+            "same_prediction_per_class": [float(same[labels == c].mean()) if (labels == c).any() else None
+                                          for c in range(len(study.class_names))],  # by true class
+            "positive_accuracy": acc(pos), "negated_accuracy": acc(neg), "negated_inverted_accuracy": acc(inv),
+            "paired_negated_vs_positive": paired_test(pos == labels, neg == labels, n_boot, seed).__dict__,
+            "chance": 1.0 / len(study.class_names)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,13 +36,15 @@ localisation_images = 80  # val images scored for localisation (demo world only)
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
 
 from hw3lib.assets import encoder_transform, load_tokenizer
 from hw3lib.attention import capture, display_maps, localisation, method_maps
 from hw3lib.demo import COLORS, SHAPES, read_boxes
 from hw3lib.io import atomic_write_json, atomic_write_text, list_images, open_image
 from hw3lib.pipeline import clipscore_extremes, load_run, manifest_for
-from hw3lib.plots import layer_head_figure, localisation_figure, save, token_maps_figure
+from hw3lib.plots import layer_head_figure, localisation_figure, pointing_by_shape_figure, save, token_maps_figure
+from hw3lib.report import p3_section
 from hw3lib.train import resolve_device
 from hw3lib.viewer import METHODS, AttentionExplorer, html_viewer
 
@@ -98,18 +100,23 @@ for label, key in extremes.items():
 # For every shape noun in a caption, the pointing game asks whether the map's peak falls inside the
 # box of an object of that shape (and colour, when a colour word precedes it), within half a patch.
 # Deletion blanks the most-attended patches and tracks the token's probability. Random maps give
-# the baseline.
+# the baseline; intervals resample images, and each method is compared with random maps on the same
+# nouns (paired bootstrap). Only nouns that name an object of the image are scored.
 
 # %%
 boxes_file = p2 / "boxes.json"
 loc = None
 if boxes_file.is_file():
-    n = 6 if smoke else localisation_images
+    n = 24 if smoke else localisation_images
     caps = capture(model, tok, transform, list_images(p2 / "images" / "val")[:n], device=device)
-    loc = localisation(model, caps, read_boxes(boxes_file), SHAPES, list(COLORS), deletion=not smoke)
-    print({k: v for k, v in loc.items() if k != "pointing_per_layer_head"})
-    save(localisation_figure(loc), figures / "p3_localisation.png")
-    save(layer_head_figure(loc["pointing_per_layer_head"]), figures / "p3_layer_head.png")
+    loc = localisation(model, caps, read_boxes(boxes_file), SHAPES, list(COLORS), deletion=not smoke,
+                       n_boot=300 if smoke else 2000)
+    print(f"{loc['nouns']} object nouns in {loc['images']} captions")
+    display(Markdown("\n".join(p3_section({"extremes": {}, "localisation": loc}))))
+    if loc["nouns"]:
+        save(localisation_figure(loc), figures / "p3_localisation.png")
+        save(pointing_by_shape_figure(loc), figures / "p3_pointing_by_shape.png")
+        save(layer_head_figure(loc["pointing_per_layer_head"]), figures / "p3_layer_head.png")
 else:
     print("no boxes.json: localisation is scored on the demo world only")
 atomic_write_json(figures / "p3_summary.json", {

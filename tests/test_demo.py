@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from hw3lib.data import read_caption_file, read_p1_folder
-from hw3lib.demo import COLORS, P1_CLASSES, SHAPES, read_boxes, write_demo_world
+from hw3lib.demo import COLORS, GRID, SHAPES, SIZES, read_boxes, write_demo_world
 from hw3lib.io import HW3Error, open_image
 
 from .conftest import run_cli
@@ -34,13 +34,12 @@ def test_other_seed_differs(small_world, tmp_path):
 
 def test_layout_is_the_course_layout_and_readers_accept_it(small_world):
     p1 = read_p1_folder(small_world / "p1_data" / "val", small_world / "p1_data" / "id2label.json")
-    assert p1.class_names == [f"{c} {s}" for c, s in P1_CLASSES] and len(p1.samples) == 4 * len(P1_CLASSES)
-    assert len({c for c, _ in P1_CLASSES}) == len({s for _, s in P1_CLASSES}) == len(P1_CLASSES) >= 10
+    assert p1.class_names == SHAPES and len(p1.samples) == 4 * len(SHAPES)
     boxes = read_boxes(small_world / "p1_data" / "boxes.json")
-    for s in p1.samples:  # each image shows its class's object
+    for s in p1.samples:  # each image shows its class's shape, in any colour
         (obj,) = boxes[s.path.name]
-        assert f"{obj['color']} {obj['shape']}" == p1.id2label[s.class_id]
-    assert all(open_image(s.path).size == (32, 32) for s in p1.samples[:5])
+        assert obj["shape"] == p1.id2label[s.class_id] and obj["color"] in COLORS
+    assert all(open_image(s.path).size == (96, 96) for s in p1.samples[:5])
     for split, n in (("train", 120), ("val", 24)):
         cs = read_caption_file(small_world / "p2_data" / f"{split}.json", small_world / "p2_data" / "images" / split)
         assert len(cs) == n and len(cs.pairs()) == 5 * n
@@ -57,10 +56,14 @@ def test_boxes_match_images_and_captions_name_every_object(small_world):
         objs = boxes[f"train/{im.file_name}"]
         assert 1 <= len(objs) <= 3
         w, h = open_image(im.path).size
+        cell = w // GRID
         for o in objs:
             x0, y0, x1, y1 = o["box"]
             assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
             assert o["shape"] in SHAPES and o["color"] in COLORS
+            # on the patch grid: the box lies inside the object's grid square, touching its top-left cell
+            gx, gy = x0 // cell, y0 // cell
+            assert x1 <= (gx + SIZES[o["size"]]) * cell and y1 <= (gy + SIZES[o["size"]]) * cell
         for cap in cs.captions[im.id]:
             for o in objs:  # every caption mentions every object's shape
                 assert o["shape"] in cap, (cap, objs)
@@ -73,6 +76,16 @@ def test_captions_need_the_image(small_world):
     assert len(set(firsts)) > 0.9 * len(firsts)
     meta = json.loads((small_world / "DEMO.json").read_text())
     assert meta["seed"] == 7 and meta["size"] == "small"
+    assert meta["shapes"] == SHAPES and meta["colors"] == list(COLORS) and meta["p1_classes"] == SHAPES
+
+
+def test_p1_colour_gives_chance(small_world):
+    """P1's class is the shape alone: colours spread over the classes, so colour cannot name the class."""
+    boxes = read_boxes(small_world / "p1_data" / "boxes.json")
+    per_color = {}
+    for (obj,) in boxes.values():
+        per_color.setdefault(obj["color"], set()).add(obj["shape"])
+    assert len(per_color) >= 8 and sum(len(v) > 1 for v in per_color.values()) >= 6
 
 
 def test_refuses_non_empty_folder_and_unknown_size(tmp_path):

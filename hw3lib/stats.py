@@ -1,0 +1,111 @@
+"""Intervals and paired tests over images, shared by P1 (accuracy), P2 (CIDEr, CLIPScore, grounding)
+and P3 (pointing game).
+
+Every score here is a ratio of per-image sums, `sum(num) / sum(den)`: a mean when `den` is all ones
+(accuracy, CIDEr-D, CLIPScore), a pooled share when it counts items per image (grounding: mentions
+right / mentions). The bootstrap resamples images, never items within an image, because the items of
+one image are not independent. Paired versions resample the same images for both systems.
+
+CIDEr-D's document frequencies come from the whole reference corpus and stay fixed while images are
+resampled: the interval is over the images scored, not over the corpus statistics (the usual practice).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """sum(num) / sum(den) along the last axis; nan where the denominator is 0."""
+    d = den.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, num.sum(axis=-1) / np.where(d > 0, d, 1), np.nan)
+
+
+def _as_pair(num, den) -> tuple[np.ndarray, np.ndarray]:
+    num = np.asarray(num, dtype=np.float64)
+    den = np.ones_like(num) if den is None else np.asarray(den, dtype=np.float64)
+    if num.shape != den.shape or num.ndim != 1:
+        raise ValueError(f"per-image values and counts must be two 1-D arrays of one length, got {num.shape}, {den.shape}")
+    if len(num) == 0:
+        raise ValueError("an interval needs at least one image")
+    return num, den
+
+
+def resample(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) image indices drawn with replacement; the same seed gives the same draws."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def estimate(num, den=None) -> float:
+    num, den = _as_pair(num, den)
+    return float(_ratio(num, den))
+
+
+def bootstrap_ci(num, den=None, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(num) / sum(den) over images (of the mean when den is None).
+    Resamples whose denominator is 0 are dropped."""
+    num, den = _as_pair(num, den)
+    idx = resample(len(num), n_boot, seed)
+    boots = _ratio(num[idx], den[idx])
+    boots = boots[~np.isnan(boots)]
+    return float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
+
+
+@dataclass
+class PairedDifference:
+    a: float  # system A's score
+    b: float  # system B's score
+    difference: float  # b - a
+    ci: tuple[float, float]  # paired percentile bootstrap interval of the difference
+    p_value: float  # two-sided bootstrap p: twice the share of resampled differences on the far side of 0
+
+
+def paired_bootstrap(num_a, num_b, den_a=None, den_b=None, n_boot: int = 2000, alpha: float = 0.05,
+                     seed: int = 0) -> PairedDifference:
+    """Is B's score different from A's on the same images? Both are resampled with the same indices."""
+    num_a, den_a = _as_pair(num_a, den_a)
+    num_b, den_b = _as_pair(num_b, den_b)
+    if num_a.shape != num_b.shape:
+        raise ValueError("a paired comparison needs scores on the same images")
+    idx = resample(len(num_a), n_boot, seed)
+    diffs = _ratio(num_b[idx], den_b[idx]) - _ratio(num_a[idx], den_a[idx])
+    diffs = diffs[~np.isnan(diffs)]
+    a, b = float(_ratio(num_a, den_a)), float(_ratio(num_b, den_b))
+    lo, hi = float(np.quantile(diffs, alpha / 2)), float(np.quantile(diffs, 1 - alpha / 2))
+    p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
+    return PairedDifference(a, b, b - a, (lo, hi), p)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of only_a vs only_b at p = 1/2."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+@dataclass
+class PairedTest:
+    accuracy_a: float
+    accuracy_b: float
+    difference: float  # accuracy_b - accuracy_a
+    ci: tuple[float, float]  # paired bootstrap 95% interval of the difference
+    only_a: int  # images A gets right and B wrong
+    only_b: int  # images B gets right and A wrong
+    p_value: float  # exact two-sided McNemar test on the discordant pairs
+
+
+def paired_test(correct_a, correct_b, n_boot: int = 2000, seed: int = 0) -> PairedTest:
+    """Two classifiers right/wrong on the same images: exact McNemar + paired bootstrap interval."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape:
+        raise ValueError("paired test needs results on the same images")
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    d = paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
+    return PairedTest(d.a, d.b, d.difference, d.ci, only_a, only_b, mcnemar_exact(only_a, only_b))
