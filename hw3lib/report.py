@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from .io import HW3Error, atomic_write_json, atomic_write_text, read_json
+from .files import HW3Error, atomic_write_json, atomic_write_text, read_json
 
-ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ("p1_prompt_analysis", "p2_peft_captioning", "p3_attention_visualization")
 DEMO_VARIANTS = ["none", "lora16", "lora8", "adapter", "prompt", "prefix", "dora", "ia3"]
 REAL_VARIANTS = ["report_lora16", "report_lora8", "report_adapter", "report_prompt"]
 
@@ -29,17 +29,27 @@ def require_kernel(kernel: str = "hw3lib") -> None:
                        f"`python -m ipykernel install --sys-prefix --name {kernel}` in this environment")
 
 
-def run_notebook(name: str, parameters: dict, out_dir: Path, kernel: str = "hw3lib") -> Path:
+def project_root(path: Path) -> Path:
+    """The checkout holding notebooks/ and configs/ (the notebooks are project files, not package data)."""
+    path = path.resolve()
+    missing = [f"notebooks/{n}.py" for n in NOTEBOOKS if not (path / "notebooks" / f"{n}.py").is_file()]
+    if missing or not (path / "configs" / "demo").is_dir():
+        raise HW3Error(f"{path}: not an hw3lib checkout (no {(missing or ['configs/demo'])[0]}); run from the "
+                       "checkout or pass --project")
+    return path
+
+
+def run_notebook(root: Path, name: str, parameters: dict, out_dir: Path, kernel: str = "hw3lib") -> Path:
     import jupytext
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = out_dir / f"{name}.input.ipynb"
-    jupytext.write(jupytext.read(ROOT / "notebooks" / f"{name}.py"), staged)  # the .py is the source of truth
+    jupytext.write(jupytext.read(root / "notebooks" / f"{name}.py"), staged)  # the .py is the source of truth
     executed = out_dir / f"{name}.ipynb"
     try:  # the notebook's own output (per-variant lines, progress bars) streams through as it comes
         papermill.execute_notebook(str(staged), str(executed), parameters=parameters, kernel_name=kernel,
-                                   cwd=str(ROOT / "notebooks"), progress_bar=False,
+                                   cwd=str(root / "notebooks"), progress_bar=False,
                                    stdout_file=sys.stdout, stderr_file=sys.stderr)
     except papermill.PapermillExecutionError as e:
         raise HW3Error(f"{name}: cell {e.exec_count} failed: {e.ename}: {e.evalue} (see {executed})") from None
@@ -211,43 +221,40 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hw3lib.report", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="an hw3_data/ folder")
     p.add_argument("--assets", required=True, help="assets.json (or 'real')")
-    p.add_argument("--figures", type=Path, default=ROOT / "figures")
-    p.add_argument("--runs", type=Path, default=ROOT / "build" / "runs")
-    p.add_argument("--html", type=Path, default=ROOT / "build" / "report",
-                   help="folder for the HTML copy of the executed notebooks and its index.html")
+    p.add_argument("--project", type=Path, default=Path("."), help="the hw3lib checkout (notebooks/, configs/)")
+    p.add_argument("--figures", type=Path, default=None, help="default: PROJECT/figures")
+    p.add_argument("--runs", type=Path, default=None, help="default: PROJECT/build/runs")
+    p.add_argument("--html", type=Path, default=None,
+                   help="folder for the HTML copy of the executed notebooks and its index.html (default: "
+                   "PROJECT/build/report)")
     p.add_argument("--real", action="store_true", help="real data: the report's configs, not the demo twins")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     try:
         if not args.data.is_dir():
             raise HW3Error(f"{args.data}: data folder not found")
+        root = project_root(args.project)
+        figures, runs = args.figures or root / "figures", args.runs or root / "build" / "runs"
+        require_kernel()
         assets = str(Path(args.assets).resolve()) if args.assets != "real" else "real"
         common = {"data_dir": str(args.data.resolve()), "assets": assets, "device": args.device,
-                  "figures_dir": str(args.figures.resolve())}
-        require_kernel()
-        executed = ROOT / "notebooks" / "executed"
-        group = "real" if args.real else "demo"
-        t_all = time.time()
-        steps = [
-            ("p1_prompt_analysis", {}),
-            ("p2_peft_captioning", {"runs_dir": str(args.runs.resolve()), "run_group": group,
-                                    "configs_dir": str(ROOT / "configs" / ("" if args.real else "demo")),
-                                    "variants": REAL_VARIANTS if args.real else DEMO_VARIANTS,
-                                    "reference": "report_lora16" if args.real else "lora16"}),  # the report's setting
-            ("p3_attention_visualization", {}),
-        ]
-        done = []
-        for i, (name, extra) in enumerate(steps, 1):
-            if name == "p3_attention_visualization":  # P3 looks at P2's best run
-                extra = {"checkpoint": read_json(args.figures / "p2_summary.json")["best"]["run"]}
+                  "figures_dir": str(figures.resolve())}
+        p2 = {"runs_dir": str(runs.resolve()), "run_group": "real" if args.real else "demo",
+              "configs_dir": str(root / "configs" / ("" if args.real else "demo")),
+              "variants": REAL_VARIANTS if args.real else DEMO_VARIANTS,
+              "reference": "report_lora16" if args.real else "lora16"}  # the report's setting
+        t_all, done = time.time(), []
+        for i, name in enumerate(NOTEBOOKS, 1):
+            extra = {NOTEBOOKS[1]: p2}.get(name, {})
+            if name == NOTEBOOKS[2]:  # P3 looks at P2's best run
+                extra = {"checkpoint": read_json(figures / "p2_summary.json")["best"]["run"]}
             t0 = time.time()
             print(f"[report {i}/3] {name} ...", flush=True)
-            done.append(run_notebook(name, common | extra, executed))
+            done.append(run_notebook(root, name, common | extra, root / "notebooks" / "executed"))
             print(f"[report {i}/3] {name} done in {time.time() - t0:.0f} s", flush=True)
-        models_dir = Path(assets).parent if assets != "real" else None
-        write_summary(args.figures, models_dir)
-        index = export_html(done, args.figures, args.html)
-        print(f"[report] figures and {args.figures / 'summary.md'} written in {time.time() - t_all:.0f} s")
+        write_summary(figures, Path(assets).parent if assets != "real" else None)
+        index = export_html(done, figures, args.html or root / "build" / "report")
+        print(f"[report] figures and {figures / 'summary.md'} written in {time.time() - t_all:.0f} s")
         print(f"[report] browsable report: {index}")
     except HW3Error as e:
         print(f"error: {e}", file=sys.stderr)

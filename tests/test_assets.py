@@ -19,7 +19,7 @@ from hw3lib.assets import (
     load_tokenizer,
 )
 from hw3lib.decoder import GPT2, GPT2Config
-from hw3lib.io import HW3Error, open_image
+from hw3lib.files import HW3Error, open_image
 
 
 def test_real_manifest_names_hub_models():
