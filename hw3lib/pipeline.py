@@ -72,7 +72,8 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
         done = read_json(out / "config.json")
         if done.get("captioner") == asdict(cap_cfg) and done.get("train") == asdict(cfg):
             return read_json(out / "summary.json")
-        raise HW3Error(f"{out}: holds a finished run with another configuration (use a new folder)")
+        raise HW3Error(f"{out}: holds a finished run with another configuration (remove that folder to retrain, "
+                       "or choose another)")
     with run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
         return _train_locked(cap_cfg, cfg, assets, p2_dir, out)
 
