@@ -29,8 +29,8 @@ from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
 
 from hw3lib.captioner import Captioner, CaptionerConfig
-from hw3lib.decode import beam_search, greedy
 from hw3lib.decoder import GPT2, GPT2Config, normalise_gpt2_state_dict
+from hw3lib.generate import beam_search, greedy
 from hw3lib.inference import fast_decoding
 
 EOT, S, C = 50256, 257, 768

@@ -19,8 +19,8 @@ import torch
 
 from hw3lib.assets import EncoderSpec, create_encoder
 from hw3lib.captioner import Captioner, CaptionerConfig, parameter_report
-from hw3lib.decode import beam_search, greedy
 from hw3lib.decoder import GPT2, GPT2Config
+from hw3lib.generate import beam_search, greedy
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "RTX 2080 Ti": 107.0}
 

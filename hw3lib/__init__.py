@@ -14,7 +14,7 @@ _EXPORTS = {
     "show_attention": "hw3lib.viewer",
     "html_viewer": "hw3lib.viewer",
     "AttentionExplorer": "hw3lib.viewer",
-    "HW3Error": "hw3lib.io",
+    "HW3Error": "hw3lib.files",
 }
 __all__ = list(_EXPORTS)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .io import HW3Error, atomic_write_json, first_line, read_json
+from .files import HW3Error, atomic_write_json, first_line, read_json
 
 REAL_MANIFEST = {
     "clip": {"model": "ViT-B-32", "pretrained": "openai", "config": None},

@@ -31,8 +31,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import stats
-from .decode import beam_search
-from .io import HW3Error, open_image, progress_disabled
+from .files import HW3Error, open_image, progress_disabled
+from .generate import beam_search
 
 # ----------------------------------------------------------------------------------------------
 # capture
@@ -49,6 +49,7 @@ class CaptionAttention:
     pixels: torch.Tensor  # (3, h, w) the encoder's input
     grid: tuple[int, int]  # patch grid (rows, cols)
     n_prefix: int  # encoder tokens before the patches (CLS, registers)
+    eot_id: int  # the tokenizer's end token, which also starts every caption
     extra: dict = field(default_factory=dict)
 
 
@@ -70,7 +71,8 @@ def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 6
         ids = res.tokens[0] + ([tokenizer.eot_id] if res.finished[0] else [])
         texts = [tokenizer.id_to_token_text(i) for i in ids]
         out.append(CaptionAttention(Path(p), tokenizer.decode(res.tokens[0]).strip(), ids, texts,
-                                    res.attentions[0].float(), feats[0].cpu(), x[0].cpu(), grid, n_prefix))
+                                    res.attentions[0].float(), feats[0].cpu(), x[0].cpu(), grid, n_prefix,
+                                    tokenizer.eot_id))
     return out
 
 
@@ -180,9 +182,7 @@ def rollout_maps(model, ca: CaptionAttention, layers="last", heads="mean") -> to
 
 def relevance_maps(model, ca: CaptionAttention) -> torch.Tensor:
     """Gradient-weighted cross-attention summed over layers, one backward pass per token: (T, S)."""
-    ids = torch.tensor([[ca.token_ids[-1]] + ca.token_ids[:-1]])  # [start, tokens...] (start = end token)
-    eot = model.decoder.config.vocab_size - 1
-    ids[0, 0] = eot
+    ids = torch.tensor([[ca.eot_id] + ca.token_ids[:-1]])  # [start, tokens...] (start = end token)
     out = []
     feats = ca.feats[None]
     for t, target in enumerate(ca.token_ids):
@@ -250,8 +250,7 @@ def deletion_auc(model, ca: CaptionAttention, t: int, patch_map: np.ndarray, fra
     rows, cols = ca.grid
     ph, pw = ca.pixels.shape[1] // rows, ca.pixels.shape[2] // cols
     order = np.argsort(-patch_map)
-    eot = model.decoder.config.vocab_size - 1
-    ids = torch.tensor([[eot] + ca.token_ids[:t]])
+    ids = torch.tensor([[ca.eot_id] + ca.token_ids[:t]])
     probs = []
     for f in fractions:
         x = ca.pixels.clone()

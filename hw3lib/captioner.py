@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoder import GPT2
-from .io import HW3Error, atomic_path, first_line
+from .decoder import GPT2, check_fit
+from .files import HW3Error, atomic_path, first_line
 
 PEFT_KINDS = ("none", "lora", "dora", "ia3", "adapter", "prompt", "prefix")
 CHECKPOINT_FORMAT = "hw3lib-captioner-1"
@@ -210,15 +210,7 @@ class Captioner(nn.Module):
     def load_trainable(self, sd: dict[str, torch.Tensor], source="checkpoint") -> None:
         """Load exactly the trainable tensors; anything missing, extra or misshapen is an error."""
         own = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own))
-                  if sd[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            parts = [f"{label} {len(items)}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
-                     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-                     if items]
-            raise HW3Error(f"{source}: checkpoint does not fit this model ({'; '.join(parts)})")
+        check_fit(own, sd, source, "checkpoint does not fit this model", shown=4)
         with torch.no_grad():
             for k, p in own.items():
                 p.copy_(sd[k])

@@ -14,7 +14,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .io import HW3Error
+from .files import HW3Error
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
@@ -39,7 +39,7 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_demo_models(args) -> int:
-    from .pretrain import build_demo_models
+    from .demo_models import build_demo_models
 
     manifest = build_demo_models(args.data_dir, args.out_dir, size=args.size, seed=args.seed, force=args.force)
     print(f"assets manifest: {manifest}")
@@ -47,14 +47,14 @@ def cmd_demo_models(args) -> int:
 
 
 def _device(name: str) -> str:
-    from .train import resolve_device
+    from .device import resolve_device
 
     return str(resolve_device(name))
 
 
 def cmd_zeroshot(args) -> int:
     from .assets import load_clip
-    from .io import require_dir, require_file
+    from .files import require_dir, require_file
     from .pipeline import manifest_for
     from .templates import PHOTO, check_template, template_set
     from .zeroshot import ZeroShotStudy, accuracy, bootstrap_ci, write_predictions_csv
@@ -102,7 +102,7 @@ def cmd_train(args) -> int:
 def cmd_caption(args) -> int:
     import json
 
-    from .io import atomic_write_text, image_paths, require_file, unique_stems
+    from .files import atomic_write_text, image_paths, require_file, unique_stems
 
     paths = unique_stems(image_paths(args.images))
     if str(args.out_json) != "-":
@@ -134,7 +134,7 @@ def cmd_caption(args) -> int:
 def cmd_evaluate(args) -> int:
     from .assets import load_clip
     from .data import read_caption_file, read_predictions
-    from .io import atomic_write_json
+    from .files import atomic_write_json
     from .metrics import evaluate
 
     preds = read_predictions(args.pred_json)
@@ -161,7 +161,7 @@ def cmd_evaluate(args) -> int:
 def cmd_attention(args) -> int:
     from .assets import encoder_transform, load_tokenizer
     from .attention import capture, check_layers_heads, display_maps, method_maps
-    from .io import atomic_write_text, image_paths, open_image, unique_stems
+    from .files import atomic_write_text, image_paths, open_image, unique_stems
     from .pipeline import load_run, manifest_for
     from .plots import save, token_maps_figure
     from .viewer import html_viewer
@@ -252,7 +252,7 @@ PATHS = {  # command -> args -> (inputs, {argument: output file}, {argument: out
 
 
 def _os_error_line(e: Exception) -> str:
-    from .io import first_line
+    from .files import first_line
 
     if isinstance(e, OSError) and e.filename is not None:
         return f"{e.filename}: {e.strerror or e.__class__.__name__}"
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warn_one_line
     try:
         args.overrides = _parse_overrides(extra)
-        from .io import check_outputs
+        from .files import check_outputs
 
         inputs, files, folders = PATHS[args.command](args)
         check_outputs(files, folders, inputs)

@@ -10,7 +10,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from .captioner import CaptionerConfig
-from .io import HW3Error
+from .files import HW3Error
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .io import HW3Error, confined_path, list_images, open_image, read_json, require_dir
+from .files import HW3Error, confined_path, list_images, open_image, read_json, require_dir
 
 P1_NAME = re.compile(r"^(?P<class_id>\d+)_(?P<image_id>[^_/\\]+)\.(png|jpg|jpeg)$", re.IGNORECASE)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .io import HW3Error, atomic_path, first_line
+from .files import HW3Error, atomic_path, first_line
 
 # weights stored transposed (Conv1D layout) in the course file and in transformers' GPT-2
 CONV1D_SUFFIXES = (".c_attn.weight", ".q_attn.weight", ".c_proj.weight", ".c_fc.weight")
@@ -324,19 +324,22 @@ def infer_config(sd: dict[str, torch.Tensor], source) -> GPT2Config:
                       cross_attention=cross)
 
 
-def load_state_strict(model: nn.Module, sd: dict[str, torch.Tensor], source) -> None:
-    """load_state_dict that reports every missing/unexpected key and shape mismatch in one line."""
-    own = model.state_dict()
+def check_fit(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source,
+              problem: str = "weights do not fit the model", shown: int = 6) -> None:
+    """One line naming every missing / unexpected key and shape mismatch of `sd` against `own`."""
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
               for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if items:
-                parts.append(f"{label} {len(items)}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
-        raise HW3Error(f"{source}: weights do not fit the model ({'; '.join(parts)})")
+    parts = [f"{label} {len(items)}: {', '.join(items[:shown])}{' ...' if len(items) > shown else ''}"
+             for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]
+    if parts:
+        raise HW3Error(f"{source}: {problem} ({'; '.join(parts)})")
+
+
+def load_state_strict(model: nn.Module, sd: dict[str, torch.Tensor], source) -> None:
+    """load_state_dict that reports every missing/unexpected key and shape mismatch in one line."""
+    check_fit(model.state_dict(), sd, source)
     model.load_state_dict(sd, strict=True)
 
 
@@ -391,7 +394,7 @@ def export_decoder_from_transformers(gpt2_dir: str | os.PathLike, out: str | os.
     cfg = infer_config(sd, weights)
     cfg_file = gpt2_dir / "config.json"
     if cfg_file.is_file():
-        from .io import read_json
+        from .files import read_json
 
         hf = read_json(cfg_file)
         cfg.n_head = int(hf.get("n_head", cfg.n_head))

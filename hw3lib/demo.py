@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
-from .io import HW3Error, atomic_write_json, progress_disabled
+from .files import HW3Error, atomic_write_json, progress_disabled
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "heart", "moon"]
 COLORS = {
@@ -415,7 +415,7 @@ def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", pro
 
 def read_boxes(path: str | Path) -> dict[str, list[dict]]:
     """The demo world's side file: image name -> objects with shape, colour, size and box."""
-    from .io import read_json
+    from .files import read_json
 
     raw = read_json(path)
     if not isinstance(raw, dict):

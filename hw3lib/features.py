@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .io import atomic_path, open_image, progress_disabled
+from .files import atomic_path, open_image, progress_disabled
 
 
 def encoder_fingerprint(spec, data_config: dict) -> str:

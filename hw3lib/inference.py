@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn as nn
 
-from .io import HW3Error
+from .files import HW3Error
 
 QUANTIZE_CHOICES = ("none", "int8")
 

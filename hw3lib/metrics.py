@@ -22,14 +22,13 @@ import re
 import shutil
 import subprocess
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .io import HW3Error, open_image, progress_disabled
+from .clip_features import encode_images, encode_texts
+from .files import HW3Error
 
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 
@@ -165,40 +164,6 @@ def cider(predictions: dict[str, str], references: dict[str, list[str]], tokeniz
 # CLIPScore
 
 
-def _clip_tokens(clip, texts: list[str]) -> torch.Tensor:
-    """Tokenise for CLIP; captions longer than the context are truncated with one warning."""
-    tokens = clip.tokenizer(texts)
-    try:
-        long = [t for t in texts if len(clip.tokenizer.encode(t)) + 2 > clip.context_length]
-    except AttributeError:  # tokenizers without encode(): rely on their own truncation
-        long = []
-    if long:
-        warnings.warn(f"{len(long)} caption(s) exceed CLIP's {clip.context_length}-token context and were "
-                      f"truncated (e.g. {long[0][:60]!r})", stacklevel=2)
-    return tokens
-
-
-@torch.no_grad()
-def clip_image_features(clip, paths: list[Path], batch_size: int = 64, device="cpu") -> torch.Tensor:
-    from tqdm.auto import tqdm
-
-    out = []
-    for i in tqdm(range(0, len(paths), batch_size), desc="CLIP images", leave=False,
-                  disable=len(paths) <= batch_size or progress_disabled()):
-        x = torch.stack([clip.preprocess(open_image(p)) for p in paths[i:i + batch_size]]).to(device)
-        out.append(clip.model.encode_image(x, normalize=True).float().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def clip_text_features(clip, texts: list[str], batch_size: int = 256, device="cpu") -> torch.Tensor:
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tokens = _clip_tokens(clip, texts[i:i + batch_size]).to(device)
-        out.append(clip.model.encode_text(tokens, normalize=True).float().cpu())
-    return torch.cat(out)
-
-
 @dataclass
 class ClipScores:
     clipscore: np.ndarray  # per image, 2.5 * max(cos, 0)
@@ -207,13 +172,13 @@ class ClipScores:
 
 def clip_scores(clip, paths: list[Path], captions: list[str], references: list[list[str]] | None = None,
                 prefix: str = "", device="cpu", batch_size: int = 64, w: float = 2.5) -> ClipScores:
-    img = clip_image_features(clip, paths, batch_size, device)
-    txt = clip_text_features(clip, [prefix + c for c in captions], device=device)
+    img = encode_images(clip, paths, batch_size, device, desc="CLIP images")
+    txt = encode_texts(clip, [prefix + c for c in captions], device=device, trim=False)
     cs = w * np.clip((img * txt).sum(-1).numpy(), 0, None)
     ref = None
     if references is not None:
         flat = [prefix + r for refs in references for r in refs]
-        rf = clip_text_features(clip, flat, device=device)
+        rf = encode_texts(clip, flat, device=device, trim=False)
         best, i = [], 0
         for b, refs in enumerate(references):
             best.append(float((rf[i:i + len(refs)] @ txt[b]).max()))
@@ -251,27 +216,6 @@ def evaluate(predictions: dict[str, str], caption_set, clip=None, tokenizer: str
         for k, a, b in zip(keys, cs.clipscore, cs.refclipscore, strict=True):
             result["per_image"][k].update(CLIPScore=float(a), RefCLIPScore=float(b))
     return result
-
-
-def cider_validator(paths: list[Path], references: list[list[str]], features, tokenizer, max_len: int = 60,
-                    batch_size: int = 32, tokenizer_kind: str = "python"):
-    """A training-loop validator: greedy captions of `paths` scored by CIDEr-D against `references`.
-    `features(indices) -> (B, S, E)` gives encoder tokens (e.g. a FeatureSource)."""
-    from .decode import greedy
-
-    keys = [str(i) for i in range(len(paths))]
-
-    def validate(model) -> dict:
-        preds = {}
-        for i in range(0, len(paths), batch_size):
-            idx = list(range(i, min(i + batch_size, len(paths))))
-            out = greedy(model, features(idx), tokenizer.eot_id, max_len)
-            for j, toks in zip(idx, out.tokens, strict=True):
-                preds[keys[j]] = tokenizer.decode(toks).strip()
-        score, _ = cider(preds, dict(zip(keys, references, strict=True)), tokenizer_kind)
-        return {"cider": score, "example": preds[keys[0]]}
-
-    return validate
 
 
 def java_available() -> bool:

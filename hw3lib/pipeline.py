@@ -34,13 +34,14 @@ from .captioner import (
 )
 from .config import load_config
 from .data import read_caption_file
-from .decode import caption_images
 from .demo import read_boxes
+from .device import resolve_device
 from .features import FeatureCache, FeatureSource, encoder_fingerprint
+from .files import HW3Error, atomic_write_json, list_images, read_json, run_lock
+from .generate import caption_images, greedy
 from .grounding import grounding
-from .io import HW3Error, atomic_write_json, list_images, read_json, run_lock
-from .metrics import cider_validator, evaluate, java_available
-from .train import augmentation_transform, caption_data, fit, resolve_device, seed_everything
+from .metrics import cider, evaluate, java_available
+from .train import augmentation_transform, caption_data, fit, seed_everything
 
 
 def manifest_for(assets, decoder=None, parts=MANIFEST_PARTS, clip_model=None, clip_pretrained=None):
@@ -71,7 +72,8 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
         done = read_json(out / "config.json")
         if done.get("captioner") == asdict(cap_cfg) and done.get("train") == asdict(cfg):
             return read_json(out / "summary.json")
-        raise HW3Error(f"{out}: holds a finished run with another configuration (use a new folder)")
+        raise HW3Error(f"{out}: holds a finished run with another configuration (remove that folder to retrain, "
+                       "or choose another)")
     with run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
         return _train_locked(cap_cfg, cfg, assets, p2_dir, out)
 
@@ -124,6 +126,25 @@ def _train_locked(cap_cfg, cfg, assets, p2_dir: Path, out: Path) -> dict:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def cider_validator(paths: list[Path], references: list[list[str]], features, tokenizer, max_len: int = 60,
+                    batch_size: int = 32, tokenizer_kind: str = "python"):
+    """A training-loop validator: greedy captions of `paths` scored by CIDEr-D against `references`.
+    `features(indices) -> (B, S, E)` gives encoder tokens (e.g. a FeatureSource)."""
+    keys = [str(i) for i in range(len(paths))]
+
+    def validate(model) -> dict:
+        preds = {}
+        for i in range(0, len(paths), batch_size):
+            idx = list(range(i, min(i + batch_size, len(paths))))
+            out = greedy(model, features(idx), tokenizer.eot_id, max_len)
+            for j, toks in zip(idx, out.tokens, strict=True):
+                preds[keys[j]] = tokenizer.decode(toks).strip()
+        score, _ = cider(preds, dict(zip(keys, references, strict=True)), tokenizer_kind)
+        return {"cider": score, "example": preds[keys[0]]}
+
+    return validate
 
 
 def load_run(checkpoint, manifest, device="cpu"):

@@ -15,7 +15,7 @@ import numpy as np
 def save(fig, path: str | Path, dpi: int = 130) -> Path:
     """Save a figure atomically (write, then rename), show it inline when running in a notebook's
     kernel (JupyterLab, papermill), then close it."""
-    from .io import atomic_path
+    from .files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from .io import HW3Error, atomic_write_json, atomic_write_text, read_json
+from .files import HW3Error, atomic_write_json, atomic_write_text, read_json
 
-ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ("p1_prompt_analysis", "p2_peft_captioning", "p3_attention_visualization")
 DEMO_VARIANTS = ["none", "lora16", "lora8", "adapter", "prompt", "prefix", "dora", "ia3"]
 REAL_VARIANTS = ["report_lora16", "report_lora8", "report_adapter", "report_prompt"]
 
@@ -29,17 +29,27 @@ def require_kernel(kernel: str = "hw3lib") -> None:
                        f"`python -m ipykernel install --sys-prefix --name {kernel}` in this environment")
 
 
-def run_notebook(name: str, parameters: dict, out_dir: Path, kernel: str = "hw3lib") -> Path:
+def project_root(path: Path) -> Path:
+    """The checkout holding notebooks/ and configs/ (the notebooks are project files, not package data)."""
+    path = path.resolve()
+    missing = [f"notebooks/{n}.py" for n in NOTEBOOKS if not (path / "notebooks" / f"{n}.py").is_file()]
+    if missing or not (path / "configs" / "demo").is_dir():
+        raise HW3Error(f"{path}: not an hw3lib checkout (no {(missing or ['configs/demo'])[0]}); run from the "
+                       "checkout or pass --project")
+    return path
+
+
+def run_notebook(root: Path, name: str, parameters: dict, out_dir: Path, kernel: str = "hw3lib") -> Path:
     import jupytext
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = out_dir / f"{name}.input.ipynb"
-    jupytext.write(jupytext.read(ROOT / "notebooks" / f"{name}.py"), staged)  # the .py is the source of truth
+    jupytext.write(jupytext.read(root / "notebooks" / f"{name}.py"), staged)  # the .py is the source of truth
     executed = out_dir / f"{name}.ipynb"
     try:  # the notebook's own output (per-variant lines, progress bars) streams through as it comes
         papermill.execute_notebook(str(staged), str(executed), parameters=parameters, kernel_name=kernel,
-                                   cwd=str(ROOT / "notebooks"), progress_bar=False,
+                                   cwd=str(root / "notebooks"), progress_bar=False,
                                    stdout_file=sys.stdout, stderr_file=sys.stderr)
     except papermill.PapermillExecutionError as e:
         raise HW3Error(f"{name}: cell {e.exec_count} failed: {e.ename}: {e.evalue} (see {executed})") from None
@@ -136,26 +146,33 @@ def p2_section(p2: dict) -> list[str]:
     ref = p2.get("reference")
     lines = ["## P2: PEFT variants (val split, greedy)", "",
              f"CIDEr-D with the {p2['tokenizer']} tokenizer; CLIPScore with the manifest's CLIP; 95% bootstrap "
-             f"intervals over images. Grounding (demo world): the share of (colour, shape) mentions, shape words "
-             f"and colour words that name an object of the image." + (f" Delta: paired bootstrap against {ref} "
-                                                                     f"on the same images." if ref else ""), "",
-             "| variant | PEFT | trainable | CIDEr [95% CI] | CLIPScore [95% CI] | mentions right | shape words | "
-             "colour words |" + (f" delta CIDEr vs {ref} |" if ref else ""),
-             "|---|---|---:|---|---|---|---:|---:|" + ("---|" if ref else "")]
+             "intervals over images. Grounding (demo world): the share of (colour, shape) mentions, shape words "
+             "and colour words that name an object of the image.", "",
+             "| variant | PEFT | trainable | CIDEr [95% CI] | CLIPScore [95% CI] | mentions right [95% CI] | "
+             "shape words | colour words |", "|---|---|---:|---|---|---|---:|---:|"]
     for r in p2["rows"]:
         g = r.get("grounding") or {}
-        cells = [r["variant"], r["peft"], f"{r['trainable']:,}",
-                 f"{r['CIDEr']:.3f} [{_ci(r.get('CIDEr_ci'), False)}]", f"{r['CLIPScore']:.3f} [{_ci(r.get('CLIPScore_ci'), False)}]",
-                 f"{_pct(g['mentions']['share'])} [{_ci(g['mentions']['ci'])}]" if g.get("mentions") else "",
-                 _pct(g["shapes"]["share"]) if g.get("shapes") else "", _pct(g["colors"]["share"]) if g.get("colors") else ""]
-        if ref:
-            cells.append(_delta((r.get("vs_reference") or {}).get("CIDEr")))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([
+            r["variant"], r["peft"], f"{r['trainable']:,}", f"{r['CIDEr']:.3f} [{_ci(r.get('CIDEr_ci'), False)}]",
+            f"{r['CLIPScore']:.3f} [{_ci(r.get('CLIPScore_ci'), False)}]",
+            f"{_pct(g['mentions']['share'])} [{_ci(g['mentions']['ci'])}]" if g.get("mentions") else "",
+            _pct(g["shapes"]["share"]) if g.get("shapes") else "", _pct(g["colors"]["share"]) if g.get("colors") else ""])
+            + " |")
+    if ref:
+        lines += ["", f"Each variant minus {ref} (the report's setting) on the same images: paired bootstrap "
+                  "95% intervals (an interval that contains 0 is no detectable difference):", "",
+                  "| variant | delta CIDEr | delta CLIPScore | delta mentions right |", "|---|---|---|---|"]
+        for r in p2["rows"]:
+            d = r.get("vs_reference")
+            if d:
+                lines.append(f"| {r['variant']} | {_delta(d.get('CIDEr'))} | {_delta(d.get('CLIPScore'))} | "
+                             f"{_delta(d.get('mentions'), 100, '+.1f', ' pts')} |")
     b = p2["best"]
     lines += ["", f"Best: {b['variant']} (CIDEr {b['CIDEr']:.3f}, CLIPScore {b['CLIPScore']:.3f})."]
     if p2.get("beam"):
-        lines += [f"Beam {p2['beam']['beams']}: CIDEr {p2['beam']['CIDEr']:.3f} [{_ci(p2['beam'].get('CIDEr_ci'), False)}], "
-                  f"CLIPScore {p2['beam']['CLIPScore']:.3f}."]
+        bm = p2["beam"]
+        lines += [f"Beam {bm['beams']}: CIDEr {bm['CIDEr']:.3f} [{_ci(bm.get('CIDEr_ci'), False)}], CLIPScore "
+                  f"{bm['CLIPScore']:.3f}; beam minus greedy: CIDEr {_delta((bm.get('vs_reference') or {}).get('CIDEr'))}."]
     return lines + [""]
 
 
@@ -211,43 +228,40 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hw3lib.report", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="an hw3_data/ folder")
     p.add_argument("--assets", required=True, help="assets.json (or 'real')")
-    p.add_argument("--figures", type=Path, default=ROOT / "figures")
-    p.add_argument("--runs", type=Path, default=ROOT / "build" / "runs")
-    p.add_argument("--html", type=Path, default=ROOT / "build" / "report",
-                   help="folder for the HTML copy of the executed notebooks and its index.html")
+    p.add_argument("--project", type=Path, default=Path("."), help="the hw3lib checkout (notebooks/, configs/)")
+    p.add_argument("--figures", type=Path, default=None, help="default: PROJECT/figures")
+    p.add_argument("--runs", type=Path, default=None, help="default: PROJECT/build/runs")
+    p.add_argument("--html", type=Path, default=None,
+                   help="folder for the HTML copy of the executed notebooks and its index.html (default: "
+                   "PROJECT/build/report)")
     p.add_argument("--real", action="store_true", help="real data: the report's configs, not the demo twins")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     try:
         if not args.data.is_dir():
             raise HW3Error(f"{args.data}: data folder not found")
+        root = project_root(args.project)
+        figures, runs = args.figures or root / "figures", args.runs or root / "build" / "runs"
+        require_kernel()
         assets = str(Path(args.assets).resolve()) if args.assets != "real" else "real"
         common = {"data_dir": str(args.data.resolve()), "assets": assets, "device": args.device,
-                  "figures_dir": str(args.figures.resolve())}
-        require_kernel()
-        executed = ROOT / "notebooks" / "executed"
-        group = "real" if args.real else "demo"
-        t_all = time.time()
-        steps = [
-            ("p1_prompt_analysis", {}),
-            ("p2_peft_captioning", {"runs_dir": str(args.runs.resolve()), "run_group": group,
-                                    "configs_dir": str(ROOT / "configs" / ("" if args.real else "demo")),
-                                    "variants": REAL_VARIANTS if args.real else DEMO_VARIANTS,
-                                    "reference": "report_lora16" if args.real else "lora16"}),  # the report's setting
-            ("p3_attention_visualization", {}),
-        ]
-        done = []
-        for i, (name, extra) in enumerate(steps, 1):
-            if name == "p3_attention_visualization":  # P3 looks at P2's best run
-                extra = {"checkpoint": read_json(args.figures / "p2_summary.json")["best"]["run"]}
+                  "figures_dir": str(figures.resolve())}
+        p2 = {"runs_dir": str(runs.resolve()), "run_group": "real" if args.real else "demo",
+              "configs_dir": str(root / "configs" / ("" if args.real else "demo")),
+              "variants": REAL_VARIANTS if args.real else DEMO_VARIANTS,
+              "reference": "report_lora16" if args.real else "lora16"}  # the report's setting
+        t_all, done = time.time(), []
+        for i, name in enumerate(NOTEBOOKS, 1):
+            extra = {NOTEBOOKS[1]: p2}.get(name, {})
+            if name == NOTEBOOKS[2]:  # P3 looks at P2's best run
+                extra = {"checkpoint": read_json(figures / "p2_summary.json")["best"]["run"]}
             t0 = time.time()
             print(f"[report {i}/3] {name} ...", flush=True)
-            done.append(run_notebook(name, common | extra, executed))
+            done.append(run_notebook(root, name, common | extra, root / "notebooks" / "executed"))
             print(f"[report {i}/3] {name} done in {time.time() - t0:.0f} s", flush=True)
-        models_dir = Path(assets).parent if assets != "real" else None
-        write_summary(args.figures, models_dir)
-        index = export_html(done, args.figures, args.html)
-        print(f"[report] figures and {args.figures / 'summary.md'} written in {time.time() - t_all:.0f} s")
+        write_summary(figures, Path(assets).parent if assets != "real" else None)
+        index = export_html(done, figures, args.html or root / "build" / "report")
+        print(f"[report] figures and {figures / 'summary.md'} written in {time.time() - t_all:.0f} s")
         print(f"[report] browsable report: {index}")
     except HW3Error as e:
         print(f"error: {e}", file=sys.stderr)

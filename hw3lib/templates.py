@@ -9,7 +9,7 @@ Built-in sets (`--templates NAME`):
 
 from __future__ import annotations
 
-from .io import HW3Error
+from .files import HW3Error
 
 REPORT = ("This is a photo of {object}", "This is not a photo of {object}", "No {object}, no score.")
 PHOTO = ("a photo of a {object}.",)

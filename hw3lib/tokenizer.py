@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .io import HW3Error, atomic_write_text, read_json
+from .files import HW3Error, atomic_write_text, read_json
 
 EOT = "<|endoftext|>"
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .attention import CaptionAttention, display_maps, method_maps, overlay
-from .io import open_image
+from .files import open_image
 
 METHODS = ("raw", "rollout", "relevance")
 

@@ -18,60 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .assets import ClipBundle
+from .clip_features import encode_images, encode_texts
 from .data import P1Dataset, load_images, read_p1_folder
-from .io import HW3Error, atomic_path, progress_disabled
+from .files import HW3Error, atomic_path
 from .stats import bootstrap_ci, paired_test
 from .templates import check_template, fill
 
 # ----------------------------------------------------------------------------------------------
-# encoding
-
-
-@torch.no_grad()
-def encode_images(clip: ClipBundle, images, batch_size: int = 64, device="cpu", desc="encoding images") -> torch.Tensor:
-    """Normalised image features (N, D) of PIL images, batched, with the model's own preprocessing."""
-    feats = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) <= batch_size or progress_disabled()):
-        x = torch.stack([clip.preprocess(im) for im in images[i:i + batch_size]]).to(device)
-        feats.append(clip.model.encode_image(x, normalize=True).float().cpu())
-    return torch.cat(feats)
-
-
-def _trimmable(model) -> bool:
-    """open_clip's built-in text tower (causal mask, pooled at the end token = the highest id)."""
-    return (getattr(model, "attn_mask", None) is not None and hasattr(model, "positional_embedding")
-            and getattr(model, "text_pool_type", None) == "argmax" and hasattr(model, "token_embedding"))
-
-
-def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
-    """`model.encode_text(tokens, normalize=True)`, computed over the first L positions only, where L
-    is the longest prompt in the batch. Exact for causal text towers pooled at the end token: no
-    position before the end token attends past it. Prompts are ~10 of 77 tokens, so this is ~5x less
-    work. Other towers fall back to encode_text."""
-    if not _trimmable(model):
-        return model.encode_text(tokens, normalize=True)
-    L = int(tokens.argmax(dim=-1).max()) + 1
-    tokens = tokens[:, :L]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:L].to(cast)  # (B, L, C)
-    x = model.transformer(x, attn_mask=model.attn_mask[:L, :L])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]  # (B, C) at the end token
-    x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
-    return torch.nn.functional.normalize(x, dim=-1)
-
-
-@torch.no_grad()
-def encode_texts(clip: ClipBundle, texts: list[str], batch_size: int = 256, device="cpu") -> torch.Tensor:
-    """Normalised text features (N, D)."""
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tokens = clip.tokenizer(texts[i:i + batch_size]).to(device)
-        out.append(encode_text_trimmed(clip.model, tokens).float().cpu())
-    return torch.cat(out)
+# text features
 
 
 def text_features(clip: ClipBundle, class_names: list[str], templates: list[str], device="cpu",

@@ -39,11 +39,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from hw3lib.assets import load_clip, load_manifest
-from hw3lib.io import atomic_write_json, open_image
+from hw3lib.files import atomic_write_json, open_image
 from hw3lib.plots import (confusion_figure, negation_figure, per_class_accuracy_figure, prompt_table_figure, save,
                           selection_figure, top_probabilities_figure)
 from hw3lib.templates import OPENAI7, PHOTO, REPORT, template_set
-from hw3lib.train import resolve_device
+from hw3lib.device import resolve_device
 from hw3lib.zeroshot import (ZeroShotStudy, confusion_matrix, ensemble, negation_study, per_class_accuracy,
                              prompt_study, top_probabilities)
 

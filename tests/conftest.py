@@ -32,7 +32,7 @@ def small_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_models(small_world, tmp_path_factory):
     """The small demo models trained on `small_world`; returns the assets.json path."""
-    from hw3lib.pretrain import build_demo_models
+    from hw3lib.demo_models import build_demo_models
 
     return build_demo_models(small_world, tmp_path_factory.mktemp("models"), size="small", seed=0)
 

@@ -19,7 +19,7 @@ from hw3lib.assets import (
     load_tokenizer,
 )
 from hw3lib.decoder import GPT2, GPT2Config
-from hw3lib.io import HW3Error, open_image
+from hw3lib.files import HW3Error, open_image
 
 
 def test_real_manifest_names_hub_models():
@@ -70,7 +70,7 @@ def test_timm_reads_the_demo_clip_tower_like_a_real_clip_checkpoint(small_models
     m = load_manifest(small_models)
     clip = load_clip(m.clip)
     enc = create_encoder(m.encoder)
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         ref = clip.model.encode_image(x)  # open_clip: ln_post(CLS) @ proj
         got = enc.forward_head(enc.forward_features(x))  # timm: norm -> token pool -> head
@@ -84,7 +84,7 @@ def test_encoder_preprocessing_comes_from_its_config(small_models, small_world):
     clip = load_clip(m.clip)
     enc = create_encoder(m.encoder)
     cfg = encoder_data_config(enc)
-    assert cfg["input_size"] == (3, 64, 64) and cfg["interpolation"] == "bicubic"
+    assert cfg["input_size"] == (3, 96, 96) and cfg["interpolation"] == "bicubic"
     img = open_image(next((small_world / "p2_data" / "images" / "val").glob("*.jpg")))
     torch.testing.assert_close(encoder_transform(enc)(img), clip.preprocess(img), atol=2e-2, rtol=0)
 

@@ -17,7 +17,7 @@ from hw3lib.attention import (
     to_grid,
     upsample,
 )
-from hw3lib.io import list_images
+from hw3lib.files import list_images
 from hw3lib.pipeline import load_run
 from hw3lib.viewer import html_viewer
 

@@ -16,7 +16,7 @@ from hw3lib.captioner import (
     save_checkpoint,
 )
 from hw3lib.decoder import GPT2, GPT2Config
-from hw3lib.io import HW3Error
+from hw3lib.files import HW3Error
 
 SMALL = {"lora_r": 4, "lora_alpha": 8.0, "adapter_dim": 8, "virtual_tokens": 3}
 EXPECTED = {"none": set(), "lora": {"lora"}, "dora": {"lora"}, "ia3": {"ia3"}, "adapter": {"adapter"},

@@ -16,7 +16,7 @@ from hw3lib.decoder import (
     normalise_gpt2_state_dict,
     save_decoder,
 )
-from hw3lib.io import HW3Error
+from hw3lib.files import HW3Error
 
 from .conftest import run_cli
 

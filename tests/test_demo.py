@@ -6,7 +6,7 @@ import pytest
 
 from hw3lib.data import read_caption_file, read_p1_folder
 from hw3lib.demo import COLORS, GRID, SHAPES, SIZES, read_boxes, write_demo_world
-from hw3lib.io import HW3Error, open_image
+from hw3lib.files import HW3Error, open_image
 
 from .conftest import run_cli
 

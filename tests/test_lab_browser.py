@@ -21,7 +21,7 @@ pytestmark = pytest.mark.browser
 NOTEBOOK = """\
 from hw3lib.assets import encoder_transform, load_tokenizer
 from hw3lib.attention import capture
-from hw3lib.io import list_images
+from hw3lib.files import list_images
 from hw3lib.pipeline import load_run, manifest_for
 from hw3lib.viewer import AttentionExplorer
 

@@ -39,7 +39,7 @@ def test_notebook_holds_no_model_or_training_code(name):
 
 
 def test_report_names_a_missing_kernel_in_one_line():
-    from hw3lib.io import HW3Error
+    from hw3lib.files import HW3Error
     from hw3lib.report import require_kernel
 
     require_kernel("hw3lib")  # make venv registered it

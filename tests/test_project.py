@@ -51,3 +51,16 @@ def test_package_level_entry_points(gpt2_files):
     tok = hw3lib.load_gpt2_tokenizer(*gpt2_files)
     assert tok.vocab_size == 50257 and callable(hw3lib.load_decoder) and callable(hw3lib.show_attention)
     assert issubclass(hw3lib.HW3Error, Exception)
+
+
+def test_readme_module_table_matches_the_package():
+    """Every module of hw3lib/ is in the README's table, and the table names no module that is gone."""
+    import re
+    import sys
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| module | what |"):readme.index("Design notes:")]
+    listed = set(re.findall(r"`(\w+)\.py`", table))
+    modules = {p.stem for p in (ROOT / "hw3lib").glob("*.py")} - {"__init__", "__main__"}
+    assert listed == modules, f"missing from the README: {sorted(modules - listed)}; gone: {sorted(listed - modules)}"
+    assert not modules & set(sys.stdlib_module_names), "a module name shadows the standard library"

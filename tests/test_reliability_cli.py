@@ -129,7 +129,7 @@ def test_no_overwrite_export_decoder_input(tmp_path):
 
 def test_a_second_train_into_a_locked_folder_refuses_and_a_killed_lock_holder_frees_it(world, tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hw3lib.io import run_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hw3lib.files import run_lock\n"
                                f"with run_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(300)"],
                               stdout=subprocess.PIPE, text=True)
     try:

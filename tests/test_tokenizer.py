@@ -7,7 +7,7 @@ from functools import lru_cache
 import pytest
 import regex
 
-from hw3lib.io import HW3Error
+from hw3lib.files import HW3Error
 from hw3lib.tokenizer import EOT, load_gpt2_tokenizer, train_bpe
 
 CAPTIONS = [

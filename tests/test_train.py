@@ -15,7 +15,7 @@ from hw3lib.captioner import CaptionerConfig, build_captioner, read_checkpoint
 from hw3lib.config import TrainConfig, load_config
 from hw3lib.data import read_caption_file
 from hw3lib.features import FeatureCache, FeatureSource, encoder_fingerprint
-from hw3lib.io import HW3Error
+from hw3lib.files import HW3Error
 from hw3lib.train import caption_data, fit
 
 from .conftest import ROOT, run_cli

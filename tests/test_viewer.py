@@ -26,7 +26,7 @@ def real_size_capture(tmp_path):
     path = tmp_path / "img.png"
     Image.fromarray(np.full((224, 224, 3), 128, np.uint8)).save(path)
     return CaptionAttention(path, "a red circle", [1, 2, 3, 4, 9], ["a", " red", " circle", ".", "<|endoftext|>"],
-                            att, torch.zeros(S, 8), torch.zeros(3, 224, 224), (16, 16), 1)
+                            att, torch.zeros(S, 8), torch.zeros(3, 224, 224), (16, 16), 1, 9)
 
 
 def test_explorer_controls_select_the_maps_they_name(real_size_capture):

@@ -8,13 +8,13 @@ import torch
 from open_clip import build_zero_shot_classifier
 
 from hw3lib.assets import ClipSpec, load_clip, load_manifest
+from hw3lib.clip_features import encode_text_trimmed
 from hw3lib.templates import OPENAI7, REPORT, fill, template_set
 from hw3lib.zeroshot import (
     ZeroShotStudy,
     accuracy,
     build_classifier,
     confusion_matrix,
-    encode_text_trimmed,
     greedy_selection,
     per_class_accuracy,
     per_template_accuracy,

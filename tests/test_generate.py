@@ -5,7 +5,7 @@ import torch
 
 from hw3lib.assets import load_manifest
 from hw3lib.captioner import PEFT_KINDS, CaptionerConfig, build_captioner
-from hw3lib.decode import beam_search, greedy, sequence_logprob, teacher_forced_argmax
+from hw3lib.generate import beam_search, greedy, sequence_logprob, teacher_forced_argmax
 
 MAX = 14
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .assets import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec, load_clip
 from .data import read_caption_file
 from .decoder import GPT2, GPT2Config, save_decoder
-from .io import (
+from .files import (
     HW3Error,
     atomic_path,
     atomic_write_json,
@@ -212,7 +212,8 @@ def train_clip(bundle, train, val, boxes: dict, world: dict, s: DemoModelSetting
             model.logit_scale.clamp_(0, math.log(100))
         log["clip_object_loss"].append(round(obj_loss.item(), 5))
         bar.update()
-        bar.set_postfix(objects=f"{obj_loss.item():.3f}", contrastive=log["clip_loss"][-1] if log["clip_loss"] else "-")
+        bar.set_postfix(objects=f"{obj_loss.item():.3f}", contrastive=log["clip_loss"][-1] if log["clip_loss"] else "-",
+                        refresh=False)
     bar.close()
     model.visual.output_tokens = False
     model.eval()
@@ -234,7 +235,8 @@ def clip_recall_at_1(bundle, split) -> float:
 def attribute_zero_shot(bundle, images, shape_labels, color_labels, shapes: list[str], colors: list[str]) -> dict:
     """Zero-shot shape and colour accuracy. Each class's text embedding averages the caption phrase
     "a single {colour} {shape}" over the other attribute (the shape "circle" is every colour of circle)."""
-    from .zeroshot import encode_images, ensemble, text_features
+    from .clip_features import encode_images
+    from .zeroshot import ensemble, text_features
 
     feats = encode_images(bundle, images)  # (N, D)
     per = text_features(bundle, [f"{c} {sh}" for c in colors for sh in shapes], ["a single {object}"])[0]
@@ -311,7 +313,7 @@ def train_gpt(tok, train_caps, val_caps, s: DemoModelSettings, seed: int, log: d
             log["gpt_loss"].append(round(loss.item(), 5))
             step += 1
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     model.eval()
     return model, perplexity(model, tok, val_caps, s.gpt_block)
@@ -328,6 +330,18 @@ def perplexity(model: GPT2, tok, captions: list[str], block: int) -> float:
                                reduction="sum").item()
         count += int((y[i:i + 256] != -100).sum())
     return math.exp(nll / count)
+
+
+def save_clip(model, out_dir: Path) -> None:
+    """clip/open_clip_model.safetensors (the whole CLIP), and encoder/clip_visual.safetensors: the
+    image tower alone, which timm reads through its CLIP checkpoint filter as the caption encoder."""
+    from safetensors.torch import save_file
+
+    with atomic_path(out_dir / "clip" / "open_clip_model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    (out_dir / "encoder").mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "encoder" / "clip_visual.safetensors") as tmp:
+        save_file(clip_visual_state_dict(model), str(tmp))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,18 +383,9 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
     world, boxes = read_json(data_dir / "DEMO.json"), read_json(p2 / "boxes.json")
     recall = train_clip(bundle, train, val, boxes, world, s, seed, log)
     log["clip_zero_shot"] = clip_attribute_checks(bundle, val, boxes, world, s, seed)
-    from safetensors.torch import save_file
+    save_clip(bundle.model, out_dir)
 
-    with atomic_path(clip_dir / "open_clip_model.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in bundle.model.state_dict().items()}, str(tmp))
-
-    # (c) caption encoder: the image tower, read by timm through its CLIP checkpoint filter
-    enc_dir = out_dir / "encoder"
-    enc_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(enc_dir / "clip_visual.safetensors") as tmp:
-        save_file(clip_visual_state_dict(bundle.model), str(tmp))
-
-    # (d) tiny GPT-2 LM
+    # (c) tiny GPT-2 LM
     gpt, ppl = train_gpt(tok, train_caps, val_caps, s, seed, log)
     save_decoder(gpt, out_dir / "decoder" / "decoder_model.bin")
 

@@ -284,8 +284,8 @@ def caption_images(model, paths, tokenizer, transform, beams: int = 1, max_len: 
     dynamic int8 when `quantize="int8"`)."""
     from tqdm.auto import tqdm
 
+    from .files import open_image, progress_disabled
     from .inference import fast_decoding
-    from .io import open_image, progress_disabled
 
     out = {}
     with fast_decoding(model, device, quantize, rows_hint=batch_size * beams):

@@ -5,7 +5,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from hw3lib.pretrain import build_demo_models
+from hw3lib.demo_models import build_demo_models
 
 from .conftest import run_cli
 
