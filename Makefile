@@ -9,6 +9,7 @@ DATA ?= $(DEMO)/hw3_data
 ASSETS ?= $(DEMO)/models/assets.json
 DEMO_SIZE ?= full
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2  # pytest-xdist processes (this machine has 2 cores); 0 runs in one process
 
 .PHONY: all venv report demo lab test lint bench browser clean
 
@@ -57,7 +58,7 @@ browser:
 		else echo "chromium not installed and no root apt: the browser test will be skipped"; fi; }
 
 test: venv browser
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Every benchmark; results go to build/bench/results.md (quoted in the README).
 bench: venv demo
