@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from . import stats
 from .files import HW3Error, open_image, progress_disabled
 from .generate import beam_search
+from .grounding import boxes_for
 
 # ----------------------------------------------------------------------------------------------
 # capture
@@ -274,9 +275,9 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
     hits = {m: [] for m in names}  # per image: nouns the map points at
     dels = {m: [] for m in names}
     counts, by_shape = [], {sh: {m: 0 for m in (*names, "nouns")} for sh in shapes}
-    per_head = None
+    per_head = 0.0  # (L, H) hits once a caption names an object
     for ca in tqdm(captures, desc="localisation", leave=False, disable=progress_disabled() or len(captures) < 2):
-        objects = boxes.get(ca.path.name) or boxes.get(f"val/{ca.path.name}") or []
+        objects = boxes_for(ca.path.name, boxes, default=[])
         nouns = _noun_boxes(ca, objects, shapes, colors)
         if not nouns:
             continue
@@ -296,7 +297,7 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
                 dels[m] += [deletion_auc(model, ca, t, maps[m][t].numpy()) for t, _, _ in nouns]
         for _, shape, _ in nouns:
             by_shape[shape]["nouns"] += 1
-        per_head = _pointing_per_head(ca, nouns, size, tol) + (0 if per_head is None else per_head)
+        per_head = per_head + _pointing_per_head(ca, nouns, size, tol)
     n = int(sum(counts))
     if n == 0:
         return {"nouns": 0, "images": 0, "pointing": dict.fromkeys(names), "pointing_ci": {}, "vs_random": {},
@@ -308,17 +309,13 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
         "images": len(counts),
         "pointing": {m: float(v.sum() / n) for m, v in right.items()},
         "pointing_ci": {m: list(stats.bootstrap_ci(v, total, n_boot=n_boot, seed=seed)) for m, v in right.items()},
-        "vs_random": {m: _paired(right["random"], right[m], total, n_boot, seed) for m in methods},
+        "vs_random": {m: stats.paired_bootstrap(right["random"], right[m], total, total, n_boot=n_boot,
+                                                seed=seed).as_dict() for m in methods},
         "pointing_by_shape": {sh: {k: (v / d["nouns"] if k != "nouns" and d["nouns"] else v) for k, v in d.items()}
                               for sh, d in by_shape.items()},
         "deletion_auc": {m: float(np.mean(v)) for m, v in dels.items()} if deletion else None,
         "pointing_per_layer_head": (per_head / n).tolist(),
     }
-
-
-def _paired(a, b, total, n_boot, seed) -> dict:
-    d = stats.paired_bootstrap(a, b, total, total, n_boot=n_boot, seed=seed)
-    return {"difference": d.difference, "ci": list(d.ci), "p_value": d.p_value}
 
 
 def _pointing_per_head(ca: CaptionAttention, nouns, size, tol) -> np.ndarray:

@@ -145,9 +145,9 @@ def object_targets(split, boxes: dict, split_name: str, grid: int, shapes: list[
     weights = torch.zeros(len(split.images), n_max, grid * grid)
     shape_y = torch.full((len(split.images), n_max), -100)
     color_y = torch.full((len(split.images), n_max), -100)
+    side = open_image(split.images[0].path).size[0]  # every demo image has the same side
+    centres = (np.arange(grid) + 0.5) * side / grid
     for i, im in enumerate(split.images):
-        side = open_image(im.path).size[0]
-        centres = (np.arange(grid) + 0.5) * side / grid
         for k, o in enumerate(boxes[f"{split_name}/{im.path.name}"]):
             x0, y0, x1, y1 = o["box"]
             inside = np.outer((centres >= y0) & (centres < y1), (centres >= x0) & (centres < x1)).flatten()

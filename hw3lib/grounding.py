@@ -56,12 +56,15 @@ def ground_caption(caption: str, objects: list[dict], shapes: list[str], colors:
     return g
 
 
-def boxes_for(key: str, boxes: dict[str, list[dict]], split: str = "val") -> list[dict]:
-    """The objects of the image whose file stem is `key` (boxes.json names files as `split/name.ext`)."""
+def boxes_for(key: str, boxes: dict[str, list[dict]], split: str = "val", default=None) -> list[dict]:
+    """The objects of the image named `key`, a file name or its stem (boxes.json names files as
+    `split/name.ext`); `default` when it has none, or KeyError when no default is given."""
     for name in (f"{split}/{key}", key):
         for k in (name, *(name + e for e in (".jpg", ".png", ".jpeg"))):
             if k in boxes:
                 return boxes[k]
+    if default is not None:
+        return default
     raise KeyError(key)
 
 

@@ -202,7 +202,7 @@ def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu
     demo world's boxes are known."""
     res = evaluate_predictions(preds, p2_dir, manifest=manifest, device=device, clip=clip)
     keys = sorted(res["per_image"])
-    out = {"CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"], "keys": keys,
+    out = {"CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"],
            "per_image": {m: np.array([res["per_image"][k][m] for k in keys]) for m in ("CIDEr", "CLIPScore")}}
     if boxes is not None:
         out["grounding"] = grounding(preds, boxes, world["shapes"], world["colors"])
@@ -225,8 +225,7 @@ def with_intervals(row: dict, scored: dict, reference: dict | None, n_boot: int 
         if g is not None and rg is not None and g.share("mentions") is not None and rg.share("mentions") is not None:
             paired["mentions"] = stats.paired_bootstrap(rg.right["mentions"], g.right["mentions"], rg.total["mentions"],
                                                         g.total["mentions"], n_boot=n_boot)
-        row["vs_reference"] = {m: {"difference": d.difference, "ci": list(d.ci), "p_value": d.p_value}
-                               for m, d in paired.items()}
+        row["vs_reference"] = {m: d.as_dict() for m, d in paired.items()}
     return row
 
 

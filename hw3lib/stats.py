@@ -63,6 +63,10 @@ class PairedDifference:
     ci: tuple[float, float]  # paired percentile bootstrap interval of the difference
     p_value: float  # two-sided bootstrap p: twice the share of resampled differences on the far side of 0
 
+    def as_dict(self) -> dict:
+        """The JSON form the reports use: difference, interval, p-value."""
+        return {"difference": self.difference, "ci": list(self.ci), "p_value": self.p_value}
+
 
 def paired_bootstrap(num_a, num_b, den_a=None, den_b=None, n_boot: int = 2000, alpha: float = 0.05,
                      seed: int = 0) -> PairedDifference:

@@ -244,7 +244,7 @@ class Trainer:
         """checkpoint-{kind}.safetensors; "last" also writes resume.pt."""
         s = self.state
         self.folder.save_checkpoint(kind, self.model, {"step": s["step"], "epoch": s["epoch"], "best": s["best"]})
-        if kind == "last":
+        if kind == "last" and self.folder.writer:  # other ranks would build the state for nothing
             self.folder.save_resume({"trainable": self.model.trainable_state_dict(), "optimizer": self.opt.state_dict(),
                                      "torch_rng": torch.get_rng_state(), "state": dict(s),
                                      "config": config_key(self.model, self.cfg)})
