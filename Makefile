@@ -11,7 +11,7 @@ DEMO_SIZE ?= full
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2  # pytest-xdist processes (this machine has 2 cores); 0 runs in one process
 
-.PHONY: all venv report demo lab test lint bench browser clean
+.PHONY: all venv report demo lab test lint bench gpu-smoke browser clean
 
 all: report
 
@@ -63,6 +63,11 @@ test: venv browser
 # Every benchmark; results go to build/bench/results.md (quoted in the README).
 bench: venv demo
 	$(PY) bench/run_all.py --out build/bench
+
+# The real-size GPU check (ViT-g + GPT-2 small + LoRA r=16, random weights, offline): run once on a CUDA
+# machine and record its `name: value` lines with the card's name (README, "GPU smoke test").
+gpu-smoke: venv
+	HF_HUB_OFFLINE=1 $(PY) bench/gpu_smoke.py $(GPU_SMOKE_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check hw3lib tests bench

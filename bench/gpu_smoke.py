@@ -1,15 +1,18 @@
-"""GPU smoke test at real size, offline: random weights, no hub, finishes in a few minutes.
+"""GPU smoke test at real size, offline: random weights, no hub, a few minutes (`make gpu-smoke`).
 
 Builds vit_gigantic_patch14_clip_224 (frozen encoder) + GPT-2 small decoder with cross-attention +
-LoRA r=16 (the report's best setting), then measures in bf16:
-  - training steps with the live encoder and with cached encoder tokens (images/s, peak memory)
-  - batched greedy and beam-3 decoding with the KV cache (tokens/s)
-  - greedy captions for 1,400 random-feature images through `fast_decoding` (time, images/s)
-  - model FLOPs utilisation (MFU) of the training step: 6 * trainable-path params * tokens approx.
-Prints `name: value` lines.
+LoRA r=16 (the report's best setting) in the precision `amp=auto` chooses for the card (bf16 from
+compute capability 8.0, fp16 with loss scaling below: `hw3lib.precision`), frozen weights stored in
+that half dtype, and prints `name: value` lines:
+  - the card and the precision choice;
+  - the memory plan (`hw3lib.memory`) against torch.cuda.max_memory_allocated, live encoder and cached;
+  - training steps/s and images/s with the live encoder and with cached encoder tokens;
+  - the encoder's model FLOPs utilisation (MFU) on its own, and the whole training step's;
+  - batched greedy / beam-3 decoding tokens/s, and greedy captions for 1,400 random-feature images
+    through `fast_decoding` (as `hw3 caption` decodes on the GPU): images/s.
 
-    python bench/gpu_smoke.py                 # on an NVIDIA GPU
-    python bench/gpu_smoke.py --tiny --device cpu   # the same code path at toy size (used by a test)
+    python bench/gpu_smoke.py                       # on an NVIDIA GPU
+    python bench/gpu_smoke.py --tiny --device cpu   # the same code path at toy size (a test runs it)
 """
 
 import argparse
@@ -21,8 +24,14 @@ from hw3lib.assets import EncoderSpec, create_encoder
 from hw3lib.captioner import Captioner, CaptionerConfig, parameter_report
 from hw3lib.decoder import GPT2, GPT2Config
 from hw3lib.generate import beam_search, greedy
+from hw3lib.memory import estimate
+from hw3lib.precision import choose_precision, device_name, store_frozen
+from hw3lib.train import batch_loss
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "RTX 2080 Ti": 107.0}
+# dense tensor-core peaks (TFLOP/s) by card and half dtype; fp32 accumulation where the card halves it
+PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp16": 989.0}, "H200": {"bf16": 989.0, "fp16": 989.0},
+               "A100": {"bf16": 312.0, "fp16": 312.0}, "L4": {"bf16": 121.0, "fp16": 121.0},
+               "RTX 2080 Ti": {"fp16": 53.8}, "T4": {"fp16": 65.0}}
 
 
 def sync(device):
@@ -38,6 +47,13 @@ def timed(fn, device, repeats):
         out = fn()
     sync(device)
     return (time.perf_counter() - t0) / repeats, out
+
+
+def peak_tflops(device, amp):
+    if device.type != "cuda":
+        return None
+    name = device_name(device)
+    return next((v.get(amp) for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
 def main():
@@ -61,76 +77,92 @@ def main():
         spec = EncoderSpec("vit_gigantic_patch14_clip_224")
         dcfg = GPT2Config.small(cross_attention=True)
         size, batch = 224, args.batch
+    precision = choose_precision("auto", device)
+    print(f"device: {device_name(device)}")
+    print(f"precision: {precision.describe()}")
     t0 = time.perf_counter()
-    enc = create_encoder(spec, pretrained=False).to(device)
-    model = Captioner(enc, GPT2(dcfg), CaptionerConfig(peft="lora", lora_r=16)).to(device)
+    cap = CaptionerConfig(peft="lora", lora_r=16)
+    enc = create_encoder(spec, pretrained=False, device=device, dtype=precision.storage)
+    model = store_frozen(Captioner(enc, GPT2(dcfg), cap).to(device), precision)
     rep = parameter_report(model)
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
     print(f"build_s: {time.perf_counter() - t0:.1f}")
     print(f"trainable_params: {rep['trainable']}")
     print(f"frozen_params: {rep['frozen']}")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+    with torch.device("meta"):
+        meta = Captioner(create_encoder(spec, "meta"), GPT2(dcfg), cap)
     images = torch.randn(batch, 3, size, size, device=device)
-    ids = torch.randint(0, dcfg.vocab_size, (batch, 20), device=device)
-    with amp:
+    pairs = [(i, torch.randint(0, dcfg.vocab_size - 1, (args.tokens - 1,)).tolist()) for i in range(batch)]
+    eot = dcfg.vocab_size - 1
+    with precision.autocast():
         cached = model.encode(images)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
 
     def train_step(feats_fn):
         def step():
-            with amp:
-                feats = feats_fn()
-                logits = model(feats, ids)
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids.roll(-1, 1).flatten())
+            feats = feats_fn()
+            loss = batch_loss(model, feats, pairs, eot, args.tokens, precision.autocast)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
         return step
 
     results = {}
-    for mode, fn in (("live", lambda: model.encode(images)), ("cache", lambda: cached)):
+    for mode, live in (("live", True), ("cache", False)):
+        fn = (lambda: model.encode(images)) if live else (lambda: cached)
         if device.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         dt, _ = timed(train_step(fn), device, args.steps)
         results[mode] = dt
+        print(f"train_steps_per_s_{mode}: {1 / dt:.2f}")
         print(f"train_images_per_s_{mode}: {batch / dt:.1f}")
+        plan = estimate(meta, batch, args.tokens, precision, live, (size, size))
+        print(f"memory_plan_gb_{mode}: {plan.total / 1e9:.4f}")
         if device.type == "cuda":
-            print(f"train_peak_gpu_mem_gb_{mode}: {torch.cuda.max_memory_allocated(device) / 2**30:.2f}")
+            measured = torch.cuda.max_memory_allocated(device)
+            print(f"train_peak_gpu_mem_gb_{mode}: {measured / 1e9:.4f}")
+            print(f"memory_plan_over_measured_{mode}: {plan.total / measured:.2f}")
     print(f"train_speedup_cache_vs_live: {results['live'] / results['cache']:.2f}")
-    # MFU of the live step: encoder forward (2 * params * tokens) + decoder forward/backward (6 * params * tokens)
-    enc_tokens = cached.shape[1] * batch
+    enc_params = sum(q.numel() for q in enc.parameters())
+    enc_flops = 2 * enc_params * cached.shape[1] * batch  # forward only: the encoder is frozen
+    with torch.no_grad(), precision.autocast():
+        dt_enc, _ = timed(lambda: model.encode(images), device, args.steps)
     dec_params = sum(q.numel() for n, q in model.named_parameters() if not n.startswith("encoder."))
-    flops = 2 * sum(q.numel() for q in enc.parameters()) * enc_tokens + 6 * dec_params * ids.numel()
-    achieved = flops / results["live"] / 1e12
-    print(f"train_tflops_live: {achieved:.1f}")
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        if peak:
-            print(f"train_mfu_live: {achieved / peak:.3f}")
+    step_flops = enc_flops + 6 * dec_params * batch * args.tokens
+    peak = peak_tflops(device, precision.amp)
+    print(f"encoder_tflops: {enc_flops / dt_enc / 1e12:.4f}")
+    print(f"train_tflops_live: {step_flops / results['live'] / 1e12:.4f}")
+    if peak:
+        print(f"encoder_mfu: {enc_flops / dt_enc / 1e12 / peak:.3f}")
+        print(f"train_mfu_live: {step_flops / results['live'] / 1e12 / peak:.3f}")
     model.eval()
-    eot = dcfg.vocab_size - 1
-    with torch.no_grad(), amp:
+    with torch.no_grad(), precision.autocast():
         dt, _ = timed(lambda: greedy(model, cached, eot, args.tokens, min_len=args.tokens), device, 2)
         print(f"greedy_tokens_per_s: {batch * args.tokens / dt:.0f}")
         dt3, _ = timed(lambda: beam_search(model, cached, eot, 3, args.tokens, min_len=args.tokens), device, 1)
         print(f"beam3_tokens_per_s: {batch * args.tokens / dt3:.0f}")
         print(f"beam3_over_greedy_time: {dt3 / dt:.2f}")
-    caption_many(model, cached.shape[1], eot, args, device)
+    caption_many(model, cached.shape[1], eot, args, device, precision)
     if device.type == "cuda":
-        print(f"peak_gpu_mem_gb: {torch.cuda.max_memory_allocated(device) / 2**30:.2f}")
+        print(f"peak_gpu_mem_gb: {torch.cuda.max_memory_allocated(device) / 1e9:.2f}")
 
 
-def caption_many(model, n_tokens, eot, args, device):
+def caption_many(model, n_tokens, eot, args, device, precision):
     """Greedy captions (up to --tokens) for --caption-images random-feature images, through
-    `fast_decoding` as `hw3 caption` runs (bf16 autocast + SDPA on CUDA; packed fp32 on CPU)."""
+    `fast_decoding` as `hw3 caption` runs (the card's half precision + SDPA on CUDA; packed fp32 on CPU)."""
     from hw3lib.inference import fast_decoding
 
     g = torch.Generator(device=device).manual_seed(0)
     n, bs = args.caption_images, args.caption_batch
     sync(device)
     t0 = time.perf_counter()
-    with fast_decoding(model, device, rows_hint=bs):
+    with fast_decoding(model, device, rows_hint=bs, precision=precision):
         for i in range(0, n, bs):
             feats = torch.randn(min(bs, n - i), n_tokens, model.encoder_dim, device=device, generator=g)
             greedy(model, feats, eot, args.tokens)

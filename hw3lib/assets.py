@@ -27,6 +27,7 @@ tokenizer files relative to the working directory).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .files import HW3Error, atomic_write_json, first_line, read_json
+from .weights import assign_weights, empty_model, read_state_dict
 
 REAL_MANIFEST = {
     "clip": {"model": "ViT-B-32", "pretrained": "openai", "config": None},
@@ -129,7 +131,7 @@ def manifest_from_dict(raw: dict, base: Path, source: str) -> Manifest:
         try:
             parts[key] = cls(**raw[key])
         except TypeError as e:
-            raise HW3Error(f"{source}: section {key!r}: {e}") from None
+            raise HW3Error(f"{source}: section {key!r}: {e}") from e
         _check_field_types(parts[key], f"{source}: {key}")
     unknown = set(raw) - set(specs)
     if unknown:
@@ -232,51 +234,142 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> ClipBundle:
     pretrained = spec.pretrained
     if _looks_like_path(pretrained) and not Path(pretrained).is_file():
         raise HW3Error(f"{pretrained}: CLIP checkpoint not found")
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=pretrained, device=device)
-    except RuntimeError as e:
-        raise HW3Error(f"{pretrained}: checkpoint does not fit {spec.model} ({first_line(e)})") from None
-    except Exception as e:  # download failures, bad tags, corrupt files
-        raise HW3Error(f"cannot load CLIP {spec.model} / {pretrained}: {first_line(e)}") from None
-    model.eval()
+    try:  # open_clip resolves the architecture and the preprocessing of the tag or file; weights below
+        with empty_model() if pretrained else contextlib.nullcontext(), _quiet_open_clip():
+            model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=pretrained,
+                                                                         load_weights=False, device=None)
+        path = pretrained if not pretrained or Path(pretrained).is_file() else open_clip.download_pretrained(
+            open_clip.get_pretrained_cfg(spec.model, pretrained))
+    except Exception as e:  # download failures, bad tags
+        raise HW3Error(f"cannot load CLIP {spec.model} / {pretrained}: {first_line(e)}") from e
+    if path:
+        sd = _open_clip_state_dict(model, read_state_dict(path, "CLIP checkpoint"))
+        assign_weights(model, sd, path, f"checkpoint does not fit open_clip {spec.model}")
+        del sd
+    model.to(device).eval()
     tokenizer = open_clip.get_tokenizer(spec.model)
     ctx = int(getattr(tokenizer, "context_length", 77) or 77)
     return ClipBundle(model, preprocess, tokenizer, ctx)
 
 
-def create_encoder(spec: EncoderSpec, device: str | torch.device = "cpu", pretrained: bool = True):
-    """The frozen caption encoder (a timm ViT) in eval mode, plus its own preprocessing config.
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs "No pretrained weights loaded" when asked to build without them, as we ask
+    (the weights are assigned afterwards); that one message is dropped."""
+    import logging
 
-    With `pretrained=False` (or device "meta") the architecture is built with random weights, for
-    shape checks without a hub or a checkpoint.
+    def keep(record):
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def _open_clip_state_dict(model, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The conversions of `open_clip.load_checkpoint` (third-party and older layouts, scalar logit
+    scale, position-embedding resizing), without its copy into a randomly initialised model."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    if next(iter(sd)).startswith("module."):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    sd = convert_state_dict(model, sd)
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    for key in ("logit_scale", "logit_bias"):
+        own = getattr(model, key, None)
+        if key in sd and own is not None and own.ndim != sd[key].ndim:
+            sd[key] = sd[key].reshape(own.shape)
+    if "logit_bias" not in sd and getattr(model, "logit_bias", None) is not None:
+        sd["logit_bias"] = torch.zeros_like(sd["logit_scale"])
+    resize_pos_embed(sd, model)
+    resize_text_pos_embed(sd, model)
+    return sd
+
+
+def create_encoder(spec: EncoderSpec, device: str | torch.device = "cpu", pretrained: bool = True,
+                   dtype: torch.dtype | None = None):
+    """The frozen caption encoder (a timm ViT) in eval mode, with its own preprocessing config.
+
+    Weights come from the local `checkpoint` or the hub tag, through timm's checkpoint filter of the
+    architecture (so OpenAI/open_clip-format CLIP files convert as timm converts them); the model is
+    built with empty parameters and the file's tensors become them, so loading holds one copy of the
+    weights (`weights.py`). `dtype` stores them in that precision (half on a GPU that runs them so).
+    With `pretrained=False` the architecture gets random weights; with device "meta" it has no
+    weights at all (shape checks and memory plans, without a hub or a checkpoint).
     """
     import timm
 
-    kwargs = dict(spec.model_kwargs)
-    use_weights = pretrained and str(device) != "meta" and (spec.checkpoint or spec.hub_tag)
-    name = spec.model
+    on_meta = str(device) == "meta"
+    load = pretrained and not on_meta and bool(spec.checkpoint or spec.hub_tag)
+    if load and spec.checkpoint and not Path(spec.checkpoint).is_file():
+        raise HW3Error(f"{spec.checkpoint}: encoder checkpoint not found")
+    name = f"{spec.model}.{spec.hub_tag}" if spec.hub_tag and not spec.checkpoint else spec.model
     overlay = dict(spec.pretrained_cfg)
-    if use_weights and spec.checkpoint:
-        if not Path(spec.checkpoint).is_file():
-            raise HW3Error(f"{spec.checkpoint}: encoder checkpoint not found")
-        overlay["file"] = spec.checkpoint
-    elif use_weights and spec.hub_tag:
-        name = f"{spec.model}.{spec.hub_tag}"
     try:
-        if str(device) == "meta":
-            with torch.device("meta"):
-                model = timm.create_model(name, pretrained=False, pretrained_cfg_overlay=overlay or None, **kwargs)
-        else:
-            model = timm.create_model(name, pretrained=bool(use_weights), pretrained_cfg_overlay=overlay or None,
-                                      **kwargs)
-    except RuntimeError as e:
-        raise HW3Error(f"{spec.checkpoint or name}: weights do not fit timm model {spec.model} ({first_line(e)})") from None
+        with empty_model() if load or on_meta else contextlib.nullcontext():
+            model = timm.create_model(name, pretrained=False, pretrained_cfg_overlay=overlay or None,
+                                      **spec.model_kwargs)
     except Exception as e:
-        raise HW3Error(f"cannot build timm encoder {name}: {first_line(e)}") from None
+        raise HW3Error(f"cannot build timm encoder {name}: {first_line(e)}") from e
+    if load:
+        source = spec.checkpoint or f"timm hub weights {name}"
+        sd = _encoder_state_dict(spec, model, source)
+        assign_weights(model, sd, source, f"weights do not fit timm model {spec.model}", _head_hint(model, sd))
+        del sd
     model.eval().requires_grad_(False)
-    if str(device) != "meta":
-        model.to(device)
+    if not on_meta:
+        model.to(device=device, dtype=dtype)
     return model
+
+
+def _encoder_state_dict(spec: EncoderSpec, model, source) -> dict[str, torch.Tensor]:
+    """The encoder's tensors from its checkpoint or hub tag, after timm's filter for the architecture
+    (the `checkpoint_filter_fn` of the model's own timm module) and with a classifier the model does
+    not have dropped, as timm's own loading does."""
+    import sys
+
+    if spec.checkpoint:
+        sd = read_state_dict(spec.checkpoint, "encoder checkpoint")
+    else:
+        hub_id = model.pretrained_cfg.get("hf_hub_id")
+        if not hub_id:
+            raise HW3Error(f"timm tag {spec.model}.{spec.hub_tag} has no hub weights; give encoder.checkpoint")
+        try:
+            from timm.models import load_state_dict_from_hf
+
+            sd = load_state_dict_from_hf(hub_id, weights_only=True)
+        except Exception as e:
+            raise HW3Error(f"cannot load {source} ({hub_id}): {first_line(e)}") from e
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            sd = filter_fn(sd, model)
+        except Exception as e:  # a file of another architecture can fail inside the conversion
+            raise HW3Error(f"{source}: weights do not fit timm model {spec.model} (timm's conversion failed: "
+                           f"{first_line(e)})") from e
+    for k in _head_keys(model) - set(model.state_dict()):  # the model has no head (num_classes=0)
+        sd.pop(k, None)
+    return sd
+
+
+def _head_keys(model) -> set[str]:
+    """The state-dict keys of the model's classifier / projection head, as its pretrained_cfg names it."""
+    c = model.pretrained_cfg.get("classifier") or ()
+    return {f"{name}.{p}" for name in ((c,) if isinstance(c, str) else c) for p in ("weight", "bias")}
+
+
+def _head_hint(model, sd) -> str:
+    """When only the head is missing from the file: say how to build the encoder without it."""
+    missing = set(model.state_dict()) - set(sd)
+    if missing and missing <= _head_keys(model):
+        return ("; the captioner uses no head: set encoder.model_kwargs.num_classes = 0 in the manifest to build "
+                "the encoder without it")
+    return ""
 
 
 def encoder_data_config(model) -> dict:

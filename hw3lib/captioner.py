@@ -30,8 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoder import GPT2, check_fit
+from .decoder import GPT2
 from .files import HW3Error, atomic_path, first_line
+from .precision import Precision, store_frozen
+from .weights import check_fit
 
 PEFT_KINDS = ("none", "lora", "dora", "ia3", "adapter", "prompt", "prefix")
 CHECKPOINT_FORMAT = "hw3lib-captioner-1"
@@ -182,7 +184,11 @@ class Captioner(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen encoder tokens (B, S, E): CLS and every patch token, final norm applied."""
         self.encoder.eval()
-        return self.encoder.forward_features(images)
+        return self.encoder.forward_features(images.to(self.encoder_dtype()))
+
+    def encoder_dtype(self) -> torch.dtype:
+        """The dtype the encoder's weights are stored in (half when frozen weights are, `precision.py`)."""
+        return next(self.encoder.parameters()).dtype
 
     def prefixes(self):
         if self.prompt is not None:
@@ -210,7 +216,7 @@ class Captioner(nn.Module):
     def load_trainable(self, sd: dict[str, torch.Tensor], source="checkpoint") -> None:
         """Load exactly the trainable tensors; anything missing, extra or misshapen is an error."""
         own = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        check_fit(own, sd, source, "checkpoint does not fit this model", shown=4)
+        check_fit(own, sd, source, "checkpoint does not fit this model")
         with torch.no_grad():
             for k, p in own.items():
                 p.copy_(sd[k])
@@ -292,7 +298,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CaptionerConfig, dict[str,
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     except Exception as e:
-        raise HW3Error(f"{path}: not a readable safetensors checkpoint ({first_line(e, 160)})") from None
+        raise HW3Error(f"{path}: not a readable safetensors checkpoint ({first_line(e, 160)})") from e
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise HW3Error(f"{path}: not an hw3lib captioner checkpoint (format {metadata.get('format')!r})")
     cfg = CaptionerConfig(**json.loads(metadata["captioner"]))
@@ -301,13 +307,17 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CaptionerConfig, dict[str,
     return cfg, tensors, info
 
 
-def build_captioner(manifest, cfg: CaptionerConfig, device="cpu", with_encoder: bool = True) -> Captioner:
-    """The captioner from an asset manifest: its timm encoder and its decoder weights file."""
+def build_captioner(manifest, cfg: CaptionerConfig, device="cpu", with_encoder: bool = True,
+                    precision: Precision | None = None) -> Captioner:
+    """The captioner from an asset manifest: its timm encoder and its decoder weights file. Under a
+    half `precision` the frozen weights are stored in half (`precision.store_frozen`)."""
     from .assets import create_encoder, load_decoder_from_manifest
 
-    encoder = create_encoder(manifest.encoder, device) if with_encoder else None
+    storage = precision.storage if precision is not None else None
+    encoder = create_encoder(manifest.encoder, device, dtype=storage) if with_encoder else None
     enc_dim = None
     if encoder is None:
         enc_dim = create_encoder(manifest.encoder, "meta").num_features
     decoder = load_decoder_from_manifest(manifest, cross_attention=True)
-    return Captioner(encoder, decoder, cfg, encoder_dim=enc_dim).to(device)
+    model = Captioner(encoder, decoder, cfg, encoder_dim=enc_dim).to(device)
+    return store_frozen(model, precision) if precision is not None else model

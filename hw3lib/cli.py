@@ -92,10 +92,44 @@ def cmd_train(args) -> int:
 
     if args.print_config:
         from .config import config_toml, load_config
+        from .device import resolve_device
+        from .precision import choose_precision
 
-        print(config_toml(*load_config(args.config, args.overrides)), end="")
+        cap, tr = load_config(args.config, args.overrides)
+        print(config_toml(cap, tr), end="")
+        print(f"# amp = {tr.amp!r} on this machine: {choose_precision(tr.amp, resolve_device(tr.device)).describe()}")
         return 0
+    if args.plan or args.plan_gpu:
+        return _plan(args)
+    missing = [opt for opt, value in (("--data", args.data), ("--out", args.out)) if value is None]
+    if missing:
+        raise HW3Error(f"hw3 train: {' and '.join(missing)} required (except with --print-config or --plan)")
     train_run(args.config, args.assets, args.data, args.out, args.overrides, reuse=False)
+    return 0
+
+
+def _plan(args) -> int:
+    """hw3 train --plan / --plan-gpu: the precision and the memory plan, and whether it fits."""
+    import torch
+
+    from .config import load_config
+    from .device import resolve_device
+    from .memory import GiB
+    from .pipeline import manifest_for, plan_memory
+    from .precision import choose_precision, gpu_precision
+
+    cap, tr = load_config(args.config, args.overrides)
+    m = manifest_for(args.assets, parts=("decoder",))  # the encoder's architecture is all the plan needs
+    if args.plan_gpu:
+        gib, cc = args.plan_gpu
+        device, gpu_bytes = torch.device("cuda"), int(gib * GiB)
+        precision = gpu_precision(tr.amp, cc, f"a {gib:g} GiB GPU of compute capability {cc[0]}.{cc[1]}")
+    else:
+        device, gpu_bytes = resolve_device(tr.device), None
+        precision = choose_precision(tr.amp, device)
+    plan_memory(m, cap, tr, precision, device, gpu_bytes)
+    print("fits" if device.type == "cuda" else f"no GPU here ({device.type}): nothing to check it against "
+          "(--plan-gpu GIB[@CC] plans for a card you do not have)")
     return 0
 
 
@@ -117,12 +151,14 @@ def cmd_caption(args) -> int:
     if args.checkpoint is not None and not args.checkpoint.exists():
         raise HW3Error(f"--checkpoint {args.checkpoint}: no such run folder or checkpoint file")
     from .pipeline import caption_folder, load_run, manifest_for  # torch: only once the inputs are known good
+    from .precision import choose_precision
 
     m = manifest_for(args.assets, decoder=args.decoder_weights, parts=("encoder", "decoder", "tokenizer"))
     device = _device(args.device)
-    model = load_run(args.checkpoint, m, device)
+    precision = choose_precision("auto", device)  # half on a GPU (bf16 from compute capability 8.0, else fp16)
+    model = load_run(args.checkpoint, m, device, precision)
     preds = caption_folder(model, m, paths, args.beams, args.max_len, args.batch_size, args.length_penalty, device,
-                           quantize=args.quantize)
+                           quantize=args.quantize, precision=precision)
     if str(args.out_json) == "-":
         sys.stdout.write("".join(f"{name}\t{caption}\n" for name, caption in preds.items()))
         return 0
@@ -215,8 +251,8 @@ def _index_list(option: str, text: str, words: tuple[str, ...]):
         return text
     try:
         return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise HW3Error(f"{option}: expected {' or '.join(words)} or comma-separated integers, got {text!r}") from None
+    except ValueError as e:
+        raise HW3Error(f"{option}: expected {' or '.join(words)} or comma-separated integers, got {text!r}") from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,8 +319,8 @@ def _int_at_least(lo: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from e
         if value < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
         return value
@@ -299,6 +335,16 @@ def _device_name(text: str) -> str:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"unknown device {text!r} (auto, cpu, cuda, cuda:N, mps)")
     return text
+
+
+def _gpu_spec(text: str) -> tuple[float, tuple[int, int]]:
+    """'11' or '11@7.5': GPU memory in GiB and compute capability (default 8.0)."""
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(?:@(\d+)\.(\d))?", text)
+    if not m or float(m[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected GIB or GIB@MAJOR.MINOR (e.g. 11@7.5), got {text!r}")
+    return float(m[1]), (int(m[2] or 8), int(m[3] or 0))
 
 
 _positive = _int_at_least(1)
@@ -408,12 +454,18 @@ def build_parser() -> argparse.ArgumentParser:
                  "Any setting below overrides the config: --key=value (or --key value).",
                  ["hw3 train configs/report_lora16.toml --assets assets.json --data hw3_data/p2_data "
                   "--out runs/lora16 --lr=1e-4 --max_steps=500",
-                  "hw3 train configs/demo/lora16.toml --data build/demo/hw3_data/p2_data --out runs/x --print-config"])
+                  "hw3 train configs/demo/lora16.toml --data build/demo/hw3_data/p2_data --out runs/x --print-config",
+                  "hw3 train configs/report_lora16.toml --assets assets.json --plan-gpu 11@7.5"])
     s.add_argument("config", type=Path, help="TOML config with [captioner] and [train] tables")
     _assets_arg(s)
-    s.add_argument("--data", type=Path, required=True, help="the p2_data/ folder")
-    s.add_argument("--out", type=Path, required=True, help="run folder (resumed when it holds a run)")
+    s.add_argument("--data", type=Path, help="the p2_data/ folder (required to train)")
+    s.add_argument("--out", type=Path, help="run folder, resumed when it holds a run (required to train)")
     s.add_argument("--print-config", action="store_true", help="print the resolved config (TOML) and exit")
+    s.add_argument("--plan", action="store_true",
+                   help="print the precision and GPU-memory plan for this machine's device and exit (2 if it does not fit)")
+    s.add_argument("--plan-gpu", type=_gpu_spec, metavar="GIB[@CC]",
+                   help="plan for a GPU you do not have: memory in GiB, optionally @compute capability "
+                        "(11@7.5 is the RTX 2080 Ti; default capability 8.0)")
     s.more_help = _settings_epilog  # imports torch: only when the help is shown
     s.set_defaults(func=cmd_train, takes_overrides=True)
 

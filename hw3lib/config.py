@@ -23,7 +23,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up, in optimiser steps
     eta_min: float = 1e-6  # floor of the cosine annealing
     grad_clip: float = 1.0  # max gradient norm (0 = off)
-    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | off | bf16 | fp16
+    amp: str = "auto"  # auto (bf16 from compute capability 8.0, fp16 + loss scaling below, fp32 on CPU) | off | bf16 | fp16
     hflip: float = 0.0  # horizontal-flip probability (augmentation)
     color_jitter: float = 0.0  # colour-jitter strength for brightness/contrast/saturation (0 = off)
     feature_cache: bool = True  # cache frozen encoder tokens on disk (only without augmentation)
@@ -70,8 +70,8 @@ def _coerce(cls, key: str, value):
             if kind is list:
                 return [v.strip() for v in value.split(",") if v.strip()]
             return kind(float(value)) if kind is int and "e" in value.lower() else kind(value)
-        except ValueError:
-            raise HW3Error(f"setting {key}: {value!r} is not a valid {kind.__name__}") from None
+        except ValueError as e:
+            raise HW3Error(f"setting {key}: {value!r} is not a valid {kind.__name__}") from e
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is not type(value) and not (kind is list and isinstance(value, list)):
@@ -118,7 +118,7 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, str] | None
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise HW3Error(f"{path}: invalid TOML ({e})") from None
+            raise HW3Error(f"{path}: invalid TOML ({e})") from e
     unknown_tables = set(raw) - {"captioner", "train"}
     if unknown_tables:
         raise HW3Error(f"{path}: unknown table(s) {', '.join(sorted(unknown_tables))} (use [captioner] and [train])")

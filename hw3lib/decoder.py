@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .files import HW3Error, atomic_path, first_line
+from .files import HW3Error, atomic_path
+from .weights import assign_weights, empty_model, read_state_dict
 
 # weights stored transposed (Conv1D layout) in the course file and in transformers' GPT-2
 CONV1D_SUFFIXES = (".c_attn.weight", ".q_attn.weight", ".c_proj.weight", ".c_fc.weight")
@@ -268,41 +269,21 @@ class GPT2(nn.Module):
 # the course's file format
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise HW3Error(f"{path}: decoder weights file not found")
-    if path.stat().st_size == 0:
-        raise HW3Error(f"{path}: empty file (0 bytes)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            # weights_only: a checkpoint that would run code on unpickling is refused, not run
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises a zoo of types for bad files
-        raise HW3Error(f"{path}: not a readable weights file ({first_line(e, 200)})") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise HW3Error(f"{path}: expected a state dict of tensors")
-    return sd
-
-
 def normalise_gpt2_state_dict(sd: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
-    """Course/transformers GPT-2 keys -> this module's keys and layouts (Conv1D weights transposed)."""
-    out = {}
-    for key, value in sd.items():
+    """Course/transformers GPT-2 keys -> this module's keys and layouts (Conv1D weights transposed).
+    Consumes `sd`: each tensor leaves it as its converted copy is made, so the peak stays near one copy."""
+    out, head = {}, None
+    for key in list(sd):
+        value = sd.pop(key)
         k = key[len("transformer."):] if key.startswith("transformer.") else key
         if k.endswith(IGNORED_BUFFERS):
             continue
         if k == "lm_head.weight":
-            wte = sd.get("wte.weight", sd.get("transformer.wte.weight"))
-            if wte is not None and not torch.equal(value, wte):
-                raise HW3Error(f"{source}: lm_head.weight differs from wte.weight; the decoder's head must be tied")
+            head = value
             continue
         out[k] = value.t().contiguous() if k.endswith(CONV1D_SUFFIXES) and value.dim() == 2 else value
+    if head is not None and "wte.weight" in out and not head.is_meta and not torch.equal(head, out["wte.weight"]):
+        raise HW3Error(f"{source}: lm_head.weight differs from wte.weight; the decoder's head must be tied")
     return out
 
 
@@ -324,23 +305,13 @@ def infer_config(sd: dict[str, torch.Tensor], source) -> GPT2Config:
                       cross_attention=cross)
 
 
-def check_fit(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source,
-              problem: str = "weights do not fit the model", shown: int = 6) -> None:
-    """One line naming every missing / unexpected key and shape mismatch of `sd` against `own`."""
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-              for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
-    parts = [f"{label} {len(items)}: {', '.join(items[:shown])}{' ...' if len(items) > shown else ''}"
-             for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]
-    if parts:
-        raise HW3Error(f"{source}: {problem} ({'; '.join(parts)})")
-
-
-def load_state_strict(model: nn.Module, sd: dict[str, torch.Tensor], source) -> None:
-    """load_state_dict that reports every missing/unexpected key and shape mismatch in one line."""
-    check_fit(model.state_dict(), sd, source)
-    model.load_state_dict(sd, strict=True)
+def decoder_config(path: str | os.PathLike, n_head: int | None = None, cross_attention: bool = False) -> GPT2Config:
+    """The configuration `load_decoder` would build, read off the file's tensor shapes alone."""
+    path = Path(path)
+    cfg = infer_config(normalise_gpt2_state_dict(read_state_dict(path, "decoder weights file", meta=True), path), path)
+    cfg.n_head = n_head or cfg.n_head
+    cfg.cross_attention = cross_attention or cfg.cross_attention
+    return cfg
 
 
 def load_decoder(path: str | os.PathLike, n_head: int | None = None, cross_attention: bool = False) -> GPT2:
@@ -351,7 +322,7 @@ def load_decoder(path: str | os.PathLike, n_head: int | None = None, cross_atten
     tensors present in the file are loaded.
     """
     path = Path(path)
-    sd = normalise_gpt2_state_dict(_read_state_dict(path), path)
+    sd = normalise_gpt2_state_dict(read_state_dict(path, "decoder weights file"), path)
     cfg = infer_config(sd, path)
     if n_head is not None:
         cfg.n_head = n_head
@@ -359,19 +330,34 @@ def load_decoder(path: str | os.PathLike, n_head: int | None = None, cross_atten
         raise HW3Error(f"{path}: width {cfg.n_embd} is not divisible by {cfg.n_head} heads")
     file_has_cross = cfg.cross_attention
     cfg.cross_attention = cross_attention or file_has_cross
-    model = GPT2(cfg)
+    with empty_model():  # parameters on the meta device: the file's tensors become them
+        model = GPT2(cfg)
     if cfg.cross_attention and not file_has_cross:
-        own = model.state_dict()
-        sd = sd | {k: own[k] for k in own if ".crossattention." in k or ".ln_cross_attn." in k}
-    load_state_strict(model, sd, path)
-    return model
+        sd |= fresh_cross_attention(model)
+    return assign_weights(model, sd, path)
+
+
+def is_cross_attention_key(key: str) -> bool:
+    return ".crossattention." in key or ".ln_cross_attn." in key
+
+
+def fresh_cross_attention(model: GPT2) -> dict[str, torch.Tensor]:
+    """New cross-attention sub-layers for a decoder built by `empty_model`, initialised as GPT2 does
+    (from torch's global generator); returns their tensors by state-dict key."""
+    for blk in model.h:
+        for m in (blk.ln_cross_attn, blk.crossattention):
+            m.to_empty(device="cpu")
+            m.apply(GPT2._init_weights)
+        blk.ln_cross_attn.reset_parameters()
+        nn.init.normal_(blk.crossattention.c_proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * model.config.n_layer))
+    return {k: v for k, v in model.state_dict().items() if is_cross_attention_key(k)}
 
 
 def decoder_state_dict(model: GPT2, include_cross: bool = False) -> dict[str, torch.Tensor]:
     """The course file's tensors: Conv1D layout, no prefix, no head (tied)."""
     out = {}
     for k, v in model.state_dict().items():
-        if not include_cross and (".crossattention." in k or ".ln_cross_attn." in k):
+        if not include_cross and is_cross_attention_key(k):
             continue
         out[k] = v.t().contiguous() if k.endswith(CONV1D_SUFFIXES) else v.clone()
     return out
@@ -390,7 +376,7 @@ def export_decoder_from_transformers(gpt2_dir: str | os.PathLike, out: str | os.
     weights = next((p for p in candidates if p.is_file()), None)
     if weights is None:
         raise HW3Error(f"{gpt2_dir}: no model.safetensors or pytorch_model.bin in this folder")
-    sd = normalise_gpt2_state_dict(_read_state_dict(weights), weights)
+    sd = normalise_gpt2_state_dict(read_state_dict(weights, "GPT-2 weights file"), weights)
     cfg = infer_config(sd, weights)
     cfg_file = gpt2_dir / "config.json"
     if cfg_file.is_file():
@@ -401,9 +387,10 @@ def export_decoder_from_transformers(gpt2_dir: str | os.PathLike, out: str | os.
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise HW3Error(f"{cfg_file}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
     cfg.cross_attention = False
-    sd = {k: v for k, v in sd.items() if ".crossattention." not in k and ".ln_cross_attn." not in k}
-    model = GPT2(cfg)
-    load_state_strict(model, sd, weights)
+    sd = {k: v for k, v in sd.items() if not is_cross_attention_key(k)}
+    with empty_model():
+        model = GPT2(cfg)
+    assign_weights(model, sd, weights)
     save_decoder(model, out)
     return len(decoder_state_dict(model))
 

@@ -21,13 +21,17 @@ from tqdm.auto import tqdm
 from .files import atomic_path, open_image, progress_disabled
 
 
-def encoder_fingerprint(spec, data_config: dict) -> str:
+def encoder_fingerprint(spec, data_config: dict, dtype=None) -> str:
+    """The identity of an encoder's tokens: architecture, weights, preprocessing, and the dtype its
+    weights are stored in when that is not fp32 (half-precision tokens differ from fp32 ones)."""
     weights = {"hub_tag": spec.hub_tag}
     if spec.checkpoint:
         st = os.stat(spec.checkpoint)
         weights = {"file": Path(spec.checkpoint).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     doc = {"model": spec.model, "kwargs": spec.model_kwargs, "weights": weights,
            "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}}
+    if dtype is not None and dtype != torch.float32:
+        doc["dtype"] = str(dtype)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -124,9 +124,9 @@ def read_json(path: str | os.PathLike) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except UnicodeDecodeError as e:
-        raise HW3Error(f"{path}: not UTF-8 text ({e.reason})") from None
+        raise HW3Error(f"{path}: not UTF-8 text ({e.reason})") from e
     except json.JSONDecodeError as e:
-        raise HW3Error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise HW3Error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
 
 
 def first_line(e: BaseException, limit: int = 300) -> str:
@@ -307,8 +307,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     except HW3Error:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise HW3Error(f"{path}: refused as a possible decompression bomb ({e})") from None
-    except UnidentifiedImageError:
-        raise HW3Error(f"{path}: not an image file (unrecognised format)") from None
+        raise HW3Error(f"{path}: refused as a possible decompression bomb ({e})") from e
+    except UnidentifiedImageError as e:
+        raise HW3Error(f"{path}: not an image file (unrecognised format)") from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise HW3Error(f"{path}: corrupt or truncated image ({first_line(e)})") from None
+        raise HW3Error(f"{path}: corrupt or truncated image ({first_line(e)})") from e

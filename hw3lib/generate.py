@@ -277,18 +277,18 @@ def sequence_logprob(model, feats: torch.Tensor, tokens: list[int], eot: int, wi
 
 def caption_images(model, paths, tokenizer, transform, beams: int = 1, max_len: int = 60, batch_size: int = 16,
                    length_penalty: float = 1.0, device="cpu", progress: bool = True, features=None,
-                   quantize: str | None = None) -> dict[str, str]:
+                   quantize: str | None = None, precision=None) -> dict[str, str]:
     """{file name without extension: caption} for image files. `features(indices)` may supply
     encoder tokens (a cache); otherwise images go through `transform` and the model's encoder.
-    Decoding runs inside `inference.fast_decoding` (packed fp32 linears on CPU, bf16 on CUDA,
-    dynamic int8 when `quantize="int8"`)."""
+    Decoding runs inside `inference.fast_decoding` (packed fp32 linears on CPU, the GPU's half
+    precision on CUDA, dynamic int8 when `quantize="int8"`)."""
     from tqdm.auto import tqdm
 
     from .files import open_image, progress_disabled
     from .inference import fast_decoding
 
     out = {}
-    with fast_decoding(model, device, quantize, rows_hint=batch_size * beams):
+    with fast_decoding(model, device, quantize, rows_hint=batch_size * beams, precision=precision):
         for i in tqdm(range(0, len(paths), batch_size),
                       desc=f"captioning ({'greedy' if beams == 1 else f'beam {beams}'})",
                       disable=not progress or progress_disabled(), leave=False):

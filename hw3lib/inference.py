@@ -2,7 +2,8 @@
 
 What it does depends on the device, and only `quantize="int8"` changes what the model computes:
 
-- CPU, fp32 (the default there): every plain `nn.Linear` of the decoder (PEFT base layers included)
+- CPU, fp32 (the default there), when twice the copy's size is available: every plain `nn.Linear` of
+  the decoder (PEFT base layers included)
   and the tied LM head run through MKL's packed-weight GEMM (`torch.ops.mkl._mkl_linear`, the kernel
   inductor uses for frozen fp32 linears). The weights are reordered once into the kernel's panel
   layout, so a decoding step, a GEMM of only 16-64 rows that is bound by streaming the weights, stops
@@ -11,8 +12,9 @@ What it does depends on the device, and only `quantize="int8"` changes what the 
 - CPU, `quantize="int8"` (opt-in, never the default): a copy of the decoder with the PEFT deltas
   merged into the base weights, whose linear layers and LM head are dynamic int8 (int8 weights,
   activations quantised per call). Faster, and the captions can change; the README reports by how much.
-- CUDA: bf16 autocast for the encoder and the decoder (whose attention is SDPA unless maps are
-  captured). Logits are cast back to fp32 before any argmax or log-softmax.
+- CUDA: autocast in the GPU's half precision (`precision.choose_precision`: bf16 from compute
+  capability 8.0, fp16 below) for the encoder and the decoder (whose attention is SDPA unless maps
+  are captured). Logits are cast back to fp32 before any argmax or log-softmax.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from .files import HW3Error
+from .precision import choose_precision
 
 QUANTIZE_CHOICES = ("none", "int8")
 
@@ -36,6 +39,25 @@ def packed_linears_available() -> bool:
     """MKL's packed fp32 GEMM is present in this torch build (and not switched off by HW3_PACKED=0)."""
     return (os.environ.get("HW3_PACKED", "1") != "0" and torch.backends.mkl.is_available()
             and hasattr(torch.ops.mkl, "_mkl_linear") and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"))
+
+
+def packed_copy_fits(decoder: nn.Module) -> bool:
+    """The packed weights are a second copy of the decoder's linear layers and head: made only when
+    the machine has twice that much memory available (so a 12 GB machine holding a ViT-g decodes
+    unpacked, with the same tokens, rather than running out of memory)."""
+    need = sum(m.weight.numel() for m in decoder.modules() if type(m) is nn.Linear) + decoder.wte.weight.numel()
+    available = _available_memory()
+    return available is None or available >= 2 * 4 * need
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            line = next(x for x in f if x.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) * 1024
 
 
 def _packed_forward(weight, packed, bias, rows_hint):
@@ -97,9 +119,10 @@ def int8_decoder(decoder: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def fast_decoding(model, device="cpu", quantize: str | None = None, rows_hint: int = 16):
+def fast_decoding(model, device="cpu", quantize: str | None = None, rows_hint: int = 16, precision=None):
     """Inside the block, `model` (a Captioner) decodes with the fastest exact path for `device`, or the
-    int8 path when asked. The model is restored on exit, even after an error."""
+    int8 path when asked. The model is restored on exit, even after an error. On CUDA, `precision`
+    (default: amp=auto for the device) decides the autocast dtype."""
     device = torch.device(device)
     quantize = quantize or "none"
     if quantize not in QUANTIZE_CHOICES:
@@ -108,12 +131,13 @@ def fast_decoding(model, device="cpu", quantize: str | None = None, rows_hint: i
         raise HW3Error(f"--quantize int8 runs on the CPU only (device is {device})")
     with ExitStack() as stack:
         if device.type == "cuda":
-            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+            stack.enter_context((precision or choose_precision("auto", device)).autocast())
         elif quantize == "int8":
             original = model.decoder
             model.decoder = int8_decoder(original)
             stack.callback(setattr, model, "decoder", original)
-        elif packed_linears_available() and model.decoder.wte.weight.dtype == torch.float32:
+        elif (packed_linears_available() and model.decoder.wte.weight.dtype == torch.float32
+              and packed_copy_fits(model.decoder)):
             stack.enter_context(packed_linears(model.decoder, rows_hint))
         yield model
 

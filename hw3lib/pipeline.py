@@ -34,13 +34,16 @@ from .captioner import (
 )
 from .config import load_config
 from .data import read_caption_file
+from .decoder import decoder_config
 from .demo import read_boxes
 from .device import resolve_device
 from .features import FeatureCache, FeatureSource, encoder_fingerprint
 from .files import HW3Error, atomic_write_json, list_images, read_json, run_lock
 from .generate import caption_images, greedy
 from .grounding import grounding
+from .memory import check_fits, plan_run, usable_gpu_bytes
 from .metrics import cider, evaluate, java_available
+from .precision import choose_precision, store_frozen
 from .train import augmentation_transform, caption_data, fit, seed_everything
 
 
@@ -90,17 +93,19 @@ def _train_locked(cap_cfg, cfg, assets, p2_dir: Path, out: Path) -> dict:
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     seed_everything(cfg.seed)
+    precision = choose_precision(cfg.amp, dev)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    block = decoder_config(m.decoder.weights, m.decoder.n_head).block_size
+    if cfg.max_caption_tokens + 1 > block:
+        raise HW3Error(f"max_caption_tokens={cfg.max_caption_tokens}: the decoder holds {block} positions "
+                       f"(at most {block - 1} caption tokens + the start token)")
+    plan_memory(m, cap_cfg, cfg, precision, dev, announce=rank0)
     tok = load_tokenizer(m)
     train_cs = read_caption_file(p2_dir / "train.json", p2_dir / "images" / "train")
     val_cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
     if len(val_cs) == 0:
         raise HW3Error(f"{p2_dir / 'val.json'}: the val split has no images (validation needs some)")
-    model = build_captioner(m, cap_cfg, dev)
-    block = model.decoder.config.block_size
-    if cfg.max_caption_tokens + 1 > block:
-        raise HW3Error(f"max_caption_tokens={cfg.max_caption_tokens}: the decoder holds {block} positions "
-                       f"(at most {block - 1} caption tokens + the start token)")
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    model = build_captioner(m, cap_cfg, dev, precision=precision)
     if rank0:
         print(f"captioner ({cap_cfg.peft}): {format_report(parameter_report(model))}", flush=True)
     check_budget(model, cfg.max_trainable)
@@ -110,7 +115,8 @@ def _train_locked(cap_cfg, cfg, assets, p2_dir: Path, out: Path) -> dict:
     cache = None
     if cfg.feature_cache:
         root = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / "feature-cache"
-        cache = FeatureCache(root, encoder_fingerprint(m.encoder, encoder_data_config(model.encoder)))
+        cache = FeatureCache(root, encoder_fingerprint(m.encoder, encoder_data_config(model.encoder),
+                                                       model.encoder_dtype()))
     train_tf = augmentation_transform(eval_tf, cfg.hflip, cfg.color_jitter) if cfg.augment else eval_tf
     train_src = FeatureSource(model, train.paths, train_tf, None if cfg.augment else cache, dev)
     val_src = FeatureSource(model, val.paths, eval_tf, cache, dev)
@@ -122,10 +128,25 @@ def _train_locked(cap_cfg, cfg, assets, p2_dir: Path, out: Path) -> dict:
         dist.barrier()
     validator = cider_validator(val.paths[:n_val], val.references[:n_val], val_src, tok, cfg.max_caption_tokens)
     try:
-        return fit(model, train, val, cfg, out, train_src, val_src, validator)
+        return fit(model, train, val, cfg, out, train_src, val_src, validator, precision=precision)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def plan_memory(manifest, cap_cfg, train_cfg, precision, device, gpu_bytes: int | None = None,
+                announce: bool = True):
+    """Print the run's precision and memory plan; refuse a run that does not fit the GPU (`device`'s,
+    or one of `gpu_bytes`). Builds nothing but meta tensors: this runs before any weight is read."""
+    model, plan = plan_run(manifest, cap_cfg, train_cfg, precision)
+    if announce:
+        print(f"precision: {precision.describe()}", flush=True)
+        print(plan.describe(), flush=True)
+    if gpu_bytes is None and device.type == "cuda":
+        gpu_bytes = torch.cuda.get_device_properties(device).total_memory
+    if gpu_bytes is not None:
+        check_fits(model, plan, train_cfg, precision, usable_gpu_bytes(gpu_bytes))
+    return plan
 
 
 def cider_validator(paths: list[Path], references: list[list[str]], features, tokenizer, max_len: int = 60,
@@ -147,26 +168,36 @@ def cider_validator(paths: list[Path], references: list[list[str]], features, to
     return validate
 
 
-def load_run(checkpoint, manifest, device="cpu"):
-    """A captioner from a run folder or checkpoint file; None gives the untrained model."""
+def load_run(checkpoint, manifest, device="cpu", precision=None):
+    """A captioner from a run folder or checkpoint file; None gives the untrained model. With a half
+    `precision` (decoding on a GPU) every weight is stored in that dtype once loaded."""
     if checkpoint is None:
-        return build_captioner(manifest, CaptionerConfig(peft="none"), device).eval()
+        return store_all(build_captioner(manifest, CaptionerConfig(peft="none"), device, precision=precision),
+                         precision).eval()
     cfg, tensors, info = read_checkpoint(checkpoint)
-    model = build_captioner(manifest, cfg, device)
+    model = build_captioner(manifest, cfg, device, precision=precision)
     have = asdict(model.decoder.config)
     differ = [f"{k} {info['decoder'][k]} in the checkpoint, {have[k]} from {manifest.source}"
               for k in ("n_layer", "n_head", "n_embd", "vocab_size") if k in info["decoder"] and info["decoder"][k] != have[k]]
     if differ:
         raise HW3Error(f"{checkpoint}: trained with another decoder ({'; '.join(differ)})")
     model.load_trainable(tensors, str(checkpoint))
-    return model.eval()
+    return store_all(model, precision).eval()
+
+
+def store_all(model, precision=None):
+    """For decoding nothing trains: every weight goes to the precision's storage dtype."""
+    if precision is None:
+        return model
+    model.requires_grad_(False)
+    return store_frozen(model, precision)
 
 
 def caption_folder(model, manifest, paths, beams=1, max_len=60, batch_size=16, length_penalty=1.0,
-                   device="cpu", progress=True, quantize=None) -> dict[str, str]:
+                   device="cpu", progress=True, quantize=None, precision=None) -> dict[str, str]:
     tok = load_tokenizer(manifest)
     return caption_images(model, list(paths), tok, encoder_transform(model.encoder), beams, max_len, batch_size,
-                          length_penalty, device, progress, quantize=quantize)
+                          length_penalty, device, progress, quantize=quantize, precision=precision)
 
 
 def default_tokenizer() -> str:

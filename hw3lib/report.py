@@ -52,7 +52,7 @@ def run_notebook(root: Path, name: str, parameters: dict, out_dir: Path, kernel:
                                    cwd=str(root / "notebooks"), progress_bar=False,
                                    stdout_file=sys.stdout, stderr_file=sys.stderr)
     except papermill.PapermillExecutionError as e:
-        raise HW3Error(f"{name}: cell {e.exec_count} failed: {e.ename}: {e.evalue} (see {executed})") from None
+        raise HW3Error(f"{name}: cell {e.exec_count} failed: {e.ename}: {e.evalue} (see {executed})") from e
     finally:
         staged.unlink(missing_ok=True)
     return executed

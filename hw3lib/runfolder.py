@@ -49,7 +49,7 @@ class RunFolder:
             return torch.load(self.resume_path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise HW3Error(f"{self.resume_path}: not a readable resume state ({first_line(e)}); remove it to "
-                           "start over") from None
+                           "start over") from e
 
     def start(self, config: dict, resumed_step: int) -> None:
         """Create the folder, clear temporaries left by a killed write, record the configuration and

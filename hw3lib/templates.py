@@ -44,7 +44,7 @@ def check_template(t: str) -> str:
     try:
         t.format(object="x")
     except (KeyError, IndexError, ValueError) as e:
-        raise HW3Error(f"template {t!r} is not a valid format string ({e})") from None
+        raise HW3Error(f"template {t!r} is not a valid format string ({e})") from e
     return t
 
 

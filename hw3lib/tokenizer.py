@@ -77,8 +77,8 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
         raise HW3Error(f"{path}: BPE merges file not found")
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise HW3Error(f"{path}: not UTF-8 text") from None
+    except UnicodeDecodeError as e:
+        raise HW3Error(f"{path}: not UTF-8 text") from e
     if lines and lines[0].startswith("#version"):
         lines = lines[1:]
     merges = []

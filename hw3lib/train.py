@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .data import CaptionSet
 from .features import FeatureSource
 from .files import HW3Error, fault_point, progress_disabled
+from .precision import Precision, choose_precision
 from .runfolder import RunFolder, config_key
 from .tokenizer import teacher_forcing_batch
 
@@ -132,7 +133,7 @@ class Trainer:
 
     def __init__(self, model: Captioner, train: CaptionData, val: CaptionData | None, cfg: TrainConfig,
                  folder: RunFolder, train_source: FeatureSource, val_source: FeatureSource | None = None,
-                 validator: Callable[[Captioner], dict] | None = None):
+                 validator: Callable[[Captioner], dict] | None = None, precision: Precision | None = None):
         self.model, self.train, self.val, self.cfg, self.folder = model, train, val, cfg, folder
         self.train_source, self.val_source, self.validator = train_source, val_source, validator
         self.rank, self.world = _rank_world()
@@ -141,9 +142,8 @@ class Trainer:
         check_budget(model, cfg.max_trainable)
         self.report = parameter_report(model)
         self.opt = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+        self.precision = precision or choose_precision(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
         self.net = model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -154,7 +154,7 @@ class Trainer:
         self.metric = cfg.select_metric if validator is not None else "val_loss"
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+        return self.precision.autocast()
 
     def restore(self) -> None:
         """Continue from the folder's resume state, if it has one for this configuration."""
@@ -220,7 +220,8 @@ class Trainer:
         fault_point("validation")
         if self.validator is not None:
             self.model.eval()
-            result.update(self.validator(self.model))
+            with self.autocast():
+                result.update(self.validator(self.model))
             self.model.train()
         if self.rank == 0:
             print("validation " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
@@ -276,14 +277,15 @@ class Trainer:
 
 def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: TrainConfig, run_dir: str | os.PathLike,
         train_source: FeatureSource, val_source: FeatureSource | None = None,
-        validator: Callable[[Captioner], dict] | None = None, resume: bool = True) -> dict:
+        validator: Callable[[Captioner], dict] | None = None, resume: bool = True,
+        precision: Precision | None = None) -> dict:
     """Train `model` in place; returns the final summary. Rank 0 writes every file."""
     folder = RunFolder(run_dir, writer=_rank_world()[0] == 0)
-    t = Trainer(model, train, val, cfg, folder, train_source, val_source, validator)
+    t = Trainer(model, train, val, cfg, folder, train_source, val_source, validator, precision)
     if resume:
         t.restore()
     folder.start({"captioner": asdict(model.config), "train": asdict(cfg), "parameters": t.report,
-                  "world_size": t.world}, t.state["step"])
+                  "world_size": t.world, "precision": t.precision.describe()}, t.state["step"])
     model.train()
     if model.encoder is not None:
         model.encoder.eval()

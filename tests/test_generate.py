@@ -32,9 +32,11 @@ def feats_for(model, B=3, seed=1):
 
 @pytest.mark.parametrize("kind", PEFT_KINDS)
 def test_greedy_cache_equals_no_cache_equals_teacher_forced(manifest, kind):
-    model = perturbed(manifest, kind)
-    eot = model.decoder.config.vocab_size - 1
-    feats = feats_for(model)
+    for seed in range(5):  # the first random model whose captions are more than an end token or two
+        model = perturbed(manifest, kind, seed)
+        eot, feats = model.decoder.config.vocab_size - 1, feats_for(model)
+        if any(len(t) > 2 for t in greedy(model, feats, eot, MAX).tokens):
+            break
     cached = greedy(model, feats, eot, MAX, use_cache=True)
     plain = greedy(model, feats, eot, MAX, use_cache=False)
     assert cached.tokens == plain.tokens == teacher_forced_argmax(model, feats, eot, MAX)
@@ -103,4 +105,5 @@ def test_beam_capture_follows_the_final_beam(manifest):
         ids = torch.tensor([[eot] + toks[:-1]])
         _, atts = model(feats[i:i + 1], ids, need_weights=True)
         ref = torch.stack([a[0] for a in atts], dim=0).permute(2, 0, 1, 3)
-        torch.testing.assert_close(res.attentions[i], ref, atol=1e-5, rtol=1e-4)
+        # fp32 sums in another order (cached steps vs one pass) drift by ~3e-5 over 14 tokens
+        torch.testing.assert_close(res.attentions[i], ref, atol=1e-4, rtol=1e-3)

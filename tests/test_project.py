@@ -41,8 +41,10 @@ def test_gpu_smoke_script_runs_at_toy_size_on_cpu():
     assert r.returncode == 0, r.stderr[-2000:]
     values = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
     for key in ("trainable_params", "train_images_per_s_live", "train_images_per_s_cache", "greedy_tokens_per_s",
-                "beam3_tokens_per_s"):
+                "beam3_tokens_per_s", "train_steps_per_s_live", "train_steps_per_s_cache", "memory_plan_gb_live",
+                "encoder_tflops", "caption_random_features_images_per_s"):
         assert float(values[key]) > 0, key
+    assert values["precision"].startswith("fp32: cpu")
 
 
 def test_package_level_entry_points(gpt2_files):
