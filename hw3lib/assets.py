@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .files import HW3Error, atomic_write_json, first_line, read_json
+from .files import HW3Error, atomic_write_json, first_line, kind_of, read_json
 from .weights import assign_weights, empty_model, read_state_dict
 
 REAL_MANIFEST = {
@@ -78,10 +78,10 @@ class TokenizerSpec:
 
 @dataclass
 class Manifest:
-    clip: ClipSpec
-    encoder: EncoderSpec
-    decoder: DecoderSpec
-    tokenizer: TokenizerSpec
+    clip: ClipSpec | None  # each section may be left out where no command that uses it runs
+    encoder: EncoderSpec | None
+    decoder: DecoderSpec | None
+    tokenizer: TokenizerSpec | None
     source: str = "<memory>"  # where it was read from (for messages)
 
     def to_dict(self) -> dict:
@@ -117,15 +117,22 @@ def _check_field_types(spec, where: str) -> None:
 
 
 def manifest_from_dict(raw: dict, base: Path, source: str) -> Manifest:
+    """A manifest from its JSON. Sections may be missing (a command checks for the ones it uses,
+    `require_parts`); every field is checked for its type and range before anything uses it."""
     if not isinstance(raw, dict):
-        raise HW3Error(f"{source}: expected a JSON object with clip, encoder, decoder and tokenizer")
+        raise HW3Error(f"{source}: expected a JSON object with clip, encoder, decoder and/or tokenizer sections")
     specs = {"clip": ClipSpec, "encoder": EncoderSpec, "decoder": DecoderSpec, "tokenizer": TokenizerSpec}
+    unknown = set(raw) - set(specs)
+    if unknown:
+        raise HW3Error(f"{source}: unknown section(s): {', '.join(sorted(unknown))}")
     parts = {}
     for key, cls in specs.items():
-        if key not in raw or not isinstance(raw[key], dict):
-            raise HW3Error(f"{source}: missing section {key!r}")
-        fields = set(cls.__dataclass_fields__)
-        unknown = set(raw[key]) - fields
+        if key not in raw:
+            parts[key] = None
+            continue
+        if not isinstance(raw[key], dict):
+            raise HW3Error(f"{source}: section {key!r} is not an object")
+        unknown = set(raw[key]) - set(cls.__dataclass_fields__)
         if unknown:
             raise HW3Error(f"{source}: unknown key(s) in {key!r}: {', '.join(sorted(unknown))}")
         try:
@@ -133,19 +140,77 @@ def manifest_from_dict(raw: dict, base: Path, source: str) -> Manifest:
         except TypeError as e:
             raise HW3Error(f"{source}: section {key!r}: {e}") from e
         _check_field_types(parts[key], f"{source}: {key}")
-    unknown = set(raw) - set(specs)
-    if unknown:
-        raise HW3Error(f"{source}: unknown section(s): {', '.join(sorted(unknown))}")
     m = Manifest(**parts, source=source)
+    _check_ranges(m, source)
     # file paths are relative to the manifest; hub tags stay as they are
-    if _looks_like_path(m.clip.pretrained) or (m.clip.pretrained and (base / m.clip.pretrained).is_file()):
-        m.clip.pretrained = _resolve(base, m.clip.pretrained)
-    m.clip.config = _resolve(base, m.clip.config)
-    m.encoder.checkpoint = _resolve(base, m.encoder.checkpoint)
-    m.decoder.weights = _resolve(base, m.decoder.weights)
-    m.tokenizer.encoder_json = _resolve(base, m.tokenizer.encoder_json)
-    m.tokenizer.vocab_bpe = _resolve(base, m.tokenizer.vocab_bpe)
+    if m.clip is not None:
+        if _looks_like_path(m.clip.pretrained) or (m.clip.pretrained and (base / m.clip.pretrained).is_file()):
+            m.clip.pretrained = _resolve(base, m.clip.pretrained)
+        m.clip.config = _resolve(base, m.clip.config)
+    if m.encoder is not None:
+        m.encoder.checkpoint = _resolve(base, m.encoder.checkpoint)
+    if m.decoder is not None:
+        m.decoder.weights = _resolve(base, m.decoder.weights)
+    if m.tokenizer is not None:
+        m.tokenizer.encoder_json = _resolve(base, m.tokenizer.encoder_json)
+        m.tokenizer.vocab_bpe = _resolve(base, m.tokenizer.vocab_bpe)
     return m
+
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+MAX_INPUT_SIDE = 4096  # pixels a side an encoder may ask images to be resized to
+
+
+def _check_ranges(m: Manifest, source: str) -> None:
+    """What a manifest says about sizes and preprocessing, checked before any model is built."""
+    def bad(field, value, want):
+        raise HW3Error(f"{source}: {field} = {value!r}: expected {want}")
+
+    def number(v):
+        import math
+
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if m.decoder is not None and m.decoder.n_head is not None and not 1 <= m.decoder.n_head <= 1024:
+        bad("decoder.n_head", m.decoder.n_head, "a head count from 1 to 1024 (or null)")
+    if m.tokenizer is not None and m.tokenizer.vocab_size is not None and not 1 <= m.tokenizer.vocab_size <= 1_000_000:
+        bad("tokenizer.vocab_size", m.tokenizer.vocab_size, "1 to 1,000,000 (or null)")
+    if m.encoder is None:
+        return
+    cfg, kw = m.encoder.pretrained_cfg, m.encoder.model_kwargs
+    where = "encoder.pretrained_cfg"
+    if "input_size" in cfg:
+        v = cfg["input_size"]
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                and v[0] == 3 and all(1 <= x <= MAX_INPUT_SIDE for x in v[1:])):
+            bad(f"{where}.input_size", v, f"[3, height, width] with sides 1..{MAX_INPUT_SIDE}")
+    for key in ("mean", "std"):
+        if key in cfg:
+            v = cfg[key]
+            if not (isinstance(v, list) and len(v) == 3 and all(number(x) for x in v)
+                    and (key == "mean" or all(x > 0 for x in v))):
+                bad(f"{where}.{key}", v, "three numbers" + (", each above 0" if key == "std" else ""))
+    if "interpolation" in cfg and cfg["interpolation"] not in INTERPOLATIONS:
+        bad(f"{where}.interpolation", cfg["interpolation"], "one of " + ", ".join(INTERPOLATIONS))
+    if "crop_pct" in cfg and not (number(cfg["crop_pct"]) and 0 < cfg["crop_pct"] <= 1):
+        bad(f"{where}.crop_pct", cfg["crop_pct"], "a number in (0, 1]")
+    for key in ("num_classes",):
+        for table, d in ((where, cfg), ("encoder.model_kwargs", kw)):
+            if key in d and not (isinstance(d[key], int) and not isinstance(d[key], bool) and 0 <= d[key] <= 1_000_000):
+                bad(f"{table}.{key}", d[key], "an integer from 0")
+    if "img_size" in kw:
+        v = kw["img_size"]
+        sides = v if isinstance(v, list) else [v]
+        if not (1 <= len(sides) <= 2 and all(isinstance(x, int) and 1 <= x <= MAX_INPUT_SIDE for x in sides)):
+            bad("encoder.model_kwargs.img_size", v, f"an image side (or [height, width]) of 1..{MAX_INPUT_SIDE}")
+
+
+def require_parts(m: Manifest, parts, command: str = "this command") -> None:
+    """The named sections must be present."""
+    missing = [p for p in parts if getattr(m, p) is None]
+    if missing:
+        raise HW3Error(f"{m.source}: no {', '.join(repr(p) for p in missing)} section ({command} needs "
+                       f"{', '.join(parts)})")
 
 
 def load_manifest(path: str | os.PathLike) -> Manifest:
@@ -160,7 +225,9 @@ MANIFEST_PARTS = ("clip", "encoder", "decoder", "tokenizer")
 
 
 def manifest_files(m: Manifest, parts=MANIFEST_PARTS) -> list[tuple[str, str]]:
-    """(field, path) of every local file that the named parts of the manifest use."""
+    """(field, path) of every local file that the named parts of the manifest use (parts the manifest
+    leaves out have none)."""
+    parts = [p for p in parts if getattr(m, p) is not None]
     files = []
     if "decoder" in parts:
         files.append(("decoder.weights", m.decoder.weights))
@@ -175,11 +242,23 @@ def manifest_files(m: Manifest, parts=MANIFEST_PARTS) -> list[tuple[str, str]]:
     return [(k, v) for k, v in files if v is not None]
 
 
+def manifest_inputs(assets) -> list:
+    """The manifest file and the local files it names."""
+    if str(assets) == "real" or not Path(assets).is_file():
+        return []
+    try:
+        return [assets] + [path for _, path in manifest_files(load_manifest(assets))]
+    except HW3Error:
+        return [assets]
+
+
 def check_files(m: Manifest, parts=MANIFEST_PARTS) -> None:
-    """Every local file that the named parts of the manifest use must exist (hub tags are not checked)."""
-    missing = [f"{k} = {v}" for k, v in manifest_files(m, parts) if not Path(v).is_file()]
-    if missing:
-        raise HW3Error(f"{m.source}: missing file(s): {'; '.join(missing)}")
+    """The named parts must be there, and every local file they use must exist (hub tags are not checked)."""
+    require_parts(m, parts)
+    bad = [f"{k} = {v}" + ("" if not Path(v).exists() else f" (it is {kind_of(Path(v))}, not a file)")
+           for k, v in manifest_files(m, parts) if not Path(v).is_file()]
+    if bad:
+        raise HW3Error(f"{m.source}: missing file(s): {'; '.join(bad)}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,11 +54,29 @@ class CaptionerConfig:
     prefix_gate: bool = True  # zero-initialised per-head gates on prompt/prefix attention
 
     def __post_init__(self):
+        """Types and ranges, wherever the values come from (TOML, --key=value, checkpoint metadata)."""
+        import math
+        from dataclasses import fields
+
+        for f in fields(self):
+            value, default = getattr(self, f.name), CaptionerConfig.__dataclass_fields__[f.name]
+            kind = type(default.default if default.default is not MISSING else default.default_factory())
+            ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
+                kind is float and isinstance(value, int) and not isinstance(value, bool))
+            if kind is list:
+                ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+            if not ok:
+                raise HW3Error(f"{f.name}: expected {'a list of module names' if kind is list else kind.__name__}, "
+                               f"got {value!r}")
         if self.peft not in PEFT_KINDS:
             raise HW3Error(f"unknown peft kind {self.peft!r} (choose from {', '.join(PEFT_KINDS)})")
-        for name in ("lora_r", "adapter_dim", "virtual_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise HW3Error(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, hi in (("lora_r", 4096), ("adapter_dim", 65536), ("virtual_tokens", 4096)):
+            if not 1 <= getattr(self, name) <= hi:
+                raise HW3Error(f"{name} must be between 1 and {hi}, got {getattr(self, name)}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise HW3Error(f"lora_alpha must be a positive number, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise HW3Error(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
 def _target_regex(targets: list[str]) -> str:
@@ -152,13 +170,13 @@ class Captioner(nn.Module):
 
             lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                             target_modules=_target_regex(cfg.lora_targets), use_dora=cfg.peft == "dora", bias="none")
-            self.decoder = inject_adapter_in_model(lc, self.decoder)
+            self.decoder = _inject(inject_adapter_in_model, lc, self.decoder, "lora_targets", cfg.lora_targets)
         elif cfg.peft == "ia3":
             from peft import IA3Config, inject_adapter_in_model
 
             ic = IA3Config(target_modules=_target_regex(cfg.ia3_targets),
                            feedforward_modules=_target_regex(cfg.ia3_feedforward))
-            self.decoder = inject_adapter_in_model(ic, self.decoder)
+            self.decoder = _inject(inject_adapter_in_model, ic, self.decoder, "ia3_targets", cfg.ia3_targets)
         elif cfg.peft == "adapter":
             pattern = re.compile(_target_regex(cfg.adapter_targets))
             for name, module in list(self.decoder.named_modules()):
@@ -220,6 +238,15 @@ class Captioner(nn.Module):
         with torch.no_grad():
             for k, p in own.items():
                 p.copy_(sd[k])
+
+
+def _inject(inject, peft_config, decoder, setting: str, targets: list[str]):
+    """peft's injection, with its "no module matched" error as one line naming the setting."""
+    try:
+        return inject(peft_config, decoder)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
+        raise HW3Error(f"{setting}={','.join(targets)}: no decoder module matched ({first_line(e)}); modules are "
+                       "named like attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, crossattention.c_attn") from e
 
 
 def _component(name: str) -> str:
@@ -301,10 +328,42 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CaptionerConfig, dict[str,
         raise HW3Error(f"{path}: not a readable safetensors checkpoint ({first_line(e, 160)})") from e
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise HW3Error(f"{path}: not an hw3lib captioner checkpoint (format {metadata.get('format')!r})")
-    cfg = CaptionerConfig(**json.loads(metadata["captioner"]))
-    info = {"decoder": json.loads(metadata["decoder"]), "encoder_dim": int(metadata["encoder_dim"]),
-            "meta": json.loads(metadata.get("meta", "{}"))}
-    return cfg, tensors, info
+    raw = {key: _metadata_json(metadata, key, path, kind) for key, kind in (("captioner", dict), ("decoder", dict),
+                                                                           ("encoder_dim", int), ("meta", dict))}
+    try:
+        cfg = CaptionerConfig(**raw["captioner"])
+    except TypeError as e:  # an unknown or missing key
+        raise HW3Error(f"{path}: metadata field 'captioner': {e}") from e
+    except HW3Error as e:
+        raise HW3Error(f"{path}: metadata field 'captioner': {e}") from e
+    if not 1 <= raw["encoder_dim"] <= 65536:
+        raise HW3Error(f"{path}: metadata field 'encoder_dim' = {raw['encoder_dim']} is outside 1..65536")
+    return cfg, tensors, {"decoder": raw["decoder"], "encoder_dim": raw["encoder_dim"], "meta": raw["meta"]}
+
+
+def _metadata_json(metadata: dict, key: str, path, kind):
+    """One JSON field of a checkpoint's metadata, of the given type (an int is stored as text)."""
+    if key not in metadata:
+        raise HW3Error(f"{path}: metadata field {key!r} is missing")
+    try:
+        value = json.loads(metadata[key])
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise HW3Error(f"{path}: metadata field {key!r} is not valid JSON ({first_line(e)})") from e
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise HW3Error(f"{path}: metadata field {key!r} should be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def check_checkpoint_size(manifest, cfg: CaptionerConfig, tensors: dict[str, torch.Tensor], source) -> None:
+    """Before building: the model the metadata describes has as many trainable parameters as the file
+    holds (the metadata alone could describe any size; the tensors are bounded by the file)."""
+    from .memory import meta_captioner
+
+    want = sum(p.numel() for p in meta_captioner(manifest, cfg).parameters() if p.requires_grad)
+    have = sum(t.numel() for t in tensors.values())
+    if want != have:
+        raise HW3Error(f"{source}: its metadata describes a captioner with {want:,} trainable parameters, the file "
+                       f"holds {have:,} (metadata and tensors disagree)")
 
 
 def build_captioner(manifest, cfg: CaptionerConfig, device="cpu", with_encoder: bool = True,

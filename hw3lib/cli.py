@@ -14,7 +14,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .files import HW3Error
+from .files import HW3Error, error_line
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
@@ -104,7 +104,17 @@ def cmd_train(args) -> int:
     missing = [opt for opt, value in (("--data", args.data), ("--out", args.out)) if value is None]
     if missing:
         raise HW3Error(f"hw3 train: {' and '.join(missing)} required (except with --print-config or --plan)")
-    train_run(args.config, args.assets, args.data, args.out, args.overrides, reuse=False)
+    from .config import load_config
+    from .data import read_caption_file
+    from .pipeline import load_run, manifest_for, write_val_predictions
+
+    train_run(args.config, args.assets, args.data, args.out, args.overrides, reuse=False, force_new=args.force_new)
+    tr = load_config(args.config, args.overrides)[1]
+    m, device = manifest_for(args.assets), _device(tr.device)
+    val = read_caption_file(args.data / "val.json", args.data / "images" / "val")
+    write_val_predictions(load_run(args.out, m, device), args.out, m, [im.path for im in val.images], device,
+                          tr.max_caption_tokens)
+    print(f"wrote {args.out / 'val_predictions.json'}: greedy captions of the val split by the best checkpoint")
     return 0
 
 
@@ -260,39 +270,50 @@ def _index_list(option: str, text: str, words: tuple[str, ...]):
 
 
 def _manifest_inputs(assets) -> list:
-    """The manifest file and the local files it names."""
-    if str(assets) == "real" or not Path(assets).is_file():
-        return []
-    from .assets import load_manifest, manifest_files
+    from .assets import manifest_inputs  # torch: only once the arguments have parsed
 
-    try:
-        return [assets] + [path for _, path in manifest_files(load_manifest(assets))]
-    except HW3Error:
-        return [assets]
+    return manifest_inputs(assets)
 
 
-PATHS = {  # command -> args -> (inputs, {argument: output file}, {argument: output folder})
+def _run_files(out) -> list:
+    """Every file `hw3 train` writes in its run folder (an input there would be overwritten)."""
+    from .runfolder import RUN_FILES
+
+    return [] if out is None else [Path(out) / name for name in RUN_FILES]
+
+
+def _cache_dir(a):
+    """The feature cache folder the run will write (its config's cache_dir, or the default)."""
+    if a.out is None or a.print_config or a.plan or a.plan_gpu:
+        return None
+    from .config import load_config
+
+    cache_dir = load_config(a.config, a.overrides)[1].cache_dir
+    return Path(cache_dir) if cache_dir else Path(a.out).parent / "feature-cache"
+
+
+def _attention_files(a) -> list:
+    """The per-image figures `hw3 attention` writes into --out."""
+    from .files import image_paths
+
+    return [Path(a.out) / f"{p.stem}_attention.png" for p in image_paths(a.images)]
+
+
+PATHS = {  # command -> args -> (inputs, {argument: output file(s)}, {argument: output folder})
     "demo-data": lambda a: ([], {}, {"OUT_DIR": a.out_dir}),
     "demo-models": lambda a: ([a.data_dir], {}, {"OUT_DIR": a.out_dir}),
     "zeroshot": lambda a: ([a.image_dir, a.id2label, a.pretrained, *_manifest_inputs(a.assets)],
                            {"OUT_CSV": a.out_csv}, {}),
-    "train": lambda a: ([a.config, a.data, *_manifest_inputs(a.assets)], {}, {"--out": a.out}),
+    "train": lambda a: ([a.config, a.data, *_manifest_inputs(a.assets)], {"--out": _run_files(a.out)},
+                        {"--out": a.out, "cache_dir": _cache_dir(a)}),
     "caption": lambda a: ([*a.images, a.decoder_weights, a.checkpoint, *_manifest_inputs(a.assets)],
                           {"OUT_JSON": a.out_json}, {}),
     "evaluate": lambda a: ([a.pred_json, a.images, a.annotations, *_manifest_inputs(a.assets)],
                            {"--per-image": _per_image_path(a)}, {}),
-    "attention": lambda a: ([*a.images, a.checkpoint, *_manifest_inputs(a.assets)], {"--html": a.html},
-                            {"--out": a.out}),
+    "attention": lambda a: ([*a.images, a.checkpoint, *_manifest_inputs(a.assets)],
+                            {"--html": a.html, "--out": _attention_files(a)}, {"--out": a.out}),
     "export-decoder": lambda a: ([a.gpt2_dir], {"OUT": a.out}, {}),
 }
-
-
-def _os_error_line(e: Exception) -> str:
-    from .files import first_line
-
-    if isinstance(e, OSError) and e.filename is not None:
-        return f"{e.filename}: {e.strerror or e.__class__.__name__}"
-    return first_line(e)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path, help="the p2_data/ folder (required to train)")
     s.add_argument("--out", type=Path, help="run folder, resumed when it holds a run (required to train)")
     s.add_argument("--print-config", action="store_true", help="print the resolved config (TOML) and exit")
+    s.add_argument("--force-new", action="store_true",
+                   help="discard what the run folder holds (checkpoints, resume state, log) and start over")
     s.add_argument("--plan", action="store_true",
                    help="print the precision and GPU-memory plan for this machine's device and exit (2 if it does not fit)")
     s.add_argument("--plan-gpu", type=_gpu_spec, metavar="GIB[@CC]",
@@ -569,14 +592,14 @@ def main(argv: list[str] | None = None) -> int:
         inputs, files, folders = PATHS[args.command](args)
         check_outputs(files, folders, inputs)
         return args.func(args) or 0
-    except (HW3Error, OSError, UnicodeError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e if isinstance(e, HW3Error) else _os_error_line(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # every error ends in one line; --debug keeps the traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {error_line(e, f'hw3 {args.command}')}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

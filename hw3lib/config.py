@@ -12,6 +12,8 @@ from pathlib import Path
 from .captioner import CaptionerConfig
 from .files import HW3Error
 
+INT_LIMITS = {"seed": 2**32 - 1, "max_trainable": 10**12, "max_caption_tokens": 65_536}  # others: 10**9
+
 
 @dataclass
 class TrainConfig:
@@ -39,6 +41,14 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self):
+        import math
+
+        for f in fields(self):  # no inf / nan anywhere, and every count within a sane bound
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise HW3Error(f"invalid training setting: {f.name}={v!r} (not a finite number)")
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_LIMITS.get(f.name, 10**9):
+                raise HW3Error(f"invalid training setting: {f.name}={v} (at most {INT_LIMITS.get(f.name, 10**9):,})")
         checks = [("lr", self.lr > 0), ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
                   ("grad_accum", self.grad_accum >= 1), ("eta_min", 0 <= self.eta_min <= self.lr),
                   ("weight_decay", self.weight_decay >= 0), ("warmup_steps", self.warmup_steps >= 0),
@@ -70,7 +80,7 @@ def _coerce(cls, key: str, value):
             if kind is list:
                 return [v.strip() for v in value.split(",") if v.strip()]
             return kind(float(value)) if kind is int and "e" in value.lower() else kind(value)
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:
             raise HW3Error(f"setting {key}: {value!r} is not a valid {kind.__name__}") from e
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

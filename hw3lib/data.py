@@ -20,7 +20,7 @@ from PIL import Image
 
 from .files import HW3Error, confined_path, list_images, open_image, read_json, require_dir
 
-P1_NAME = re.compile(r"^(?P<class_id>\d+)_(?P<image_id>[^_/\\]+)\.(png|jpg|jpeg)$", re.IGNORECASE)
+P1_NAME = re.compile(r"^(?P<class_id>[0-9]+)_(?P<image_id>[^_/\\]+)\.(png|jpg|jpeg)$", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,12 +58,12 @@ def read_id2label(path: str | Path) -> dict[int, str]:
         raise HW3Error(f"{path}: expected a non-empty JSON object {{\"0\": \"class name\", ...}}")
     out: dict[int, str] = {}
     for k, v in raw.items():
-        if not (isinstance(k, str) and k.strip().isdigit()):
+        if not (isinstance(k, str) and k.strip().isascii() and k.strip().isdecimal()):
             raise HW3Error(f"{path}: key {k!r} is not a class id (a non-negative integer in a string)")
         if not isinstance(v, str) or not v.strip():
             raise HW3Error(f"{path}: class {k} has no name (value {v!r})")
         if int(k) in out:
-            first = next(key for key in raw if key.strip().isdigit() and int(key) == int(k))
+            first = next(key for key in raw if key.strip().isascii() and key.strip().isdecimal() and int(key) == int(k))
             raise HW3Error(f"{path}: keys {first!r} and {k!r} are the same class id {int(k)}")
         out[int(k)] = v.strip()
     return dict(sorted(out.items()))

@@ -287,22 +287,66 @@ def normalise_gpt2_state_dict(sd: dict[str, torch.Tensor], source) -> dict[str, 
     return out
 
 
+# what a course-format decoder file may describe: far above GPT-2 XL (50257 x 1600, 48 layers, 1024
+# positions), far below what would exhaust memory when a small file claims it
+LIMITS = {"vocab_size": 1_000_000, "n_embd": 16_384, "block_size": 65_536, "n_layer": 256}
+
+
 def infer_config(sd: dict[str, torch.Tensor], source) -> GPT2Config:
-    """Read vocab, width, depth and block size off the tensors; the head count is not stored, so it
-    follows GPT-2's 64-dimensional heads unless the file is smaller than that."""
+    """Read vocab, width, depth and block size off the tensors, after checking them (`check_tensors`);
+    the head count is not stored, so it follows GPT-2's 64-dimensional heads unless the file is smaller."""
     for key in ("wte.weight", "wpe.weight"):
         if key not in sd:
             raise HW3Error(f"{source}: missing key {key!r}; not a GPT-2 decoder weights file")
+        if sd[key].dim() != 2:
+            raise HW3Error(f"{source}: {key} has shape {tuple(sd[key].shape)}, not (rows, width)")
+    check_tensors(sd, source)
     vocab, n_embd = sd["wte.weight"].shape
-    block = sd["wpe.weight"].shape[0]
-    layers = {int(k.split(".")[1]) for k in sd if k.startswith("h.") and k.split(".")[1].isdigit()}
-    if not layers:
-        raise HW3Error(f"{source}: no transformer blocks (h.0.*) found")
-    n_layer = max(layers) + 1
+    block, width = sd["wpe.weight"].shape
+    n_layer = _layer_count(sd, source)
+    found = {"vocab_size": vocab, "n_embd": n_embd, "block_size": block, "n_layer": n_layer}
+    for name, value in found.items():
+        if not 1 <= value <= LIMITS[name]:
+            raise HW3Error(f"{source}: {name} = {value} read off the tensors is outside 1..{LIMITS[name]:,}")
+    if width != n_embd:
+        raise HW3Error(f"{source}: wpe.weight is {width} wide, wte.weight {n_embd}")
     n_head = n_embd // 64 if n_embd % 64 == 0 and n_embd >= 128 else max(1, n_embd // 32)
     cross = any(".crossattention." in k for k in sd)
     return GPT2Config(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                       cross_attention=cross)
+
+
+def check_tensors(sd: dict[str, torch.Tensor], source) -> None:
+    """Every tensor is floating point, holds as many elements as its storage has (no stride tricks that
+    make a small file describe a huge tensor), and, when its data is there, is finite."""
+    for k, t in sd.items():
+        if not t.is_floating_point():
+            raise HW3Error(f"{source}: {k} holds {t.dtype} values; decoder weights are floating point")
+        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            raise HW3Error(f"{source}: {k} claims shape {tuple(t.shape)}, more than the {t.untyped_storage().nbytes():,} "
+                           "bytes the file stores for it")
+        if not t.is_meta and not bool(torch.isfinite(t).all()):
+            raise HW3Error(f"{source}: {k} holds non-finite values (NaN or inf)")
+
+
+def _layer_count(sd: dict[str, torch.Tensor], source) -> int:
+    """Blocks are h.0 .. h.(n-1), every one of them present: a stray `h.999999999.*` key is refused
+    before anything is built for it."""
+    layers = set()
+    for k in sd:
+        if k.startswith("h."):
+            index = k.split(".")[1]
+            if not (index.isascii() and index.isdecimal()):
+                raise HW3Error(f"{source}: key {k!r} does not name a block by number")
+            layers.add(int(index))
+    if not layers:
+        raise HW3Error(f"{source}: no transformer blocks (h.0.*) found")
+    if max(layers) >= LIMITS["n_layer"]:
+        raise HW3Error(f"{source}: key h.{max(layers)}.* names block {max(layers)}; at most {LIMITS['n_layer']} blocks")
+    gaps = sorted(set(range(max(layers) + 1)) - layers)
+    if gaps:
+        raise HW3Error(f"{source}: blocks {', '.join(map(str, gaps[:5]))} are missing between h.0 and h.{max(layers)}")
+    return max(layers) + 1
 
 
 def decoder_config(path: str | os.PathLike, n_head: int | None = None, cross_attention: bool = False) -> GPT2Config:

@@ -36,8 +36,9 @@ class HW3Error(Exception):
 
 # ----------------------------------------------------------------------------------------------
 # fault injection (for the reliability suite): HW3_FAULT="POINT:N" SIGKILLs this process the N-th
-# time it passes POINT. Points: "write:<file name>" (after the data is written, before the rename),
-# "step" (after an optimiser step), "validation" (inside a validation).
+# time it passes POINT, or, with HW3_FAULT_ERRNO=E, raises OSError(E) there instead (E=28: the disk is
+# full). Points: "write:<file name>" (after the data is written, before the rename), "step" (after an
+# optimiser step), "validation" (inside a validation).
 
 _fault_counts: dict[str, int] = {}
 
@@ -51,17 +52,38 @@ def fault_point(name: str) -> None:
         return
     _fault_counts[name] = _fault_counts.get(name, 0) + 1
     if _fault_counts[name] == int(n):
+        code = os.environ.get("HW3_FAULT_ERRNO")
+        if code:
+            raise OSError(int(code), os.strerror(int(code)))
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete `.name.XXXX.tmp` files that a killed atomic write left behind; returns how many."""
+def remove_stale_temporaries(folder: str | os.PathLike, name: str = "*") -> int:
+    """Delete the temporaries (`.NAME.PID.XXXX.tmp`) that killed atomic writes of `name` (default:
+    any file) left in `folder`: those whose writing process is gone. A live writer's are kept, so two
+    processes sharing a folder (a feature cache) never remove each other's. Returns how many."""
     n = 0
-    for p in Path(folder).glob(".*.tmp"):
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        if _writer_alive(p.name):
+            continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             n += 1
     return n
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    parts = tmp_name.split(".")  # "", NAME..., PID, XXXX, "tmp"
+    pid = parts[-3] if len(parts) >= 5 else ""
+    if not pid.isdecimal():
+        return False  # an older temporary without a pid: nothing can still be writing it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,8 +98,12 @@ def atomic_path(path: str | os.PathLike):
     complete new one - never half of it, even after SIGKILL (the rename is the commit point).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, glob_escape(path.name))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise HW3Error(f"{path}: cannot write ({e.strerror or e.__class__.__name__})") from e
     os.close(fd)
     try:
         yield Path(tmp)
@@ -86,10 +112,21 @@ def atomic_path(path: str | os.PathLike):
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         fault_point(f"write:{path.name}")
         os.replace(tmp, path)
+    except OSError as e:  # disk full, I/O error, read-only: name the file; the old one is untouched
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise HW3Error(f"{path}: cannot write ({e.strerror or e.__class__.__name__}); the previous file, if any, "
+                       "is unchanged") from e
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
 
 
 def _umask() -> int:
@@ -117,16 +154,34 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file, turning every failure into an HW3Error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise HW3Error(f"{path}: file not found")
+    path = require_file(path, "JSON file")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
+    except RecursionError as e:
+        raise HW3Error(f"{path}: JSON nested too deeply to read") from e
     except UnicodeDecodeError as e:
         raise HW3Error(f"{path}: not UTF-8 text ({e.reason})") from e
     except json.JSONDecodeError as e:
         raise HW3Error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
+def error_line(e: BaseException, command: str) -> str:
+    """The one line an exception that escaped `command` prints after `error: `. Input errors say
+    what is wrong with which file or argument; anything else is labelled an internal error, so it
+    stays visible and never passes for a problem with the input."""
+    if isinstance(e, HW3Error):
+        return str(e)
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename is not None else f"{command}: "
+        return f"{where}{e.strerror or first_line(e)}"
+    if isinstance(e, UnicodeError):
+        return f"{command}: text that is not valid UTF-8 ({first_line(e)})"
+    if isinstance(e, MemoryError):
+        return f"{command}: out of memory (MemoryError)"
+    if isinstance(e, RecursionError):
+        return f"{command}: input nested too deeply (RecursionError)"
+    return f"{command}: internal error (please report): {type(e).__name__}: {first_line(e)}"
 
 
 def first_line(e: BaseException, limit: int = 300) -> str:
@@ -137,11 +192,33 @@ def first_line(e: BaseException, limit: int = 300) -> str:
 
 def _require(path: str | os.PathLike, what: str, folder: bool) -> Path:
     path = Path(path)
+    if "\0" in str(path):
+        raise HW3Error(f"{str(path)!r}: {what} path contains a null byte")
     if not path.exists():
         raise HW3Error(f"{path}: {what} not found")
     if path.is_dir() != folder:
-        raise HW3Error(f"{path}: expected a {what}, found a {'file' if folder else 'folder'}")
+        raise HW3Error(f"{path}: expected a {what}, found {kind_of(path)}")
+    if not folder and not path.is_file():
+        raise HW3Error(f"{path}: expected a {what}, found {kind_of(path)}")
     return path
+
+
+def kind_of(path: Path) -> str:
+    """What a path is, in words, for messages about the wrong kind of file."""
+    import stat
+
+    if not path.exists():
+        return "nothing (no such file)"
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
 
 
 def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
@@ -155,32 +232,34 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
 def check_outputs(files: dict, folders: dict, inputs) -> None:
     """The one place the rules live, checked before any work. `files` and `folders` map an argument
     name to the path it writes (None or '-' for none); `inputs` are the files and folders the command
-    reads. No output may resolve to an input or lie inside an input folder, and an output that cannot
-    be written is refused: a file path that is a folder, a folder path that is a file, a parent that is
-    a file or not writable."""
+    reads; a label may map to a list (the files a command writes inside its output folder, so an input
+    file that sits where one of them will go is refused too). No output may resolve to an input or lie
+    inside an input folder, and an output that cannot be written is refused: a file path that is a
+    folder, a folder path that is a file, a parent that is a file or not writable."""
     ins = [(Path(p).resolve(), Path(p).is_dir()) for p in inputs
            if p is not None and str(p) != "-" and Path(p).exists()]
-    for kind, outputs in (("file", files), ("folder", folders)):
-        for label, out in outputs.items():
-            if out is None or str(out) == "-":
-                continue
-            p, o = Path(out), Path(out).resolve()
-            for i, is_dir in ins:
-                if o == i:
-                    raise HW3Error(f"{label} {out}: refusing to write over an input of this command ({i})")
-                if is_dir and o.is_relative_to(i):
-                    raise HW3Error(f"{label} {out}: refusing to write inside the input folder {i}")
-            if kind == "file" and p.is_dir():
-                raise HW3Error(f"{label} {out}: is a folder (give a file name)")
-            if kind == "folder" and p.exists() and not p.is_dir():
-                raise HW3Error(f"{label} {out}: exists and is a file, not a folder")
-            parent = p.parent if kind == "file" or not p.exists() else p
-            while not parent.exists():
-                parent = parent.parent
-            if not parent.is_dir():
-                raise HW3Error(f"{label} {out}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise HW3Error(f"{label} {out}: {parent} is not writable")
+    pairs = [(kind, label, out) for kind, outputs in (("file", files), ("folder", folders))
+             for label, value in outputs.items() for out in (value if isinstance(value, list) else [value])]
+    for kind, label, out in pairs:
+        if out is None or str(out) == "-":
+            continue
+        p, o = Path(out), Path(out).resolve()
+        for i, is_dir in ins:
+            if o == i:
+                raise HW3Error(f"{label} {out}: refusing to write over an input of this command ({i})")
+            if is_dir and o.is_relative_to(i):
+                raise HW3Error(f"{label} {out}: refusing to write inside the input folder {i}")
+        if kind == "file" and p.is_dir():
+            raise HW3Error(f"{label} {out}: is a folder (give a file name)")
+        if kind == "folder" and p.exists() and not p.is_dir():
+            raise HW3Error(f"{label} {out}: exists and is a file, not a folder")
+        parent = p.parent if kind == "file" or not p.exists() else p
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise HW3Error(f"{label} {out}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise HW3Error(f"{label} {out}: {parent} is not writable")
 
 
 def confined_path(root: str | os.PathLike, name: str, source: str | os.PathLike) -> Path:
@@ -191,6 +270,8 @@ def confined_path(root: str | os.PathLike, name: str, source: str | os.PathLike)
     root = Path(root)
     if not isinstance(name, str) or not name:
         raise HW3Error(f"{source}: file name {name!r} is not a non-empty string")
+    if "\0" in name:
+        raise HW3Error(f"{source}: file name {name!r} contains a null byte")
     if os.path.isabs(name) or "\\" in name:
         raise HW3Error(f"{source}: file name {name!r} must be relative to {root}")
     resolved_root = root.resolve()

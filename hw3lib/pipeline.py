@@ -5,6 +5,7 @@ config (cached), caption images with a run, evaluate predictions, and the PEFT c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -17,6 +18,8 @@ import torch
 from . import stats
 from .assets import (
     MANIFEST_PARTS,
+    ClipSpec,
+    DecoderSpec,
     check_files,
     encoder_data_config,
     encoder_transform,
@@ -28,6 +31,7 @@ from .captioner import (
     CaptionerConfig,
     build_captioner,
     check_budget,
+    check_checkpoint_size,
     format_report,
     parameter_report,
     read_checkpoint,
@@ -44,6 +48,7 @@ from .grounding import grounding
 from .memory import check_fits, plan_run, usable_gpu_bytes
 from .metrics import cider, evaluate, java_available
 from .precision import choose_precision, store_frozen
+from .runfolder import RunFolder, changed_inputs, input_fingerprint
 from .train import augmentation_transform, caption_data, fit, seed_everything
 
 
@@ -52,39 +57,47 @@ def manifest_for(assets, decoder=None, parts=MANIFEST_PARTS, clip_model=None, cl
     model/pretrained), after checking the files of the parts a command uses (and only those)."""
     m = load_manifest(assets)
     if decoder is not None:
-        m.decoder.weights = str(decoder)
+        m.decoder = dataclasses.replace(m.decoder, weights=str(decoder)) if m.decoder else DecoderSpec(str(decoder))
     if clip_model:
-        m.clip.model, m.clip.config = clip_model, None
-    if clip_pretrained:
-        m.clip.pretrained = clip_pretrained
+        m.clip = dataclasses.replace(m.clip, model=clip_model, config=None) if m.clip else ClipSpec(clip_model)
+    if clip_pretrained and m.clip is not None:  # without a model (section or --model) there is nothing to load
+        m.clip = dataclasses.replace(m.clip, pretrained=clip_pretrained)
     check_files(m, parts)
     return m
 
 
 def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device: str | None = None,
-              reuse: bool = True) -> dict:
+              reuse: bool = True, force_new: bool = False) -> dict:
     """Train the captioner of `config` on `p2_dir` into `out`. With `reuse`, a finished run with the
-    same configuration is not trained again (its summary is returned); an interrupted one resumes.
+    same configuration and inputs is not trained again (its summary is returned); an interrupted one
+    resumes, unless its inputs changed (refused). `force_new` discards what the folder holds first.
     The run folder is locked while training: a second `hw3 train` into it refuses."""
     overrides = dict(overrides or {})
     if device is not None:
         overrides.setdefault("device", device)
     cap_cfg, cfg = load_config(config, overrides)
     out, p2_dir = Path(out), Path(p2_dir)
-    if reuse and (out / "summary.json").is_file() and (out / "config.json").is_file():
+    m = manifest_for(assets, parts=("encoder", "decoder", "tokenizer"))
+    inputs = input_fingerprint(m, p2_dir)
+    if reuse and not force_new and (out / "summary.json").is_file() and (out / "config.json").is_file():
         done = read_json(out / "config.json")
-        if done.get("captioner") == asdict(cap_cfg) and done.get("train") == asdict(cfg):
-            return read_json(out / "summary.json")
-        raise HW3Error(f"{out}: holds a finished run with another configuration (remove that folder to retrain, "
-                       "or choose another)")
+        if done.get("captioner") != asdict(cap_cfg) or done.get("train") != asdict(cfg):
+            raise HW3Error(f"{out}: holds a finished run with another configuration (remove that folder to retrain, "
+                           "or choose another)")
+        changed = changed_inputs(done.get("inputs"), inputs)
+        if changed:
+            raise HW3Error(f"{out}: holds a finished run of other inputs ({', '.join(changed)} changed; remove that "
+                           "folder to retrain, or choose another)")
+        return read_json(out / "summary.json")
     with run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
-        return _train_locked(cap_cfg, cfg, assets, p2_dir, out)
+        if force_new:
+            RunFolder(out).clear()
+        return _train_locked(cap_cfg, cfg, m, p2_dir, out, inputs)
 
 
-def _train_locked(cap_cfg, cfg, assets, p2_dir: Path, out: Path) -> dict:
+def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict) -> dict:
     import torch.distributed as dist
 
-    m = manifest_for(assets)
     dev = resolve_device(cfg.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():  # under torchrun: one process per device
@@ -128,7 +141,7 @@ def _train_locked(cap_cfg, cfg, assets, p2_dir: Path, out: Path) -> dict:
         dist.barrier()
     validator = cider_validator(val.paths[:n_val], val.references[:n_val], val_src, tok, cfg.max_caption_tokens)
     try:
-        return fit(model, train, val, cfg, out, train_src, val_src, validator, precision=precision)
+        return fit(model, train, val, cfg, out, train_src, val_src, validator, precision=precision, inputs=inputs)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -175,6 +188,7 @@ def load_run(checkpoint, manifest, device="cpu", precision=None):
         return store_all(build_captioner(manifest, CaptionerConfig(peft="none"), device, precision=precision),
                          precision).eval()
     cfg, tensors, info = read_checkpoint(checkpoint)
+    check_checkpoint_size(manifest, cfg, tensors, checkpoint)
     model = build_captioner(manifest, cfg, device, precision=precision)
     have = asdict(model.decoder.config)
     differ = [f"{k} {info['decoder'][k]} in the checkpoint, {have[k]} from {manifest.source}"
@@ -198,6 +212,14 @@ def caption_folder(model, manifest, paths, beams=1, max_len=60, batch_size=16, l
     tok = load_tokenizer(manifest)
     return caption_images(model, list(paths), tok, encoder_transform(model.encoder), beams, max_len, batch_size,
                           length_penalty, device, progress, quantize=quantize, precision=precision)
+
+
+def write_val_predictions(model, run, manifest, paths, device="cpu", max_len=40, progress=False) -> dict[str, str]:
+    """Greedy captions of the val images by a run's model, kept as RUN/val_predictions.json (the
+    course's prediction format, so `hw3 evaluate` reads it)."""
+    preds = caption_folder(model, manifest, paths, max_len=max_len, device=device, progress=progress)
+    atomic_write_json(Path(run) / "val_predictions.json", preds)
+    return preds
 
 
 def default_tokenizer() -> str:
@@ -287,8 +309,8 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
         t0 = time.time()
         summary = train_run(config, assets, p2_dir, run, overrides, device)
         model = load_run(run, m, device)
-        preds, sc = caption_and_score(model)
-        atomic_write_json(run / "val_predictions.json", preds)
+        preds = write_val_predictions(model, run, m, paths, device, max_len, progress)
+        sc = score_predictions(preds, p2_dir, m, clip, device, boxes, world)
         rows.append({"variant": name, "peft": model.config.peft, "trainable": summary["parameters"]["trainable"],
                      "CIDEr": sc["CIDEr"], "CLIPScore": sc["CLIPScore"], "run": str(run)})
         print(f"[variant {i}/{len(variants)}] {name}: CIDEr {sc['CIDEr']:.3f} CLIPScore {sc['CLIPScore']:.3f} "

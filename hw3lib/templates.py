@@ -39,12 +39,20 @@ def template_set(name: str) -> tuple[str, ...]:
 
 
 def check_template(t: str) -> str:
-    if "{object}" not in t:
-        raise HW3Error(f"template {t!r} has no {{object}} placeholder")
+    """A prompt template: text with `{object}` fields and nothing else a format string can do (no
+    format specs or conversions: `{object:>20000000000}` would build a 20 GB string)."""
+    import string
+
     try:
-        t.format(object="x")
-    except (KeyError, IndexError, ValueError) as e:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(t) if name is not None]
+    except ValueError as e:
         raise HW3Error(f"template {t!r} is not a valid format string ({e})") from e
+    for name, spec, conv in fields:
+        if name != "object" or spec or conv:
+            raise HW3Error(f"template {t[:80]!r}: field {{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}} "
+                           "is not allowed; a template may only hold {object}")
+    if not fields:
+        raise HW3Error(f"template {t!r} has no {{object}} placeholder")
     return t
 
 

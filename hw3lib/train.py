@@ -29,7 +29,7 @@ from .data import CaptionSet
 from .features import FeatureSource
 from .files import HW3Error, fault_point, progress_disabled
 from .precision import Precision, choose_precision
-from .runfolder import RunFolder, config_key
+from .runfolder import RunFolder, changed_inputs, config_key
 from .tokenizer import teacher_forcing_batch
 
 # ----------------------------------------------------------------------------------------------
@@ -123,6 +123,9 @@ def plan(n_pairs: int, cfg: TrainConfig, world: int) -> Plan:
     micro = n_pairs // (cfg.batch_size * world)
     if micro < 1:
         raise HW3Error(f"{n_pairs} training pairs are fewer than one batch of {cfg.batch_size * world}")
+    if cfg.grad_accum > micro:
+        raise HW3Error(f"grad_accum={cfg.grad_accum}: an epoch has only {micro} micro-batches of {cfg.batch_size} "
+                       f"({n_pairs} pairs); at most grad_accum={micro}")
     per_epoch = max(1, micro // cfg.grad_accum)
     total = per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, per_epoch * cfg.epochs)
     return Plan(micro, per_epoch, total, cfg.val_every or per_epoch)
@@ -133,8 +136,10 @@ class Trainer:
 
     def __init__(self, model: Captioner, train: CaptionData, val: CaptionData | None, cfg: TrainConfig,
                  folder: RunFolder, train_source: FeatureSource, val_source: FeatureSource | None = None,
-                 validator: Callable[[Captioner], dict] | None = None, precision: Precision | None = None):
+                 validator: Callable[[Captioner], dict] | None = None, precision: Precision | None = None,
+                 inputs: dict | None = None):
         self.model, self.train, self.val, self.cfg, self.folder = model, train, val, cfg, folder
+        self.inputs = inputs or {}  # the fingerprint of what the run reads (runfolder.input_fingerprint)
         self.train_source, self.val_source, self.validator = train_source, val_source, validator
         self.rank, self.world = _rank_world()
         self.device = next(p for p in model.parameters() if p.requires_grad).device
@@ -163,7 +168,11 @@ class Trainer:
             return
         if ck.get("config") != config_key(self.model, self.cfg):
             raise HW3Error(f"{self.folder.resume_path}: run folder holds a run with another configuration "
-                           "(use a new --out)")
+                           "(use a new --out, or --force-new to start over)")
+        changed = changed_inputs(ck.get("inputs"), self.inputs)
+        if changed:
+            raise HW3Error(f"{self.folder.resume_path}: the run's inputs changed since it started ({', '.join(changed)}); "
+                           "resuming would mix two runs (use a new --out, or --force-new to start over)")
         self.model.load_trainable(ck["trainable"], str(self.folder.resume_path))
         self.opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
@@ -248,7 +257,7 @@ class Trainer:
         if kind == "last" and self.folder.writer:  # other ranks would build the state for nothing
             self.folder.save_resume({"trainable": self.model.trainable_state_dict(), "optimizer": self.opt.state_dict(),
                                      "torch_rng": torch.get_rng_state(), "state": dict(s),
-                                     "config": config_key(self.model, self.cfg)})
+                                     "config": config_key(self.model, self.cfg), "inputs": self.inputs})
 
     def run_epoch(self, bar, t0: float) -> bool:
         """Steps until the epoch ends or the run does; True when the run is done."""
@@ -278,14 +287,14 @@ class Trainer:
 def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: TrainConfig, run_dir: str | os.PathLike,
         train_source: FeatureSource, val_source: FeatureSource | None = None,
         validator: Callable[[Captioner], dict] | None = None, resume: bool = True,
-        precision: Precision | None = None) -> dict:
+        precision: Precision | None = None, inputs: dict | None = None) -> dict:
     """Train `model` in place; returns the final summary. Rank 0 writes every file."""
     folder = RunFolder(run_dir, writer=_rank_world()[0] == 0)
-    t = Trainer(model, train, val, cfg, folder, train_source, val_source, validator, precision)
+    t = Trainer(model, train, val, cfg, folder, train_source, val_source, validator, precision, inputs)
     if resume:
         t.restore()
     folder.start({"captioner": asdict(model.config), "train": asdict(cfg), "parameters": t.report,
-                  "world_size": t.world, "precision": t.precision.describe()}, t.state["step"])
+                  "world_size": t.world, "precision": t.precision.describe(), "inputs": t.inputs}, t.state["step"])
     model.train()
     if model.encoder is not None:
         model.encoder.eval()

@@ -132,6 +132,14 @@ def show_attention(ca: CaptionAttention, maps: torch.Tensor | None = None, model
     return W.VBox([W.HBox([play, slider]), img, label])
 
 
+def script_json(obj) -> str:
+    """JSON that is safe inside a <script> element: `<`, `>` and `&` as \\u escapes, so no text
+    (a token reading `</script><script>...`, an `<!--`) can end the element or start markup. JSON.parse
+    reads the escapes back to the same characters."""
+    return (json.dumps(obj, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
 def html_viewer(items: list[tuple[CaptionAttention, torch.Tensor | dict[str, torch.Tensor]]],
                 title: str = "hw3lib attention viewer", size: int = 256) -> str:
     """A standalone HTML page (no kernel, no network): per image a slider and play button stepping
@@ -151,7 +159,7 @@ def html_viewer(items: list[tuple[CaptionAttention, torch.Tensor | dict[str, tor
   <input class="slider" type="range" min="0" max="{len(tokens) - 1}" value="0" step="1" aria-label="token">
   <span class="token"></span></div>
   <img class="frame" width="{size}" height="{size}" alt="attention map">
-  <script type="application/json" class="data">{json.dumps({"frames": srcs, "tokens": tokens})}</script>
+  <script type="application/json" class="data">{script_json({"frames": srcs, "tokens": tokens})}</script>
 </section>""")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
