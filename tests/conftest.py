@@ -48,6 +48,21 @@ def small_run(small_models, small_world, tmp_path_factory):
     return out
 
 
+def private_copies(small_world, small_models, small_run, root) -> dict:
+    """Copies that a test may damage: the data, the models with their manifest, a trained run."""
+    import shutil
+
+    from hw3lib.assets import load_manifest
+
+    data = shutil.copytree(small_world, root / "hw3_data")
+    models = shutil.copytree(Path(small_models).parent, root / "models")
+    run = shutil.copytree(small_run, root / "run")
+    assets = models / Path(small_models).name
+    m = load_manifest(assets)
+    return {"data": data, "assets": assets, "run": run, "root": root, "manifest": m,
+            "decoder": Path(m.decoder.weights), "val": data / "p2_data" / "images" / "val"}
+
+
 def headless_chrome(profile_dir):
     """Debian's chromium driven by selenium, headless (skips the test when either is missing)."""
     import shutil

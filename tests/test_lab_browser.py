@@ -2,7 +2,7 @@
 test starts JupyterLab on 127.0.0.1 (a free port, a token, no browser of its own), opens a notebook
 that shows the explorer with the test fixtures' demo models, runs it from JupyterLab's Run menu, moves
 the token slider and changes the method, and checks that the displayed image changes each time. The
-screenshot it takes is the README's (build/screenshots/explorer.png; copied to figures/ by hand)."""
+screenshot it takes is the README's (build/screenshots/explorer.png; copied to docs/ by hand)."""
 
 import secrets
 import socket

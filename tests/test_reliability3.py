@@ -13,10 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hw3lib.assets import load_manifest
 from hw3lib.files import atomic_write_text, remove_stale_temporaries
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, private_copies, run_cli
 from .test_reliability_cli import check_refused, fingerprint, refused
 
 CONFIG = ROOT / "configs" / "demo" / "lora16.toml"
@@ -25,15 +24,7 @@ TRAIN = ["--max_steps=4", "--val_every=2", "--val_images=4", "--batch_size=16", 
 
 @pytest.fixture(scope="module")
 def world(small_world, small_models, small_run, tmp_path_factory):
-    """Private copies that tests may damage: data, models + manifest (absolute paths), a trained run."""
-    root = tmp_path_factory.mktemp("rel3")
-    data = shutil.copytree(small_world, root / "hw3_data")
-    models = shutil.copytree(Path(small_models).parent, root / "models")
-    run = shutil.copytree(small_run, root / "run")
-    assets = models / Path(small_models).name
-    m = load_manifest(assets)
-    return {"data": data, "assets": assets, "run": run, "root": root, "manifest": m,
-            "decoder": Path(m.decoder.weights), "val": data / "p2_data" / "images" / "val"}
+    return private_copies(small_world, small_models, small_run, tmp_path_factory.mktemp("rel3"))
 
 
 def manifest_with(world, tmp_path, **changes) -> Path:

@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hw3lib.assets import load_manifest
-
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, private_copies, run_cli
 
 CONFIG = ROOT / "configs" / "demo" / "lora16.toml"
 
@@ -53,13 +51,7 @@ def check_refused(args, inputs, *needles):
 @pytest.fixture(scope="module")
 def world(small_world, small_models, small_run, tmp_path_factory):
     """Private copies (tests may try to damage them): data, manifest + models, a trained run."""
-    root = tmp_path_factory.mktemp("rel2")
-    data = shutil.copytree(small_world, root / "hw3_data")
-    models = shutil.copytree(Path(small_models).parent, root / "models")
-    run = shutil.copytree(small_run, root / "run")
-    assets = models / Path(small_models).name
-    return {"data": data, "assets": assets, "run": run, "root": root,
-            "decoder": Path(load_manifest(assets).decoder.weights)}
+    return private_copies(small_world, small_models, small_run, tmp_path_factory.mktemp("rel2"))
 
 
 # -- outputs never overwrite inputs: one case (or more) per subcommand --------------------------
