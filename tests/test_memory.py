@@ -23,9 +23,9 @@ SIZES = {  # two sizes, roughly 0.5 and 2 GB of training memory
     "small": {"encoder": "vit_base_patch32_clip_224", "encoder_kwargs": {"embed_dim": 384, "depth": 6, "num_heads": 6},
               "image": [224, 224], "decoder": {"n_layer": 6, "n_embd": 384, "n_head": 6},
               "captioner": {"peft": "lora"}, "batch": 8, "tokens": 32, "live": True},
-    "vitb_gpt2": {"encoder": "vit_base_patch16_clip_224", "encoder_kwargs": {}, "image": [224, 224],
+    "vitb_gpt2": {"encoder": "vit_base_patch32_clip_224", "encoder_kwargs": {}, "image": [224, 224],
                   "decoder": {"n_layer": 12, "n_embd": 768, "n_head": 12}, "captioner": {"peft": "prompt"},
-                  "batch": 12, "tokens": 40, "live": True},
+                  "batch": 8, "tokens": 32, "live": True},
 }
 
 
