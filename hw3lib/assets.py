@@ -334,11 +334,12 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> ClipBundle:
 @contextlib.contextmanager
 def _quiet_open_clip():
     """open_clip logs "No pretrained weights loaded" when asked to build without them, as we ask
-    (the weights are assigned afterwards); that one message is dropped."""
+    (the weights are assigned afterwards), and logs a failed download before raising it (we raise it
+    as one line); those messages are dropped."""
     import logging
 
     def keep(record):
-        return not record.getMessage().startswith("No pretrained weights loaded")
+        return not record.getMessage().startswith(("No pretrained weights loaded", "Failed to download"))
 
     root = logging.getLogger()
     root.addFilter(keep)
