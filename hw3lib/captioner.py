@@ -332,9 +332,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CaptionerConfig, dict[str,
                                                                            ("encoder_dim", int), ("meta", dict))}
     try:
         cfg = CaptionerConfig(**raw["captioner"])
-    except TypeError as e:  # an unknown or missing key
-        raise HW3Error(f"{path}: metadata field 'captioner': {e}") from e
-    except HW3Error as e:
+    except (TypeError, HW3Error) as e:  # an unknown or missing key, a type or a range
         raise HW3Error(f"{path}: metadata field 'captioner': {e}") from e
     if not 1 <= raw["encoder_dim"] <= 65536:
         raise HW3Error(f"{path}: metadata field 'encoder_dim' = {raw['encoder_dim']} is outside 1..65536")

@@ -7,6 +7,7 @@ Nothing here knows about HW3 layouts; `data.py` builds the readers on top of it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import signal
@@ -100,7 +101,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path.parent, glob_escape(path.name))
+        remove_stale_temporaries(path.parent, glob.escape(path.name))
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise HW3Error(f"{path}: cannot write ({e.strerror or e.__class__.__name__})") from e
@@ -121,12 +122,6 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 def _umask() -> int:
