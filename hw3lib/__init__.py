@@ -1,8 +1,11 @@
 """hw3lib: CLIP zero-shot prompt analysis, PEFT image captioning and attention visualisation (DLCV HW3).
 
-The most used entry points are importable from the package; they load lazily, so `import hw3lib` stays
-cheap (torch and friends load on first use).
+The most used entry points are importable from the package. They load on first use, so `import hw3lib`
+stays cheap (torch and friends load when a name is first touched); the `TYPE_CHECKING` imports below
+are the same names for IDEs and type checkers, which do not run `__getattr__`.
 """
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -16,7 +19,16 @@ _EXPORTS = {
     "AttentionExplorer": "hw3lib.viewer",
     "HW3Error": "hw3lib.files",
 }
-__all__ = list(_EXPORTS)
+__all__ = ["AttentionExplorer", "HW3Error", "build_captioner", "html_viewer", "load_decoder", "load_gpt2_tokenizer",
+           "load_manifest", "show_attention"]  # = _EXPORTS (tests/test_project.py)
+
+if TYPE_CHECKING:  # the names `__getattr__` serves, spelled out for static tools
+    from .assets import load_manifest
+    from .captioner import build_captioner
+    from .decoder import load_decoder
+    from .files import HW3Error
+    from .tokenizer import load_gpt2_tokenizer
+    from .viewer import AttentionExplorer, html_viewer, show_attention
 
 
 def __getattr__(name):

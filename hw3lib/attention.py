@@ -34,10 +34,14 @@ from . import stats
 from .files import HW3Error, open_image, progress_disabled
 from .generate import beam_search
 from .grounding import boxes_for
+from .results import Localisation
 
 # ----------------------------------------------------------------------------------------------
 # capture
 
+
+
+METHODS = ("raw", "rollout", "relevance")  # how a token's map is made (`method_maps`)
 
 @dataclass
 class CaptionAttention:
@@ -199,7 +203,7 @@ def relevance_maps(model, ca: CaptionAttention) -> torch.Tensor:
 
 
 def method_maps(model, ca: CaptionAttention, method: str, layers="last", heads="mean") -> torch.Tensor:
-    """(T, P) patch distributions for one of: raw, rollout, relevance."""
+    """(T, P) patch distributions for one of `METHODS`."""
     if method == "raw":
         m = select(ca.attention, layers, heads)
     elif method == "rollout":
@@ -207,7 +211,7 @@ def method_maps(model, ca: CaptionAttention, method: str, layers="last", heads="
     elif method == "relevance":
         m = relevance_maps(model, ca)
     else:
-        raise ValueError(f"unknown attention method {method!r} (raw, rollout, relevance)")
+        raise ValueError(f"unknown attention method {method!r} ({', '.join(METHODS)})")
     return patch_distribution(m, ca.n_prefix)
 
 
@@ -265,8 +269,8 @@ def deletion_auc(model, ca: CaptionAttention, t: int, patch_map: np.ndarray, fra
 
 
 def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[dict]], shapes, colors,
-                 methods=("raw", "rollout", "relevance"), tolerance_patches: float = 0.5, seed: int = 0,
-                 deletion: bool = True, n_boot: int = 2000) -> dict:
+                 methods=METHODS, tolerance_patches: float = 0.5, seed: int = 0,
+                 deletion: bool = True, n_boot: int = 2000) -> Localisation:
     """Pointing game and deletion score per method, a random-map baseline, pointing accuracy per shape
     and per (layer, head) of raw attention. Intervals resample images (stats.bootstrap_ci), and each
     method is compared with random maps on the same nouns (paired bootstrap)."""
@@ -300,22 +304,21 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
         per_head = per_head + _pointing_per_head(ca, nouns, size, tol)
     n = int(sum(counts))
     if n == 0:
-        return {"nouns": 0, "images": 0, "pointing": dict.fromkeys(names), "pointing_ci": {}, "vs_random": {},
-                "pointing_by_shape": {}, "deletion_auc": None, "pointing_per_layer_head": None}
+        return Localisation(0, 0, dict.fromkeys(names), {}, {}, {}, None, None)
     total = np.array(counts)
     right = {m: np.array(v) for m, v in hits.items()}
-    return {
-        "nouns": n,
-        "images": len(counts),
-        "pointing": {m: float(v.sum() / n) for m, v in right.items()},
-        "pointing_ci": {m: list(stats.bootstrap_ci(v, total, n_boot=n_boot, seed=seed)) for m, v in right.items()},
-        "vs_random": {m: stats.paired_bootstrap(right["random"], right[m], total, total, n_boot=n_boot,
-                                                seed=seed).as_dict() for m in methods},
-        "pointing_by_shape": {sh: {k: (v / d["nouns"] if k != "nouns" and d["nouns"] else v) for k, v in d.items()}
-                              for sh, d in by_shape.items()},
-        "deletion_auc": {m: float(np.mean(v)) for m, v in dels.items()} if deletion else None,
-        "pointing_per_layer_head": (per_head / n).tolist(),
-    }
+    return Localisation(
+        nouns=n,
+        images=len(counts),
+        pointing={m: float(v.sum() / n) for m, v in right.items()},
+        pointing_ci={m: stats.bootstrap_ci(v, total, n_boot=n_boot, seed=seed) for m, v in right.items()},
+        vs_random={m: stats.paired_bootstrap(right["random"], right[m], total, total, n_boot=n_boot,
+                                             seed=seed).reported() for m in methods},
+        pointing_by_shape={sh: {k: (v / d["nouns"] if k != "nouns" and d["nouns"] else v) for k, v in d.items()}
+                           for sh, d in by_shape.items()},
+        deletion_auc={m: float(np.mean(v)) for m, v in dels.items()} if deletion else None,
+        pointing_per_layer_head=(per_head / n).tolist(),
+    )
 
 
 def _pointing_per_head(ca: CaptionAttention, nouns, size, tol) -> np.ndarray:

@@ -1,41 +1,34 @@
 """P2's captioner: frozen timm ViT -> trainable projection -> frozen GPT-2 with trainable cross-attention,
-plus parameter-efficient fine-tuning (PEFT) of the decoder.
-
-PEFT kinds (`CaptionerConfig.peft`), each combined with the trainable cross-attention:
-  none      cross-attention (+ projection) only - the baseline
-  lora      LoRA of rank r on the named decoder modules (peft library)
-  dora      weight-decomposed LoRA (peft, use_dora=True)
-  ia3       (IA)^3 learned rescaling vectors (peft)
-  adapter   bottleneck adapters after self- and cross-attention (the report's placement)
-  prompt    k learned virtual tokens in front of the caption (their keys/values in every layer)
-  prefix    k learned keys/values per layer (prefix tuning)
+plus parameter-efficient fine-tuning (PEFT) of the decoder (the kinds: `tuning.py`).
 
 Initialisation keeps the untrained captioner equal to the pretrained language model: the cross-attention
 output projection starts at zero, LoRA's B and adapters' up-projections start at zero, (IA)^3 vectors at
 one, and prompt/prefix attention is gated per head by tanh(gate) with gate = 0 (`prefix_gate`).
 
-Freezing is decided by structure: everything is frozen, then exactly the parameters of the projection,
-the cross-attention sub-layers and the PEFT modules are made trainable.
+Freezing is decided by module types (`component_of`): a parameter trains when it belongs to the
+projection, a cross-attention sub-layer (`decoder.CrossAttention`, `decoder.CrossAttentionNorm`) or a
+PEFT module (outside that module's `base_layer`); everything else is frozen. The parameter report
+comes from the same walk.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .decoder import GPT2
+from . import tuning
+from .decoder import GPT2, CrossAttention, CrossAttentionNorm
 from .files import HW3Error, atomic_path, first_line
 from .precision import Precision, store_frozen
+from .tuning import PEFT_KINDS
 from .weights import check_fit
 
-PEFT_KINDS = ("none", "lora", "dora", "ia3", "adapter", "prompt", "prefix")
 CHECKPOINT_FORMAT = "hw3lib-captioner-1"
 
 
@@ -79,62 +72,8 @@ class CaptionerConfig:
             raise HW3Error(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
-def _target_regex(targets: list[str]) -> str:
-    """Module-name pattern for blocks' sub-modules, e.g. h.3.attn.c_attn (never crossattention.*
-    unless named)."""
-    return r"h\.\d+\.(" + "|".join(re.escape(t) for t in targets) + ")"
-
-
-class Adapter(nn.Module):
-    """Bottleneck adapter wrapping a `base_layer`: y = base(x); y + up(gelu(down(y))), up zero-init."""
-
-    def __init__(self, base_layer: nn.Linear, dim: int):
-        super().__init__()
-        self.base_layer = base_layer
-        width = base_layer.out_features
-        self.adapter_down = nn.Linear(width, dim)
-        self.adapter_up = nn.Linear(dim, width)
-        nn.init.normal_(self.adapter_down.weight, std=0.02)
-        nn.init.zeros_(self.adapter_down.bias)
-        nn.init.zeros_(self.adapter_up.weight)
-        nn.init.zeros_(self.adapter_up.bias)
-
-    def forward(self, x):
-        y = self.base_layer(x)
-        return y + self.adapter_up(F.gelu(self.adapter_down(y)))
-
-
-class PrefixTuning(nn.Module):
-    """Learned keys and values for every layer: (n_layer, n_head, L, head_size) each."""
-
-    def __init__(self, n_layer: int, n_head: int, head_size: int, length: int, gated: bool):
-        super().__init__()
-        self.prefix_keys = nn.Parameter(torch.randn(n_layer, n_head, length, head_size) * 0.5)
-        self.prefix_values = nn.Parameter(torch.randn(n_layer, n_head, length, head_size) * 0.5)
-        self.prefix_gate = nn.Parameter(torch.zeros(n_layer, n_head)) if gated else None
-
-    def forward(self, decoder: GPT2):
-        gates = self.prefix_gate if self.prefix_gate is not None else [None] * len(self.prefix_keys)
-        return [(k[None], v[None], g) for k, v, g in zip(self.prefix_keys, self.prefix_values, gates, strict=True)]
-
-
-class PromptTuning(nn.Module):
-    """k learned input embeddings in front of the caption. They pass through the frozen decoder
-    (attending to each other only; they carry no image), and the caption attends to their keys and
-    values in every layer."""
-
-    def __init__(self, decoder: GPT2, length: int, gated: bool):
-        super().__init__()
-        # initialised from the embeddings of real vocabulary tokens (Lester et al., 2021)
-        ids = torch.randint(0, decoder.config.vocab_size, (length,), generator=torch.Generator().manual_seed(0))
-        self.prompt_embeddings = nn.Parameter(decoder.wte.weight[ids].detach().clone())
-        cfg = decoder.config
-        self.prompt_gate = nn.Parameter(torch.zeros(cfg.n_layer, cfg.n_head)) if gated else None
-
-    def forward(self, decoder: GPT2):
-        _, presents, _ = decoder.forward_hidden(self.prompt_embeddings[None])  # per layer (1, nh, k, hs)
-        gates = self.prompt_gate if self.prompt_gate is not None else [None] * len(presents)
-        return [(k, v, g) for (k, v), g in zip(presents, gates, strict=True)]
+class Projection(nn.Linear):
+    """Encoder tokens (B, S, E) -> decoder width (B, S, C); its own type: it trains."""
 
 
 class Captioner(nn.Module):
@@ -148,53 +87,19 @@ class Captioner(nn.Module):
         self.encoder = encoder
         enc_dim = encoder_dim or encoder.num_features
         self.encoder_dim = enc_dim
-        self.proj = nn.Linear(enc_dim, decoder.config.n_embd)  # (B, S, E) -> (B, S, C)
+        self.proj = Projection(enc_dim, decoder.config.n_embd)  # (B, S, E) -> (B, S, C)
         nn.init.normal_(self.proj.weight, std=enc_dim ** -0.5)
         nn.init.zeros_(self.proj.bias)
         for blk in decoder.h:  # zero output: the untrained model is exactly the language model
             nn.init.zeros_(blk.crossattention.c_proj.weight)
             nn.init.zeros_(blk.crossattention.c_proj.bias)
             blk.ln_cross_attn.reset_parameters()
-        self.decoder = decoder
-        self.prompt = None
-        self.prefix = None
-        self._apply_peft(cfg)
-        self._freeze_by_structure()
-
-    # -- construction ---------------------------------------------------------------------------
-
-    def _apply_peft(self, cfg: CaptionerConfig) -> None:
-        dcfg = self.decoder.config
-        if cfg.peft in ("lora", "dora"):
-            from peft import LoraConfig, inject_adapter_in_model
-
-            lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                            target_modules=_target_regex(cfg.lora_targets), use_dora=cfg.peft == "dora", bias="none")
-            self.decoder = _inject(inject_adapter_in_model, lc, self.decoder, "lora_targets", cfg.lora_targets)
-        elif cfg.peft == "ia3":
-            from peft import IA3Config, inject_adapter_in_model
-
-            ic = IA3Config(target_modules=_target_regex(cfg.ia3_targets),
-                           feedforward_modules=_target_regex(cfg.ia3_feedforward))
-            self.decoder = _inject(inject_adapter_in_model, ic, self.decoder, "ia3_targets", cfg.ia3_targets)
-        elif cfg.peft == "adapter":
-            pattern = re.compile(_target_regex(cfg.adapter_targets))
-            for name, module in list(self.decoder.named_modules()):
-                if pattern.fullmatch(name) and isinstance(module, nn.Linear):
-                    parent_name, _, child = name.rpartition(".")
-                    setattr(self.decoder.get_submodule(parent_name), child, Adapter(module, cfg.adapter_dim))
-        elif cfg.peft == "prompt":
-            self.prompt = PromptTuning(self.decoder, cfg.virtual_tokens, cfg.prefix_gate)
-        elif cfg.peft == "prefix":
-            self.prefix = PrefixTuning(dcfg.n_layer, dcfg.n_head, dcfg.n_embd // dcfg.n_head, cfg.virtual_tokens,
-                                       cfg.prefix_gate)
-        if cfg.peft in ("lora", "dora", "ia3", "adapter") and not any(
-                _component(n) == cfg.peft.replace("dora", "lora") for n, _ in self.named_parameters()):
+        self.decoder, self.prompt, self.prefix = tuning.KINDS[cfg.peft](decoder, cfg)
+        for _, p, component in parameter_components(self):
+            p.requires_grad_(component != "frozen")
+        wanted = {"lora": "lora", "dora": "lora", "ia3": "ia3", "adapter": "adapter"}.get(cfg.peft)
+        if wanted and not any(c == wanted for _, _, c in parameter_components(self)):
             raise HW3Error(f"peft {cfg.peft!r}: no decoder module matched the targets")
-
-    def _freeze_by_structure(self) -> None:
-        for name, p in self.named_parameters():
-            p.requires_grad_(_component(name) != "frozen")
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -240,44 +145,40 @@ class Captioner(nn.Module):
                 p.copy_(sd[k])
 
 
-def _inject(inject, peft_config, decoder, setting: str, targets: list[str]):
-    """peft's injection, with its "no module matched" error as one line naming the setting."""
-    try:
-        return inject(peft_config, decoder)
-    except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
-        raise HW3Error(f"{setting}={','.join(targets)}: no decoder module matched ({first_line(e)}); modules are "
-                       "named like attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, crossattention.c_attn") from e
-
-
-def _component(name: str) -> str:
-    """Which part of the captioner a parameter belongs to (decides freezing and the report)."""
-    if name.startswith("encoder."):
-        return "frozen"
-    if name.startswith("proj."):
+def component_of(module: nn.Module) -> str | None:
+    """The component a module's own parameters belong to, by its type (None: its parent's)."""
+    if isinstance(module, Projection):
         return "projection"
-    if ".crossattention." in name or ".ln_cross_attn." in name:
-        if "adapter_" in name:
-            return "adapter"
-        if ".base_layer." in name or "lora_" not in name:
-            return "cross-attention"
-    if "lora_" in name:
-        return "lora"
-    if "ia3_" in name:
-        return "ia3"
-    if "adapter_" in name:
-        return "adapter"
-    if name.startswith("prompt."):
-        return "prompt"
-    if name.startswith("prefix."):
-        return "prefix"
-    return "frozen"
+    if isinstance(module, CrossAttention | CrossAttentionNorm):
+        return "cross-attention"
+    for component, types in tuning.layer_types().items():
+        if isinstance(module, types):
+            return component
+    return None
+
+
+def parameter_components(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, str]]:
+    """(name, parameter, component) for every parameter, walking the module tree: a module's parameters
+    belong to its own component (`component_of`) or else to its parent's; a PEFT module's
+    `base_layer` keeps the component of the module it replaced (frozen, or cross-attention's)."""
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, prefix: str, inherited: str):
+        own = component_of(module) or inherited
+        for name, p in module.named_parameters(prefix=prefix.rstrip("."), recurse=False):
+            if id(p) not in seen:  # a tied parameter (the LM head's) is counted once
+                seen.add(id(p))
+                yield name, p, own
+        for name, child in module.named_children():
+            yield from walk(child, f"{prefix}{name}.", inherited if name == "base_layer" else own)
+
+    yield from walk(model, "", "frozen")
 
 
 def parameter_report(model: Captioner) -> dict[str, int]:
     """Parameter counts per component, plus `trainable` and `frozen` totals."""
     out: dict[str, int] = {}
-    for name, p in model.named_parameters():
-        c = _component(name)
+    for _, p, c in parameter_components(model):
         out[c] = out.get(c, 0) + p.numel()
     out["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     out["frozen"] = sum(p.numel() for p in model.parameters() if not p.requires_grad)

@@ -182,13 +182,17 @@ class MLP(nn.Module):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
+class CrossAttentionNorm(nn.LayerNorm):
+    """The LayerNorm in front of the cross-attention sub-layer (its own type: it trains with it)."""
+
+
 class Block(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.attn = SelfAttention(cfg)
         if cfg.cross_attention:
-            self.ln_cross_attn = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+            self.ln_cross_attn = CrossAttentionNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
             self.crossattention = CrossAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
@@ -207,8 +211,10 @@ class Block(nn.Module):
 class GPT2(nn.Module):
     """GPT-2 language model; with `cfg.cross_attention` every block also attends to encoder tokens.
 
-    The state dict keys are the course file's (`wte.weight`, `h.0.attn.c_attn.weight`, ...): the LM
-    head is `wte` itself, so there is no separate head tensor.
+    The state dict keys are the course file's (`wte.weight`, `h.0.attn.c_attn.weight`, ...). The LM
+    head `lm_head` is a real `nn.Linear` module whose weight *is* `wte.weight` (tied, as in nanoGPT and
+    transformers), so fast paths can swap it like any linear layer; the state dict holds the tensor
+    once, under `wte.weight`, and loading ties the head again.
     """
 
     def __init__(self, cfg: GPT2Config):
@@ -222,6 +228,12 @@ class GPT2(nn.Module):
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # (B, T, C) -> (B, T, vocab); built on meta (no initialisation of its own), then tied
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False, device="meta")
+        self.lm_head.weight = self.wte.weight
+        self.register_state_dict_post_hook(_drop_tied_head)
+        self.register_load_state_dict_pre_hook(_tied_head_from_wte)
+        self.register_load_state_dict_post_hook(_tie_head)
 
     @staticmethod
     def _init_weights(m):
@@ -256,13 +268,29 @@ class GPT2(nn.Module):
         return self.ln_f(x), presents, atts
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.wte.weight)  # tied head, no bias: (B, T, vocab)
+        return self.lm_head(hidden)  # tied head, no bias: (B, T, vocab)
 
     def forward(self, idx: torch.Tensor, enc: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (B, T) [+ encoder tokens (B, S, n_embd)] -> logits (B, T, vocab)."""
         cross_kv = self.cross_kv(enc) if enc is not None else None
         hidden, _, _ = self.forward_hidden(self.embed(idx), cross_kv)
         return self.logits(hidden)
+
+
+def _drop_tied_head(module, state_dict, prefix, local_metadata):
+    """The head's weight is `wte.weight`: the state dict holds it once (as the course file does)."""
+    state_dict.pop(prefix + "lm_head.weight", None)
+
+
+def _tied_head_from_wte(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                        error_msgs):
+    if prefix + "wte.weight" in state_dict:
+        state_dict.setdefault(prefix + "lm_head.weight", state_dict[prefix + "wte.weight"])
+
+
+def _tie_head(module, incompatible_keys):
+    """Loading with assign=True makes new Parameter objects: the head shares `wte`'s again."""
+    module.lm_head.weight = module.wte.weight
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +339,7 @@ def infer_config(sd: dict[str, torch.Tensor], source) -> GPT2Config:
     if width != n_embd:
         raise HW3Error(f"{source}: wpe.weight is {width} wide, wte.weight {n_embd}")
     n_head = n_embd // 64 if n_embd % 64 == 0 and n_embd >= 128 else max(1, n_embd // 32)
-    cross = any(".crossattention." in k for k in sd)
+    cross = any(is_cross_attention_key(k) for k in sd)
     return GPT2Config(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                       cross_attention=cross)
 

@@ -48,6 +48,7 @@ from .files import (
     read_json,
     require_dir,
 )
+from .grounding import boxes_for
 from .tokenizer import teacher_forcing_batch, train_bpe
 from .train import cosine_lr
 
@@ -141,14 +142,14 @@ def _load_split_tensors(split, preprocess, desc) -> torch.Tensor:
 def object_targets(split, boxes: dict, split_name: str, grid: int, shapes: list[str], colors: list[str]):
     """Per image, up to K objects as patch-pooling weights (N, K, grid*grid) summing to 1 over each
     object's box (patch centres inside it), and shape / colour labels (N, K), -100 where no object."""
-    n_max = max(len(boxes[f"{split_name}/{im.path.name}"]) for im in split.images)
+    n_max = max(len(boxes_for(im.path.name, boxes, split_name)) for im in split.images)
     weights = torch.zeros(len(split.images), n_max, grid * grid)
     shape_y = torch.full((len(split.images), n_max), -100)
     color_y = torch.full((len(split.images), n_max), -100)
     side = open_image(split.images[0].path).size[0]  # every demo image has the same side
     centres = (np.arange(grid) + 0.5) * side / grid
     for i, im in enumerate(split.images):
-        for k, o in enumerate(boxes[f"{split_name}/{im.path.name}"]):
+        for k, o in enumerate(boxes_for(im.path.name, boxes, split_name)):
             x0, y0, x1, y1 = o["box"]
             inside = np.outer((centres >= y0) & (centres < y1), (centres >= x0) & (centres < x1)).flatten()
             if inside.any():
@@ -269,7 +270,7 @@ def clip_attribute_checks(bundle, val, boxes: dict, world: dict, s: DemoModelSet
     """Shape and colour zero-shot on single-object images: the val split's own, and a larger held-out
     probe drawn the same way."""
     shapes, colors = world["shapes"], world["colors"]
-    singles = [(im, boxes[f"val/{im.path.name}"][0]) for im in val.images if len(boxes[f"val/{im.path.name}"]) == 1]
+    singles = [(im, objs[0]) for im in val.images if len(objs := boxes_for(im.path.name, boxes, "val")) == 1]
     side = open_image(val.images[0].path).size[0]
     out = {"probe": attribute_zero_shot(bundle, *single_object_probe(s, side, seed, shapes, colors), shapes, colors)}
     if singles:

@@ -161,6 +161,104 @@ def _beam_select(top_s: list, parent: list, token: list, K: int, eot: int):
     return live, ended
 
 
+class BeamState:
+    """Beam search's bookkeeping in one place.
+
+    Two index spaces meet here: the rows of the batch (the b images still computed, K beams each, in
+    the stepper's order) and the caller's image index (every step's back-pointers, tokens and maps, the
+    finished hypotheses). `reorder` and `compact` change the rows, and always move the scores, the last
+    tokens and the stepper's state together."""
+
+    def __init__(self, stepper: _Stepper, B: int, K: int, eot: int, capture: bool):
+        dev = stepper.cross_kv[0][0].device
+        self.st, self.K, self.eot, self.capture = stepper, K, eot, capture
+        self.score = torch.full((B, K), float("-inf"), device=dev)  # (b, K) rows of the batch
+        self.score[:, 0] = 0.0  # all beams start identical: expand only the first
+        self.last = torch.full((B * K,), eot, dtype=torch.long, device=dev)  # (b*K,) each row's last token
+        self.best_live = torch.full((B, K), float("-inf"))  # (B, K) caller-indexed, for images that never finish
+        self.parents: list[torch.Tensor] = []  # per step (B, K) caller-indexed: the slot each beam came from
+        self.tokens: list[torch.Tensor] = []  # per step (B, K): the token each beam added
+        self.atts: list[torch.Tensor] = []  # per step (B, K, L, nh, S) with capture
+        self.finished: list[list[tuple[float, int, int]]] = [[] for _ in range(B)]  # (norm score, step, slot)
+        self.done = [False] * B  # caller-indexed
+
+    def images(self) -> list[int]:
+        """The caller's index of each image in the batch, in row order."""
+        return self.st.images.tolist()
+
+    def step(self, t: int, min_len: int, length_penalty: float) -> None:
+        """Expand every live beam by one token, record the step, and reorder the rows to the new beams."""
+        K, eot = self.K, self.eot
+        logits, att = self.st.step(self.last, t)  # (b*K, V)
+        if t < min_len:
+            logits[:, eot] = float("-inf")
+        logp = logits.log_softmax(-1).view(-1, K, logits.shape[-1])
+        V = logp.shape[-1]
+        top_s, top_i = (self.score[:, :, None] + logp).view(-1, K * V).topk(2 * K, dim=1)  # (b, 2K)
+        top_s, parent, token = top_s.tolist(), (top_i // V).tolist(), (top_i % V).tolist()
+        images = self.images()
+        new = [_beam_select(top_s[i], parent[i], token[i], K, eot) for i in range(len(images))]
+        new_score = torch.tensor([[s for s, _, _ in live] for live, _ in new], dtype=self.score.dtype)
+        new_parent = torch.tensor([[p for _, p, _ in live] for live, _ in new], dtype=torch.long)
+        new_token = torch.tensor([[w for _, _, w in live] for live, _ in new], dtype=torch.long)
+        norm = (t + 1) ** length_penalty
+        for i, (b, (_, ended)) in enumerate(zip(images, new, strict=True)):
+            if self.done[b]:  # kept in the batch (prune=False or not yet compacted): adds nothing
+                continue
+            self.finished[b] = sorted(self.finished[b] + [(s / norm, t, p) for s, p in ended], key=lambda h: -h[0])
+            self.done[b] = len(self.finished[b]) >= K and float(new_score[i].max()) / norm <= self.finished[b][K - 1][0]
+        idx, B = self.st.images, len(self.done)
+        self.parents.append(torch.zeros(B, K, dtype=torch.long).index_copy_(0, idx, new_parent))
+        self.tokens.append(torch.full((B, K), eot, dtype=torch.long).index_copy_(0, idx, new_token))
+        self.best_live.index_copy_(0, idx, new_score)
+        if self.capture:
+            a = att.cpu().view(-1, K, *att.shape[1:])  # attention of the query at slot k
+            self.atts.append(torch.zeros(B, *a.shape[1:]).index_copy_(0, idx, a))
+        self.reorder(new_parent, new_score, new_token)
+
+    def reorder(self, parent: torch.Tensor, score: torch.Tensor, token: torch.Tensor) -> None:
+        """Rows become the new beams: beam k of image i continues row `parent[i, k]` with `token[i, k]`."""
+        dev = self.score.device
+        flat = (parent + torch.arange(parent.shape[0])[:, None] * self.K).view(-1).to(dev)
+        self.st.select_rows(flat)
+        self.score, self.last = score.to(dev), token.view(-1).to(dev)
+
+    def compact(self) -> None:
+        """Drop the finished images' rows from the batch (scores, last tokens and stepper together)."""
+        keep = torch.tensor([i for i, b in enumerate(self.images()) if not self.done[b]], dtype=torch.long)
+        rows = self.st.keep_images(keep)
+        self.score, self.last = self.score[keep.to(self.score.device)], self.last[rows]
+
+    def n_done_in_batch(self) -> int:
+        return sum(self.done[b] for b in self.images())
+
+    def result(self, length_penalty: float) -> Decoded:
+        """Each image's best finished hypothesis (or best live beam) from the per-step back-pointers."""
+        steps = len(self.parents)
+        out_tokens, out_fin, out_scores, out_atts = [], [], [], []
+        for b in range(len(self.finished)):
+            if self.finished[b]:
+                norm, t_end, slot = self.finished[b][0]  # beam (at step t_end's input) that emitted the end token
+                seq, att_seq = [], [self.atts[t_end][b, slot]] if self.capture else []
+                tt, k, fin = t_end - 1, slot, True
+            else:  # no hypothesis ended: take the best live beam at the last step
+                k = int(torch.argmax(self.best_live[b]).item()) if steps else 0
+                tt, seq, att_seq, fin = steps - 1, [], [], False
+                norm = self.best_live[b, k].item() / max(steps, 1) ** length_penalty
+            while tt >= 0:  # follow back-pointers: slot k at step tt holds token tokens[tt][b, k]
+                seq.append(int(self.tokens[tt][b, k]))
+                p = int(self.parents[tt][b, k])
+                if self.capture:
+                    att_seq.append(self.atts[tt][b, p])
+                k, tt = p, tt - 1
+            out_tokens.append(seq[::-1])
+            out_fin.append(fin)
+            out_scores.append(norm)
+            if self.capture:
+                out_atts.append(torch.stack(att_seq[::-1]))
+        return Decoded(out_tokens, out_fin, out_scores, out_atts if self.capture else None)
+
+
 @torch.no_grad()
 def beam_search(model, feats: torch.Tensor, eot: int, beams: int = 3, max_len: int = 60,
                 length_penalty: float = 1.0, use_cache: bool = True, capture: bool = False,
@@ -170,80 +268,16 @@ def beam_search(model, feats: torch.Tensor, eot: int, beams: int = 3, max_len: i
     with `prune` its rows then leave the batch."""
     if beams == 1:
         return greedy(model, feats, eot, max_len, use_cache, capture, min_len)
-    B, K, dev = feats.shape[0], beams, feats.device
     max_len = _max_len(model, max_len)
-    st = _Stepper(model, feats, K, use_cache, capture, max_len)
-    last = torch.full((B * K,), eot, dtype=torch.long, device=dev)
-    score = torch.full((B, K), float("-inf"), device=dev)  # (b, K) for the images in the batch
-    score[:, 0] = 0.0  # all beams start identical: expand only the first
-    best_live = torch.full((B, K), float("-inf"))  # caller-indexed copy, for images that never finish
-    parents, tokens_hist, att_hist = [], [], []  # per step, (B, K) caller-indexed
-    finished: list[list[tuple[float, int, int]]] = [[] for _ in range(B)]  # (norm score, step, slot)
-    is_done = [False] * B
+    state = BeamState(_Stepper(model, feats, beams, use_cache, capture, max_len), feats.shape[0], beams, eot, capture)
     for t in range(max_len):
-        logits, att = st.step(last, t)  # (b*K, V)
-        if t < min_len:
-            logits[:, eot] = float("-inf")
-        logp = logits.log_softmax(-1).view(-1, K, logits.shape[-1])
-        V = logp.shape[-1]
-        cand = (score[:, :, None] + logp).view(-1, K * V)
-        top_s, top_i = cand.topk(2 * K, dim=1)  # (b, 2K)
-        top_s, parent, token = top_s.tolist(), (top_i // V).tolist(), (top_i % V).tolist()
-        images = st.images.tolist()
-        new = [_beam_select(top_s[i], parent[i], token[i], K, eot) for i in range(len(images))]
-        new_score = torch.tensor([[s for s, _, _ in live] for live, _ in new], dtype=score.dtype)
-        new_parent = torch.tensor([[p for _, p, _ in live] for live, _ in new], dtype=torch.long)
-        new_token = torch.tensor([[w for _, _, w in live] for live, _ in new], dtype=torch.long)
-        norm = (t + 1) ** length_penalty
-        for i, (b, (_, ended)) in enumerate(zip(images, new, strict=True)):
-            if is_done[b]:  # kept in the batch (prune=False or not yet compacted): adds nothing
-                continue
-            finished[b] = sorted(finished[b] + [(s / norm, t, p) for s, p in ended], key=lambda h: -h[0])
-            is_done[b] = len(finished[b]) >= K and float(new_score[i].max()) / norm <= finished[b][K - 1][0]
-        idx = st.images
-        parents.append(torch.zeros(B, K, dtype=torch.long).index_copy_(0, idx, new_parent))
-        tokens_hist.append(torch.full((B, K), eot, dtype=torch.long).index_copy_(0, idx, new_token))
-        best_live.index_copy_(0, idx, new_score)
-        if capture:
-            a = att.cpu().view(-1, K, *att.shape[1:])  # attention of the query at slot k
-            att_hist.append(torch.zeros(B, *a.shape[1:]).index_copy_(0, idx, a))
-        if all(is_done):
+        state.step(t, min_len, length_penalty)
+        if all(state.done):
             break
-        flat = (new_parent + torch.arange(len(images))[:, None] * K).view(-1).to(dev)
-        st.select_rows(flat)
-        score, last = new_score.to(dev), new_token.view(-1).to(dev)
-        keep = torch.tensor([i for i, b in enumerate(images) if not is_done[b]], dtype=torch.long)
-        if prune and _worth_compacting(len(images) - len(keep), len(images)):
-            rows = st.keep_images(keep)
-            score, last = score[keep.to(dev)], last[rows]
-    return _backtrack(finished, parents, tokens_hist, att_hist, best_live, length_penalty, capture)
-
-
-def _backtrack(finished, parents, tokens_hist, att_hist, best_live, length_penalty, capture) -> Decoded:
-    """Each image's best finished hypothesis (or best live beam) from the per-step back-pointers."""
-    steps = len(parents)
-    out_tokens, out_fin, out_scores, out_atts = [], [], [], []
-    for b in range(len(finished)):
-        if finished[b]:
-            norm, t_end, slot = finished[b][0]  # beam (at step t_end's input) that emitted the end token
-            seq, att_seq = [], [att_hist[t_end][b, slot]] if capture else []
-            tt, k, fin = t_end - 1, slot, True
-        else:  # no hypothesis ended: take the best live beam at the last step
-            k = int(torch.argmax(best_live[b]).item()) if steps else 0
-            tt, seq, att_seq, fin = steps - 1, [], [], False
-            norm = best_live[b, k].item() / max(steps, 1) ** length_penalty
-        while tt >= 0:  # follow back-pointers: slot k at step tt holds token tokens_hist[tt][b, k]
-            seq.append(int(tokens_hist[tt][b, k]))
-            p = int(parents[tt][b, k])
-            if capture:
-                att_seq.append(att_hist[tt][b, p])
-            k, tt = p, tt - 1
-        out_tokens.append(seq[::-1])
-        out_fin.append(fin)
-        out_scores.append(norm)
-        if capture:
-            out_atts.append(torch.stack(att_seq[::-1]))
-    return Decoded(out_tokens, out_fin, out_scores, out_atts if capture else None)
+        n_images = len(state.images())
+        if prune and _worth_compacting(state.n_done_in_batch(), n_images):
+            state.compact()
+    return state.result(length_penalty)
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import stats
+from .results import Interval, Share
 
 KINDS = ("mentions", "shapes", "colors")  # what is counted
 
@@ -79,15 +80,15 @@ class Grounding:
         t = int(self.total[kind].sum())
         return None if t == 0 else float(self.right[kind].sum() / t)
 
-    def interval(self, kind: str, n_boot: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    def interval(self, kind: str, n_boot: int = 2000, seed: int = 0) -> Interval | None:
         if int(self.total[kind].sum()) == 0:
             return None
         return stats.bootstrap_ci(self.right[kind], self.total[kind], n_boot=n_boot, seed=seed)
 
-    def summary(self, n_boot: int = 2000, seed: int = 0) -> dict:
-        """{kind: {"share", "ci", "right", "total"}} for every kind."""
-        return {k: {"share": self.share(k), "ci": self.interval(k, n_boot, seed),
-                    "right": int(self.right[k].sum()), "total": int(self.total[k].sum())} for k in KINDS}
+    def summary(self, n_boot: int = 2000, seed: int = 0) -> dict[str, Share]:
+        """Every kind's share, interval and counts."""
+        return {k: Share(self.share(k), self.interval(k, n_boot, seed), int(self.right[k].sum()),
+                         int(self.total[k].sum())) for k in KINDS}
 
 
 def grounding(predictions: dict[str, str], boxes: dict[str, list[dict]], shapes: list[str], colors: list[str],

@@ -3,15 +3,16 @@
 What it does depends on the device, and only `quantize="int8"` changes what the model computes:
 
 - CPU, fp32 (the default there), when twice the copy's size is available: every plain `nn.Linear` of
-  the decoder (PEFT base layers included)
-  and the tied LM head run through MKL's packed-weight GEMM (`torch.ops.mkl._mkl_linear`, the kernel
-  inductor uses for frozen fp32 linears). The weights are reordered once into the kernel's panel
-  layout, so a decoding step, a GEMM of only 16-64 rows that is bound by streaming the weights, stops
-  repacking them on every call. The results are bit-identical to `F.linear` (tested); the price is a
+  the decoder (PEFT base layers and the tied LM head `lm_head` included) is swapped for a
+  `PackedLinear(base_layer)` module that runs MKL's packed-weight GEMM (`torch.ops.mkl._mkl_linear`,
+  the kernel inductor uses for frozen fp32 linears); on exit the original modules are swapped back.
+  The weights are reordered once into the kernel's panel layout, so a decoding step, a GEMM of only
+  16-64 rows that is bound by streaming the weights, stops repacking them on every call. The results are bit-identical to `F.linear` (tested); the price is a
   second copy of the decoder's weights while the context is active (about 0.8 GB for GPT-2 small).
 - CPU, `quantize="int8"` (opt-in, never the default): a copy of the decoder with the PEFT deltas
-  merged into the base weights, whose linear layers and LM head are dynamic int8 (int8 weights,
-  activations quantised per call). Faster, and the captions can change; the README reports by how much.
+  merged into the base weights, whose linear layers and LM head are dynamic int8 modules (int8
+  weights, activations quantised per call), swapped in for `model.decoder` and back. Faster, and the
+  captions can change; the README reports by how much.
 - CUDA: autocast in the GPU's half precision (`precision.choose_precision`: bf16 from compute
   capability 8.0, fp16 below) for the encoder and the decoder (whose attention is SDPA unless maps
   are captured). Logits are cast back to fp32 before any argmax or log-softmax.
@@ -60,62 +61,93 @@ def _available_memory() -> int | None:
     return int(line.split()[1]) * 1024
 
 
-def _packed_forward(weight, packed, bias, rows_hint):
-    def forward(x):
-        return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows_hint)
+class PackedLinear(nn.Module):
+    """A frozen fp32 `base_layer` (nn.Linear) run through MKL's packed-weight GEMM: the weight reordered
+    once into the kernel's panel layout. Bit-identical to the base layer's forward (tested); no backward.
+    `weight` and `bias` are the base layer's, so code that reads them (peft's DoRA) sees the same tensors."""
 
-    return forward
+    def __init__(self, base_layer: nn.Linear, rows_hint: int = 16):
+        super().__init__()
+        self.base_layer = base_layer
+        self.rows_hint = rows_hint  # the GEMM's expected row count (decoding batch x beams)
+        w = base_layer.weight.detach()
+        self.register_buffer("packed", torch.ops.mkl._mkl_reorder_linear_weight(w, rows_hint), persistent=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, x):
+        bias = None if self.bias is None else self.bias.detach()
+        return torch.ops.mkl._mkl_linear(x, self.packed, self.weight.detach(), bias, self.rows_hint)
+
+
+def swap_modules(root: nn.Module, make) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replace every sub-module m of `root` for which `make(m)` returns a module by that module;
+    returns (parent, name, original) of each swap, for `restore_modules`."""
+    swapped = []
+    for name, module in list(root.named_modules(remove_duplicate=False)):
+        new = make(module) if name else None
+        if new is not None:
+            parent_name, _, child = name.rpartition(".")
+            parent = root.get_submodule(parent_name)
+            swapped.append((parent, child, module))
+            setattr(parent, child, new)
+    return swapped
+
+
+def restore_modules(swapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for parent, child, original in reversed(swapped):
+        setattr(parent, child, original)
 
 
 @contextmanager
 def packed_linears(decoder: nn.Module, rows_hint: int = 16):
-    """Run the decoder's fp32 linear layers and LM head on MKL-packed weights inside the block."""
-    patched = []
+    """Inside the block, the decoder's fp32 CPU linear layers (the tied LM head included) are
+    `PackedLinear` modules; on exit the original modules are swapped back."""
+    def pack(m):
+        if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu":
+            return PackedLinear(m, rows_hint)
+        return None
+
     grad = torch.is_grad_enabled()
     torch.set_grad_enabled(False)  # the packed kernel has no backward
+    swapped = []
     try:
-        for m in decoder.modules():
-            if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu":
-                w = m.weight.detach()
-                b = None if m.bias is None else m.bias.detach()
-                m.forward = _packed_forward(w, torch.ops.mkl._mkl_reorder_linear_weight(w, rows_hint), b, rows_hint)
-                patched.append(m)
-        wte = decoder.wte.weight.detach()
-        head = _packed_forward(wte, torch.ops.mkl._mkl_reorder_linear_weight(wte, rows_hint), None, rows_hint)
-        decoder.logits = head  # instance attribute: shadows GPT2.logits until removed
-        patched.append(decoder)
+        swapped = swap_modules(decoder, pack)
         yield decoder
     finally:
+        restore_modules(swapped)
         torch.set_grad_enabled(grad)
-        for m in patched:
-            m.__dict__.pop("logits" if m is decoder else "forward", None)
 
 
 def merged_copy(decoder: nn.Module) -> nn.Module:
     """A copy of the decoder with every PEFT layer (peft's LoRA/DoRA/(IA)^3) merged into its base layer."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    def merge(m):
+        if isinstance(m, BaseTunerLayer):
+            m.merge()
+            return m.get_base_layer()
+        return None
+
     dec = copy.deepcopy(decoder)
-    for name, module in list(dec.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-            parent, _, child = name.rpartition(".")
-            setattr(dec.get_submodule(parent) if parent else dec, child, module.get_base_layer())
+    swap_modules(dec, merge)
     return dec
 
 
 def int8_decoder(decoder: nn.Module) -> nn.Module:
-    """Dynamic int8 copy of the decoder (merged PEFT, int8 linears and LM head) for CPU decoding."""
+    """Dynamic int8 copy of the decoder (merged PEFT; every linear layer, the LM head included, int8)
+    for CPU decoding. The head's int8 weights are its own copy; `wte` stays fp32 for the embedding."""
     from torch.ao.quantization import quantize_dynamic
 
-    head = nn.Linear(decoder.config.n_embd, decoder.config.vocab_size, bias=False)
-    head.weight = nn.Parameter(decoder.wte.weight.detach().float().clone(), requires_grad=False)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # torch.ao's deprecation notes
         warnings.simplefilter("ignore")
-        dec = quantize_dynamic(merged_copy(decoder).float(), {nn.Linear}, dtype=torch.qint8)
-        qhead = quantize_dynamic(nn.Sequential(head), {nn.Linear}, dtype=torch.qint8)[0]
-    dec.logits = lambda hidden: qhead(hidden)  # a plain function: an instance attribute shadowing GPT2.logits
-    return dec
+        return quantize_dynamic(merged_copy(decoder).float(), {nn.Linear}, dtype=torch.qint8)
 
 
 @contextmanager
@@ -132,7 +164,7 @@ def fast_decoding(model, device="cpu", quantize: str | None = None, rows_hint: i
     with ExitStack() as stack:
         if device.type == "cuda":
             stack.enter_context((precision or choose_precision("auto", device)).autocast())
-        elif quantize == "int8":
+        elif quantize == "int8":  # a module swap, swapped back on exit
             original = model.decoder
             model.decoder = int8_decoder(original)
             stack.callback(setattr, model, "decoder", original)

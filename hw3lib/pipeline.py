@@ -41,6 +41,7 @@ from .data import read_caption_file
 from .decoder import decoder_config
 from .demo import read_boxes
 from .device import resolve_device
+from .distributed import processes
 from .features import FeatureCache, FeatureSource, encoder_fingerprint
 from .files import HW3Error, atomic_write_json, list_images, read_json, run_lock
 from .generate import caption_images, greedy
@@ -48,6 +49,7 @@ from .grounding import grounding
 from .memory import check_fits, plan_run, usable_gpu_bytes
 from .metrics import cider, evaluate, java_available
 from .precision import choose_precision, store_frozen
+from .results import METRICS, VariantRow, VariantTable
 from .runfolder import RunFolder, changed_inputs, input_fingerprint
 from .train import augmentation_transform, caption_data, fit, seed_everything
 
@@ -89,7 +91,7 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
             raise HW3Error(f"{out}: holds a finished run of other inputs ({', '.join(changed)} changed; remove that "
                            "folder to retrain, or choose another)")
         return read_json(out / "summary.json")
-    with run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+    with run_lock(out) if processes().master_process else contextlib.nullcontext():
         if force_new:
             RunFolder(out).clear()
         return _train_locked(cap_cfg, cfg, m, p2_dir, out, inputs)
@@ -99,15 +101,15 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict) -> dic
     import torch.distributed as dist
 
     dev = resolve_device(cfg.device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():  # under torchrun: one process per device
+    procs = processes()
+    if procs.world > 1 and not dist.is_initialized():  # under torchrun: one process per device
         if dev.type == "cuda":
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            dev = torch.device("cuda", procs.local_rank)
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     seed_everything(cfg.seed)
     precision = choose_precision(cfg.amp, dev)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    rank0 = processes().master_process
     block = decoder_config(m.decoder.weights, m.decoder.n_head).block_size
     if cfg.max_caption_tokens + 1 > block:
         raise HW3Error(f"max_caption_tokens={cfg.max_caption_tokens}: the decoder holds {block} positions "
@@ -256,30 +258,37 @@ def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu
     res = evaluate_predictions(preds, p2_dir, manifest=manifest, device=device, clip=clip)
     keys = sorted(res["per_image"])
     out = {"CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"],
-           "per_image": {m: np.array([res["per_image"][k][m] for k in keys]) for m in ("CIDEr", "CLIPScore")}}
+           "per_image": {m: np.array([res["per_image"][k][m] for k in keys]) for m in METRICS}}
     if boxes is not None:
         out["grounding"] = grounding(preds, boxes, world["shapes"], world["colors"])
     return out
 
 
-def with_intervals(row: dict, scored: dict, reference: dict | None, n_boot: int = 2000) -> dict:
-    """`row` plus 95% bootstrap intervals over images (CIDEr, CLIPScore, grounding shares) and, when a
+def with_intervals(row: VariantRow, scored: dict, reference: dict | None, n_boot: int = 2000) -> VariantRow:
+    """`row` with 95% bootstrap intervals over images (CIDEr, CLIPScore, grounding shares) and, when a
     reference variant's scores are given, paired bootstrap differences against it on the same images."""
-    row = dict(row)
-    for m in ("CIDEr", "CLIPScore"):
-        row[f"{m}_ci"] = list(stats.bootstrap_ci(scored["per_image"][m], n_boot=n_boot))
+    row = dataclasses.replace(row, ci={m: stats.bootstrap_ci(scored["per_image"][m], n_boot=n_boot) for m in METRICS})
     g = scored.get("grounding")
     if g is not None:
-        row["grounding"] = g.summary(n_boot=n_boot)
+        row.grounding = g.summary(n_boot=n_boot)
     if reference is not None and reference is not scored:
         paired = {m: stats.paired_bootstrap(reference["per_image"][m], scored["per_image"][m], n_boot=n_boot)
-                  for m in ("CIDEr", "CLIPScore")}
+                  for m in METRICS}
         rg = reference.get("grounding")
         if g is not None and rg is not None and g.share("mentions") is not None and rg.share("mentions") is not None:
             paired["mentions"] = stats.paired_bootstrap(rg.right["mentions"], g.right["mentions"], rg.total["mentions"],
                                                         g.total["mentions"], n_boot=n_boot)
-        row["vs_reference"] = {m: d.as_dict() for m, d in paired.items()}
+        row.vs_reference = {m: d.reported() for m, d in paired.items()}
     return row
+
+
+@dataclasses.dataclass
+class Comparison:
+    """What `compare_variants` found: the P2 table, and the captions behind it."""
+    table: VariantTable  # every row, the best, beam search on it, the reference
+    predictions: dict[str, dict[str, str]]  # row name -> {image key: caption}
+    references: dict[str, list[str]]  # image key -> reference captions
+    paths: dict[str, str]  # image key -> image file
 
 
 def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
@@ -300,8 +309,7 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
         return preds, score_predictions(preds, p2_dir, m, clip, device, boxes, world)
 
     preds, sc = caption_and_score(load_run(None, m, device))
-    rows = [{"variant": "untrained", "peft": "-", "trainable": 0, "CIDEr": sc["CIDEr"], "CLIPScore": sc["CLIPScore"],
-             "run": None}]
+    rows = [VariantRow("untrained", sc["CIDEr"], sc["CLIPScore"])]
     scored, preds_by = {"untrained": sc}, {"untrained": preds}
     for i, (name, config) in enumerate(variants.items(), 1):
         run = runs_dir / name
@@ -311,23 +319,23 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
         model = load_run(run, m, device)
         preds = write_val_predictions(model, run, m, paths, device, max_len, progress)
         sc = score_predictions(preds, p2_dir, m, clip, device, boxes, world)
-        rows.append({"variant": name, "peft": model.config.peft, "trainable": summary["parameters"]["trainable"],
-                     "CIDEr": sc["CIDEr"], "CLIPScore": sc["CLIPScore"], "run": str(run)})
+        rows.append(VariantRow(name, sc["CIDEr"], sc["CLIPScore"], model.config.peft, summary["parameters"]["trainable"],
+                               str(run)))
         print(f"[variant {i}/{len(variants)}] {name}: CIDEr {sc['CIDEr']:.3f} CLIPScore {sc['CLIPScore']:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
         scored[name], preds_by[name] = sc, preds
     ref = scored.get(reference) if reference else None
-    rows = [with_intervals(r, scored[r["variant"]], ref, n_boot) for r in rows]
-    trained = [r for r in rows if r["run"]]
-    best = max(trained, key=lambda r: r["CIDEr"]) if trained else None
+    rows = [with_intervals(r, scored[r.variant], ref, n_boot) for r in rows]
+    trained = [r for r in rows if r.run]
+    best = max(trained, key=lambda r: r.CIDEr) if trained else None
     beam = None
     if best is not None and beams_best > 1:
-        preds, sc = caption_and_score(load_run(best["run"], m, device), beams_best)
-        beam = with_intervals({"variant": best["variant"], "beams": beams_best, "CIDEr": sc["CIDEr"],
-                               "CLIPScore": sc["CLIPScore"]}, sc, scored[best["variant"]], n_boot)
-        preds_by[f"{best['variant']} (beam {beams_best})"] = preds
-    return {"rows": rows, "best": best, "beam": beam, "predictions": preds_by, "reference": reference if ref else None,
-            "references": val.references(), "paths": {im.key: str(im.path) for im in val.images}}
+        preds, sc = caption_and_score(load_run(best.run, m, device), beams_best)
+        beam = with_intervals(VariantRow(best.variant, sc["CIDEr"], sc["CLIPScore"], best.peft, best.trainable, best.run,
+                                         beams_best), sc, scored[best.variant], n_boot)
+        preds_by[f"{best.variant} (beam {beams_best})"] = preds
+    table = VariantTable(rows, best, beam, reference if ref else None)
+    return Comparison(table, preds_by, val.references(), {im.key: str(im.path) for im in val.images})
 
 
 def demo_truth(p2_dir) -> tuple[dict | None, dict | None]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # headless runs fall back to Agg by themselves
 import numpy as np
 
+from .results import METRICS, Interval, Localisation, NegationStudy, PromptRow, VariantRow
+
 
 def save(fig, path: str | Path, dpi: int = 130) -> Path:
     """Save a figure atomically (write, then rename), show it inline when running in a notebook's
@@ -42,15 +44,15 @@ def _in_kernel() -> bool:
 # P1
 
 
-def prompt_table_figure(rows: list[dict], chance: float | None = None, title: str = "Zero-shot accuracy by prompt"):
+def prompt_table_figure(rows: list[PromptRow], chance: float | None = None, title: str = "Zero-shot accuracy by prompt"):
     """Horizontal bars of accuracy with 95% bootstrap intervals, one per prompt or ensemble."""
-    names = [textwrap.shorten(r["prompt"], 48) for r in rows]
-    acc = np.array([r["accuracy"] for r in rows]) * 100
-    lo = acc - np.array([r["ci_low"] for r in rows]) * 100
-    hi = np.array([r["ci_high"] for r in rows]) * 100 - acc
+    names = [textwrap.shorten(r.prompt, 48) for r in rows]
+    acc = np.array([r.accuracy for r in rows]) * 100
+    lo = acc - np.array([r.ci.low for r in rows]) * 100
+    hi = np.array([r.ci.high for r in rows]) * 100 - acc
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
     y = np.arange(len(rows))[::-1]
-    colors = ["#4C72B0" if not r["prompt"].startswith("ensemble") else "#DD8452" for r in rows]
+    colors = ["#4C72B0" if not r.prompt.startswith("ensemble") else "#DD8452" for r in rows]
     ax.barh(y, acc, xerr=[lo, hi], color=colors, capsize=3)
     for yi, a, h in zip(y, acc, hi, strict=True):
         ax.text(a + h + 1, yi, f"{a:.1f}%", va="center", fontsize=8)
@@ -90,14 +92,23 @@ def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "Confu
     return fig
 
 
-def top_probabilities_figure(images, top: list[list[tuple[str, float]]], true_names: list[str],
-                             title: str = "Top-5 class probabilities"):
-    n = len(images)
-    fig, axes = plt.subplots(n, 2, figsize=(7, 2.1 * n), gridspec_kw={"width_ratios": [1, 2]}, squeeze=False)
-    for i, (im, tk, true) in enumerate(zip(images, top, true_names, strict=True)):
+def _image_column(images, width: float, row_height: float, ratio: float, titles: list[str] | None = None):
+    """A figure of one row per image: the image on the left, an empty panel `ratio` times as wide on
+    its right for the caller to fill. Returns (fig, axes (n, 2))."""
+    fig, axes = plt.subplots(len(images), 2, figsize=(width, row_height * len(images)),
+                             gridspec_kw={"width_ratios": [1, ratio]}, squeeze=False)
+    for i, im in enumerate(images):
         axes[i, 0].imshow(im)
         axes[i, 0].set_axis_off()
-        axes[i, 0].set_title(f"true: {true}", fontsize=9)
+        if titles:
+            axes[i, 0].set_title(titles[i], fontsize=9)
+    return fig, axes
+
+
+def top_probabilities_figure(images, top: list[list[tuple[str, float]]], true_names: list[str],
+                             title: str = "Top-5 class probabilities"):
+    fig, axes = _image_column(images, 7, 2.1, 2, [f"true: {t}" for t in true_names])
+    for i, (tk, true) in enumerate(zip(top, true_names, strict=True)):
         names = [t[0] for t in tk][::-1]
         probs = [t[1] * 100 for t in tk][::-1]
         colors = ["#55A868" if nm == true else "#4C72B0" for nm in names]
@@ -124,30 +135,30 @@ def selection_figure(selection: dict, title: str = "Template ensembles and selec
     return fig
 
 
-def negation_figure(neg: dict, title: str | None = None):
+def negation_figure(neg: NegationStudy, title: str | None = None):
     """Left: per class, the cosine similarity of the positive and the negated prompt's text embeddings.
     Right: accuracy of the positive prompt, the negated prompt, and the negated prompt read inverted,
     with 95% intervals, beside how often the two prompts pick the same class."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
-    cos = np.array(neg["cosine_per_class"])
-    axes[0].bar(neg["classes"], cos, color="#4C72B0")
-    axes[0].axhline(neg["cosine_mean"], color="#C44E52", ls="--", lw=1, label=f"mean {neg['cosine_mean']:.3f}")
+    cos = np.array(neg.cosine_per_class)
+    axes[0].bar(neg.classes, cos, color="#4C72B0")
+    axes[0].axhline(neg.cosine_mean, color="#C44E52", ls="--", lw=1, label=f"mean {neg.cosine_mean:.3f}")
     axes[0].set_ylim(min(0.0, cos.min() - 0.05), 1.02)
     axes[0].set_ylabel("cos(text(positive), text(negated))")
     axes[0].tick_params(axis="x", rotation=45, labelsize=8)
     axes[0].legend(fontsize=8, loc="lower right")
     labels = ["positive", "negated", "negated,\ninverted", "same\nprediction"]
-    parts = [neg["positive_accuracy"], neg["negated_accuracy"], neg["negated_inverted_accuracy"]]
-    vals = [p["accuracy"] for p in parts] + [neg["same_prediction"]]
-    cis = [[p["ci_low"], p["ci_high"]] for p in parts] + [neg["same_prediction_ci"]]
+    parts = [neg.positive_accuracy, neg.negated_accuracy, neg.negated_inverted_accuracy]
+    vals = [p.accuracy for p in parts] + [neg.same_prediction]
+    cis = [p.ci for p in parts] + [neg.same_prediction_ci]
     axes[1].bar(labels, np.array(vals) * 100, yerr=np.array(_err(vals, cis)) * 100, capsize=3,
                 color=["#4C72B0", "#DD8452", "#55A868", "#8C8C8C"])
     for i, v in enumerate(vals):
         axes[1].text(i, v * 100 + 3, f"{v * 100:.1f}%", ha="center", fontsize=8)
-    axes[1].axhline(neg["chance"] * 100, color="grey", ls=":", lw=1)
+    axes[1].axhline(neg.chance * 100, color="grey", ls=":", lw=1)
     axes[1].set_ylim(0, 110)
     axes[1].set_ylabel("%")
-    fig.suptitle(title or f"Does the text tower read \"not\"? {neg['positive']!r} vs {neg['negated']!r}", fontsize=10)
+    fig.suptitle(title or f"Does the text tower read \"not\"? {neg.positive!r} vs {neg.negated!r}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -167,30 +178,22 @@ def _pareto(xs, ys):
     return front
 
 
-def _metric(row: dict, metric: str) -> tuple[float | None, list[float] | None]:
-    """A row's value and 95% interval for CIDEr, CLIPScore or a grounding kind ("mentions", ...)."""
-    if metric in ("CIDEr", "CLIPScore"):
-        return row[metric], row.get(f"{metric}_ci")
-    g = (row.get("grounding") or {}).get(metric) or {}
-    return g.get("share"), g.get("ci")
-
-
-def _err(vals, cis):
-    """matplotlib's asymmetric error bars from values and [low, high] intervals (0 where unknown)."""
-    lo = [v - c[0] if c else 0 for v, c in zip(vals, cis, strict=True)]
-    hi = [c[1] - v if c else 0 for v, c in zip(vals, cis, strict=True)]
+def _err(vals, cis: list[Interval | None]):
+    """matplotlib's asymmetric error bars from values and intervals (0 where unknown)."""
+    lo = [v - c.low if c else 0 for v, c in zip(vals, cis, strict=True)]
+    hi = [c.high - v if c else 0 for v, c in zip(vals, cis, strict=True)]
     return [lo, hi]
 
 
-def variants_figure(rows: list[dict], title: str = "PEFT variants on the val split (greedy, 95% bootstrap intervals)"):
+def variants_figure(rows: list[VariantRow], title: str = "PEFT variants on the val split (greedy, 95% bootstrap intervals)"):
     """One panel per metric (CIDEr, CLIPScore and, on the demo world, mentions grounded), a bar per
     variant with its interval."""
-    metrics = ["CIDEr", "CLIPScore"] + (["mentions"] if any(r.get("grounding") for r in rows) else [])
-    names = [r["variant"] for r in rows]
+    metrics = [*METRICS] + (["mentions"] if any(r.grounding for r in rows) else [])
+    names = [r.variant for r in rows]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.4 * len(rows) + 1.5), sharey=True)
     y = np.arange(len(rows))[::-1]
     for ax, metric, color in zip(axes, metrics, ["#4C72B0", "#DD8452", "#55A868"], strict=False):
-        vals, cis = zip(*(_metric(r, metric) for r in rows), strict=True)
+        vals, cis = zip(*(r.score(metric) for r in rows), strict=True)
         vals = [0.0 if v is None else v for v in vals]
         ax.barh(y, vals, xerr=_err(vals, cis), color=color, capsize=2)
         for yi, v in zip(y, vals, strict=True):
@@ -203,42 +206,42 @@ def variants_figure(rows: list[dict], title: str = "PEFT variants on the val spl
     return fig
 
 
-def paired_differences_figure(rows: list[dict], reference: str, title: str | None = None):
+def paired_differences_figure(rows: list[VariantRow], reference: str, title: str | None = None):
     """Each variant minus the reference variant on the same images: paired bootstrap 95% intervals.
     An interval that crosses 0 is a difference the data cannot tell from none."""
-    rows = [r for r in rows if r.get("vs_reference")]
-    metrics = [m for m in ("CIDEr", "CLIPScore", "mentions") if any(m in r["vs_reference"] for r in rows)]
+    rows = [r for r in rows if r.vs_reference]
+    metrics = [m for m in (*METRICS, "mentions") if any(m in r.vs_reference for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.4 * len(rows) + 1.5), sharey=True,
                              squeeze=False)
     y = np.arange(len(rows))[::-1]
     for ax, metric in zip(axes[0], metrics, strict=True):
-        d = [r["vs_reference"].get(metric) for r in rows]
-        vals = [x["difference"] if x else 0.0 for x in d]
-        colors = ["#C44E52" if x and (x["ci"][0] > 0 or x["ci"][1] < 0) else "#8C8C8C" for x in d]
-        err = _err(vals, [x["ci"] if x else None for x in d])
+        d = [r.vs_reference.get(metric) for r in rows]
+        vals = [x.difference if x else 0.0 for x in d]
+        colors = ["#C44E52" if x and x.ci.excludes(0.0) else "#8C8C8C" for x in d]
+        err = _err(vals, [x.ci if x else None for x in d])
         for k, (v, yi, c) in enumerate(zip(vals, y, colors, strict=True)):
             ax.errorbar([v], [yi], xerr=[[err[0][k]], [err[1][k]]], fmt="o", color=c, capsize=3)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlabel(f"{'mentions right' if metric == 'mentions' else metric} - {reference}")
         ax.grid(alpha=0.3, axis="x")
-    axes[0, 0].set_yticks(y, [r["variant"] for r in rows])
+    axes[0, 0].set_yticks(y, [r.variant for r in rows])
     fig.suptitle(title or f"Paired differences against {reference} (red: interval excludes 0)")
     fig.tight_layout()
     return fig
 
 
-def grounding_figure(rows: list[dict], title: str = "Do captions name objects that are there? (demo world)"):
+def grounding_figure(rows: list[VariantRow], title: str = "Do captions name objects that are there? (demo world)"):
     """The Pareto figure's companion: trainable parameters against the share of (colour, shape)
     mentions that match an object of the image, with intervals; and shape / colour words per variant."""
-    rows = [r for r in rows if r.get("grounding")]
+    rows = [r for r in rows if r.grounding]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    trained = [r for r in rows if r.get("trainable", 0) > 0]
-    xs = np.array([r["trainable"] for r in trained], dtype=float)
-    vals, cis = zip(*(_metric(r, "mentions") for r in trained), strict=True)
+    trained = [r for r in rows if r.trainable > 0]
+    xs = np.array([r.trainable for r in trained], dtype=float)
+    vals, cis = zip(*(r.score("mentions") for r in trained), strict=True)
     vals = np.array([0.0 if v is None else v for v in vals])
     axes[0].errorbar(xs, vals, yerr=_err(vals, cis), fmt="o", color="#4C72B0", capsize=3)
     for r, x, v in zip(trained, xs, vals, strict=True):
-        axes[0].annotate(r["variant"], (x, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axes[0].annotate(r.variant, (x, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
     front = _pareto(xs, vals)
     axes[0].plot(xs[front], vals[front], color="#C44E52", lw=1.2, ls="--", label="Pareto front")
     axes[0].set_xscale("log")
@@ -247,11 +250,11 @@ def grounding_figure(rows: list[dict], title: str = "Do captions name objects th
     axes[0].legend(fontsize=8, loc="lower right")
     x = np.arange(len(rows))
     for k, (kind, color) in enumerate([("mentions", "#4C72B0"), ("shapes", "#DD8452"), ("colors", "#55A868")]):
-        v, c = zip(*(_metric(r, kind) for r in rows), strict=True)
+        v, c = zip(*(r.score(kind) for r in rows), strict=True)
         v = [0.0 if a is None else a for a in v]
         axes[1].bar(x + (k - 1) * 0.27, v, 0.27, yerr=_err(v, c), color=color, capsize=2,
                     label={"mentions": "mentions", "shapes": "shape words", "colors": "colour words"}[kind])
-    axes[1].set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right", fontsize=8)
+    axes[1].set_xticks(x, [r.variant for r in rows], rotation=30, ha="right", fontsize=8)
     axes[1].set_ylabel("share right")
     axes[1].set_ylim(0, 1.05)
     axes[1].legend(fontsize=8, loc="lower right")
@@ -262,16 +265,16 @@ def grounding_figure(rows: list[dict], title: str = "Do captions name objects th
     return fig
 
 
-def pareto_figure(rows: list[dict], title: str = "Trainable parameters vs caption quality"):
+def pareto_figure(rows: list[VariantRow], title: str = "Trainable parameters vs caption quality"):
     """Two panels: parameters (log) against CIDEr and against CLIPScore, Pareto front joined."""
-    rows = [r for r in rows if r.get("trainable", 0) > 0]
+    rows = [r for r in rows if r.trainable > 0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    xs = np.array([r["trainable"] for r in rows], dtype=float)
-    for ax, metric in zip(axes, ["CIDEr", "CLIPScore"], strict=True):
-        ys = np.array([r[metric] for r in rows])
+    xs = np.array([r.trainable for r in rows], dtype=float)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        ys = np.array([r.score(metric)[0] for r in rows])
         ax.scatter(xs, ys, s=40, color="#4C72B0", zorder=3)
         for r, x, yv in zip(rows, xs, ys, strict=True):
-            ax.annotate(r["variant"], (x, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(r.variant, (x, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
         front = _pareto(xs, ys)
         ax.plot(xs[front], ys[front], color="#C44E52", lw=1.2, ls="--", label="Pareto front", zorder=2)
         ax.set_xscale("log")
@@ -304,16 +307,16 @@ def training_curves_figure(curves: dict[str, dict], title: str = "Training curve
     return fig
 
 
-def greedy_vs_beam_figure(greedy: dict, beam: dict, title: str | None = None):
+def greedy_vs_beam_figure(greedy: VariantRow, beam: VariantRow, title: str | None = None):
     fig, axes = plt.subplots(1, 2, figsize=(7, 3))
-    for ax, metric in zip(axes, ["CIDEr", "CLIPScore"], strict=True):
-        vals = [greedy[metric], beam[metric]]
-        ax.bar(["greedy", f"beam {beam['beams']}"], vals, color=["#4C72B0", "#55A868"])
+    for ax, metric in zip(axes, METRICS, strict=True):
+        vals = [greedy.score(metric)[0], beam.score(metric)[0]]
+        ax.bar(["greedy", f"beam {beam.beams}"], vals, color=["#4C72B0", "#55A868"])
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=9)
         ax.set_ylabel(metric)
         ax.set_ylim(0, max(vals) * 1.2)
-    fig.suptitle(title or f"Decoding: {beam['variant']}")
+    fig.suptitle(title or f"Decoding: {beam.variant}")
     fig.tight_layout()
     return fig
 
@@ -321,11 +324,8 @@ def greedy_vs_beam_figure(greedy: dict, beam: dict, title: str | None = None):
 def caption_examples_figure(images, captions: list[dict[str, str]], references: list[str],
                             title: str = "Example captions"):
     """One row per image: the image, then each model's caption and one reference caption."""
-    n = len(images)
-    fig, axes = plt.subplots(n, 2, figsize=(10, 1.9 * n), gridspec_kw={"width_ratios": [1, 4]}, squeeze=False)
-    for i, (im, caps, ref) in enumerate(zip(images, captions, references, strict=True)):
-        axes[i, 0].imshow(im)
-        axes[i, 0].set_axis_off()
+    fig, axes = _image_column(images, 10, 1.9, 4)
+    for i, (caps, ref) in enumerate(zip(captions, references, strict=True)):
         lines = [f"{k}: {textwrap.shorten(v, 90)}" for k, v in caps.items()] + [f"reference: {textwrap.shorten(ref, 90)}"]
         axes[i, 1].text(0, 0.5, "\n".join(lines), va="center", fontsize=8, family="monospace")
         axes[i, 1].set_axis_off()
@@ -361,20 +361,20 @@ def token_maps_figure(image, caption: str, tokens: list[str], heats: list[np.nda
     return fig
 
 
-def localisation_figure(loc: dict, title: str = "Do the maps find the named object? (demo world)"):
-    methods = [m for m in loc["pointing"] if loc["pointing"][m] is not None]
+def localisation_figure(loc: Localisation, title: str = "Do the maps find the named object? (demo world)"):
+    methods = [m for m in loc.pointing if loc.pointing[m] is not None]
     colors = ["#4C72B0", "#DD8452", "#55A868", "#8C8C8C"]
-    fig, axes = plt.subplots(1, 2 if loc.get("deletion_auc") else 1, figsize=(9, 3.2), squeeze=False)
-    vals = [loc["pointing"][m] for m in methods]
-    err = np.array(_err(vals, [(loc.get("pointing_ci") or {}).get(m) for m in methods])) * 100
+    fig, axes = plt.subplots(1, 2 if loc.deletion_auc else 1, figsize=(9, 3.2), squeeze=False)
+    vals = [loc.pointing[m] for m in methods]
+    err = np.array(_err(vals, [loc.pointing_ci.get(m) for m in methods])) * 100
     axes[0, 0].bar(methods, np.array(vals) * 100, yerr=err, capsize=3, color=colors[: len(methods)])
     for i, v in enumerate(vals):
         axes[0, 0].text(i, v * 100 + err[1][i] + 1, f"{v * 100:.0f}%", ha="center", fontsize=8)
     axes[0, 0].set_ylabel("pointing game accuracy (%)")
     axes[0, 0].set_ylim(0, 105)
-    axes[0, 0].set_title(f"pointing game ({loc['nouns']} object nouns)", fontsize=9)
-    if loc.get("deletion_auc"):
-        d = [loc["deletion_auc"][m] for m in methods]
+    axes[0, 0].set_title(f"pointing game ({loc.nouns} object nouns)", fontsize=9)
+    if loc.deletion_auc:
+        d = [loc.deletion_auc[m] for m in methods]
         axes[0, 1].bar(methods, d, color=colors[: len(methods)])
         axes[0, 1].set_ylabel("mean p(token) while deleting top patches")
         axes[0, 1].set_title("deletion (lower = map found what matters)", fontsize=9)
@@ -395,12 +395,12 @@ def layer_head_figure(per_head, title: str = "Pointing accuracy of raw attention
     return fig
 
 
-def pointing_by_shape_figure(loc: dict, title: str = "Pointing game by shape (demo world)"):
+def pointing_by_shape_figure(loc: Localisation, title: str = "Pointing game by shape (demo world)"):
     """Grouped bars: per shape named in a caption, each method's pointing accuracy (random included),
     with the number of nouns per shape under its name."""
-    per = loc["pointing_by_shape"]
+    per = loc.pointing_by_shape
     shapes = [sh for sh in per if per[sh]["nouns"]]
-    methods = list(loc["pointing"])
+    methods = list(loc.pointing)
     fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(shapes) + 2), 3.6))
     x = np.arange(len(shapes))
     w = 0.8 / len(methods)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .files import HW3Error, atomic_write_json, atomic_write_text, error_line, read_json
+from .results import Difference, Interval, Localisation, NegationStudy, PairedTest, PromptStudy, VariantTable
 
 NOTEBOOKS = ("p1_prompt_analysis", "p2_peft_captioning", "p3_attention_visualization")
 DEMO_VARIANTS = ["none", "lora16", "lora8", "adapter", "prompt", "prefix", "dora", "ia3"]
@@ -89,17 +90,16 @@ def _pct(x):
     return "-" if x is None else f"{x * 100:.1f}%"
 
 
-def _ci(lo_hi, pct=True):
+def _ci(ci: Interval | None, pct=True):
     f = _pct if pct else (lambda v: f"{v:.3f}")
-    return f"{f(lo_hi[0])} - {f(lo_hi[1])}" if lo_hi else ""
+    return f"{f(ci.low)} - {f(ci.high)}" if ci else ""
 
 
-def _delta(d: dict | None, scale: float = 1.0, fmt: str = "+.3f", unit: str = "") -> str:
+def _delta(d: Difference | PairedTest | None, scale: float = 1.0, fmt: str = "+.3f", unit: str = "") -> str:
     """A paired difference with its interval: "+0.012 [-0.010, +0.034]" ("" when absent)."""
     if d is None:
         return ""
-    lo, hi = d["ci"]
-    return f"{d['difference'] * scale:{fmt}}{unit} [{lo * scale:{fmt}}, {hi * scale:{fmt}}]"
+    return f"{d.difference * scale:{fmt}}{unit} [{d.ci.low * scale:{fmt}}, {d.ci.high * scale:{fmt}}]"
 
 
 def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
@@ -118,61 +118,60 @@ def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
     return d, lines
 
 
-def p1_section(p1: dict) -> list[str]:
+def p1_section(doc: dict) -> list[str]:
+    p1 = PromptStudy.from_json(doc)
     lines = ["## P1: zero-shot accuracy by prompt", "",
-             f"{p1['n_images']} images, chance {_pct(p1['chance'])}. 95% bootstrap intervals.", "",
+             f"{p1.n_images} images, chance {_pct(p1.chance)}. 95% bootstrap intervals.", "",
              "| prompt | templates | accuracy | 95% CI |", "|---|---:|---:|---|"]
-    lines += [f"| {r['prompt']} | {r['templates']} | {_pct(r['accuracy'])} | {_ci((r['ci_low'], r['ci_high']))} |"
-              for r in p1["rows"]]
+    lines += [f"| {r.prompt} | {r.templates} | {_pct(r.accuracy)} | {_ci(r.ci)} |" for r in p1.rows]
     lines += ["", "Paired tests against the first prompt (exact McNemar; paired bootstrap 95% interval):", ""]
-    lines += [f"- {t['b']!r}: {_delta(t, 100, '+.1f', ' points')}, p = {t['p_value']:.3g}" for t in p1["paired_tests"]]
-    s = p1["selection"]
+    lines += [f"- {t.b!r}: {_delta(t.test, 100, '+.1f', ' points')}, p = {t.test.p_value:.3g}" for t in p1.paired_tests]
+    s = p1.selection
     lines += ["", f"Template selection (chosen on half the images, scored on the other half): best single "
               f"{_pct(s['held_out_accuracy_best_single'])}, all {s['pool']} {_pct(s['held_out_accuracy_all'])}, "
               f"{len(s['chosen'])} selected {_pct(s['held_out_accuracy_selected'])}.", ""]
-    neg = p1.get("negation")
-    if neg:
-        lines += [f"Negation ({neg['positive']!r} vs {neg['negated']!r}): mean cosine of their text embeddings "
-                  f"{neg['cosine_mean']:.3f} (per class {min(neg['cosine_per_class']):.3f} - "
-                  f"{max(neg['cosine_per_class']):.3f}); same predicted class on {_pct(neg['same_prediction'])} of "
-                  f"images; accuracy positive {_pct(neg['positive_accuracy']['accuracy'])}, negated "
-                  f"{_pct(neg['negated_accuracy']['accuracy'])}, negated read inverted "
-                  f"{_pct(neg['negated_inverted_accuracy']['accuracy'])} "
-                  f"({_ci((neg['negated_inverted_accuracy']['ci_low'], neg['negated_inverted_accuracy']['ci_high']))}).", ""]
+    if doc.get("negation"):
+        neg = NegationStudy.from_json(doc["negation"])
+        lines += [f"Negation ({neg.positive!r} vs {neg.negated!r}): mean cosine of their text embeddings "
+                  f"{neg.cosine_mean:.3f} (per class {min(neg.cosine_per_class):.3f} - "
+                  f"{max(neg.cosine_per_class):.3f}); same predicted class on {_pct(neg.same_prediction)} of "
+                  f"images; accuracy positive {_pct(neg.positive_accuracy.accuracy)}, negated "
+                  f"{_pct(neg.negated_accuracy.accuracy)}, negated read inverted "
+                  f"{_pct(neg.negated_inverted_accuracy.accuracy)} ({_ci(neg.negated_inverted_accuracy.ci)}).", ""]
     return lines
 
 
-def p2_section(p2: dict) -> list[str]:
-    ref = p2.get("reference")
+def p2_section(doc: dict | VariantTable) -> list[str]:
+    p2 = doc if isinstance(doc, VariantTable) else VariantTable.from_json(doc)
     lines = ["## P2: PEFT variants (val split, greedy)", "",
-             f"CIDEr-D with the {p2['tokenizer']} tokenizer; CLIPScore with the manifest's CLIP; 95% bootstrap "
+             f"CIDEr-D with the {p2.tokenizer} tokenizer; CLIPScore with the manifest's CLIP; 95% bootstrap "
              "intervals over images. Grounding (demo world): the share of (colour, shape) mentions, shape words "
              "and colour words that name an object of the image.", "",
              "| variant | PEFT | trainable | CIDEr [95% CI] | CLIPScore [95% CI] | mentions right [95% CI] | "
              "shape words | colour words |", "|---|---|---:|---|---|---|---:|---:|"]
-    for r in p2["rows"]:
-        g = r.get("grounding") or {}
+    for r in p2.rows:
+        g = r.grounding or {}
         lines.append("| " + " | ".join([
-            r["variant"], r["peft"], f"{r['trainable']:,}", f"{r['CIDEr']:.3f} [{_ci(r.get('CIDEr_ci'), False)}]",
-            f"{r['CLIPScore']:.3f} [{_ci(r.get('CLIPScore_ci'), False)}]",
-            f"{_pct(g['mentions']['share'])} [{_ci(g['mentions']['ci'])}]" if g.get("mentions") else "",
-            _pct(g["shapes"]["share"]) if g.get("shapes") else "", _pct(g["colors"]["share"]) if g.get("colors") else ""])
+            r.variant, r.peft, f"{r.trainable:,}", f"{r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]",
+            f"{r.CLIPScore:.3f} [{_ci(r.ci.get('CLIPScore'), False)}]",
+            f"{_pct(g['mentions'].share)} [{_ci(g['mentions'].ci)}]" if g.get("mentions") else "",
+            _pct(g["shapes"].share) if g.get("shapes") else "", _pct(g["colors"].share) if g.get("colors") else ""])
             + " |")
-    if ref:
-        lines += ["", f"Each variant minus {ref} (the report's setting) on the same images: paired bootstrap "
+    if p2.reference:
+        lines += ["", f"Each variant minus {p2.reference} (the report's setting) on the same images: paired bootstrap "
                   "95% intervals (an interval that contains 0 is no detectable difference):", "",
                   "| variant | delta CIDEr | delta CLIPScore | delta mentions right |", "|---|---|---|---|"]
-        for r in p2["rows"]:
-            d = r.get("vs_reference")
+        for r in p2.rows:
+            d = r.vs_reference
             if d:
-                lines.append(f"| {r['variant']} | {_delta(d.get('CIDEr'))} | {_delta(d.get('CLIPScore'))} | "
+                lines.append(f"| {r.variant} | {_delta(d.get('CIDEr'))} | {_delta(d.get('CLIPScore'))} | "
                              f"{_delta(d.get('mentions'), 100, '+.1f', ' pts')} |")
-    b = p2["best"]
-    lines += ["", f"Best: {b['variant']} (CIDEr {b['CIDEr']:.3f}, CLIPScore {b['CLIPScore']:.3f})."]
-    if p2.get("beam"):
-        bm = p2["beam"]
-        lines += [f"Beam {bm['beams']}: CIDEr {bm['CIDEr']:.3f} [{_ci(bm.get('CIDEr_ci'), False)}], CLIPScore "
-                  f"{bm['CLIPScore']:.3f}; beam minus greedy: CIDEr {_delta((bm.get('vs_reference') or {}).get('CIDEr'))}."]
+    b = p2.best
+    lines += ["", f"Best: {b.variant} (CIDEr {b.CIDEr:.3f}, CLIPScore {b.CLIPScore:.3f})."]
+    if p2.beam:
+        bm = p2.beam
+        lines += [f"Beam {bm.beams}: CIDEr {bm.CIDEr:.3f} [{_ci(bm.ci.get('CIDEr'), False)}], CLIPScore "
+                  f"{bm.CLIPScore:.3f}; beam minus greedy: CIDEr {_delta((bm.vs_reference or {}).get('CIDEr'))}."]
     return lines + [""]
 
 
@@ -180,24 +179,24 @@ def p3_section(p3: dict) -> list[str]:
     lines = ["## P3: attention", ""]
     lines += [f"- {k}: {v['image']} (CLIPScore {v['CLIPScore']:.3f}): {v['caption']}" for k, v in p3["extremes"].items()]
     loc = p3.get("localisation")
-    if loc and loc.get("nouns"):
-        lines += ["", f"Localisation of object nouns ({loc['nouns']} nouns that name an object of the image; 95% "
+    loc = loc if isinstance(loc, Localisation | None) else Localisation.from_json(loc)
+    if loc and loc.nouns:
+        lines += ["", f"Localisation of object nouns ({loc.nouns} nouns that name an object of the image; 95% "
                   "intervals over images; delta: paired bootstrap against random maps):", "",
                   "| method | pointing game [95% CI] | delta vs random | deletion score (lower is better) |",
                   "|---|---|---|---:|"]
-        for m, v in loc["pointing"].items():
-            d = (loc.get("deletion_auc") or {}).get(m)
-            vr = (loc.get("vs_random") or {}).get(m)
-            lines += [f"| {m} | {_pct(v)} [{_ci((loc.get('pointing_ci') or {}).get(m))}] | "
-                      f"{_delta(vr, 100, '+.1f', ' pts')} | {'' if d is None else f'{d:.3f}'} |"]
-        by = loc.get("pointing_by_shape") or {}
+        for m, v in loc.pointing.items():
+            d = (loc.deletion_auc or {}).get(m)
+            lines += [f"| {m} | {_pct(v)} [{_ci(loc.pointing_ci.get(m))}] | "
+                      f"{_delta(loc.vs_random.get(m), 100, '+.1f', ' pts')} | {'' if d is None else f'{d:.3f}'} |"]
+        by = loc.pointing_by_shape
         if by:
-            methods = list(loc["pointing"])
+            methods = list(loc.pointing)
             lines += ["", "Pointing game by shape:", "", "| shape | nouns | " + " | ".join(methods) + " |",
                       "|---|---:|" + "---:|" * len(methods)]
             lines += [f"| {sh} | {v['nouns']} | " + " | ".join(_pct(v[m]) for m in methods) + " |"
                       for sh, v in by.items() if v["nouns"]]
-        ph = loc.get("pointing_per_layer_head")
+        ph = loc.pointing_per_layer_head
         if ph:
             import numpy as np
 
@@ -276,7 +275,7 @@ def main(argv=None) -> int:
         for i, name in enumerate(NOTEBOOKS, 1):
             extra = {NOTEBOOKS[1]: p2}.get(name, {})
             if name == NOTEBOOKS[2]:  # P3 looks at P2's best run
-                extra = {"checkpoint": read_json(figures / "p2_summary.json")["best"]["run"]}
+                extra = {"checkpoint": VariantTable.from_json(read_json(figures / "p2_summary.json")).best.run}
             t0 = time.time()
             print(f"[report {i}/3] {name} ...", flush=True)
             done.append(run_notebook(root, name, common | extra, root / "notebooks" / "executed"))

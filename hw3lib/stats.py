@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .results import Difference, Interval, PairedTest
+
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """sum(num) / sum(den) along the last axis; nan where the denominator is 0."""
@@ -45,14 +47,14 @@ def estimate(num, den=None) -> float:
     return float(_ratio(num, den))
 
 
-def bootstrap_ci(num, den=None, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(num, den=None, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> Interval:
     """Percentile bootstrap interval of sum(num) / sum(den) over images (of the mean when den is None).
     Resamples whose denominator is 0 are dropped."""
     num, den = _as_pair(num, den)
     idx = resample(len(num), n_boot, seed)
     boots = _ratio(num[idx], den[idx])
     boots = boots[~np.isnan(boots)]
-    return float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
+    return Interval(float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2)), 1 - alpha)
 
 
 @dataclass
@@ -60,12 +62,12 @@ class PairedDifference:
     a: float  # system A's score
     b: float  # system B's score
     difference: float  # b - a
-    ci: tuple[float, float]  # paired percentile bootstrap interval of the difference
+    ci: Interval  # paired percentile bootstrap interval of the difference
     p_value: float  # two-sided bootstrap p: twice the share of resampled differences on the far side of 0
 
-    def as_dict(self) -> dict:
-        """The JSON form the reports use: difference, interval, p-value."""
-        return {"difference": self.difference, "ci": list(self.ci), "p_value": self.p_value}
+    def reported(self) -> Difference:
+        """What the reports show: difference, interval, p-value."""
+        return Difference(self.difference, self.ci, self.p_value)
 
 
 def paired_bootstrap(num_a, num_b, den_a=None, den_b=None, n_boot: int = 2000, alpha: float = 0.05,
@@ -81,7 +83,7 @@ def paired_bootstrap(num_a, num_b, den_a=None, den_b=None, n_boot: int = 2000, a
     a, b = float(_ratio(num_a, den_a)), float(_ratio(num_b, den_b))
     lo, hi = float(np.quantile(diffs, alpha / 2)), float(np.quantile(diffs, 1 - alpha / 2))
     p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
-    return PairedDifference(a, b, b - a, (lo, hi), p)
+    return PairedDifference(a, b, b - a, Interval(lo, hi, 1 - alpha), p)
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -92,17 +94,6 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     k = min(only_a, only_b)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
     return min(1.0, 2 * tail)
-
-
-@dataclass
-class PairedTest:
-    accuracy_a: float
-    accuracy_b: float
-    difference: float  # accuracy_b - accuracy_a
-    ci: tuple[float, float]  # paired bootstrap 95% interval of the difference
-    only_a: int  # images A gets right and B wrong
-    only_b: int  # images B gets right and A wrong
-    p_value: float  # exact two-sided McNemar test on the discordant pairs
 
 
 def paired_test(correct_a, correct_b, n_boot: int = 2000, seed: int = 0) -> PairedTest:

@@ -4,7 +4,7 @@ Built-in sets (`--templates NAME`):
   report    the original report's three prompts (60.9 / 65.4 / 56.4 % on the HW3 val set)
   photo     "a photo of a {object}." - CLIP's default single prompt
   openai80  OpenAI's 80 ImageNet prompt templates (as shipped by open_clip)
-  openai7   the 7 templates the CLIP authors selected from the 80 (CLIP notebook)
+  openai7   the 7 templates the CLIP authors selected from the 80 (CLIP notebook; open_clip's copy)
 """
 
 from __future__ import annotations
@@ -13,26 +13,24 @@ from .files import HW3Error
 
 REPORT = ("This is a photo of {object}", "This is not a photo of {object}", "No {object}, no score.")
 PHOTO = ("a photo of a {object}.",)
-OPENAI7 = (
-    "itap of a {object}.",
-    "a bad photo of the {object}.",
-    "a origami {object}.",
-    "a photo of the large {object}.",
-    "a {object} in a video game.",
-    "art of the {object}.",
-    "a photo of the small {object}.",
-)
 
 
-def _openai80() -> tuple[str, ...]:
-    # open_clip stores them as callables; calling with the placeholder recovers the format string
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+def _open_clip_set(name: str) -> tuple[str, ...]:
+    """One of open_clip's template lists; it stores them as callables, and calling one with the
+    placeholder recovers the format string."""
+    from open_clip import zero_shot_metadata
 
-    return tuple(t("{object}") for t in OPENAI_IMAGENET_TEMPLATES)
+    return tuple(t("{object}") for t in getattr(zero_shot_metadata, name))
+
+
+def openai7() -> tuple[str, ...]:
+    """The 7 templates the CLIP authors selected from the 80 (open_clip's SIMPLE_IMAGENET_TEMPLATES)."""
+    return _open_clip_set("SIMPLE_IMAGENET_TEMPLATES")
 
 
 def template_set(name: str) -> tuple[str, ...]:
-    sets = {"report": lambda: REPORT, "photo": lambda: PHOTO, "openai80": _openai80, "openai7": lambda: OPENAI7}
+    sets = {"report": lambda: REPORT, "photo": lambda: PHOTO,
+            "openai80": lambda: _open_clip_set("OPENAI_IMAGENET_TEMPLATES"), "openai7": openai7}
     if name not in sets:
         raise HW3Error(f"unknown template set {name!r} (choose from {', '.join(sets)})")
     return sets[name]()

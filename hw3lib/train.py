@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .captioner import Captioner, check_budget, format_report, parameter_report
 from .config import TrainConfig
 from .data import CaptionSet
+from .distributed import processes
 from .features import FeatureSource
 from .files import HW3Error, fault_point, progress_disabled
 from .precision import Precision, choose_precision
@@ -105,12 +106,6 @@ def validation_loss(model, source: FeatureSource, data: CaptionData, cfg: TrainC
     return total / max(count, 1)
 
 
-def _rank_world():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @dataclass(frozen=True)
 class Plan:
     micro_per_epoch: int  # micro-batches per epoch on each rank
@@ -141,7 +136,8 @@ class Trainer:
         self.model, self.train, self.val, self.cfg, self.folder = model, train, val, cfg, folder
         self.inputs = inputs or {}  # the fingerprint of what the run reads (runfolder.input_fingerprint)
         self.train_source, self.val_source, self.validator = train_source, val_source, validator
-        self.rank, self.world = _rank_world()
+        procs = processes()
+        self.rank, self.world, self.master_process = procs.rank, procs.world, procs.master_process
         self.device = next(p for p in model.parameters() if p.requires_grad).device
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         check_budget(model, cfg.max_trainable)
@@ -177,7 +173,7 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
         self.state.update(ck["state"])
-        if self.rank == 0:
+        if self.master_process:
             s = self.state
             print(f"resuming at step {s['step']} (epoch {s['epoch']}, batch {s['micro']})", flush=True)
 
@@ -232,7 +228,7 @@ class Trainer:
             with self.autocast():
                 result.update(self.validator(self.model))
             self.model.train()
-        if self.rank == 0:
+        if self.master_process:
             print("validation " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in result.items()), flush=True)
         return result
@@ -289,7 +285,7 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
         validator: Callable[[Captioner], dict] | None = None, resume: bool = True,
         precision: Precision | None = None, inputs: dict | None = None) -> dict:
     """Train `model` in place; returns the final summary. Rank 0 writes every file."""
-    folder = RunFolder(run_dir, writer=_rank_world()[0] == 0)
+    folder = RunFolder(run_dir, writer=processes().master_process)
     t = Trainer(model, train, val, cfg, folder, train_source, val_source, validator, precision, inputs)
     if resume:
         t.restore()
@@ -299,7 +295,7 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
     if model.encoder is not None:
         model.encoder.eval()
     bar = tqdm(total=t.plan.total, initial=t.state["step"], desc="training", dynamic_ncols=True,
-               disable=t.rank != 0 or progress_disabled())
+               disable=not t.master_process or progress_disabled())
     t0 = time.time()
     try:
         done = t.state["step"] >= t.plan.total
@@ -311,7 +307,7 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
     summary = {"steps": s["step"], "best": s["best"], "best_step": s["best_step"], "parameters": t.report,
                "seconds": round(time.time() - t0, 1)}
     folder.finish(summary)
-    if t.rank == 0:
+    if t.master_process:
         print(f"done: {s['step']} steps; best {t.metric} {s['best']} at step {s['best_step']}; "
               f"{format_report(t.report)}", flush=True)
     return summary

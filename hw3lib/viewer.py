@@ -19,10 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attention import CaptionAttention, display_maps, method_maps, overlay
+from .attention import METHODS, CaptionAttention, display_maps, method_maps, overlay
 from .files import open_image
-
-METHODS = ("raw", "rollout", "relevance")
 
 
 def _jpeg(arr: np.ndarray) -> bytes:

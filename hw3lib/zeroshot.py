@@ -23,6 +23,7 @@ from .assets import ClipBundle
 from .clip_features import encode_images, encode_texts
 from .data import P1Dataset, load_images, read_p1_folder
 from .files import HW3Error, atomic_path
+from .results import Accuracy, NegationStudy, PromptRow, PromptStudy, PromptTest
 from .stats import bootstrap_ci, paired_test
 from .templates import check_template, fill
 
@@ -165,7 +166,8 @@ def top_probabilities(study: ZeroShotStudy, weights: torch.Tensor, indices: list
             for ps, js in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
 
-def negation_study(study: ZeroShotStudy, positive: str, negated: str, n_boot: int = 2000, seed: int = 0) -> dict:
+def negation_study(study: ZeroShotStudy, positive: str, negated: str, n_boot: int = 2000,
+                   seed: int = 0) -> NegationStudy:
     """Does the text tower read "not"? For a positive prompt and its negation:
     - per class, the cosine similarity of the two prompts' text embeddings (1.0: "not" is ignored);
     - how often the two prompts predict the same class for an image;
@@ -177,21 +179,17 @@ def negation_study(study: ZeroShotStudy, positive: str, negated: str, n_boot: in
     pos_logits, neg_logits = study.logits(feats[0]), study.logits(feats[1])  # (N, C) each
     pos, neg, inv = pos_logits.argmax(1).numpy(), neg_logits.argmax(1).numpy(), neg_logits.argmin(1).numpy()
 
-    def acc(pred):
+    def acc(pred) -> Accuracy:
         ok = pred == labels
-        lo, hi = bootstrap_ci(ok, n_boot=n_boot, seed=seed)
-        return {"accuracy": float(ok.mean()), "ci_low": lo, "ci_high": hi}
+        return Accuracy(float(ok.mean()), bootstrap_ci(ok, n_boot=n_boot, seed=seed))
 
     same = pos == neg
-    same_ci = bootstrap_ci(same, n_boot=n_boot, seed=seed)
-    return {"positive": positive, "negated": negated, "classes": list(study.class_names),
-            "cosine_per_class": cos.tolist(), "cosine_mean": float(cos.mean()),
-            "same_prediction": float(same.mean()), "same_prediction_ci": list(same_ci),
-            "same_prediction_per_class": [float(same[labels == c].mean()) if (labels == c).any() else None
-                                          for c in range(len(study.class_names))],  # by true class
-            "positive_accuracy": acc(pos), "negated_accuracy": acc(neg), "negated_inverted_accuracy": acc(inv),
-            "paired_negated_vs_positive": paired_test(pos == labels, neg == labels, n_boot, seed).__dict__,
-            "chance": 1.0 / len(study.class_names)}
+    return NegationStudy(
+        positive, negated, list(study.class_names), cos.tolist(), float(cos.mean()), float(same.mean()),
+        bootstrap_ci(same, n_boot=n_boot, seed=seed),
+        [float(same[labels == c].mean()) if (labels == c).any() else None for c in range(len(study.class_names))],
+        acc(pos), acc(neg), acc(inv), paired_test(pos == labels, neg == labels, n_boot, seed),
+        1.0 / len(study.class_names))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,7 +211,7 @@ def write_predictions_csv(path: str | os.PathLike, paths: list[Path], class_ids:
 
 
 def prompt_study(study: ZeroShotStudy, prompts: list[str], sets: dict[str, list[str]], n_boot: int = 2000,
-                 seed: int = 0) -> dict:
+                 seed: int = 0) -> PromptStudy:
     """Accuracy with bootstrap intervals for single prompts and named ensembles, paired tests of
     every prompt against the first, and greedy template selection (chosen on half of the images,
     scored on the other half). Text features are computed once per distinct template."""
@@ -227,11 +225,9 @@ def prompt_study(study: ZeroShotStudy, prompts: list[str], sets: dict[str, list[
         pred = study.predict(ensemble(feats, [pos[t] for t in ts]))
         ok = pred == labels
         correct[name] = ok
-        lo, hi = bootstrap_ci(ok, n_boot=n_boot, seed=seed)
-        rows.append({"prompt": name, "templates": len(ts), "accuracy": float(ok.mean()), "ci_low": lo, "ci_high": hi})
+        rows.append(PromptRow(name, len(ts), float(ok.mean()), bootstrap_ci(ok, n_boot=n_boot, seed=seed)))
     first = prompts[0]
-    tests = [{"a": first, "b": p, **paired_test(correct[first], correct[p], n_boot, seed).__dict__}
-             for p in prompts[1:]]
+    tests = [PromptTest(first, p, paired_test(correct[first], correct[p], n_boot, seed)) for p in prompts[1:]]
 
     # selection: choose on even-indexed images, score on odd-indexed ones (disjoint halves)
     idx = np.arange(len(labels))
@@ -255,5 +251,5 @@ def prompt_study(study: ZeroShotStudy, prompts: list[str], sets: dict[str, list[
                           study.clip), pool_feats)))]),
         "per_template_accuracy": {t: float(a) for t, a in zip(pool, singles, strict=True)},
     }
-    return {"rows": rows, "paired_tests": tests, "selection": selection, "n_images": int(len(labels)),
-            "chance": 1.0 / len(study.class_names)}
+    best = max((r for r in rows if r.templates == 1), key=lambda r: r.accuracy).prompt
+    return PromptStudy(rows, tests, selection, int(len(labels)), 1.0 / len(study.class_names), best)

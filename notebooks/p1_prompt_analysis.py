@@ -42,7 +42,7 @@ from hw3lib.assets import load_clip, load_manifest
 from hw3lib.files import atomic_write_json, open_image
 from hw3lib.plots import (confusion_figure, negation_figure, per_class_accuracy_figure, prompt_table_figure, save,
                           selection_figure, top_probabilities_figure)
-from hw3lib.templates import OPENAI7, PHOTO, REPORT, template_set
+from hw3lib.templates import PHOTO, REPORT, template_set
 from hw3lib.device import resolve_device
 from hw3lib.zeroshot import (ZeroShotStudy, confusion_matrix, ensemble, negation_study, per_class_accuracy,
                              prompt_study, top_probabilities)
@@ -62,11 +62,11 @@ print(f"{len(study.paths)} images, {len(study.class_names)} classes; images enco
 
 # %%
 prompts = list(REPORT) + list(PHOTO)
-sets = {"report": list(REPORT), "openai7": list(OPENAI7), "openai80": list(template_set("openai80"))}
+sets = {"report": list(REPORT), "openai7": list(template_set("openai7")), "openai80": list(template_set("openai80"))}
 result = prompt_study(study, prompts, sets, n_boot=300 if smoke else 2000)
-for r in result["rows"]:
-    print(f"{r['prompt']:<45} {r['accuracy'] * 100:6.2f}%  [{r['ci_low'] * 100:.1f}, {r['ci_high'] * 100:.1f}]")
-save(prompt_table_figure(result["rows"], result["chance"]), figures / "p1_prompt_table.png")
+for r in result.rows:
+    print(f"{r.prompt:<45} {r.accuracy * 100:6.2f}%  [{r.ci.low * 100:.1f}, {r.ci.high * 100:.1f}]")
+save(prompt_table_figure(result.rows, result.chance), figures / "p1_prompt_table.png")
 
 # %% [markdown]
 # ## Is the difference between two prompts real?
@@ -74,16 +74,16 @@ save(prompt_table_figure(result["rows"], result["chance"]), figures / "p1_prompt
 # bootstrap interval of the accuracy difference.
 
 # %%
-for t in result["paired_tests"]:
-    print(f"{t['b']!r} vs {t['a']!r}: diff {t['difference'] * 100:+.2f} pts "
-          f"[{t['ci'][0] * 100:+.1f}, {t['ci'][1] * 100:+.1f}], discordant {t['only_a']}/{t['only_b']}, "
-          f"McNemar p = {t['p_value']:.3g}")
+for t in result.paired_tests:
+    d = t.test
+    print(f"{t.b!r} vs {t.a!r}: diff {d.difference * 100:+.2f} pts [{d.ci.low * 100:+.1f}, {d.ci.high * 100:+.1f}], "
+          f"discordant {d.only_a}/{d.only_b}, McNemar p = {d.p_value:.3g}")
 
 # %% [markdown]
 # ## Per-class accuracy and confusions of the best single prompt
 
 # %%
-best = max((r for r in result["rows"] if r["templates"] == 1), key=lambda r: r["accuracy"])["prompt"]
+best = result.best_single_prompt
 weights = ensemble(study.text_features([best]))
 pred = study.predict(weights)
 C = len(study.class_names)
@@ -108,7 +108,7 @@ save(top_probabilities_figure(images, top, [study.class_names[study.labels[i]] f
 # the selected ensemble's number is not fitted to the images it is reported on.
 
 # %%
-sel = result["selection"]
+sel = result.selection
 print("selected:", sel["chosen"])
 save(selection_figure(sel), figures / "p1_selection.png")
 
@@ -121,17 +121,15 @@ save(selection_figure(sel), figures / "p1_selection.png")
 
 # %%
 neg = negation_study(study, REPORT[0], REPORT[1], n_boot=300 if smoke else 2000)
-print(f"mean cos(positive, negated) = {neg['cosine_mean']:.3f}; same prediction on "
-      f"{neg['same_prediction'] * 100:.1f}% of images")
-for k in ("positive_accuracy", "negated_accuracy", "negated_inverted_accuracy"):
-    a = neg[k]
-    print(f"{k:<28} {a['accuracy'] * 100:6.2f}%  [{a['ci_low'] * 100:.1f}, {a['ci_high'] * 100:.1f}]")
-for name, c, same in zip(neg["classes"], neg["cosine_per_class"], neg["same_prediction_per_class"], strict=True):
+print(f"mean cos(positive, negated) = {neg.cosine_mean:.3f}; same prediction on "
+      f"{neg.same_prediction * 100:.1f}% of images")
+for k, a in (("positive", neg.positive_accuracy), ("negated", neg.negated_accuracy),
+             ("negated, read inverted", neg.negated_inverted_accuracy)):
+    print(f"{k:<28} {a.accuracy * 100:6.2f}%  [{a.ci.low * 100:.1f}, {a.ci.high * 100:.1f}]")
+for name, c, same in zip(neg.classes, neg.cosine_per_class, neg.same_prediction_per_class, strict=True):
     print(f"  {name:<12} cos {c:.3f}  same prediction {'-' if same is None else f'{same * 100:.0f}%'}")
 save(negation_figure(neg), figures / "p1_negation.png")
-summary = {"rows": result["rows"], "paired_tests": result["paired_tests"],
-           "selection": {k: v for k, v in sel.items() if k != "per_template_accuracy"},
-           "n_images": result["n_images"], "chance": result["chance"], "best_single_prompt": best,
-           "negation": neg}
+summary = result.to_json() | {"selection": {k: v for k, v in sel.items() if k != "per_template_accuracy"},
+                              "negation": neg.to_json()}
 atomic_write_json(figures / "p1_summary.json", summary)
 plt.close("all")

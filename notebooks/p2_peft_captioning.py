@@ -71,28 +71,28 @@ print(f"CIDEr tokenizer: {default_tokenizer()}")
 # %%
 result = compare_variants(configs, assets, p2, Path(runs_dir) / ("smoke" if smoke else run_group), overrides,
                           device=device, beams_best=beams, reference=reference, n_boot=300 if smoke else 2000)
-rows = result["rows"]
-summary = {"rows": rows, "best": result["best"], "beam": result["beam"], "reference": result["reference"],
-           "tokenizer": default_tokenizer()}
-display(Markdown("\n".join(p2_section(summary))))
+table = result.table
+table.tokenizer = default_tokenizer()
+rows = table.rows
+display(Markdown("\n".join(p2_section(table))))
 
 # %% [markdown]
 # ## Against the report's setting, on the same images (paired bootstrap)
 
 # %%
-if result["reference"]:
+if table.reference:
     for r in rows:
-        for metric, d in (r.get("vs_reference") or {}).items():
-            print(f"{r['variant']:<11}{metric:<10} {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
-                  f"  p = {d['p_value']:.3g}")
-    save(paired_differences_figure(rows, result["reference"]), figures / "p2_paired_differences.png")
+        for metric, d in (r.vs_reference or {}).items():
+            print(f"{r.variant:<11}{metric:<10} {d.difference:+.3f} [{d.ci.low:+.3f}, {d.ci.high:+.3f}]"
+                  f"  p = {d.p_value:.3g}")
+    save(paired_differences_figure(rows, table.reference), figures / "p2_paired_differences.png")
 
 # %% [markdown]
 # ## The best setting, and the table of attempts
 
 # %%
-best = result["best"]
-print(f"best setting: {best['variant']} ({best['peft']}) - CIDEr {best['CIDEr']:.3f}, CLIPScore {best['CLIPScore']:.3f}")
+best = table.best
+print(f"best setting: {best.variant} ({best.peft}) - CIDEr {best.CIDEr:.3f}, CLIPScore {best.CLIPScore:.3f}")
 save(variants_figure(rows), figures / "p2_variants.png")
 
 # %% [markdown]
@@ -105,38 +105,37 @@ save(pareto_figure(rows), figures / "p2_pareto.png")
 # ## Grounding: do the captions name objects that are there? (demo world)
 
 # %%
-if any(r.get("grounding") for r in rows):
+if any(r.grounding for r in rows):
     for r in rows:
-        g = r["grounding"]
-        print(f"{r['variant']:<11}" + "  ".join(f"{k} {g[k]['share'] * 100:5.1f}% ({g[k]['right']}/{g[k]['total']})"
-                                            for k in ("mentions", "shapes", "colors") if g[k]["share"] is not None))
+        print(f"{r.variant:<11}" + "  ".join(f"{k} {g.share * 100:5.1f}% ({g.right}/{g.total})"
+                                            for k, g in r.grounding.items() if g.share is not None))
     save(grounding_figure(rows), figures / "p2_grounding.png")
 
 # %% [markdown]
 # ## Training curves
 
 # %%
-curves = {r["variant"]: training_curves(r["run"]) for r in rows if r["run"]}
+curves = {r.variant: training_curves(r.run) for r in rows if r.run}
 save(training_curves_figure(curves), figures / "p2_training_curves.png")
 
 # %% [markdown]
 # ## Greedy vs beam search (best variant)
 
 # %%
-if result["beam"]:
-    b = result["beam"]
-    print(f"greedy: CIDEr {best['CIDEr']:.3f} CLIPScore {best['CLIPScore']:.3f}; beam {b['beams']}: "
-          f"CIDEr {b['CIDEr']:.3f} CLIPScore {b['CLIPScore']:.3f}")
+if table.beam:
+    b = table.beam
+    print(f"greedy: CIDEr {best.CIDEr:.3f} CLIPScore {best.CLIPScore:.3f}; beam {b.beams}: "
+          f"CIDEr {b.CIDEr:.3f} CLIPScore {b.CLIPScore:.3f}")
     save(greedy_vs_beam_figure(best, b), figures / "p2_greedy_vs_beam.png")
 
 # %% [markdown]
 # ## Example captions
 
 # %%
-keys = sorted(result["references"])[:6]
-shown = ["untrained", best["variant"]] + ([f"{best['variant']} (beam {beams})"] if result["beam"] else [])
-images = [open_image(result["paths"][k]) for k in keys]
-caps = [{name: result["predictions"][name][k] for name in shown} for k in keys]
-save(caption_examples_figure(images, caps, [result["references"][k][0] for k in keys]), figures / "p2_examples.png")
-atomic_write_json(figures / "p2_summary.json", summary)
+keys = sorted(result.references)[:6]
+shown = ["untrained", best.variant] + ([f"{best.variant} (beam {beams})"] if table.beam else [])
+images = [open_image(result.paths[k]) for k in keys]
+caps = [{name: result.predictions[name][k] for name in shown} for k in keys]
+save(caption_examples_figure(images, caps, [result.references[k][0] for k in keys]), figures / "p2_examples.png")
+atomic_write_json(figures / "p2_summary.json", table.to_json())
 plt.close("all")

@@ -111,17 +111,17 @@ if boxes_file.is_file():
     caps = capture(model, tok, transform, list_images(p2 / "images" / "val")[:n], device=device)
     loc = localisation(model, caps, read_boxes(boxes_file), SHAPES, list(COLORS), deletion=not smoke,
                        n_boot=300 if smoke else 2000)
-    print(f"{loc['nouns']} object nouns in {loc['images']} captions")
+    print(f"{loc.nouns} object nouns in {loc.images} captions")
     display(Markdown("\n".join(p3_section({"extremes": {}, "localisation": loc}))))
-    if loc["nouns"]:
+    if loc.nouns:
         save(localisation_figure(loc), figures / "p3_localisation.png")
         save(pointing_by_shape_figure(loc), figures / "p3_pointing_by_shape.png")
-        save(layer_head_figure(loc["pointing_per_layer_head"]), figures / "p3_layer_head.png")
+        save(layer_head_figure(loc.pointing_per_layer_head), figures / "p3_layer_head.png")
 else:
     print("no boxes.json: localisation is scored on the demo world only")
 atomic_write_json(figures / "p3_summary.json", {
     "p3_captions": {ca.path.name: ca.caption for ca in p3},
     "extremes": {k: {"image": by_key[v].name, "CLIPScore": scores[v]["CLIPScore"], "caption": preds[v]}
                  for k, v in extremes.items()},
-    "localisation": loc, "layers": layers, "heads": heads})
+    "localisation": None if loc is None else loc.to_json(), "layers": layers, "heads": heads})
 plt.close("all")

@@ -81,11 +81,39 @@ def headless_chrome(profile_dir):
     return webdriver.Chrome(service=Service(driver_bin), options=opts)
 
 
-def run_cli(*args, cwd=None):
-    """Run `python -m hw3lib ARGS` in a subprocess; returns CompletedProcess (text)."""
+def run_cli(*args, cwd=None, isolated=False):
+    """Run `hw3 ARGS`; returns a CompletedProcess (text). In this process by default (`cli.main` with
+    its output captured): the command's code path is the same, without paying torch's import again.
+    `isolated=True` runs `python -m hw3lib` in a subprocess, for what only a real process shows (bytes
+    on a real stdout, a process-wide warning filter, signals)."""
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "hw3lib", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    args = [str(a) for a in args]
+    if isolated:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        return subprocess.run([sys.executable, "-m", "hw3lib", *args], capture_output=True, text=True, cwd=cwd,
+                              env=env, timeout=600)
+    return _run_in_process(args, cwd)
+
+
+def _run_in_process(args: list[str], cwd):
+    import contextlib
+    import io
+    import subprocess
+    import warnings
+
+    from hw3lib.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    show = warnings.showwarning
+    with warnings.catch_warnings(), contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        warnings.simplefilter("default")  # each run warns afresh, as a new process would
+        try:
+            rc = main(args)
+        except SystemExit as e:  # argparse's usage errors and --help
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        finally:
+            warnings.showwarning = show
+    return subprocess.CompletedProcess(["hw3", *args], rc, out.getvalue(), err.getvalue())

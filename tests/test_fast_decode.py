@@ -106,19 +106,27 @@ def test_grouped_cross_attention_equals_repeated_keys():
 
 
 @pytest.mark.skipif(not packed_linears_available(), reason="this torch build has no MKL packed GEMM")
-def test_packed_linears_are_bit_identical_and_restored():
-    model, f = tiny_captioner("lora"), feats()
+@pytest.mark.parametrize("kind", ["lora", "dora", "adapter"])
+def test_packed_linears_are_bit_identical_and_restored(kind):
+    from hw3lib.inference import PackedLinear
+
+    model, f = tiny_captioner(kind), feats()
     ids = torch.randint(0, EOT, (8, 6))
+    before = {n: m for n, m in model.named_modules()}
     with torch.no_grad():
         ref_logits = model(f, ids)
     ref = beam_search(model, f, EOT, 3, MAX)
     with packed_linears(model.decoder, 8):
-        assert "forward" in model.decoder.h[0].mlp.c_fc.base_layer.__dict__
+        assert isinstance(model.decoder.lm_head, PackedLinear) and model.decoder.lm_head.weight is model.decoder.wte.weight
+        assert not any(type(m) is nn.Linear for m in model.decoder.modules() if not isinstance(m, PackedLinear)
+                       and not any(m is p.base_layer for p in model.decoder.modules() if isinstance(p, PackedLinear)))
         with torch.no_grad():
             assert torch.equal(model(f, ids), ref_logits)
         got = beam_search(model, f, EOT, 3, MAX)
     assert got.tokens == ref.tokens and got.scores == ref.scores
-    assert not any("forward" in m.__dict__ for m in model.modules()) and "logits" not in model.decoder.__dict__
+    after = {n: m for n, m in model.named_modules()}
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before), "the modules are swapped back"
+    assert not any("forward" in m.__dict__ for m in model.modules())
     assert torch.is_grad_enabled()
 
 

@@ -38,8 +38,8 @@ def test_grounding_pools_over_images_and_bootstraps_them():
     assert g.share("mentions") == pytest.approx(3 / 4) and g.share("shapes") == 1.0
     assert g.share("colors") == pytest.approx(3 / 4)
     s = g.summary(n_boot=300, seed=0)
-    assert s["mentions"]["right"] == 3 and s["mentions"]["total"] == 4
-    assert tuple(s["mentions"]["ci"]) == bootstrap_ci(np.array([2, 0, 1]), np.array([2, 1, 1]), n_boot=300, seed=0)
+    assert s["mentions"].right == 3 and s["mentions"].total == 4
+    assert s["mentions"].ci == bootstrap_ci(np.array([2, 0, 1]), np.array([2, 1, 1]), n_boot=300, seed=0)
     assert grounding({"b": "a shape"}, boxes, SHAPES, list(COLORS)).share("mentions") is None
 
 

@@ -47,12 +47,12 @@ def test_paired_bootstrap_equals_direct_computation_and_is_antisymmetric():
     d = paired_bootstrap(a, b, n_boot=600, seed=2)
     idx = resample(150, 600, 2)
     direct = [b[row].mean() - a[row].mean() for row in idx]
-    assert d.ci == pytest.approx((np.quantile(direct, 0.025), np.quantile(direct, 0.975)), rel=1e-12)
-    assert d.difference == pytest.approx(b.mean() - a.mean()) and d.ci[0] > 0 and d.p_value < 0.01
+    assert tuple(d.ci) == pytest.approx((np.quantile(direct, 0.025), np.quantile(direct, 0.975)), rel=1e-12)
+    assert d.difference == pytest.approx(b.mean() - a.mean()) and d.ci.low > 0 and d.p_value < 0.01
     r = paired_bootstrap(b, a, n_boot=600, seed=2)
-    assert r.difference == pytest.approx(-d.difference) and r.ci == pytest.approx((-d.ci[1], -d.ci[0]))
+    assert r.difference == pytest.approx(-d.difference) and tuple(r.ci) == pytest.approx((-d.ci.high, -d.ci.low))
     same = paired_bootstrap(a, a, n_boot=100)
-    assert same.difference == 0 and same.ci == (0.0, 0.0) and same.p_value == 1.0
+    assert same.difference == 0 and tuple(same.ci) == (0.0, 0.0) and same.p_value == 1.0
 
 
 def test_mcnemar_and_paired_test():
@@ -65,7 +65,7 @@ def test_mcnemar_and_paired_test():
     b[:40] = True  # B right on 40 more images (some already right)
     t = paired_test(a, b)
     assert t.only_a == 0 and t.only_b == int((~a[:40]).sum())
-    assert t.difference == pytest.approx(b.mean() - a.mean()) and t.ci[0] > 0 and t.p_value < 1e-3
+    assert t.difference == pytest.approx(b.mean() - a.mean()) and t.ci.low > 0 and t.p_value < 1e-3
     assert paired_test(b, a).p_value == pytest.approx(t.p_value)
 
 

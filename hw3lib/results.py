@@ -1,0 +1,295 @@
+"""The study's results as types: one `Interval`, and typed rows for the P1 prompt table, the P2 variants
+and the P3 localisation. Each type has one JSON form (`to_json` / `from_json`): the notebooks write it
+into figures/p*_summary.json, and report.py, plots.py and the notebooks read it back through these
+classes, so a misspelt field fails where it is read, not where a report cell happens to reach it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float  # lower end
+    high: float  # upper end
+    level: float = 0.95  # coverage (every interval of the report is a 95% percentile bootstrap)
+
+    def __iter__(self):  # lo, hi = interval
+        yield self.low
+        yield self.high
+
+    def excludes(self, value: float = 0.0) -> bool:
+        """`value` lies outside the interval (for a difference: a detectable one)."""
+        return value < self.low or value > self.high
+
+    def to_json(self) -> list[float]:
+        return [self.low, self.high]
+
+    @classmethod
+    def from_json(cls, v) -> Interval | None:
+        return None if v is None else cls(float(v[0]), float(v[1]))
+
+
+def _interval_map(d: dict | None) -> dict[str, Interval | None]:
+    return {k: Interval.from_json(v) for k, v in (d or {}).items()}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """B minus A on the same images: the estimate, its paired bootstrap interval, a two-sided p-value."""
+    difference: float  # b - a
+    ci: Interval  # paired percentile bootstrap interval
+    p_value: float  # twice the share of resampled differences on the far side of 0
+
+    def to_json(self) -> dict:
+        return {"difference": self.difference, "ci": self.ci.to_json(), "p_value": self.p_value}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> Difference | None:
+        return None if d is None else cls(d["difference"], Interval.from_json(d["ci"]), d["p_value"])
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    accuracy: float  # share of images classified right
+    ci: Interval  # bootstrap interval over images
+
+    def to_json(self) -> dict:
+        return {"accuracy": self.accuracy, "ci": self.ci.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Accuracy:
+        return cls(d["accuracy"], Interval.from_json(d["ci"]))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Two classifiers right/wrong on the same images."""
+    accuracy_a: float
+    accuracy_b: float
+    difference: float  # accuracy_b - accuracy_a
+    ci: Interval  # paired bootstrap interval of the difference
+    only_a: int  # images A gets right and B wrong
+    only_b: int  # images B gets right and A wrong
+    p_value: float  # exact two-sided McNemar test on the discordant pairs
+
+    def to_json(self) -> dict:
+        return {"accuracy_a": self.accuracy_a, "accuracy_b": self.accuracy_b, "difference": self.difference,
+                "ci": self.ci.to_json(), "only_a": self.only_a, "only_b": self.only_b, "p_value": self.p_value}
+
+    @classmethod
+    def from_json(cls, d: dict) -> PairedTest:
+        return cls(d["accuracy_a"], d["accuracy_b"], d["difference"], Interval.from_json(d["ci"]), d["only_a"],
+                   d["only_b"], d["p_value"])
+
+
+# ----------------------------------------------------------------------------------------------
+# P1
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One line of the prompt table: a single prompt or a named ensemble."""
+    prompt: str  # the template, or "ensemble: NAME (N)"
+    templates: int  # templates averaged
+    accuracy: float
+    ci: Interval
+
+    def to_json(self) -> dict:
+        return {"prompt": self.prompt, "templates": self.templates, "accuracy": self.accuracy, "ci": self.ci.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> PromptRow:
+        return cls(d["prompt"], d["templates"], d["accuracy"], Interval.from_json(d["ci"]))
+
+
+@dataclass(frozen=True)
+class PromptTest:
+    """Prompt `b` against prompt `a` on the same images."""
+    a: str
+    b: str
+    test: PairedTest
+
+    def to_json(self) -> dict:
+        return {"a": self.a, "b": self.b, **self.test.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> PromptTest:
+        return cls(d["a"], d["b"], PairedTest.from_json(d))
+
+
+@dataclass
+class PromptStudy:
+    rows: list[PromptRow]  # single prompts first, then ensembles
+    paired_tests: list[PromptTest]  # every prompt against the first
+    selection: dict  # greedy template selection: pool, chosen, held-out accuracies (and per template)
+    n_images: int
+    chance: float  # 1 / classes
+    best_single_prompt: str | None = None  # the single prompt with the highest accuracy
+
+    def to_json(self) -> dict:
+        out = {"rows": [r.to_json() for r in self.rows], "paired_tests": [t.to_json() for t in self.paired_tests],
+               "selection": self.selection, "n_images": self.n_images, "chance": self.chance}
+        if self.best_single_prompt is not None:
+            out["best_single_prompt"] = self.best_single_prompt
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> PromptStudy:
+        return cls([PromptRow.from_json(r) for r in d["rows"]], [PromptTest.from_json(t) for t in d["paired_tests"]],
+                   d["selection"], d["n_images"], d["chance"], d.get("best_single_prompt"))
+
+
+@dataclass
+class NegationStudy:
+    positive: str  # the positive prompt
+    negated: str  # its negation
+    classes: list[str]
+    cosine_per_class: list[float]  # cos(positive, negated) text embeddings per class
+    cosine_mean: float
+    same_prediction: float  # share of images where both prompts pick the same class
+    same_prediction_ci: Interval
+    same_prediction_per_class: list[float | None]  # by true class (None: no image of it)
+    positive_accuracy: Accuracy
+    negated_accuracy: Accuracy
+    negated_inverted_accuracy: Accuracy  # the class the negated prompt scores lowest
+    paired_negated_vs_positive: PairedTest
+    chance: float
+
+    def to_json(self) -> dict:
+        return {"positive": self.positive, "negated": self.negated, "classes": self.classes,
+                "cosine_per_class": self.cosine_per_class, "cosine_mean": self.cosine_mean,
+                "same_prediction": self.same_prediction, "same_prediction_ci": self.same_prediction_ci.to_json(),
+                "same_prediction_per_class": self.same_prediction_per_class,
+                "positive_accuracy": self.positive_accuracy.to_json(),
+                "negated_accuracy": self.negated_accuracy.to_json(),
+                "negated_inverted_accuracy": self.negated_inverted_accuracy.to_json(),
+                "paired_negated_vs_positive": self.paired_negated_vs_positive.to_json(), "chance": self.chance}
+
+    @classmethod
+    def from_json(cls, d: dict) -> NegationStudy:
+        return cls(d["positive"], d["negated"], d["classes"], d["cosine_per_class"], d["cosine_mean"],
+                   d["same_prediction"], Interval.from_json(d["same_prediction_ci"]), d["same_prediction_per_class"],
+                   Accuracy.from_json(d["positive_accuracy"]), Accuracy.from_json(d["negated_accuracy"]),
+                   Accuracy.from_json(d["negated_inverted_accuracy"]),
+                   PairedTest.from_json(d["paired_negated_vs_positive"]), d["chance"])
+
+
+# ----------------------------------------------------------------------------------------------
+# P2
+
+
+@dataclass(frozen=True)
+class Share:
+    """A pooled share of words right over images (grounding), with its interval."""
+    share: float | None  # None where no caption has such a word
+    ci: Interval | None
+    right: int
+    total: int
+
+    def to_json(self) -> dict:
+        return {"share": self.share, "ci": None if self.ci is None else self.ci.to_json(), "right": self.right,
+                "total": self.total}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Share:
+        return cls(d["share"], Interval.from_json(d["ci"]), d["right"], d["total"])
+
+
+METRICS = ("CIDEr", "CLIPScore")  # the course evaluator's two scores
+
+
+@dataclass
+class VariantRow:
+    """One captioner on the val split: the P2 table's row (a PEFT variant, the untrained model, or the
+    best variant with beam search when `beams` > 1)."""
+    variant: str  # the variant's name ("untrained" for the model before training)
+    CIDEr: float
+    CLIPScore: float
+    peft: str = "-"  # PEFT kind ("-": untrained)
+    trainable: int = 0  # trainable parameters
+    run: str | None = None  # the run folder
+    beams: int = 1  # decoding: 1 = greedy
+    ci: dict[str, Interval] = field(default_factory=dict)  # metric -> bootstrap interval over images
+    grounding: dict[str, Share] | None = None  # demo world: kind (mentions, shapes, colors) -> share
+    vs_reference: dict[str, Difference] | None = None  # metric or grounding kind -> paired difference
+
+    def score(self, metric: str) -> tuple[float | None, Interval | None]:
+        """The value and interval of CIDEr, CLIPScore or a grounding kind ("mentions", ...)."""
+        if metric in METRICS:
+            return getattr(self, metric), self.ci.get(metric)
+        g = (self.grounding or {}).get(metric)
+        return (None, None) if g is None else (g.share, g.ci)
+
+    def to_json(self) -> dict:
+        head = {"variant": self.variant}
+        head |= {"beams": self.beams} if self.beams > 1 else {"peft": self.peft, "trainable": self.trainable}
+        out = head | {"CIDEr": self.CIDEr, "CLIPScore": self.CLIPScore}
+        if self.beams == 1:
+            out["run"] = self.run
+        out |= {f"{m}_ci": self.ci[m].to_json() for m in METRICS if m in self.ci}
+        if self.grounding is not None:
+            out["grounding"] = {k: g.to_json() for k, g in self.grounding.items()}
+        if self.vs_reference is not None:
+            out["vs_reference"] = {k: d.to_json() for k, d in self.vs_reference.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> VariantRow:
+        g, v = d.get("grounding"), d.get("vs_reference")
+        return cls(d["variant"], d["CIDEr"], d["CLIPScore"], d.get("peft", "-"), d.get("trainable", 0), d.get("run"),
+                   d.get("beams", 1), {m: Interval.from_json(d[f"{m}_ci"]) for m in METRICS if f"{m}_ci" in d},
+                   None if g is None else {k: Share.from_json(x) for k, x in g.items()},
+                   None if v is None else {k: Difference.from_json(x) for k, x in v.items()})
+
+
+@dataclass
+class VariantTable:
+    """P2's summary: every variant's row, the best one, beam search on it, the reference variant."""
+    rows: list[VariantRow]
+    best: VariantRow | None  # the trained variant with the highest CIDEr
+    beam: VariantRow | None  # the best variant decoded with beam search
+    reference: str | None  # the variant every row is compared with (the report's setting)
+    tokenizer: str = "ptb"  # the CIDEr tokenizer
+
+    def to_json(self) -> dict:
+        return {"rows": [r.to_json() for r in self.rows], "best": None if self.best is None else self.best.to_json(),
+                "beam": None if self.beam is None else self.beam.to_json(), "reference": self.reference,
+                "tokenizer": self.tokenizer}
+
+    @classmethod
+    def from_json(cls, d: dict) -> VariantTable:
+        return cls([VariantRow.from_json(r) for r in d["rows"]], d["best"] and VariantRow.from_json(d["best"]),
+                   d["beam"] and VariantRow.from_json(d["beam"]), d["reference"], d.get("tokenizer", "ptb"))
+
+
+# ----------------------------------------------------------------------------------------------
+# P3
+
+
+@dataclass
+class Localisation:
+    """Pointing game and deletion per attention method (and random maps) on the demo world's nouns."""
+    nouns: int  # object nouns scored
+    images: int  # captions with at least one
+    pointing: dict[str, float | None]  # method -> share of nouns whose map peak is on the object
+    pointing_ci: dict[str, Interval | None]  # method -> interval over images
+    vs_random: dict[str, Difference]  # method -> paired difference against random maps
+    pointing_by_shape: dict[str, dict[str, float]]  # shape -> {"nouns": n, method: share}
+    deletion_auc: dict[str, float] | None  # method -> mean deletion score (lower is better)
+    pointing_per_layer_head: list[list[float]] | None  # (L, H) pointing share of raw attention
+
+    def to_json(self) -> dict:
+        return {"nouns": self.nouns, "images": self.images, "pointing": self.pointing,
+                "pointing_ci": {m: None if c is None else c.to_json() for m, c in self.pointing_ci.items()},
+                "vs_random": {m: d.to_json() for m, d in self.vs_random.items()},
+                "pointing_by_shape": self.pointing_by_shape, "deletion_auc": self.deletion_auc,
+                "pointing_per_layer_head": self.pointing_per_layer_head}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> Localisation | None:
+        if d is None:
+            return None
+        return cls(d["nouns"], d["images"], d["pointing"], _interval_map(d.get("pointing_ci")),
+                   {m: Difference.from_json(x) for m, x in (d.get("vs_random") or {}).items()},
+                   d.get("pointing_by_shape") or {}, d.get("deletion_auc"), d.get("pointing_per_layer_head"))
