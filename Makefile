@@ -11,7 +11,7 @@ DEMO_SIZE ?= full
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2  # pytest-xdist processes (this machine has 2 cores); 0 runs in one process
 
-.PHONY: all venv report demo lab test lint bench gpu-smoke browser clean
+.PHONY: all venv report demo lab test lint bench gpu-smoke browser screenshot clean
 
 all: report
 
@@ -68,6 +68,15 @@ bench: venv demo
 # machine and record its `name: value` lines with the card's name (README, "GPU smoke test").
 gpu-smoke: venv
 	HF_HUB_OFFLINE=1 $(PY) bench/gpu_smoke.py $(GPU_SMOKE_ARGS)
+
+# The README's explorer screenshot (docs/explorer.png), taken in a real JupyterLab on the report's models:
+# its best P2 variant (after make report) on the P3 images.
+screenshot: venv browser
+	@test -f figures/p2_summary.json || { echo "error: figures/p2_summary.json not found: run make report first"; exit 2; }
+	HW3_EXPLORER_ASSETS=$(abspath $(ASSETS)) HW3_EXPLORER_IMAGES=$(abspath $(DATA))/p3_data/images \
+		HW3_EXPLORER_RUN=$(abspath build/runs/demo)/$$($(PY) -c "import json; print(json.load(open('figures/p2_summary.json'))['best']['variant'])") \
+		HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_lab_browser.py
+	cp build/screenshots/explorer.png docs/explorer.png
 
 lint: venv
 	$(VENV)/bin/ruff check hw3lib tests bench

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import stats
 from .files import HW3Error, open_image, progress_disabled
-from .generate import beam_search
+from .generate import OFF, Controls, beam_search
 from .grounding import boxes_for
 from .results import Localisation
 
@@ -65,14 +65,16 @@ def patch_layout(encoder) -> tuple[tuple[int, int], int]:
 
 
 @torch.no_grad()
-def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 60, device="cpu") -> list[CaptionAttention]:
-    """Caption images with attention capture on (greedy, or beam search following the final beam)."""
+def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 60, device="cpu",
+            controls: Controls = OFF) -> list[CaptionAttention]:
+    """Caption images with attention capture on (greedy, or beam search following the final beam), with
+    the decoding `controls`."""
     grid, n_prefix = patch_layout(model.encoder)
     out = []
     for p in tqdm(paths, desc="attention capture", leave=False, disable=progress_disabled() or len(paths) < 2):
         x = transform(open_image(p))[None].to(device)
         feats = model.encode(x)
-        res = beam_search(model, feats, tokenizer.eot_id, beams, max_len, capture=True)
+        res = beam_search(model, feats, tokenizer.eot_id, beams, max_len, capture=True, controls=controls)
         ids = res.tokens[0] + ([tokenizer.eot_id] if res.finished[0] else [])
         texts = [tokenizer.id_to_token_text(i) for i in ids]
         out.append(CaptionAttention(Path(p), tokenizer.decode(res.tokens[0]).strip(), ids, texts,
@@ -243,6 +245,30 @@ def _noun_boxes(ca: CaptionAttention, objects: list[dict], shapes: list[str], co
     return out
 
 
+def _wrong_nouns(ca: CaptionAttention, objects: list[dict], colors: list[str], shapes: list[str]):
+    """(token index, boxes of objects of the word's type, boxes of the image's other objects) for the
+    shape nouns whose mention is wrong: a repeat of an object already named, or a type the image does
+    not hold (`objects.py`'s multiset matching, in caption order)."""
+    from collections import Counter
+
+    words = [t.strip().lower() for t in ca.token_texts]
+    left = Counter((o["color"], o["shape"]) for o in objects)
+    out = []
+    for i, w in enumerate(words):
+        if w not in shapes:
+            continue
+        color = words[i - 1] if i > 0 and words[i - 1] in colors else None
+        if color is None and i + 2 < len(words) and words[i + 1] in ("coloured", "colored") and words[i + 2] in colors:
+            color = words[i + 2]
+        kind = [o for o in objects if o["shape"] == w and (color is None or o["color"] == color)]
+        free = [k for k in left if left[k] > 0 and k[1] == w and (color is None or k[0] == color)]
+        if free:
+            left[sorted(free)[0]] -= 1
+            continue
+        out.append((i, [o["box"] for o in kind], [o["box"] for o in objects if o not in kind]))
+    return out
+
+
 def pointing_hit(heat: np.ndarray, boxes, tolerance: float) -> bool:
     y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
     return any(x0 - tolerance <= x < x1 + tolerance and y0 - tolerance <= y < y1 + tolerance for x0, y0, x1, y1 in boxes)
@@ -279,16 +305,28 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
     hits = {m: [] for m in names}  # per image: nouns the map points at
     dels = {m: [] for m in names}
     counts, by_shape = [], {sh: {m: 0 for m in (*names, "nouns")} for sh in shapes}
+    wrong = {m: {"named": 0, "other": 0, "none": 0} for m in methods}  # where a wrong word's map peaks
+    n_wrong = 0
     per_head = 0.0  # (L, H) hits once a caption names an object
     for ca in tqdm(captures, desc="localisation", leave=False, disable=progress_disabled() or len(captures) < 2):
         objects = boxes_for(ca.path.name, boxes, default=[])
         nouns = _noun_boxes(ca, objects, shapes, colors)
-        if not nouns:
+        bad = _wrong_nouns(ca, objects, colors, shapes)
+        if not nouns and not bad:
             continue
         im = open_image(ca.path)
         size = (im.height, im.width)
         tol = tolerance_patches * size[1] / ca.grid[1]
         maps = {m: method_maps(model, ca, m) for m in methods}
+        for t, named, other in bad:
+            n_wrong += 1
+            for m in methods:
+                heat = upsample(to_grid(maps[m][t:t + 1], ca.grid), size).numpy()[0]
+                where = ("named" if pointing_hit(heat, named, tol) else "other" if pointing_hit(heat, other, tol)
+                         else "none")
+                wrong[m][where] += 1
+        if not nouns:
+            continue
         maps["random"] = torch.from_numpy(rng.random((len(ca.token_ids), ca.grid[0] * ca.grid[1]))).float()
         ups = {m: upsample(to_grid(v, ca.grid), size).numpy() for m, v in maps.items()}
         counts.append(len(nouns))
@@ -304,7 +342,8 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
         per_head = per_head + _pointing_per_head(ca, nouns, size, tol)
     n = int(sum(counts))
     if n == 0:
-        return Localisation(0, 0, dict.fromkeys(names), {}, {}, {}, None, None)
+        return Localisation(0, 0, dict.fromkeys(names), {}, {}, {}, None, None, n_wrong,
+                            _wrong_shares(wrong, n_wrong))
     total = np.array(counts)
     right = {m: np.array(v) for m, v in hits.items()}
     return Localisation(
@@ -318,7 +357,13 @@ def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[
                            for sh, d in by_shape.items()},
         deletion_auc={m: float(np.mean(v)) for m, v in dels.items()} if deletion else None,
         pointing_per_layer_head=(per_head / n).tolist(),
+        wrong_nouns=n_wrong,
+        wrong_words=_wrong_shares(wrong, n_wrong),
     )
+
+
+def _wrong_shares(wrong: dict[str, dict[str, int]], n: int) -> dict[str, dict[str, float]] | None:
+    return {m: {k: v / n for k, v in d.items()} for m, d in wrong.items()} if n else None
 
 
 def _pointing_per_head(ca: CaptionAttention, nouns, size, tol) -> np.ndarray:

@@ -113,7 +113,7 @@ def cmd_train(args) -> int:
     m, device = manifest_for(args.assets), _device(tr.device)
     val = read_caption_file(args.data / "val.json", args.data / "images" / "val")
     write_val_predictions(load_run(args.out, m, device), args.out, m, [im.path for im in val.images], device,
-                          tr.max_caption_tokens)
+                          tr.max_caption_tokens, controls=tr.controls)
     print(f"wrote {args.out / 'val_predictions.json'}: greedy captions of the val split by the best checkpoint")
     return 0
 
@@ -155,6 +155,7 @@ def cmd_caption(args) -> int:
                 raise HW3Error(f"{p}: file name is not valid UTF-8, so it cannot be a key of {args.out_json} "
                                "(rename the file, or print with OUT_JSON -)")
     require_file(args.decoder_weights, "decoder weights file")
+    controls = _controls(args)
     if args.checkpoint is None and not args.untrained:
         raise HW3Error("--checkpoint: no trained captioner given (a run folder or checkpoint file from hw3 train); "
                        "pass --untrained to caption with the untrained model")
@@ -168,7 +169,7 @@ def cmd_caption(args) -> int:
     precision = choose_precision("auto", device)  # half on a GPU (bf16 from compute capability 8.0, else fp16)
     model = load_run(args.checkpoint, m, device, precision)
     preds = caption_folder(model, m, paths, args.beams, args.max_len, args.batch_size, args.length_penalty, device,
-                           quantize=args.quantize, precision=precision)
+                           quantize=args.quantize, precision=precision, controls=controls)
     if str(args.out_json) == "-":
         sys.stdout.write("".join(f"{name}\t{caption}\n" for name, caption in preds.items()))
         return 0
@@ -188,6 +189,9 @@ def cmd_evaluate(args) -> int:
     from .data import check_prediction_keys
 
     check_prediction_keys(preds, cs.references().keys(), args.pred_json)
+    from .chair import chair, instance_categories
+
+    instances = instance_categories(args.instances) if args.instances else None
     clip = None
     if not args.no_clip:
         from .pipeline import manifest_for
@@ -199,6 +203,15 @@ def cmd_evaluate(args) -> int:
     if clip is not None:
         print(f"CLIPScore: {result['CLIPScore']}")
         print(f"RefCLIPScore: {result['RefCLIPScore']}")
+    ch = chair(preds, cs.references(), instances)
+    result["CHAIR"] = ch.to_json()
+    for key, c in ch.per_image.items():
+        result["per_image"].setdefault(key, {})["CHAIR"] = c.to_json()
+    if ch.chair_s is None or ch.chair_i is None:
+        print("CHAIR: the captions name none of the 80 COCO object categories")
+    else:
+        print(f"CHAIR-i: {ch.chair_i:.4f}  CHAIR-s: {ch.chair_s:.4f}  object recall: "
+              f"{'-' if ch.recall is None else f'{ch.recall:.4f}'}")
     out = _per_image_path(args)
     atomic_write_json(out, result)
     return 0
@@ -213,13 +226,15 @@ def cmd_attention(args) -> int:
     from .viewer import html_viewer
 
     paths = unique_stems(image_paths(args.images))
+    controls = _controls(args)
     layers = _index_list("--layers", args.layers, ("last", "all"))
     heads = _index_list("--heads", args.heads, ("mean", "max"))
     m = manifest_for(args.assets, parts=("encoder", "decoder", "tokenizer"))
     device = _device(args.device)
     model = load_run(args.checkpoint, m, device)
     check_layers_heads(layers, heads, model.decoder.config.n_layer, model.decoder.config.n_head)
-    caps = capture(model, load_tokenizer(m), encoder_transform(model.encoder), paths, args.beams, args.max_len, device)
+    caps = capture(model, load_tokenizer(m), encoder_transform(model.encoder), paths, args.beams, args.max_len, device,
+                   controls)
     items = []
     for ca in caps:
         maps = method_maps(model, ca, args.method, layers, heads)
@@ -308,7 +323,7 @@ PATHS = {  # command -> args -> (inputs, {argument: output file(s)}, {argument: 
                         {"--out": a.out, "cache_dir": _cache_dir(a)}),
     "caption": lambda a: ([*a.images, a.decoder_weights, a.checkpoint, *_manifest_inputs(a.assets)],
                           {"OUT_JSON": a.out_json}, {}),
-    "evaluate": lambda a: ([a.pred_json, a.images, a.annotations, *_manifest_inputs(a.assets)],
+    "evaluate": lambda a: ([a.pred_json, a.images, a.annotations, a.instances, *_manifest_inputs(a.assets)],
                            {"--per-image": _per_image_path(a)}, {}),
     "attention": lambda a: ([*a.images, a.checkpoint, *_manifest_inputs(a.assets)],
                             {"--html": a.html, "--out": _attention_files(a)}, {"--out": a.out}),
@@ -403,6 +418,20 @@ def _command(sub, name: str, summary: str, description: str, examples: list[str]
 def _assets_arg(s):
     s.add_argument("--assets", default=os.environ.get("HW3_ASSETS", "real"),
                    help="asset manifest (assets.json), or 'real' for the built-in one; $HW3_ASSETS sets the default")
+
+
+def _decoding_args(s):
+    s.add_argument("--no-repeat-ngram-size", type=int, default=0, metavar="N",
+                   help="ban any token that would repeat an N-gram of the caption (transformers' semantics; 0 = off)")
+    s.add_argument("--repetition-penalty", type=float, default=1.0, metavar="P",
+                   help="scores of tokens already in the caption: positive / P, negative * P (1 = off)")
+
+
+def _controls(args):
+    """The decoding controls, checked before any model is loaded (`generate.Controls` names a bad value)."""
+    from .generate import Controls
+
+    return Controls(args.no_repeat_ngram_size, args.repetition_penalty)
 
 
 def _device_arg(s):
@@ -507,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy)")
     s.add_argument("--max-len", type=_positive, default=60, help="longest caption in tokens")
     s.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length ** this")
+    _decoding_args(s)
     s.add_argument("--batch-size", type=_positive, default=16, help="images decoded together")
     s.add_argument("--quantize", choices=["none", "int8"], default="none",
                    help="int8: dynamic int8 decoder on the CPU (faster; captions can change). Never the default")
@@ -514,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_caption)
 
     s = _command(sub, "evaluate", "P2: CIDEr-D and CLIPScore of a prediction file, like the course's evaluator",
-                 "Needs only the manifest's CLIP entry (nothing with --no-clip). Writes per-image scores to\n"
-                 "--per-image (default PRED.scores.json).",
+                 "Needs only the manifest's CLIP entry (nothing with --no-clip). Also CHAIR-i, CHAIR-s and object\n"
+                 "recall over the 80 COCO categories (objects from the reference captions, and from --instances).\n"
+                 "Writes per-image scores to --per-image (default PRED.scores.json).",
                  ["hw3 evaluate pred.json --images hw3_data/p2_data/images/val "
                   "--annotations hw3_data/p2_data/val.json --assets assets.json"])
     s.add_argument("pred_json", type=Path, help="predictions {file name without extension: caption}")
@@ -526,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ptb: Stanford PTB tokenizer (Java), as the course; python: Java-free equivalent")
     s.add_argument("--photo-prefix", action="store_true", help='prefix captions with "A photo depicts" for CLIPScore')
     s.add_argument("--no-clip", action="store_true", help="CIDEr only")
+    s.add_argument("--instances", type=Path, help="a COCO instances file: its annotated objects count for CHAIR too")
     s.add_argument("--per-image", type=Path, help="where per-image scores go (default: PRED.scores.json)")
     _device_arg(s)
     s.set_defaults(func=cmd_evaluate)
@@ -544,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heads", default="mean", help="mean, max, or comma-separated head indices")
     s.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy)")
     s.add_argument("--max-len", type=_positive, default=60, help="longest caption in tokens")
+    _decoding_args(s)
     _device_arg(s)
     s.set_defaults(func=cmd_attention)
 

@@ -35,6 +35,8 @@ class TrainConfig:
     val_every: int = 0  # optimiser steps between validations (0 = once per epoch)
     val_images: int = 100  # val images used for validation loss and metrics
     select_metric: str = "cider"  # best checkpoint by: cider | loss (cider needs a validator)
+    no_repeat_ngram_size: int = 0  # validation and val_predictions captions: ban repeated n-grams (0 = off)
+    repetition_penalty: float = 1.0  # validation and val_predictions captions: transformers' penalty (1 = off)
     max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs; negative is an error)
     seed: int = 0  # data order, initialisation of new modules
     log_every: int = 10  # optimiser steps between log lines
@@ -58,7 +60,9 @@ class TrainConfig:
                   ("max_steps", self.max_steps >= 0), ("log_every", self.log_every >= 1),
                   ("val_every", self.val_every >= 0), ("seed", self.seed >= 0),
                   ("amp", self.amp in ("auto", "off", "bf16", "fp16")),
-                  ("select_metric", self.select_metric in ("cider", "loss"))]
+                  ("select_metric", self.select_metric in ("cider", "loss")),
+                  ("no_repeat_ngram_size", 0 <= self.no_repeat_ngram_size <= 64),
+                  ("repetition_penalty", 0 < self.repetition_penalty <= 100)]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise HW3Error("invalid training setting(s): " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad))
@@ -66,6 +70,13 @@ class TrainConfig:
     @property
     def augment(self) -> bool:
         return self.hflip > 0 or self.color_jitter > 0
+
+    @property
+    def controls(self):
+        """The decoding controls of this run's captions (`generate.Controls`)."""
+        from .generate import Controls
+
+        return Controls(self.no_repeat_ngram_size, self.repetition_penalty)
 
 
 def _coerce(cls, key: str, value):

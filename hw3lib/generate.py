@@ -25,6 +25,48 @@ import torch.nn.functional as F
 from .decoder import KVCache
 
 
+@dataclass(frozen=True)
+class Controls:
+    """Decoding controls against repetition, with transformers' semantics (`generate`'s
+    `no_repeat_ngram_size` and `repetition_penalty`). The sequence they look at is the whole input:
+    the start token and every token generated so far."""
+    no_repeat_ngram_size: int = 0  # ban any token that would repeat an n-gram of the sequence (0: off)
+    repetition_penalty: float = 1.0  # scores of tokens already in the sequence: positive / p, negative * p (1: off)
+
+    def __post_init__(self):
+        from .files import HW3Error
+
+        if not (isinstance(self.no_repeat_ngram_size, int) and 0 <= self.no_repeat_ngram_size <= 64):
+            raise HW3Error(f"no-repeat-ngram-size must be an integer in 0..64, got {self.no_repeat_ngram_size!r}")
+        ok = isinstance(self.repetition_penalty, int | float) and not isinstance(self.repetition_penalty, bool)
+        if not (ok and 0 < self.repetition_penalty <= 100):
+            raise HW3Error(f"repetition-penalty must be a number in (0, 100], got {self.repetition_penalty!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.no_repeat_ngram_size > 0 or self.repetition_penalty != 1.0
+
+    def apply(self, scores: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """`scores` (R, V) of the next token after `seq` (R, t), processed (a new tensor)."""
+        if self.repetition_penalty != 1.0:  # transformers' RepetitionPenaltyLogitsProcessor
+            seq_d = seq.to(scores.device)
+            got = scores.gather(1, seq_d)
+            got = torch.where(got < 0, got * self.repetition_penalty, got / self.repetition_penalty)
+            scores = scores.scatter(1, seq_d, got)
+        n = self.no_repeat_ngram_size
+        if n > 0 and seq.shape[1] + 1 >= n:  # transformers' NoRepeatNGramLogitsProcessor
+            scores = scores.clone() if self.repetition_penalty == 1.0 else scores
+            for r, row in enumerate(seq.tolist()):
+                prefix = tuple(row[len(row) - n + 1:]) if n > 1 else ()
+                banned = {g[-1] for g in zip(*[row[i:] for i in range(n)], strict=False) if tuple(g[:-1]) == prefix}
+                if banned:
+                    scores[r, list(banned)] = float("-inf")
+        return scores
+
+
+OFF = Controls()
+
+
 @dataclass
 class Decoded:
     tokens: list[list[int]]  # generated ids per image, end token excluded
@@ -39,22 +81,25 @@ class _Stepper:
     `images` maps each image still in the batch to its index in the caller's batch; rows are grouped
     image by image (row r belongs to image r // group)."""
 
-    def __init__(self, model, feats: torch.Tensor, group: int, use_cache: bool, capture: bool, max_len: int):
+    def __init__(self, model, feats: torch.Tensor, group: int, use_cache: bool, capture: bool, max_len: int,
+                 controls: Controls = OFF):
         self.dec, self.group = model.decoder, group
         self.cross_kv = model.cross_kv(feats)  # per layer (B, nh, S, hs), once per image
         self.prefixes = model.prefixes()
-        self.use_cache, self.capture = use_cache, capture
+        self.use_cache, self.capture, self.controls = use_cache, capture, controls
         self.cache = [KVCache(max_len) for _ in self.dec.h] if use_cache else None
-        self.seq: torch.Tensor | None = None  # (R, t) ids so far (used without cache)
+        self.track = not use_cache or controls.active  # keep the ids so far (the uncached input; the controls)
+        self.seq: torch.Tensor | None = None  # (R, t) ids so far, the start token included (when tracked)
         self.images = torch.arange(feats.shape[0])  # caller's index of each image in the batch
 
     def step(self, last: torch.Tensor, pos: int):
         """`last` (R,) token at position `pos` -> logits (R, V) and attention (R, L, nh, S) or None."""
+        if self.track:
+            self.seq = last[:, None] if self.seq is None else torch.cat([self.seq, last[:, None]], dim=1)
         if self.use_cache:
             x = self.dec.embed(last[:, None], pos_offset=pos)
             h, _, atts = self.dec.forward_hidden(x, self.cross_kv, self.cache, self.capture, self.prefixes)
         else:
-            self.seq = last[:, None] if self.seq is None else torch.cat([self.seq, last[:, None]], dim=1)
             h, _, atts = self.dec.forward_hidden(self.dec.embed(self.seq), self.cross_kv, None, self.capture,
                                                  self.prefixes)
         logits = self.dec.logits(h[:, -1]).float()
@@ -101,13 +146,13 @@ def _rows_to_keep(alive: torch.Tensor, multiple: int = 8) -> torch.Tensor:
 
 @torch.no_grad()
 def greedy(model, feats: torch.Tensor, eot: int, max_len: int = 60, use_cache: bool = True,
-           capture: bool = False, min_len: int = 0, prune: bool = False) -> Decoded:
+           capture: bool = False, min_len: int = 0, prune: bool = False, controls: Controls = OFF) -> Decoded:
     """Argmax decoding of a batch of encoder tokens (B, S, E); the end token is suppressed before
-    `min_len` tokens. Pruning is off by default: on a 2-core CPU with batch 16 a step streams every
+    `min_len` tokens, and `controls` process the logits (as transformers' greedy search does). Pruning is off by default: on a 2-core CPU with batch 16 a step streams every
     weight whatever the row count, so dropping rows saved less than compaction cost (0.94x, README)."""
     B, dev = feats.shape[0], feats.device
     max_len = _max_len(model, max_len)
-    st = _Stepper(model, feats, 1, use_cache, capture, max_len)
+    st = _Stepper(model, feats, 1, use_cache, capture, max_len, controls)
     last = torch.full((B,), eot, dtype=torch.long, device=dev)  # (R,) one row per image in the batch
     alive = torch.ones(B, dtype=torch.bool, device=dev)  # (R,) False once the row made its end token
     out = torch.full((B, max_len), eot, dtype=torch.long)  # indexed by the caller's image index
@@ -116,6 +161,8 @@ def greedy(model, feats: torch.Tensor, eot: int, max_len: int = 60, use_cache: b
     atts: list[list[torch.Tensor]] = [[] for _ in range(B)]
     for t in range(max_len):
         logits, att = st.step(last, t)  # (R, V)
+        if controls.active:
+            logits = controls.apply(logits, st.seq)
         if t < min_len:
             logits[:, eot] = float("-inf")
         nxt = logits.argmax(-1)  # (R,)
@@ -145,17 +192,17 @@ def greedy(model, feats: torch.Tensor, eot: int, max_len: int = 60, use_cache: b
     return Decoded(tokens, finished, scores.tolist(), attentions)
 
 
-def _beam_select(top_s: list, parent: list, token: list, K: int, eot: int):
+def _beam_select(top_s: list, parent: list, token: list, K: int, eot: int, at_max: bool = False):
     """From one image's 2K best (score, parent, token) candidates: the K best that go on (not the end
-    token), and the end-token hypotheses among the best K."""
+    token), and the hypotheses that end here among the best K: (score, parent, None) for the end token,
+    and at the last step (`at_max`, transformers' max-length stopping) (score, parent, token) for the rest."""
     live, ended = [], []
     for j, (s, p, w) in enumerate(zip(top_s, parent, token, strict=True)):
         if s == float("-inf"):
             break
-        if w == eot:
-            if j < K:  # only hypotheses that rank among the best K count
-                ended.append((s, p))
-        elif len(live) < K:
+        if j < K and (w == eot or at_max):  # only hypotheses that rank among the best K count
+            ended.append((s, p, None if w == eot else w))
+        if w != eot and len(live) < K:
             live.append((s, p, w))
     live += [(float("-inf"), 0, eot)] * (K - len(live))
     return live, ended
@@ -179,25 +226,31 @@ class BeamState:
         self.parents: list[torch.Tensor] = []  # per step (B, K) caller-indexed: the slot each beam came from
         self.tokens: list[torch.Tensor] = []  # per step (B, K): the token each beam added
         self.atts: list[torch.Tensor] = []  # per step (B, K, L, nh, S) with capture
-        self.finished: list[list[tuple[float, int, int]]] = [[] for _ in range(B)]  # (norm score, step, slot)
+        # per image: (norm score, step, slot, last token): the hypothesis slot `slot` continued at `step`,
+        # ending with the end token (None) or, at the last step, with `last token`
+        self.finished: list[list[tuple[float, int, int, int | None]]] = [[] for _ in range(B)]
         self.done = [False] * B  # caller-indexed
 
     def images(self) -> list[int]:
         """The caller's index of each image in the batch, in row order."""
         return self.st.images.tolist()
 
-    def step(self, t: int, min_len: int, length_penalty: float) -> None:
-        """Expand every live beam by one token, record the step, and reorder the rows to the new beams."""
+    def step(self, t: int, min_len: int, length_penalty: float, last_step: bool = False) -> None:
+        """Expand every live beam by one token, record the step, and reorder the rows to the new beams.
+        At the `last_step` the best K candidates end there, as transformers' max-length stopping does."""
         K, eot = self.K, self.eot
         logits, att = self.st.step(self.last, t)  # (b*K, V)
         if t < min_len:
             logits[:, eot] = float("-inf")
-        logp = logits.log_softmax(-1).view(-1, K, logits.shape[-1])
+        logp = logits.log_softmax(-1)
+        if self.st.controls.active:  # transformers' beam search processes the log-probabilities
+            logp = self.st.controls.apply(logp, self.st.seq)
+        logp = logp.view(-1, K, logits.shape[-1])
         V = logp.shape[-1]
         top_s, top_i = (self.score[:, :, None] + logp).view(-1, K * V).topk(2 * K, dim=1)  # (b, 2K)
         top_s, parent, token = top_s.tolist(), (top_i // V).tolist(), (top_i % V).tolist()
         images = self.images()
-        new = [_beam_select(top_s[i], parent[i], token[i], K, eot) for i in range(len(images))]
+        new = [_beam_select(top_s[i], parent[i], token[i], K, eot, last_step) for i in range(len(images))]
         new_score = torch.tensor([[s for s, _, _ in live] for live, _ in new], dtype=self.score.dtype)
         new_parent = torch.tensor([[p for _, p, _ in live] for live, _ in new], dtype=torch.long)
         new_token = torch.tensor([[w for _, _, w in live] for live, _ in new], dtype=torch.long)
@@ -205,7 +258,7 @@ class BeamState:
         for i, (b, (_, ended)) in enumerate(zip(images, new, strict=True)):
             if self.done[b]:  # kept in the batch (prune=False or not yet compacted): adds nothing
                 continue
-            self.finished[b] = sorted(self.finished[b] + [(s / norm, t, p) for s, p in ended], key=lambda h: -h[0])
+            self.finished[b] = sorted(self.finished[b] + [(s / norm, t, p, w) for s, p, w in ended], key=lambda h: -h[0])
             self.done[b] = len(self.finished[b]) >= K and float(new_score[i].max()) / norm <= self.finished[b][K - 1][0]
         idx, B = self.st.images, len(self.done)
         self.parents.append(torch.zeros(B, K, dtype=torch.long).index_copy_(0, idx, new_parent))
@@ -238,9 +291,9 @@ class BeamState:
         out_tokens, out_fin, out_scores, out_atts = [], [], [], []
         for b in range(len(self.finished)):
             if self.finished[b]:
-                norm, t_end, slot = self.finished[b][0]  # beam (at step t_end's input) that emitted the end token
-                seq, att_seq = [], [self.atts[t_end][b, slot]] if self.capture else []
-                tt, k, fin = t_end - 1, slot, True
+                norm, t_end, slot, last = self.finished[b][0]  # beam (at step t_end's input) that ended there
+                seq, att_seq = [] if last is None else [last], [self.atts[t_end][b, slot]] if self.capture else []
+                tt, k, fin = t_end - 1, slot, last is None
             else:  # no hypothesis ended: take the best live beam at the last step
                 k = int(torch.argmax(self.best_live[b]).item()) if steps else 0
                 tt, seq, att_seq, fin = steps - 1, [], [], False
@@ -262,16 +315,17 @@ class BeamState:
 @torch.no_grad()
 def beam_search(model, feats: torch.Tensor, eot: int, beams: int = 3, max_len: int = 60,
                 length_penalty: float = 1.0, use_cache: bool = True, capture: bool = False,
-                min_len: int = 0, prune: bool = True) -> Decoded:
+                min_len: int = 0, prune: bool = True, controls: Controls = OFF) -> Decoded:
     """Beam search; hypotheses are ranked by sum(log p) / length ** length_penalty (length counts the
     end token). An image is done when it has `beams` finished hypotheses that no live beam can beat;
     with `prune` its rows then leave the batch."""
     if beams == 1:
-        return greedy(model, feats, eot, max_len, use_cache, capture, min_len)
+        return greedy(model, feats, eot, max_len, use_cache, capture, min_len, controls=controls)
     max_len = _max_len(model, max_len)
-    state = BeamState(_Stepper(model, feats, beams, use_cache, capture, max_len), feats.shape[0], beams, eot, capture)
+    state = BeamState(_Stepper(model, feats, beams, use_cache, capture, max_len, controls), feats.shape[0], beams,
+                      eot, capture)
     for t in range(max_len):
-        state.step(t, min_len, length_penalty)
+        state.step(t, min_len, length_penalty, last_step=t == max_len - 1)
         if all(state.done):
             break
         n_images = len(state.images())
@@ -311,7 +365,7 @@ def sequence_logprob(model, feats: torch.Tensor, tokens: list[int], eot: int, wi
 
 def caption_images(model, paths, tokenizer, transform, beams: int = 1, max_len: int = 60, batch_size: int = 16,
                    length_penalty: float = 1.0, device="cpu", progress: bool = True, features=None,
-                   quantize: str | None = None, precision=None) -> dict[str, str]:
+                   quantize: str | None = None, precision=None, controls: Controls = OFF) -> dict[str, str]:
     """{file name without extension: caption} for image files. `features(indices)` may supply
     encoder tokens (a cache); otherwise images go through `transform` and the model's encoder.
     Decoding runs inside `inference.fast_decoding` (packed fp32 linears on CPU, the GPU's half
@@ -331,7 +385,7 @@ def caption_images(model, paths, tokenizer, transform, beams: int = 1, max_len: 
                 feats = features(list(range(i, i + len(chunk))))
             else:
                 feats = model.encode(torch.stack([transform(open_image(p)) for p in chunk]).to(device))
-            res = beam_search(model, feats, tokenizer.eot_id, beams, max_len, length_penalty)
+            res = beam_search(model, feats, tokenizer.eot_id, beams, max_len, length_penalty, controls=controls)
             for p, toks in zip(chunk, res.tokens, strict=True):
                 out[p.stem] = tokenizer.decode(toks).strip()
     return out

@@ -44,10 +44,12 @@ from .device import resolve_device
 from .distributed import processes
 from .features import FeatureCache, FeatureSource, encoder_fingerprint
 from .files import HW3Error, atomic_write_json, list_images, read_json, run_lock
-from .generate import caption_images, greedy
+from .generate import OFF, Controls, caption_images, greedy
 from .grounding import grounding
 from .memory import check_fits, plan_run, usable_gpu_bytes
 from .metrics import cider, evaluate, java_available
+from .objects import HEADLINE as OBJECT_HEADLINE
+from .objects import object_counts
 from .precision import choose_precision, store_frozen
 from .results import METRICS, VariantRow, VariantTable
 from .runfolder import RunFolder, changed_inputs, input_fingerprint
@@ -141,7 +143,8 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict) -> dic
         val_src.fill(range(n_val))
     if dist.is_initialized():
         dist.barrier()
-    validator = cider_validator(val.paths[:n_val], val.references[:n_val], val_src, tok, cfg.max_caption_tokens)
+    validator = cider_validator(val.paths[:n_val], val.references[:n_val], val_src, tok, cfg.max_caption_tokens,
+                                controls=cfg.controls)
     try:
         return fit(model, train, val, cfg, out, train_src, val_src, validator, precision=precision, inputs=inputs)
     finally:
@@ -165,16 +168,16 @@ def plan_memory(manifest, cap_cfg, train_cfg, precision, device, gpu_bytes: int 
 
 
 def cider_validator(paths: list[Path], references: list[list[str]], features, tokenizer, max_len: int = 60,
-                    batch_size: int = 32, tokenizer_kind: str = "python"):
-    """A training-loop validator: greedy captions of `paths` scored by CIDEr-D against `references`.
-    `features(indices) -> (B, S, E)` gives encoder tokens (e.g. a FeatureSource)."""
+                    batch_size: int = 32, tokenizer_kind: str = "python", controls: Controls = OFF):
+    """A training-loop validator: greedy captions of `paths` (with the decoding `controls`) scored by
+    CIDEr-D against `references`. `features(indices) -> (B, S, E)` gives encoder tokens (e.g. a FeatureSource)."""
     keys = [str(i) for i in range(len(paths))]
 
     def validate(model) -> dict:
         preds = {}
         for i in range(0, len(paths), batch_size):
             idx = list(range(i, min(i + batch_size, len(paths))))
-            out = greedy(model, features(idx), tokenizer.eot_id, max_len)
+            out = greedy(model, features(idx), tokenizer.eot_id, max_len, controls=controls)
             for j, toks in zip(idx, out.tokens, strict=True):
                 preds[keys[j]] = tokenizer.decode(toks).strip()
         score, _ = cider(preds, dict(zip(keys, references, strict=True)), tokenizer_kind)
@@ -210,16 +213,18 @@ def store_all(model, precision=None):
 
 
 def caption_folder(model, manifest, paths, beams=1, max_len=60, batch_size=16, length_penalty=1.0,
-                   device="cpu", progress=True, quantize=None, precision=None) -> dict[str, str]:
+                   device="cpu", progress=True, quantize=None, precision=None, controls: Controls = OFF) -> dict[str, str]:
     tok = load_tokenizer(manifest)
     return caption_images(model, list(paths), tok, encoder_transform(model.encoder), beams, max_len, batch_size,
-                          length_penalty, device, progress, quantize=quantize, precision=precision)
+                          length_penalty, device, progress, quantize=quantize, precision=precision, controls=controls)
 
 
-def write_val_predictions(model, run, manifest, paths, device="cpu", max_len=40, progress=False) -> dict[str, str]:
-    """Greedy captions of the val images by a run's model, kept as RUN/val_predictions.json (the
-    course's prediction format, so `hw3 evaluate` reads it)."""
-    preds = caption_folder(model, manifest, paths, max_len=max_len, device=device, progress=progress)
+def write_val_predictions(model, run, manifest, paths, device="cpu", max_len=40, progress=False,
+                          controls: Controls = OFF) -> dict[str, str]:
+    """Greedy captions of the val images by a run's model (with the decoding `controls`), kept as
+    RUN/val_predictions.json (the course's prediction format, so `hw3 evaluate` reads it)."""
+    preds = caption_folder(model, manifest, paths, max_len=max_len, device=device, progress=progress,
+                           controls=controls)
     atomic_write_json(Path(run) / "val_predictions.json", preds)
     return preds
 
@@ -237,13 +242,14 @@ def evaluate_predictions(preds, p2_dir, split="val", manifest=None, device="cpu"
     return evaluate(preds, cs, clip, tokenizer or default_tokenizer(), device=device)
 
 
-def clipscore_extremes(model, manifest, p2_dir, limit: int | None = None, device="cpu", clip=None) -> dict:
+def clipscore_extremes(model, manifest, p2_dir, limit: int | None = None, device="cpu", clip=None,
+                       controls: Controls = OFF) -> dict:
     """Caption the val images (the first `limit` by name), score the captions as the course's evaluator
     does, and name the best and the worst caption by CLIPScore: {"predictions", "per_image", "paths",
     "top-1", "last-1"} (the last two are prediction keys)."""
     p2_dir = Path(p2_dir)
     paths = list_images(p2_dir / "images" / "val")[:limit]
-    preds = caption_folder(model, manifest, paths, device=device, progress=False)
+    preds = caption_folder(model, manifest, paths, device=device, progress=False, controls=controls)
     cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val").subset(preds)
     scores = evaluate(preds, cs, clip or load_clip(manifest.clip, device), default_tokenizer(), device=device)
     ranked = sorted(scores["per_image"], key=lambda k: scores["per_image"][k]["CLIPScore"])
@@ -261,6 +267,7 @@ def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu
            "per_image": {m: np.array([res["per_image"][k][m] for k in keys]) for m in METRICS}}
     if boxes is not None:
         out["grounding"] = grounding(preds, boxes, world["shapes"], world["colors"])
+        out["objects"] = object_counts(preds, boxes, world["shapes"], world["colors"])
     return out
 
 
@@ -268,12 +275,20 @@ def with_intervals(row: VariantRow, scored: dict, reference: dict | None, n_boot
     """`row` with 95% bootstrap intervals over images (CIDEr, CLIPScore, grounding shares) and, when a
     reference variant's scores are given, paired bootstrap differences against it on the same images."""
     row = dataclasses.replace(row, ci={m: stats.bootstrap_ci(scored["per_image"][m], n_boot=n_boot) for m in METRICS})
-    g = scored.get("grounding")
+    g, oc = scored.get("grounding"), scored.get("objects")
     if g is not None:
         row.grounding = g.summary(n_boot=n_boot)
+    if oc is not None:
+        row.objects, row.objects_by_count = oc.summary(n_boot=n_boot), oc.by_object_count(n_boot=n_boot)
     if reference is not None and reference is not scored:
         paired = {m: stats.paired_bootstrap(reference["per_image"][m], scored["per_image"][m], n_boot=n_boot)
                   for m in METRICS}
+        ro = reference.get("objects")
+        if oc is not None and ro is not None:
+            for m in OBJECT_HEADLINE:
+                (na, da), (nb, db) = ro.ratio(m), oc.ratio(m)
+                if da.sum() > 0 and db.sum() > 0:  # (a model that names nothing has no precision)
+                    paired[m] = stats.paired_bootstrap(na, nb, da, db, n_boot=n_boot)
         rg = reference.get("grounding")
         if g is not None and rg is not None and g.share("mentions") is not None and rg.share("mentions") is not None:
             paired["mentions"] = stats.paired_bootstrap(rg.right["mentions"], g.right["mentions"], rg.total["mentions"],
@@ -291,12 +306,20 @@ class Comparison:
     paths: dict[str, str]  # image key -> image file
 
 
+# the decoding controls P2 compares on the best variant (greedy): transformers' semantics
+DECODING_GRID = {"off": OFF, "no-repeat 3-gram": Controls(3), "repetition penalty 1.3": Controls(0, 1.3),
+                 "both": Controls(3, 1.3)}
+
+
 def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
                      device="cpu", beams_best: int = 3, max_len: int = 40, progress=True, reference: str | None = None,
-                     n_boot: int = 2000) -> dict:
+                     n_boot: int = 2000, controls: Controls = OFF,
+                     decoding_grid: dict[str, Controls] | None = None) -> Comparison:
     """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
     model, and greedy vs beam for the best variant. Every row carries bootstrap intervals, and paired
-    differences against the `reference` variant (the report's setting). Returns rows and run folders."""
+    differences against the `reference` variant (the report's setting). Every caption is decoded with
+    `controls`; `decoding_grid` (name -> controls) also decodes the best variant greedily with each,
+    compared with the first on the same images."""
     m = manifest_for(assets)
     clip = load_clip(m.clip, device)
     p2_dir, runs_dir = Path(p2_dir), Path(runs_dir)
@@ -304,8 +327,9 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
     val = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
     paths = [im.path for im in val.images]
 
-    def caption_and_score(model, beams=1):
-        preds = caption_folder(model, m, paths, beams=beams, max_len=max_len, device=device, progress=progress)
+    def caption_and_score(model, beams=1, how=controls):
+        preds = caption_folder(model, m, paths, beams=beams, max_len=max_len, device=device, progress=progress,
+                               controls=how)
         return preds, score_predictions(preds, p2_dir, m, clip, device, boxes, world)
 
     preds, sc = caption_and_score(load_run(None, m, device))
@@ -317,7 +341,7 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
         t0 = time.time()
         summary = train_run(config, assets, p2_dir, run, overrides, device)
         model = load_run(run, m, device)
-        preds = write_val_predictions(model, run, m, paths, device, max_len, progress)
+        preds = write_val_predictions(model, run, m, paths, device, max_len, progress, controls)
         sc = score_predictions(preds, p2_dir, m, clip, device, boxes, world)
         rows.append(VariantRow(name, sc["CIDEr"], sc["CLIPScore"], model.config.peft, summary["parameters"]["trainable"],
                                str(run)))
@@ -334,7 +358,15 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
         beam = with_intervals(VariantRow(best.variant, sc["CIDEr"], sc["CLIPScore"], best.peft, best.trainable, best.run,
                                          beams_best), sc, scored[best.variant], n_boot)
         preds_by[f"{best.variant} (beam {beams_best})"] = preds
-    table = VariantTable(rows, best, beam, reference if ref else None)
+    decoding = []
+    if best is not None and decoding_grid:
+        model, first = load_run(best.run, m, device), None
+        for name, how in decoding_grid.items():
+            preds, sc = caption_and_score(model, 1, how)
+            first = first or sc
+            decoding.append(with_intervals(VariantRow(f"{best.variant}, {name}", sc["CIDEr"], sc["CLIPScore"], best.peft,
+                                                      best.trainable, best.run), sc, first, n_boot))
+    table = VariantTable(rows, best, beam, reference if ref else None, decoding=decoding)
     return Comparison(table, preds_by, val.references(), {im.key: str(im.path) for im in val.images})
 
 

@@ -188,7 +188,7 @@ def _err(vals, cis: list[Interval | None]):
 def variants_figure(rows: list[VariantRow], title: str = "PEFT variants on the val split (greedy, 95% bootstrap intervals)"):
     """One panel per metric (CIDEr, CLIPScore and, on the demo world, mentions grounded), a bar per
     variant with its interval."""
-    metrics = [*METRICS] + (["mentions"] if any(r.grounding for r in rows) else [])
+    metrics = [*METRICS] + (["exact"] if any(r.objects for r in rows) else [])
     names = [r.variant for r in rows]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.4 * len(rows) + 1.5), sharey=True)
     y = np.arange(len(rows))[::-1]
@@ -198,7 +198,7 @@ def variants_figure(rows: list[VariantRow], title: str = "PEFT variants on the v
         ax.barh(y, vals, xerr=_err(vals, cis), color=color, capsize=2)
         for yi, v in zip(y, vals, strict=True):
             ax.text(v, yi + 0.25, f" {v:.3f}", va="center", fontsize=7)
-        ax.set_xlabel("(colour, shape) mentions right" if metric == "mentions" else metric)
+        ax.set_xlabel("scene named exactly" if metric == "exact" else metric)
         ax.set_xlim(0, max(max(vals) * 1.25, 1e-6))
     axes[0].set_yticks(y, names)
     fig.suptitle(title)
@@ -210,7 +210,7 @@ def paired_differences_figure(rows: list[VariantRow], reference: str, title: str
     """Each variant minus the reference variant on the same images: paired bootstrap 95% intervals.
     An interval that crosses 0 is a difference the data cannot tell from none."""
     rows = [r for r in rows if r.vs_reference]
-    metrics = [m for m in (*METRICS, "mentions") if any(m in r.vs_reference for r in rows)]
+    metrics = [m for m in (*METRICS, "exact", "recall") if any(m in r.vs_reference for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.4 * len(rows) + 1.5), sharey=True,
                              squeeze=False)
     y = np.arange(len(rows))[::-1]
@@ -222,7 +222,7 @@ def paired_differences_figure(rows: list[VariantRow], reference: str, title: str
         for k, (v, yi, c) in enumerate(zip(vals, y, colors, strict=True)):
             ax.errorbar([v], [yi], xerr=[[err[0][k]], [err[1][k]]], fmt="o", color=c, capsize=3)
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_xlabel(f"{'mentions right' if metric == 'mentions' else metric} - {reference}")
+        ax.set_xlabel(f"{ {'exact': 'exact scene', 'recall': 'object recall'}.get(metric, metric)} - {reference}")
         ax.grid(alpha=0.3, axis="x")
     axes[0, 0].set_yticks(y, [r.variant for r in rows])
     fig.suptitle(title or f"Paired differences against {reference} (red: interval excludes 0)")
@@ -230,36 +230,42 @@ def paired_differences_figure(rows: list[VariantRow], reference: str, title: str
     return fig
 
 
-def grounding_figure(rows: list[VariantRow], title: str = "Do captions name objects that are there? (demo world)"):
-    """The Pareto figure's companion: trainable parameters against the share of (colour, shape)
-    mentions that match an object of the image, with intervals; and shape / colour words per variant."""
-    rows = [r for r in rows if r.grounding]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    trained = [r for r in rows if r.trainable > 0]
-    xs = np.array([r.trainable for r in trained], dtype=float)
-    vals, cis = zip(*(r.score("mentions") for r in trained), strict=True)
-    vals = np.array([0.0 if v is None else v for v in vals])
-    axes[0].errorbar(xs, vals, yerr=_err(vals, cis), fmt="o", color="#4C72B0", capsize=3)
-    for r, x, v in zip(trained, xs, vals, strict=True):
-        axes[0].annotate(r.variant, (x, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    front = _pareto(xs, vals)
-    axes[0].plot(xs[front], vals[front], color="#C44E52", lw=1.2, ls="--", label="Pareto front")
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("trainable parameters")
-    axes[0].set_ylabel("(colour, shape) mentions right")
-    axes[0].legend(fontsize=8, loc="lower right")
+def grounding_figure(rows: list[VariantRow], title: str = "Do captions name every object once? (demo world)"):
+    """Left: per variant, the share of val images whose scene the caption names exactly, overall and by
+    the number of objects (1, 2, 3), with 95% intervals. Right: per variant, what goes wrong - objects
+    left out (1 - recall), captions that repeat a present object, captions naming an absent one (CHAIR-s)."""
+    rows = [r for r in rows if r.objects]
+    counts = sorted({n for r in rows for n in (r.objects_by_count or {})}, key=int)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     x = np.arange(len(rows))
-    for k, (kind, color) in enumerate([("mentions", "#4C72B0"), ("shapes", "#DD8452"), ("colors", "#55A868")]):
-        v, c = zip(*(r.score(kind) for r in rows), strict=True)
-        v = [0.0 if a is None else a for a in v]
-        axes[1].bar(x + (k - 1) * 0.27, v, 0.27, yerr=_err(v, c), color=color, capsize=2,
-                    label={"mentions": "mentions", "shapes": "shape words", "colors": "colour words"}[kind])
+    groups = [None, *counts]
+    w = 0.8 / len(groups)
+    colors = ["#4C72B0", "#8DA0CB", "#55A868", "#C44E52", "#DD8452"]
+    for k, n in enumerate(groups):
+        vals, cis = zip(*(r.score("exact", n) for r in rows), strict=True)
+        vals = [0.0 if v is None else v for v in vals]
+        axes[0].bar(x + (k - (len(groups) - 1) / 2) * w, vals, w, yerr=_err(vals, cis), capsize=2,
+                    color=colors[k % len(colors)], label="all images" if n is None else f"{n} object{'s' * (n != '1')}")
+    axes[0].set_xticks(x, [r.variant for r in rows], rotation=30, ha="right", fontsize=8)
+    axes[0].set_ylabel("scene named exactly")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].legend(fontsize=8, ncol=len(groups))
+    parts = [("omitted", "#8C8C8C"), ("repeats", "#DD8452"), ("chair_s", "#C44E52")]
+    w = 0.8 / len(parts)
+    for k, (metric, color) in enumerate(parts):
+        pairs = [r.score("recall") for r in rows] if metric == "omitted" else [r.score(metric) for r in rows]
+        if metric == "omitted":  # 1 - recall, and its interval mirrored
+            pairs = [(None if v is None else 1 - v, None if c is None else type(c)(1 - c.high, 1 - c.low))
+                     for v, c in pairs]
+        vals = [0.0 if v is None else v for v, _ in pairs]
+        axes[1].bar(x + (k - 1) * w, vals, w, yerr=_err(vals, [c for _, c in pairs]), capsize=2, color=color,
+                    label={"omitted": "objects left out (1 - recall)", "repeats": "captions repeating an object",
+                           "chair_s": "captions naming an absent object (CHAIR-s)"}[metric])
     axes[1].set_xticks(x, [r.variant for r in rows], rotation=30, ha="right", fontsize=8)
-    axes[1].set_ylabel("share right")
-    axes[1].set_ylim(0, 1.05)
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].set_ylabel("share")
+    axes[1].legend(fontsize=8)
     for ax in axes:
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -187,6 +187,10 @@ class Share:
     right: int
     total: int
 
+    def percent(self) -> str:
+        """The share as "12.3%" ("-" where there is none)."""
+        return "-" if self.share is None else f"{self.share * 100:.1f}%"
+
     def to_json(self) -> dict:
         return {"share": self.share, "ci": None if self.ci is None else self.ci.to_json(), "right": self.right,
                 "total": self.total}
@@ -212,13 +216,17 @@ class VariantRow:
     beams: int = 1  # decoding: 1 = greedy
     ci: dict[str, Interval] = field(default_factory=dict)  # metric -> bootstrap interval over images
     grounding: dict[str, Share] | None = None  # demo world: kind (mentions, shapes, colors) -> share
-    vs_reference: dict[str, Difference] | None = None  # metric or grounding kind -> paired difference
+    vs_reference: dict[str, Difference] | None = None  # metric, object metric or grounding kind -> paired difference
+    objects: dict[str, Share] | None = None  # demo world: object metric (objects.METRICS) -> pooled value
+    objects_by_count: dict[str, dict[str, Share]] | None = None  # "1", "2", "3" objects -> the same, on those images
 
-    def score(self, metric: str) -> tuple[float | None, Interval | None]:
-        """The value and interval of CIDEr, CLIPScore or a grounding kind ("mentions", ...)."""
+    def score(self, metric: str, n_objects: str | None = None) -> tuple[float | None, Interval | None]:
+        """The value and interval of CIDEr, CLIPScore, an object metric ("exact", "recall", ...; on the
+        images holding `n_objects` objects when given) or a grounding kind ("mentions", ...)."""
         if metric in METRICS:
             return getattr(self, metric), self.ci.get(metric)
-        g = (self.grounding or {}).get(metric)
+        table = (self.objects_by_count or {}).get(n_objects) if n_objects else self.objects
+        g = (table or {}).get(metric) or (self.grounding or {}).get(metric)
         return (None, None) if g is None else (g.share, g.ci)
 
     def to_json(self) -> dict:
@@ -232,15 +240,21 @@ class VariantRow:
             out["grounding"] = {k: g.to_json() for k, g in self.grounding.items()}
         if self.vs_reference is not None:
             out["vs_reference"] = {k: d.to_json() for k, d in self.vs_reference.items()}
+        if self.objects is not None:
+            out["objects"] = {k: x.to_json() for k, x in self.objects.items()}
+        if self.objects_by_count is not None:
+            out["objects_by_count"] = {n: {k: x.to_json() for k, x in t.items()} for n, t in self.objects_by_count.items()}
         return out
 
     @classmethod
     def from_json(cls, d: dict) -> VariantRow:
-        g, v = d.get("grounding"), d.get("vs_reference")
+        g, v, o, ob = d.get("grounding"), d.get("vs_reference"), d.get("objects"), d.get("objects_by_count")
         return cls(d["variant"], d["CIDEr"], d["CLIPScore"], d.get("peft", "-"), d.get("trainable", 0), d.get("run"),
                    d.get("beams", 1), {m: Interval.from_json(d[f"{m}_ci"]) for m in METRICS if f"{m}_ci" in d},
                    None if g is None else {k: Share.from_json(x) for k, x in g.items()},
-                   None if v is None else {k: Difference.from_json(x) for k, x in v.items()})
+                   None if v is None else {k: Difference.from_json(x) for k, x in v.items()},
+                   None if o is None else {k: Share.from_json(x) for k, x in o.items()},
+                   None if ob is None else {n: {k: Share.from_json(x) for k, x in t.items()} for n, t in ob.items()})
 
 
 @dataclass
@@ -251,16 +265,21 @@ class VariantTable:
     beam: VariantRow | None  # the best variant decoded with beam search
     reference: str | None  # the variant every row is compared with (the report's setting)
     tokenizer: str = "ptb"  # the CIDEr tokenizer
+    decoding: list[VariantRow] = field(default_factory=list)  # the best variant under each decoding control
 
     def to_json(self) -> dict:
-        return {"rows": [r.to_json() for r in self.rows], "best": None if self.best is None else self.best.to_json(),
-                "beam": None if self.beam is None else self.beam.to_json(), "reference": self.reference,
-                "tokenizer": self.tokenizer}
+        out = {"rows": [r.to_json() for r in self.rows], "best": None if self.best is None else self.best.to_json(),
+               "beam": None if self.beam is None else self.beam.to_json(), "reference": self.reference,
+               "tokenizer": self.tokenizer}
+        if self.decoding:
+            out["decoding"] = [r.to_json() for r in self.decoding]
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> VariantTable:
         return cls([VariantRow.from_json(r) for r in d["rows"]], d["best"] and VariantRow.from_json(d["best"]),
-                   d["beam"] and VariantRow.from_json(d["beam"]), d["reference"], d.get("tokenizer", "ptb"))
+                   d["beam"] and VariantRow.from_json(d["beam"]), d["reference"], d.get("tokenizer", "ptb"),
+                   [VariantRow.from_json(r) for r in d.get("decoding", [])])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,13 +297,20 @@ class Localisation:
     pointing_by_shape: dict[str, dict[str, float]]  # shape -> {"nouns": n, method: share}
     deletion_auc: dict[str, float] | None  # method -> mean deletion score (lower is better)
     pointing_per_layer_head: list[list[float]] | None  # (L, H) pointing share of raw attention
+    wrong_nouns: int = 0  # shape nouns whose mention is wrong (a repeat, or a type the image lacks)
+    # method -> where a wrong noun's map peaks: "named" (an object of the word's type), "other" (another
+    # object of the image), "none" (no object) - as shares of wrong_nouns
+    wrong_words: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict:
-        return {"nouns": self.nouns, "images": self.images, "pointing": self.pointing,
-                "pointing_ci": {m: None if c is None else c.to_json() for m, c in self.pointing_ci.items()},
-                "vs_random": {m: d.to_json() for m, d in self.vs_random.items()},
-                "pointing_by_shape": self.pointing_by_shape, "deletion_auc": self.deletion_auc,
-                "pointing_per_layer_head": self.pointing_per_layer_head}
+        out = {"nouns": self.nouns, "images": self.images, "pointing": self.pointing,
+               "pointing_ci": {m: None if c is None else c.to_json() for m, c in self.pointing_ci.items()},
+               "vs_random": {m: d.to_json() for m, d in self.vs_random.items()},
+               "pointing_by_shape": self.pointing_by_shape, "deletion_auc": self.deletion_auc,
+               "pointing_per_layer_head": self.pointing_per_layer_head}
+        if self.wrong_words is not None:
+            out |= {"wrong_nouns": self.wrong_nouns, "wrong_words": self.wrong_words}
+        return out
 
     @classmethod
     def from_json(cls, d: dict | None) -> Localisation | None:
@@ -292,4 +318,5 @@ class Localisation:
             return None
         return cls(d["nouns"], d["images"], d["pointing"], _interval_map(d.get("pointing_ci")),
                    {m: Difference.from_json(x) for m, x in (d.get("vs_random") or {}).items()},
-                   d.get("pointing_by_shape") or {}, d.get("deletion_auc"), d.get("pointing_per_layer_head"))
+                   d.get("pointing_by_shape") or {}, d.get("deletion_auc"), d.get("pointing_per_layer_head"),
+                   d.get("wrong_nouns", 0), d.get("wrong_words"))

@@ -25,9 +25,10 @@
 # Every number comes with a 95% bootstrap interval over val images, and every variant is compared
 # with the report's setting on the same images (paired bootstrap): a difference whose interval
 # crosses 0 is one the data cannot tell from none. On the demo world, whose objects are known
-# (`boxes.json`), captions are also scored for grounding: do their (colour, shape) mentions, shape
-# words and colour words name objects that are in the image? CIDEr alone can be earned by colour
-# words and sentence templates.
+# (`boxes.json`), captions are also scored against the objects: does the caption name every object of
+# the image once and nothing else? Mentions and objects are compared as multisets, so a repeated object
+# and a left-out one both count (`hw3lib/objects.py`). CIDEr alone can be earned by colour words and
+# sentence templates.
 
 # %% tags=["parameters"]
 data_dir = "../build/demo/hw3_data"  # an hw3_data/ folder
@@ -41,6 +42,8 @@ configs_dir = "../configs/demo"  # one TOML per variant
 variants = ["none", "lora16", "lora8", "adapter", "prompt", "prefix", "dora", "ia3"]
 beams = 3  # beam width for the greedy-vs-beam comparison
 reference = "lora16"  # the report's setting: every variant is compared with it on the same images
+no_repeat_ngram_size = 0  # decoding of every caption: ban repeated n-grams (as in transformers; 0 = off)
+repetition_penalty = 1.0  # decoding of every caption: the repetition penalty of transformers (1 = off)
 
 # %%
 from pathlib import Path
@@ -49,7 +52,8 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from hw3lib.files import atomic_write_json, open_image
-from hw3lib.pipeline import compare_variants, default_tokenizer, training_curves
+from hw3lib.generate import Controls
+from hw3lib.pipeline import DECODING_GRID, compare_variants, default_tokenizer, training_curves
 from hw3lib.plots import (caption_examples_figure, greedy_vs_beam_figure, grounding_figure, paired_differences_figure,
                           pareto_figure, save, training_curves_figure, variants_figure)
 from hw3lib.report import p2_section
@@ -69,8 +73,10 @@ print(f"CIDEr tokenizer: {default_tokenizer()}")
 # ## Train (or reuse) every variant, caption the val split, evaluate
 
 # %%
+controls = Controls(no_repeat_ngram_size, repetition_penalty)
 result = compare_variants(configs, assets, p2, Path(runs_dir) / ("smoke" if smoke else run_group), overrides,
-                          device=device, beams_best=beams, reference=reference, n_boot=300 if smoke else 2000)
+                          device=device, beams_best=beams, reference=reference, n_boot=300 if smoke else 2000,
+                          controls=controls, decoding_grid=DECODING_GRID)
 table = result.table
 table.tokenizer = default_tokenizer()
 rows = table.rows
@@ -102,14 +108,36 @@ save(variants_figure(rows), figures / "p2_variants.png")
 save(pareto_figure(rows), figures / "p2_pareto.png")
 
 # %% [markdown]
-# ## Grounding: do the captions name objects that are there? (demo world)
+# ## Objects: does each caption name every object once, and nothing else? (demo world)
+# Exact scene, by the number of objects in the image, and what goes wrong: objects left out, present
+# objects named twice, absent objects named (CHAIR-s).
 
 # %%
-if any(r.grounding for r in rows):
+if any(r.objects for r in rows):
     for r in rows:
-        print(f"{r.variant:<11}" + "  ".join(f"{k} {g.share * 100:5.1f}% ({g.right}/{g.total})"
-                                            for k, g in r.grounding.items() if g.share is not None))
+        o = r.objects
+        print(f"{r.variant:<11} exact {o['exact'].percent()}  recall {o['recall'].percent()}  precision "
+              f"{o['precision'].percent()}  repeats {o['repeats'].percent()}  CHAIR-s {o['chair_s'].percent()}  by objects "
+              + " / ".join(t["exact"].percent() for _, t in sorted(r.objects_by_count.items())))
     save(grounding_figure(rows), figures / "p2_grounding.png")
+
+# %% [markdown]
+# ## Decoding controls against repetition (best variant, greedy)
+# transformers' `no_repeat_ngram_size` and `repetition_penalty` (the same tokens as `generate`, tested),
+# each compared with plain greedy decoding on the same images.
+
+# %%
+for r in table.decoding:
+    o, d = r.objects or {}, r.vs_reference or {}
+    line = f"{r.variant:<40} CIDEr {r.CIDEr:.3f}"
+    if o:
+        line += f"  exact {o['exact'].percent()}  repeats {o['repeats'].percent()}"
+    if "exact" in d:
+        line += f"  delta exact {d['exact'].difference * 100:+.1f} [{d['exact'].ci.low * 100:+.1f}, {d['exact'].ci.high * 100:+.1f}]"
+    print(line)
+if table.decoding and table.decoding[0].objects:
+    save(variants_figure(table.decoding, title=f"Decoding controls on {best.variant} (greedy, 95% intervals)"),
+         figures / "p2_decoding.png")
 
 # %% [markdown]
 # ## Training curves

@@ -31,6 +31,8 @@ figures_dir = "../figures"  # where figures, the HTML viewer and the summary JSO
 layers = "last"  # "last", "all", or a list of layer indices
 heads = "mean"  # "mean", "max", or a list of head indices
 localisation_images = 80  # val images scored for localisation (demo world only)
+no_repeat_ngram_size = 0  # decoding: ban repeated n-grams (as P2's captions; 0 = off)
+repetition_penalty = 1.0  # decoding: the repetition penalty of transformers (1 = off)
 
 # %%
 from pathlib import Path
@@ -42,6 +44,7 @@ from hw3lib.assets import encoder_transform, load_tokenizer
 from hw3lib.attention import capture, display_maps, localisation, method_maps
 from hw3lib.demo import COLORS, SHAPES, read_boxes
 from hw3lib.files import atomic_write_json, atomic_write_text, list_images, open_image
+from hw3lib.generate import Controls
 from hw3lib.pipeline import clipscore_extremes, load_run, manifest_for
 from hw3lib.plots import layer_head_figure, localisation_figure, pointing_by_shape_figure, save, token_maps_figure
 from hw3lib.report import p3_section
@@ -56,12 +59,13 @@ model = load_run(checkpoint, m, device)
 tok = load_tokenizer(m)
 transform = encoder_transform(model.encoder)
 data = Path(data_dir)
+controls = Controls(no_repeat_ngram_size, repetition_penalty)
 
 # %% [markdown]
 # ## The P3 test images: caption and one map per token (last layer, heads averaged)
 
 # %%
-p3 = capture(model, tok, transform, list_images(data / "p3_data" / "images"), device=device)
+p3 = capture(model, tok, transform, list_images(data / "p3_data" / "images"), device=device, controls=controls)
 for ca in p3:
     maps = method_maps(model, ca, "raw", layers, heads)
     save(token_maps_figure(open_image(ca.path), ca.caption, ca.token_texts, display_maps(ca, maps)),
@@ -84,11 +88,11 @@ atomic_write_text(figures / "p3_viewer.html",
 
 # %%
 p2 = data / "p2_data"
-ext = clipscore_extremes(model, m, p2, limit=8 if smoke else None, device=device)
+ext = clipscore_extremes(model, m, p2, limit=8 if smoke else None, device=device, controls=controls)
 preds, scores, by_key = ext["predictions"], ext["per_image"], ext["paths"]
 extremes = {label: ext[label] for label in ("top-1", "last-1")}
 for label, key in extremes.items():
-    ca = capture(model, tok, transform, [by_key[key]], device=device)[0]
+    ca = capture(model, tok, transform, [by_key[key]], device=device, controls=controls)[0]
     maps = method_maps(model, ca, "raw", layers, heads)
     title = f"{label} by CLIPScore: {by_key[key].name}, CLIPScore = {scores[key]['CLIPScore']:.3f}"
     save(token_maps_figure(open_image(ca.path), ca.caption, ca.token_texts, display_maps(ca, maps), title=title),
@@ -108,7 +112,7 @@ boxes_file = p2 / "boxes.json"
 loc = None
 if boxes_file.is_file():
     n = 24 if smoke else localisation_images
-    caps = capture(model, tok, transform, list_images(p2 / "images" / "val")[:n], device=device)
+    caps = capture(model, tok, transform, list_images(p2 / "images" / "val")[:n], device=device, controls=controls)
     loc = localisation(model, caps, read_boxes(boxes_file), SHAPES, list(COLORS), deletion=not smoke,
                        n_boot=300 if smoke else 2000)
     print(f"{loc.nouns} object nouns in {loc.images} captions")

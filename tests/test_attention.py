@@ -120,3 +120,21 @@ def test_capture_record_fields(captured):
     ca = cas[0]
     assert isinstance(ca, CaptionAttention) and ca.caption == "".join(
         t for t in ca.token_texts if t != "<|endoftext|>").strip()
+
+
+def test_wrong_nouns_are_repeats_and_absent_types():
+    """The report's P3 case: "a green ring, a blue heart and a blue heart" over a green ring, a purple ring
+    and a blue heart - the second heart is a repeat; "a red star" names a type the image lacks."""
+    from types import SimpleNamespace
+
+    from hw3lib.attention import _wrong_nouns
+    from hw3lib.demo import COLORS, SHAPES
+
+    objs = [{"shape": "ring", "color": "green", "box": [0, 0, 8, 8]}, {"shape": "ring", "color": "purple",
+            "box": [10, 0, 18, 8]}, {"shape": "heart", "color": "blue", "box": [20, 0, 28, 8]}]
+    ca = SimpleNamespace(token_texts=[" a", " green", " ring", ",", " a", " blue", " heart", " and", " a", " blue",
+                                      " heart", " and", " a", " red", " star", "<|endoftext|>"])
+    got = _wrong_nouns(ca, objs, list(COLORS), SHAPES)
+    assert [t for t, _, _ in got] == [10, 14]
+    assert got[0][1] == [[20, 0, 28, 8]] and got[0][2] == [[0, 0, 8, 8], [10, 0, 18, 8]]  # named type / others
+    assert got[1][1] == [] and len(got[1][2]) == 3

@@ -160,14 +160,9 @@ def test_int8_merges_peft_deltas_exactly_before_quantising():
     assert all(type(m) is nn.Linear for n, m in merged.named_modules() if n.endswith("c_attn"))
 
 
-@pytest.mark.parametrize("forced", [False, True])
-def test_greedy_equals_transformers_generate(forced):
-    """Same weights in transformers' GPT2LMHeadModel(add_cross_attention=True): same tokens, whether
-    captions end naturally (generate stops at the end token) or are forced to full length."""
-    model, f = tiny_captioner("none", end_bias=0.33), feats()
-    with torch.no_grad():
-        for blk in model.decoder.h:  # cross-attention must matter (the captioner zero-inits it)
-            blk.crossattention.c_proj.weight.normal_(0, 0.2)
+def transformers_twin(model):
+    """transformers' GPT2LMHeadModel(add_cross_attention=True) holding the tiny captioner's decoder weights,
+    and the projected encoder tokens it reads."""
     cfg = model.decoder.config
     hf = GPT2LMHeadModel(HFConfig(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
                                   n_layer=cfg.n_layer, n_head=cfg.n_head, add_cross_attention=True,
@@ -175,19 +170,65 @@ def test_greedy_equals_transformers_generate(forced):
     sd = {k: v for k, v in normalise_gpt2_state_dict(hf.state_dict(), "hf").items()}
     ours = model.decoder.state_dict()
     conv = ("c_attn.weight", "q_attn.weight", "c_proj.weight", "c_fc.weight")
-    hf_sd = {}
-    for k in sd:
-        v = ours[k]
-        hf_sd["transformer." + k] = v.t() if k.endswith(conv) else v
+    hf_sd = {"transformer." + k: ours[k].t() if k.endswith(conv) else ours[k] for k in sd}
     hf.load_state_dict(hf_sd | {"lm_head.weight": ours["wte.weight"]}, strict=False)
-    enc = model.proj(f)
-    ids = torch.full((8, 1), EOT)
-    kw = {"min_new_tokens": MAX} if forced else {}
+    return hf
+
+
+def generate_tokens(hf, enc, B, **kw) -> list[list[int]]:
+    ids = torch.full((B, 1), EOT)
     with torch.no_grad():
         out = hf.generate(ids, attention_mask=torch.ones_like(ids), encoder_hidden_states=enc, max_new_tokens=MAX,
-                          do_sample=False, num_beams=1, pad_token_id=EOT, eos_token_id=EOT, **kw)
-    hf_tokens = [(row[1:].tolist() + [EOT])[: (row[1:].tolist() + [EOT]).index(EOT)] for row in out]
+                          do_sample=False, pad_token_id=EOT, eos_token_id=EOT, **kw)
+    return [(row[1:].tolist() + [EOT])[: (row[1:].tolist() + [EOT]).index(EOT)] for row in out]
+
+
+def cross_attention_captioner(end_bias=0.33):
+    model = tiny_captioner("none", end_bias=end_bias)
+    with torch.no_grad():
+        for blk in model.decoder.h:  # cross-attention must matter (the captioner zero-inits it)
+            blk.crossattention.c_proj.weight.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_greedy_equals_transformers_generate(forced):
+    """Same weights in transformers' GPT2LMHeadModel(add_cross_attention=True): same tokens, whether
+    captions end naturally (generate stops at the end token) or are forced to full length."""
+    model, f = cross_attention_captioner(), feats()
+    hf_tokens = generate_tokens(transformers_twin(model), model.proj(f), 8, num_beams=1,
+                                **({"min_new_tokens": MAX} if forced else {}))
     ours_out = greedy(model, f, EOT, MAX, min_len=MAX if forced else 0)
     assert ours_out.tokens == hf_tokens
     if not forced:
         assert len({len(t) for t in hf_tokens}) >= 3
+
+
+@pytest.mark.parametrize(("ngram", "penalty"), [(2, 1.0), (3, 1.0), (0, 1.5), (0, 0.7), (2, 1.3)])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_decoding_controls_equal_transformers_generate(ngram, penalty, beams):
+    """no_repeat_ngram_size and repetition_penalty: the same tokens as transformers' generate with the
+    same settings on the same weights, greedy and beam search alike; and they do change the captions."""
+    from hw3lib.generate import Controls
+
+    model, f = cross_attention_captioner(end_bias=0.2), feats()
+    hf = transformers_twin(model)
+    controls = Controls(no_repeat_ngram_size=ngram, repetition_penalty=penalty)
+    kw = {"no_repeat_ngram_size": ngram, "repetition_penalty": penalty, "num_beams": beams}
+    if beams > 1:
+        kw |= {"early_stopping": False, "length_penalty": 1.0}
+    want = generate_tokens(hf, model.proj(f), 8, **kw)
+    got = beam_search(model, f, EOT, beams, MAX, controls=controls) if beams > 1 else greedy(model, f, EOT, MAX,
+                                                                                              controls=controls)
+    assert got.tokens == want
+    plain = beam_search(model, f, EOT, beams, MAX) if beams > 1 else greedy(model, f, EOT, MAX)
+    assert plain.tokens != got.tokens, "the control should change some caption of this batch"
+    off = {k: v for k, v in kw.items() if k not in ("no_repeat_ngram_size", "repetition_penalty")}
+    assert plain.tokens == generate_tokens(hf, model.proj(f), 8, **off)  # and without them, too
+    if ngram:
+        for toks in got.tokens:
+            seq = [EOT] + toks
+            grams = list(zip(*[seq[i:] for i in range(ngram)], strict=False))
+            assert len(grams) == len(set(grams)), "an n-gram repeats"
+
+

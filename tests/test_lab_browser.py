@@ -1,9 +1,12 @@
 """The attention explorer against a live kernel, inside a real JupyterLab, in headless chromium: the
 test starts JupyterLab on 127.0.0.1 (a free port, a token, no browser of its own), opens a notebook
 that shows the explorer with the test fixtures' demo models, runs it from JupyterLab's Run menu, moves
-the token slider and changes the method, and checks that the displayed image changes each time. The
-screenshot it takes is the README's (build/screenshots/explorer.png; copied to docs/ by hand)."""
+the token slider and changes the method, and checks that the displayed image changes each time. It
+leaves a screenshot in build/screenshots/explorer.png. `make screenshot` runs it on the report's models
+instead (HW3_EXPLORER_ASSETS, HW3_EXPLORER_RUN, HW3_EXPLORER_IMAGES) and copies that one to
+docs/explorer.png, the README's."""
 
+import os
 import secrets
 import socket
 import subprocess
@@ -28,7 +31,7 @@ from hw3lib.viewer import AttentionExplorer
 m = manifest_for({assets!r})
 model = load_run({run!r}, m, "cpu")
 captures = capture(model, load_tokenizer(m), encoder_transform(model.encoder), list_images({images!r})[:2],
-                   max_len=12)
+                   max_len={max_len})
 AttentionExplorer(model, captures)"""
 
 
@@ -59,8 +62,6 @@ def lab(tmp_path):
     port, token = free_port(), secrets.token_hex(16)
     env = {"JUPYTER_CONFIG_DIR": tmp_path / "cfg", "JUPYTER_RUNTIME_DIR": tmp_path / "run",
            "JUPYTERLAB_SETTINGS_DIR": tmp_path / "settings", "JUPYTERLAB_WORKSPACES_DIR": tmp_path / "ws"}
-    import os
-
     news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no toast over the explorer
@@ -84,12 +85,22 @@ def lab(tmp_path):
             proc.kill()
 
 
-def test_attention_explorer_in_jupyterlab(lab, small_models, small_run, small_world, tmp_path):
+def explorer_inputs(request) -> tuple[str, str, str]:
+    """(assets, run, images): the report's when HW3_EXPLORER_* name them (make screenshot), else the fixtures'."""
+    if os.environ.get("HW3_EXPLORER_RUN"):
+        return os.environ["HW3_EXPLORER_ASSETS"], os.environ["HW3_EXPLORER_RUN"], os.environ["HW3_EXPLORER_IMAGES"]
+    world = request.getfixturevalue("small_world")
+    return (str(request.getfixturevalue("small_models")), str(request.getfixturevalue("small_run")),
+            str(world / "p3_data" / "images"))
+
+
+def test_attention_explorer_in_jupyterlab(lab, request, tmp_path):
     t0 = time.time()
     root, url, token = lab
+    assets, run, images = explorer_inputs(request)
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK.format(assets=str(small_models), run=str(small_run),
-                                                          images=str(small_world / "p3_data" / "images")))]
+    max_len = 40 if os.environ.get("HW3_EXPLORER_RUN") else 12  # whole captions of the report's models
+    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK.format(assets=assets, run=run, images=images, max_len=max_len))]
     nb.metadata["kernelspec"] = {"name": "hw3lib", "display_name": "Python (hw3lib)", "language": "python"}
     nbformat.write(nb, root / "explorer.ipynb")
     drv = headless_chrome(tmp_path / "profile")

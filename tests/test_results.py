@@ -87,3 +87,20 @@ def test_summary_keeps_the_reference_numbers():
     assert len(a) == len(b)
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
         assert x == y, f"leaf {i}: {x!r} (reference) != {y!r}"  # exactly: the same computation
+
+
+def test_index_page_is_the_report(tmp_path):
+    """index.html shows summary.md's tables and the key figures inline, and links only this run's files."""
+    from hw3lib.report import export_html
+
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "summary.md").write_text("# hw3lib report summary\n\n## P2\n\n| variant | exact scene |\n|---|---:|\n"
+                                        "| lora16 | 55.0% |\n")
+    for name in ("p2_grounding.png", "p1_prompt_table.png", "p2_stale_from_an_older_world.png"):
+        (figures / name).write_bytes(b"\x89PNG")
+    index = export_html([], figures, tmp_path / "html", ["summary.md", "p2_grounding.png", "p1_prompt_table.png"])
+    page = index.read_text()
+    assert "<table>" in page and "<td>lora16</td>" in page and "<h2>P2</h2>" in page
+    assert page.index('src="../figures/p1_prompt_table.png"') < page.index('src="../figures/p2_grounding.png"')
+    assert "stale" not in page and "p2_decoding.png" not in page

@@ -1,0 +1,73 @@
+"""Object metrics of the demo world (hw3lib/objects.py) on hand-made captions whose answers are known:
+every phrasing the world's captions use, repeats, omissions, hallucinations, and the pooled metrics."""
+
+import numpy as np
+import pytest
+
+from hw3lib.demo import COLORS, SHAPES, Obj, make_captions
+from hw3lib.objects import Mention, mentions, object_counts, score_caption
+
+C = list(COLORS)
+RING_HEART_RING = [{"shape": "ring", "color": "green"}, {"shape": "heart", "color": "blue"},
+                   {"shape": "ring", "color": "purple"}]
+
+
+@pytest.mark.parametrize(("caption", "expected"), [
+    ("a small red circle on a plain background", [("circle", "red")]),
+    ("a large circle coloured red", [("circle", "red")]),
+    ("a picture of one large purple heart", [("heart", "purple")]),
+    ("two shapes: a small red circle and a large blue star", [("circle", "red"), ("star", "blue")]),
+    ("three shapes: a red circle, a blue star and a white moon", [("circle", "red"), ("star", "blue"), ("moon", "white")]),
+    ("a green ring to the left of a blue heart", [("ring", "green"), ("heart", "blue")]),
+    ("there is a small ring in the top left", [("ring", None)]),
+    ("a shape on a plain background", []),
+])
+def test_mentions_in_every_phrasing(caption, expected):
+    assert mentions(caption, SHAPES, C) == [Mention(s, c) for s, c in expected]
+
+
+def test_every_generated_caption_names_its_scene_exactly():
+    """The world's own captions (every phrasing, 1-3 objects) are exact scenes by the metric."""
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3):
+        for _ in range(30):
+            objs = [Obj(SHAPES[int(rng.integers(10))], C[int(rng.integers(len(C)))], "small", (0, 0, 8, 8))
+                    for _ in range(n)]
+            objs = [Obj(o.shape, o.color, o.size, (30 * i, 0, 30 * i + 8, 8)) for i, o in enumerate(objs)]
+            truth = [{"shape": o.shape, "color": o.color} for o in objs]
+            for cap in make_captions(rng, objs, 96, 7):
+                assert score_caption(mentions(cap, SHAPES, C), truth).exact, cap
+
+
+@pytest.mark.parametrize(("caption", "matched", "repeated", "hallucinated", "omitted", "exact"), [
+    ("a green ring, a blue heart and a purple ring", 3, 0, 0, 0, True),
+    ("a green ring, a blue heart and a blue heart", 2, 1, 0, 1, False),  # the report's P3 caption: a repeat
+    ("a green ring and a blue heart", 2, 0, 0, 1, False),  # an omission
+    ("a green ring, a blue heart and a red star", 2, 0, 1, 1, False),  # a hallucinated type
+    ("a green ring, a red heart and a purple ring", 2, 0, 1, 1, False),  # a wrong colour is a hallucination
+    ("a ring, a blue heart and a ring", 3, 0, 0, 0, True),  # colourless mentions take either ring
+    ("a ring, a ring, a ring and a blue heart", 3, 1, 0, 0, False),
+])
+def test_multiset_scoring_by_hand(caption, matched, repeated, hallucinated, omitted, exact):
+    s = score_caption(mentions(caption, SHAPES, C), RING_HEART_RING)
+    assert (s.matched, s.repeated, s.hallucinated, s.omitted, s.exact) == (matched, repeated, hallucinated, omitted,
+                                                                           exact)
+
+
+def test_pooled_metrics_and_breakdown_by_object_count():
+    boxes = {"val/a.jpg": RING_HEART_RING, "val/b.jpg": [{"shape": "star", "color": "red"}],
+             "val/c.jpg": [{"shape": "moon", "color": "white"}, {"shape": "star", "color": "red"}]}
+    preds = {"a": "a green ring, a blue heart and a blue heart",  # 2 matched, 1 repeat, 1 omitted
+             "b": "a small red star",  # exact
+             "c": "a white moon and a yellow cross"}  # 1 matched, 1 hallucinated, 1 omitted
+    oc = object_counts(preds, boxes, SHAPES, C)
+    s = oc.summary(n_boot=200)
+    assert s["exact"].share == pytest.approx(1 / 3)
+    assert s["recall"].share == pytest.approx(4 / 6) and s["precision"].share == pytest.approx(4 / 6)
+    assert s["f1"].share == pytest.approx(2 * 4 / (6 + 6))
+    assert s["chair_i"].share == pytest.approx(1 / 6) and s["chair_s"].share == pytest.approx(1 / 3)
+    assert s["repeats"].share == pytest.approx(1 / 3)
+    by = oc.by_object_count(n_boot=200)
+    assert set(by) == {"1", "2", "3"} and by["1"]["exact"].share == 1.0 and by["3"]["exact"].share == 0.0
+    assert by["2"]["recall"].share == pytest.approx(1 / 2) and by["3"]["repeats"].share == 1.0
+    assert s["recall"].ci.low <= s["recall"].share <= s["recall"].ci.high
