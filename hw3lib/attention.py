@@ -248,24 +248,15 @@ def _noun_boxes(ca: CaptionAttention, objects: list[dict], shapes: list[str], co
 def _wrong_nouns(ca: CaptionAttention, objects: list[dict], colors: list[str], shapes: list[str]):
     """(token index, boxes of objects of the word's type, boxes of the image's other objects) for the
     shape nouns whose mention is wrong: a repeat of an object already named, or a type the image does
-    not hold (`objects.py`'s multiset matching, in caption order)."""
-    from collections import Counter
+    not hold (`objects.match`)."""
+    from .objects import match, mention_positions
 
-    words = [t.strip().lower() for t in ca.token_texts]
-    left = Counter((o["color"], o["shape"]) for o in objects)
+    found = mention_positions([t.strip().lower() for t in ca.token_texts], shapes, colors)
     out = []
-    for i, w in enumerate(words):
-        if w not in shapes:
-            continue
-        color = words[i - 1] if i > 0 and words[i - 1] in colors else None
-        if color is None and i + 2 < len(words) and words[i + 1] in ("coloured", "colored") and words[i + 2] in colors:
-            color = words[i + 2]
-        kind = [o for o in objects if o["shape"] == w and (color is None or o["color"] == color)]
-        free = [k for k in left if left[k] > 0 and k[1] == w and (color is None or k[0] == color)]
-        if free:
-            left[sorted(free)[0]] -= 1
-            continue
-        out.append((i, [o["box"] for o in kind], [o["box"] for o in objects if o not in kind]))
+    for (i, m), fate in zip(found, match([m for _, m in found], objects), strict=True):
+        if fate != "matched":
+            kind = [o for o in objects if o["shape"] == m.shape and m.color in (None, o["color"])]
+            out.append((i, [o["box"] for o in kind], [o["box"] for o in objects if o not in kind]))
     return out
 
 

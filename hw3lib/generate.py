@@ -37,10 +37,12 @@ class Controls:
         from .files import HW3Error
 
         if not (isinstance(self.no_repeat_ngram_size, int) and 0 <= self.no_repeat_ngram_size <= 64):
-            raise HW3Error(f"no-repeat-ngram-size must be an integer in 0..64, got {self.no_repeat_ngram_size!r}")
+            raise HW3Error(f"no_repeat_ngram_size (--no-repeat-ngram-size) must be an integer in 0..64, got "
+                           f"{self.no_repeat_ngram_size!r}")
         ok = isinstance(self.repetition_penalty, int | float) and not isinstance(self.repetition_penalty, bool)
         if not (ok and 0 < self.repetition_penalty <= 100):
-            raise HW3Error(f"repetition-penalty must be a number in (0, 100], got {self.repetition_penalty!r}")
+            raise HW3Error(f"repetition_penalty (--repetition-penalty) must be a number in (0, 100], got "
+                           f"{self.repetition_penalty!r}")
 
     @property
     def active(self) -> bool:

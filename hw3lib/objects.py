@@ -68,10 +68,9 @@ class CaptionObjects:
         return self.matched == self.objects == self.mentions
 
 
-def mentions(caption: str, shapes, colors) -> list[Mention]:
-    """Every object a caption names, in order."""
+def mention_positions(w: list[str], shapes, colors) -> list[tuple[int, Mention]]:
+    """(index of the shape word, mention) for every object a word sequence names, in order."""
     shape_set, color_set = set(shapes), set(colors)
-    w = words(caption)
     out = []
     for i, word in enumerate(w):
         if word not in shape_set:
@@ -81,36 +80,41 @@ def mentions(caption: str, shapes, colors) -> list[Mention]:
             color = w[i - 1]
         elif i + 2 < len(w) and w[i + 1] in COLOURED and w[i + 2] in color_set:
             color = w[i + 2]
-        out.append(Mention(word, color))
+        out.append((i, Mention(word, color)))
     return out
 
 
-def score_caption(found: list[Mention], objects: list[dict]) -> CaptionObjects:
-    """Mentions against the image's objects as multisets (coloured mentions first, then colourless
-    ones take any remaining object of their shape)."""
+def mentions(caption: str, shapes, colors) -> list[Mention]:
+    """Every object a caption names, in order."""
+    return [m for _, m in mention_positions(words(caption), shapes, colors)]
+
+
+def match(found: list[Mention], objects: list[dict]) -> list[str]:
+    """Each mention's fate against the image's objects as multisets: "matched", "repeated" or
+    "hallucinated" (in the order of `found`). Coloured mentions take their objects first, then
+    colourless ones take any remaining object of their shape."""
     left = Counter((o["color"], o["shape"]) for o in objects)
     held = set(left)
-    matched = repeated = hallucinated = 0
-    for m in sorted(found, key=lambda m: m.color is None):
+    fate = [""] * len(found)
+    for j in sorted(range(len(found)), key=lambda j: found[j].color is None):
+        m = found[j]
         if m.color is not None:
-            key = (m.color, m.shape)
-            if left[key] > 0:
-                left[key] -= 1
-                matched += 1
-            elif key in held:
-                repeated += 1
-            else:
-                hallucinated += 1
+            key = (m.color, m.shape) if left[(m.color, m.shape)] > 0 else None
+            present = (m.color, m.shape) in held
         else:
             key = next((k for k in sorted(left) if k[1] == m.shape and left[k] > 0), None)
-            if key is not None:
-                left[key] -= 1
-                matched += 1
-            elif any(k[1] == m.shape for k in held):
-                repeated += 1
-            else:
-                hallucinated += 1
-    return CaptionObjects(len(found), len(objects), matched, repeated, hallucinated)
+            present = any(k[1] == m.shape for k in held)
+        if key is not None:
+            left[key] -= 1
+        fate[j] = "matched" if key is not None else "repeated" if present else "hallucinated"
+    return fate
+
+
+def score_caption(found: list[Mention], objects: list[dict]) -> CaptionObjects:
+    """Mentions against the image's objects as multisets (`match`)."""
+    fate = match(found, objects)
+    return CaptionObjects(len(found), len(objects), fate.count("matched"), fate.count("repeated"),
+                          fate.count("hallucinated"))
 
 
 @dataclass

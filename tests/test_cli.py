@@ -145,6 +145,16 @@ def test_caption_single_images_to_stdout(small_models, small_world, small_run, t
     folder = json.loads((tmp_path / "all.json").read_text())
     assert all(folder[k] == v for k, v in lines.items())
     one_error_line(run_cli("caption", small_world / "p2_data" / "val.json", "-", *common), "not an image file")
+    r = run_cli("caption", *images, "-", *common, "--no-repeat-ngram-size", "2", "--repetition-penalty", "1.5")
+    assert r.returncode == 0, r.stderr
+    for caption in dict(line.split("\t") for line in r.stdout.splitlines()).values():
+        w = caption.split()
+        assert len(set(zip(w, w[1:], strict=False))) == len(w) - 1, caption  # no word pair twice
+    for bad, name in ((["--no-repeat-ngram-size", "-1"], "no_repeat_ngram_size"),
+                      (["--repetition-penalty", "0"], "repetition_penalty")):
+        one_error_line(run_cli("caption", *images, "-", *common, *bad), name)
+        one_error_line(run_cli("attention", *images, "--checkpoint", small_run, "--assets", small_models, "--out",
+                               tmp_path / "att", *bad), name)
 
 
 def test_device_auto_warns_once_when_an_nvidia_gpu_is_visible(small_models, small_world, tmp_path):

@@ -5,18 +5,7 @@ import json
 
 import pytest
 
-from hw3lib.results import (
-    Accuracy,
-    Difference,
-    Interval,
-    Localisation,
-    NegationStudy,
-    PairedTest,
-    PromptStudy,
-    Share,
-    VariantRow,
-    VariantTable,
-)
+from hw3lib import results as res
 
 from .conftest import ROOT
 
@@ -36,39 +25,39 @@ def leaves(doc) -> list:
 
 
 def test_interval_and_difference_round_trip():
-    i = Interval(0.25, 0.75)
-    assert Interval.from_json(i.to_json()) == i and tuple(i) == (0.25, 0.75) and i.level == 0.95
-    assert i.excludes(0.0) and not i.excludes(0.5) and Interval.from_json(None) is None
-    d = Difference(-0.1, Interval(-0.2, 0.05), 0.3)
-    assert Difference.from_json(d.to_json()) == d and not d.ci.excludes(0.0)
-    t = PairedTest(0.6, 0.7, 0.1, Interval(0.02, 0.18), 3, 13, 0.02)
-    assert PairedTest.from_json(t.to_json()) == t
-    assert Accuracy.from_json(Accuracy(0.5, i).to_json()) == Accuracy(0.5, i)
-    assert Share.from_json(Share(None, None, 0, 0).to_json()) == Share(None, None, 0, 0)
+    i = res.Interval(0.25, 0.75)
+    assert res.Interval.from_json(i.to_json()) == i and tuple(i) == (0.25, 0.75) and i.level == 0.95
+    assert i.excludes(0.0) and not i.excludes(0.5) and res.Interval.from_json(None) is None
+    d = res.Difference(-0.1, res.Interval(-0.2, 0.05), 0.3)
+    assert res.Difference.from_json(d.to_json()) == d and not d.ci.excludes(0.0)
+    t = res.PairedTest(0.6, 0.7, 0.1, res.Interval(0.02, 0.18), 3, 13, 0.02)
+    assert res.PairedTest.from_json(t.to_json()) == t
+    assert res.Accuracy.from_json(res.Accuracy(0.5, i).to_json()) == res.Accuracy(0.5, i)
+    assert res.Share.from_json(res.Share(None, None, 0, 0).to_json()) == res.Share(None, None, 0, 0)
 
 
 def test_variant_row_json_form():
-    row = VariantRow("lora16", 3.5, 2.1, "lora", 412800, "runs/lora16", ci={"CIDEr": Interval(3.4, 3.6)},
-                     grounding={"mentions": Share(0.9, Interval(0.8, 0.95), 9, 10)},
-                     vs_reference={"CIDEr": Difference(0.0, Interval(0.0, 0.0), 1.0)})
+    row = res.VariantRow("lora16", 3.5, 2.1, "lora", 412800, "runs/lora16", ci={"CIDEr": res.Interval(3.4, 3.6)},
+                     grounding={"mentions": res.Share(0.9, res.Interval(0.8, 0.95), 9, 10)},
+                     vs_reference={"CIDEr": res.Difference(0.0, res.Interval(0.0, 0.0), 1.0)})
     j = row.to_json()
     assert list(j) == ["variant", "peft", "trainable", "CIDEr", "CLIPScore", "run", "CIDEr_ci", "grounding",
                        "vs_reference"]
-    assert VariantRow.from_json(j) == row and row.score("CIDEr") == (3.5, Interval(3.4, 3.6))
-    assert row.score("mentions") == (0.9, Interval(0.8, 0.95)) and row.score("colors") == (None, None)
-    beam = VariantRow("lora16", 3.6, 2.0, beams=3)
+    assert res.VariantRow.from_json(j) == row and row.score("CIDEr") == (3.5, res.Interval(3.4, 3.6))
+    assert row.score("mentions") == (0.9, res.Interval(0.8, 0.95)) and row.score("colors") == (None, None)
+    beam = res.VariantRow("lora16", 3.6, 2.0, beams=3)
     assert "beams" in beam.to_json() and "run" not in beam.to_json()
-    assert VariantRow.from_json(beam.to_json()) == VariantRow("lora16", 3.6, 2.0, beams=3)
+    assert res.VariantRow.from_json(beam.to_json()) == res.VariantRow("lora16", 3.6, 2.0, beams=3)
 
 
 @pytest.mark.skipif(not SUMMARY.is_file(), reason="no figures/summary.json (run make report)")
 def test_summary_sections_are_read_and_written_back_exactly():
     doc = json.loads(SUMMARY.read_text())
     p1 = {k: v for k, v in doc["p1"].items() if k != "negation"}
-    assert PromptStudy.from_json(p1).to_json() == p1
-    assert NegationStudy.from_json(doc["p1"]["negation"]).to_json() == doc["p1"]["negation"]
-    assert VariantTable.from_json(doc["p2"]).to_json() == doc["p2"]
-    assert Localisation.from_json(doc["p3"]["localisation"]).to_json() == doc["p3"]["localisation"]
+    assert res.PromptStudy.from_json(p1).to_json() == p1
+    assert res.NegationStudy.from_json(doc["p1"]["negation"]).to_json() == doc["p1"]["negation"]
+    assert res.VariantTable.from_json(doc["p2"]).to_json() == doc["p2"]
+    assert res.Localisation.from_json(doc["p3"]["localisation"]).to_json() == doc["p3"]["localisation"]
 
 
 @pytest.mark.skipif(not SUMMARY.is_file(), reason="no figures/summary.json (run make report)")
