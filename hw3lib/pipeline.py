@@ -362,7 +362,9 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
     if best is not None and decoding_grid:
         model, first = load_run(best.run, m, device), None
         for name, how in decoding_grid.items():
-            preds, sc = caption_and_score(model, 1, how)
+            # the best variant's own greedy captions were decoded with `controls` already
+            preds, sc = (preds_by[best.variant], scored[best.variant]) if how == controls else caption_and_score(
+                model, 1, how)
             first = first or sc
             decoding.append(with_intervals(VariantRow(f"{best.variant}, {name}", sc["CIDEr"], sc["CLIPScore"], best.peft,
                                                       best.trainable, best.run), sc, first, n_boot))

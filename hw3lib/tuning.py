@@ -14,6 +14,7 @@ What trains is decided by these modules' types (`captioner.component_of`), never
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -148,6 +149,7 @@ KINDS = {"none": none, "lora": lora, "dora": dora, "ia3": ia3, "adapter": adapte
 assert tuple(KINDS) == PEFT_KINDS
 
 
+@functools.cache
 def layer_types() -> dict[str, tuple[type, ...]]:
     """Each PEFT component's module types (peft's are imported on first use): the parameters such a
     module holds itself, outside its `base_layer`, train."""
