@@ -7,7 +7,8 @@ What it does depends on the device, and only `quantize="int8"` changes what the 
   `PackedLinear(base_layer)` module that runs MKL's packed-weight GEMM (`torch.ops.mkl._mkl_linear`,
   the kernel inductor uses for frozen fp32 linears); on exit the original modules are swapped back.
   The weights are reordered once into the kernel's panel layout, so a decoding step, a GEMM of only
-  16-64 rows that is bound by streaming the weights, stops repacking them on every call. The results are bit-identical to `F.linear` (tested); the price is a
+  16-64 rows that is bound by streaming the weights, stops repacking them on every call. The results
+  are bit-identical to `F.linear` (tested); the price is a
   second copy of the decoder's weights while the context is active (about 0.8 GB for GPT-2 small).
 - CPU, `quantize="int8"` (opt-in, never the default): a copy of the decoder with the PEFT deltas
   merged into the base weights, whose linear layers and LM head are dynamic int8 modules (int8
