@@ -19,7 +19,7 @@ all: report
 # wheel cache (pinned in pyproject.toml); the Jupyter kernel is registered inside the venv for papermill.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) (first time: a few minutes, ~6 GB)"; $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install --disable-pip-version-check -e '.[dev]' 2>&1 | grep --line-buffered -v '^Requirement already satisfied'; \
+	$(PY) -m pip install --disable-pip-version-check --no-compile -e '.[dev]' 2>&1 | grep --line-buffered -v '^Requirement already satisfied'; \
 		test $${PIPESTATUS[0]} -eq 0 || { echo "error: pip install into $(VENV) failed (see above)"; exit 2; }
 	$(PY) -m ipykernel install --sys-prefix --name hw3lib --display-name "Python (hw3lib)" >/dev/null
 	@touch $@

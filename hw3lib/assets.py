@@ -85,9 +85,10 @@ class Manifest:
     source: str = "<memory>"  # where it was read from (for messages)
 
     def to_dict(self) -> dict:
+        """The JSON form; a section left out (None) is written as missing, as the reader expects."""
         d = asdict(self)
         d.pop("source")
-        return d
+        return {k: v for k, v in d.items() if v is not None}
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, self.to_dict())

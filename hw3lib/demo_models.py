@@ -23,12 +23,13 @@ Deterministic for a seed; skipped when `assets.json` and a fingerprint of data +
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .assets import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec, load_clip
+from .clip_features import encode_text_trimmed
+from .clip_text import FRAMINGS, PretrainingText, draw_framings, frame
 from .data import read_caption_file
 from .decoder import GPT2, GPT2Config, save_decoder
 from .files import (
@@ -49,11 +52,13 @@ from .files import (
     require_dir,
 )
 from .grounding import boxes_for
+from .negation import false_negation, negated_caption
 from .tokenizer import teacher_forcing_batch, train_bpe
 from .train import cosine_lr
 
 CLIP_NAME = "hw3-tiny-clip"
-FORMAT_VERSION = 2  # bump when the recipe changes, so cached outputs are rebuilt
+NEGATION_MANIFEST = "assets_negation.json"  # the negation-aware CLIP's manifest (a CLIP section only)
+FORMAT_VERSION = 3  # bump when the recipe changes, so cached outputs are rebuilt
 
 
 @dataclass
@@ -71,6 +76,9 @@ class DemoModelSettings:
     clip_steps: int = 250  # contrastive steps after it (with shape-swapped negatives + the object loss)
     clip_batch: int = 128  # images per step
     clip_lr: float = 1e-3  # AdamW peak learning rate (one cosine schedule over both phases)
+    negation_steps: int = 150  # text-tower fine-tune of the negation-aware CLIP (NegationCLIP in miniature)
+    negation_batch: int = 96  # images per negation step (each with a true caption and a false negation)
+    negation_lr: float = 1e-3  # its AdamW peak learning rate
     probe_images: int = 500  # held-out single-object scenes for the shape / colour zero-shot check
     bpe_vocab: int = 512  # BPE tokens including <|endoftext|>
     gpt_layers: int = 4  # GPT-2 depth
@@ -85,7 +93,7 @@ class DemoModelSettings:
     def for_size(cls, size: str) -> DemoModelSettings:
         if size == "small":
             return cls(clip_object_steps=6, clip_steps=10, clip_batch=32, probe_images=40, gpt_epochs=2,
-                       vision_layers=2, text_layers=2, gpt_layers=2)
+                       vision_layers=2, text_layers=2, gpt_layers=2, negation_steps=6, negation_batch=32)
         if size == "full":
             return cls()
         raise HW3Error(f"unknown demo-models size {size!r} (choose small or full)")
@@ -168,12 +176,14 @@ def shape_swapper(shapes: list[str], rng: np.random.Generator):
     return lambda caption: pattern.sub(other, caption)
 
 
-def train_clip(bundle, train, val, boxes: dict, world: dict, s: DemoModelSettings, seed: int, log: dict) -> float:
-    """The recipe of the module docstring; returns val image->text recall@1."""
+def train_clip(bundle, x_train, train, val, boxes: dict, world: dict, s: DemoModelSettings, seed: int,
+               log: dict) -> tuple[float, PretrainingText]:
+    """The recipe of the module docstring on x_train (N, 3, H, W), every caption in a framing drawn from
+    clip_text.FRAMINGS; returns val image->text recall@1 and the record of the text it read."""
     model, tokenizer = bundle.model, bundle.tokenizer
     shapes, colors = world["shapes"], world["colors"]
     grid = s.image_size // s.patch_size
-    x_train = _load_split_tensors(train, bundle.preprocess, "clip: loading train images")  # (N, 3, H, W)
+    text = PretrainingText.start()
     pool, shape_y, color_y = object_targets(train, boxes, "train", grid, shapes, colors)
     heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(s.vision_width, len(shapes)),
                                  "color": torch.nn.Linear(s.vision_width, len(colors))})
@@ -198,9 +208,13 @@ def train_clip(bundle, train, val, boxes: dict, world: dict, s: DemoModelSetting
                     + F.cross_entropy(heads["color"](objects).flatten(0, 1), color_y[idx].flatten(), ignore_index=-100))
         loss = obj_loss
         if step >= s.clip_object_steps:
-            texts = [caps[i][int(rng.integers(len(caps[i])))] for i in idx.tolist()]
+            descriptions = [caps[i][int(rng.integers(len(caps[i])))] for i in idx.tolist()]
+            framings = draw_framings(rng, len(descriptions))
+            texts = [frame(d, FRAMINGS[f][0]) for d, f in zip(descriptions, framings, strict=True)]
+            for t, f in zip(texts, framings, strict=True):
+                text.add(t, int(f))
             img = F.normalize(pooled, dim=-1)
-            txt = model.encode_text(tokenizer(texts + [swap(t) for t in texts]), normalize=True)  # (2B, E)
+            txt = encode_text_trimmed(model, tokenizer(texts + [swap(t) for t in texts]))  # (2B, E), exact
             logits = model.logit_scale.exp() * img @ txt.T  # (B, 2B): captions, then their shape swaps
             target = torch.arange(len(idx))
             contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :len(idx)].T, target)) / 2
@@ -218,7 +232,61 @@ def train_clip(bundle, train, val, boxes: dict, world: dict, s: DemoModelSetting
     bar.close()
     model.visual.output_tokens = False
     model.eval()
-    return clip_recall_at_1(bundle, val)
+    return clip_recall_at_1(bundle, val), text
+
+
+def finetune_negation(bundle, x_train, train, boxes: dict, world: dict, s: DemoModelSettings, seed: int,
+                      log: dict):
+    """NegationCLIP in miniature: a copy of the CLIP whose text tower (alone) is fine-tuned with two
+    losses per step: the pretraining's contrastive loss on framed descriptions (so retrieval is kept),
+    and, per image, a choice between a true negation of its description (an absent shape) and a false
+    one (a shape it holds). The image tower is frozen, so the images are encoded once. Returns the
+    tuned model."""
+    model = copy.deepcopy(bundle.model)
+    text_params = [p for n, p in model.named_parameters() if not n.startswith("visual.") and n != "logit_scale"]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in text_params:
+        p.requires_grad_(True)
+    model.eval()  # no dropout in these towers; eval keeps the frozen image tower exactly as saved
+    with torch.no_grad():
+        img_all = torch.cat([model.encode_image(x_train[i:i + 256], normalize=True)
+                             for i in range(0, len(x_train), 256)])  # (N, E)
+    shapes = world["shapes"]
+    present = [{o["shape"] for o in boxes_for(im.path.name, boxes, "train")} for im in train.images]
+    caps = [train.captions[im.id] for im in train.images]
+    rng = np.random.default_rng([seed, 20])
+    batch = min(s.negation_batch, len(train.images))
+    opt = torch.optim.AdamW(text_params, lr=s.negation_lr, weight_decay=0.1)
+    scale = model.logit_scale.exp().detach()
+    log["negation_loss"] = []
+    bar = tqdm(total=s.negation_steps, desc="clip: negation fine-tune (text tower)", leave=False,
+               disable=progress_disabled())
+    for step in range(s.negation_steps):
+        idx = rng.choice(len(train.images), size=batch, replace=False).tolist()
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, s.negation_steps, s.negation_lr, warmup=max(1, s.negation_steps // 10))
+        framings = draw_framings(rng, batch)
+        texts = [frame(caps[i][int(rng.integers(len(caps[i])))], FRAMINGS[f][0]) for i, f in zip(idx, framings, strict=True)]
+        true_neg = [negated_caption(t, present[i], shapes, rng) for t, i in zip(texts, idx, strict=True)]
+        false_neg = [false_negation(t, present[i], rng) for t, i in zip(texts, idx, strict=True)]
+        txt = encode_text_trimmed(model, bundle.tokenizer(texts + true_neg + false_neg)).view(3, batch, -1)  # (3, B, E)
+        img = img_all[idx]  # (B, E)
+        logits = scale * img @ txt[0].T  # (B, B): in-batch contrastive on the plain captions
+        target = torch.arange(batch)
+        contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        choice = scale * torch.einsum("be,kbe->bk", img, txt[1:])  # (B, 2): true vs false negation
+        loss = contrastive + F.cross_entropy(choice, torch.zeros(batch, dtype=torch.long))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log["negation_loss"].append(round(loss.item(), 5))
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
 
 
 @torch.no_grad()
@@ -333,13 +401,21 @@ def perplexity(model: GPT2, tok, captions: list[str], block: int) -> float:
     return math.exp(nll / count)
 
 
-def save_clip(model, out_dir: Path) -> None:
-    """clip/open_clip_model.safetensors (the whole CLIP), and encoder/clip_visual.safetensors: the
-    image tower alone, which timm reads through its CLIP checkpoint filter as the caption encoder."""
+def save_open_clip(model, clip_dir: Path, config: dict) -> None:
+    """An open_clip model folder: the model config JSON and open_clip_model.safetensors (the whole CLIP)."""
     from safetensors.torch import save_file
 
-    with atomic_path(out_dir / "clip" / "open_clip_model.safetensors") as tmp:
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(clip_dir / f"{CLIP_NAME}.json", config)
+    with atomic_path(clip_dir / "open_clip_model.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+
+def save_encoder(model, out_dir: Path) -> None:
+    """encoder/clip_visual.safetensors: the image tower alone, which timm reads through its CLIP
+    checkpoint filter as the caption encoder."""
+    from safetensors.torch import save_file
+
     (out_dir / "encoder").mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "encoder" / "clip_visual.safetensors") as tmp:
         save_file(clip_visual_state_dict(model), str(tmp))
@@ -374,7 +450,7 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
     tok = train_bpe(train_caps, s.bpe_vocab)
     tok.save(out_dir / "tokenizer")
 
-    # (b) tiny CLIP
+    # (b) tiny CLIP, on the framed pretraining text; then its negation-aware twin
     clip_dir = out_dir / "clip"
     clip_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = clip_dir / f"{CLIP_NAME}.json"
@@ -382,9 +458,15 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
     torch.manual_seed(seed)
     bundle = load_clip(ClipSpec(CLIP_NAME, None, str(cfg_path)))
     world, boxes = read_json(data_dir / "DEMO.json"), read_json(p2 / "boxes.json")
-    recall = train_clip(bundle, train, val, boxes, world, s, seed, log)
+    x_train = _load_split_tensors(train, bundle.preprocess, "clip: loading train images")  # (N, 3, H, W)
+    recall, text = train_clip(bundle, x_train, train, val, boxes, world, s, seed, log)
+    log["clip_text"] = text.to_json()
     log["clip_zero_shot"] = clip_attribute_checks(bundle, val, boxes, world, s, seed)
-    save_clip(bundle.model, out_dir)
+    save_open_clip(bundle.model, clip_dir, clip_config(s))
+    save_encoder(bundle.model, out_dir)
+    tuned = finetune_negation(bundle, x_train, train, boxes, world, s, seed, log)
+    save_open_clip(tuned, out_dir / "clip_negation", clip_config(s))
+    log["negation_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=tuned), val), 4)
 
     # (c) tiny GPT-2 LM
     gpt, ppl = train_gpt(tok, train_caps, val_caps, s, seed, log)
@@ -402,6 +484,8 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
     log["decoder_vocab_size"] = tok.vocab_size
     log["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out_dir / "metrics.json", log)
+    Manifest(clip=ClipSpec(CLIP_NAME, "clip_negation/open_clip_model.safetensors", f"clip_negation/{CLIP_NAME}.json"),
+             encoder=None, decoder=None, tokenizer=None).save(out_dir / NEGATION_MANIFEST)
     manifest.save(manifest_path)
     stamp.write_text(fp + "\n")
     z = log["clip_zero_shot"]["probe"]

@@ -11,7 +11,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # headless runs fall back to Agg by themselves
 import numpy as np
 
-from .results import METRICS, Interval, Localisation, NegationStudy, PromptRow, VariantRow
+from .results import (
+    METRICS,
+    FrequencyStudy,
+    Interval,
+    Localisation,
+    NegationScores,
+    NegationStudy,
+    PromptRow,
+    VariantRow,
+)
 
 
 def save(fig, path: str | Path, dpi: int = 130) -> Path:
@@ -159,6 +168,78 @@ def negation_figure(neg: NegationStudy, title: str | None = None):
     axes[1].set_ylim(0, 110)
     axes[1].set_ylabel("%")
     fig.suptitle(title or f"Does the text tower read \"not\"? {neg.positive!r} vs {neg.negated!r}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def frequency_figure(freq: FrequencyStudy, chance: float | None = None,
+                     title: str = "Prompt accuracy and the CLIP's pretraining text (demo world)"):
+    """Left: accuracy of each framing as a prompt against its share of the training captions (framings
+    never read at the left edge). Right: the report's prompts (labelled) and OpenAI's templates against
+    the mean log frequency of their words. 95% intervals; Spearman's rho in the titles."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fr = freq.framings
+    floor = min([r.frequency for r in fr if r.frequency > 0] or [1e-3]) / 3  # where "never" is drawn
+    x = np.array([r.frequency if r.frequency > 0 else floor for r in fr])
+    y = np.array([r.accuracy.accuracy for r in fr])
+    axes[0].errorbar(x, y * 100, yerr=np.array(_err(y, [r.accuracy.ci for r in fr])) * 100, fmt="o", ms=4,
+                     capsize=2, color="#4C72B0", ecolor="#9db3d6")
+    for xi, yi, r in zip(x, y, fr, strict=True):
+        axes[0].annotate(r.framing.replace(" {object}", "").replace("{object}", "(bare)"), (xi, yi * 100),
+                         fontsize=6.5, xytext=(3, 2), textcoords="offset points")
+    axes[0].axvline(floor * 1.8, color="grey", lw=0.6, ls=":")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("share of training captions in this framing (left of the line: never)")
+    axes[0].set_ylabel("zero-shot accuracy (%)")
+    c = freq.framing_correlation
+    axes[0].set_title(f"framings: Spearman rho {c.rho:+.2f} (p = {c.p_value:.2g}, n = {c.n})", fontsize=9)
+    tr = freq.templates
+    wx = np.array([r.word_frequency for r in tr])
+    wy = np.array([r.accuracy.accuracy for r in tr])
+    k = freq.report_prompts
+    axes[1].scatter(wx[k:], wy[k:] * 100, s=12, color="#8C8C8C", label="OpenAI templates")
+    axes[1].errorbar(wx[:k], wy[:k] * 100, yerr=np.array(_err(wy[:k], [r.accuracy.ci for r in tr[:k]])) * 100,
+                     fmt="D", ms=5, capsize=3, color="#C44E52", label="the report's prompts")
+    for r in tr[:k]:
+        axes[1].annotate(r.framing, (r.word_frequency, r.accuracy.accuracy * 100), fontsize=7, xytext=(4, -9),
+                         textcoords="offset points", color="#C44E52")
+    axes[1].set_xlabel("mean log10(1 + count per million words) of the template's words")
+    c = freq.template_correlation
+    axes[1].set_title(f"templates: Spearman rho {c.rho:+.2f} (p = {c.p_value:.2g}, n = {c.n})", fontsize=9)
+    axes[1].legend(fontsize=8, loc="lower right")
+    for ax in axes:
+        if chance is not None:
+            ax.axhline(chance * 100, color="grey", ls=":", lw=1)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def negation_experiment_figure(scores: list[NegationScores],
+                               title: str = "NegationCLIP in miniature: base vs negation-tuned text tower (demo world)"):
+    """Per CLIP: the negated P1 prompt read inverted, the multiple-choice test overall and per question
+    type, and image->text recall@1, with 95% intervals; chance levels dotted."""
+    names = ["negated prompt,\nread inverted", "multiple\nchoice", *(f"MC:\n{t}" for t in scores[0].choice.by_type),
+             "recall@1"]
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    width = 0.8 / len(scores)
+    colors = ["#8C8C8C", "#55A868", "#4C72B0", "#DD8452"]
+    for j, sc in enumerate(scores):
+        parts = [sc.negation.negated_inverted_accuracy, sc.choice.accuracy, *sc.choice.by_type.values(), sc.recall_at_1]
+        vals = [p.accuracy for p in parts]
+        xs = np.arange(len(parts)) + (j - (len(scores) - 1) / 2) * width
+        ax.bar(xs, np.array(vals) * 100, width, yerr=np.array(_err(vals, [p.ci for p in parts])) * 100, capsize=2,
+               color=colors[j % len(colors)], label=sc.name)
+        for xi, v in zip(xs, vals, strict=True):
+            ax.text(xi, v * 100 + 4, f"{v * 100:.0f}", ha="center", fontsize=7)
+    ax.hlines([scores[0].negation.chance * 100, scores[0].choice.chance * 100], [-0.45, 0.55], [0.45, 1.45 + len(scores[0].choice.by_type)],
+              colors="grey", linestyles=":", lw=1)
+    ax.set_xticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 

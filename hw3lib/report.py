@@ -16,8 +16,10 @@ from pathlib import Path
 from .files import HW3Error, atomic_write_json, atomic_write_text, error_line, read_json
 from .results import (
     Difference,
+    FrequencyStudy,
     Interval,
     Localisation,
+    NegationScores,
     NegationStudy,
     PairedTest,
     PromptStudy,
@@ -69,7 +71,8 @@ def run_notebook(root: Path, name: str, parameters: dict, out_dir: Path, kernel:
 
 
 # the figures shown inline on the report's index page, in this order (those the run wrote)
-KEY_FIGURES = ("p1_prompt_table.png", "p1_negation.png", "p2_variants.png", "p2_grounding.png", "p2_decoding.png",
+KEY_FIGURES = ("p1_prompt_table.png", "p1_negation.png", "p1_frequency.png", "p1_negation_experiment.png",
+               "p2_variants.png", "p2_grounding.png", "p2_decoding.png",
                "p2_paired_differences.png", "p3_ring_heart_ring_2.png", "p3_localisation.png")
 
 
@@ -164,7 +167,43 @@ def p1_section(doc: dict) -> list[str]:
                   f"images; accuracy positive {_pct(neg.positive_accuracy.accuracy)}, negated "
                   f"{_pct(neg.negated_accuracy.accuracy)}, negated read inverted "
                   f"{_pct(neg.negated_inverted_accuracy.accuracy)} ({_ci(neg.negated_inverted_accuracy.ci)}).", ""]
+    if doc.get("frequency"):
+        lines += frequency_lines(FrequencyStudy.from_json(doc["frequency"]))
+    if doc.get("negation_experiment"):
+        lines += negation_experiment_lines([NegationScores.from_json(d) for d in doc["negation_experiment"]])
     return lines
+
+
+def frequency_lines(freq: FrequencyStudy) -> list[str]:
+    lines = ["### P1: prompt accuracy and the pretraining text (demo world)", "",
+             "Each framing of the demo CLIP's training text as a prompt, beside its share of the text "
+             "(five framings of OpenAI templates it never read at 0):", "",
+             "| framing | share of training captions | accuracy | 95% CI |", "|---|---:|---:|---|"]
+    lines += [f"| {r.framing} | {r.frequency * 100:.2f}% | {_pct(r.accuracy.accuracy)} | {_ci(r.accuracy.ci)} |"
+              for r in freq.framings]
+    c, t = freq.framing_correlation, freq.template_correlation
+    lines += ["", f"Spearman rho of accuracy and framing frequency: {c.rho:+.3f} (permutation p = {c.p_value:.3g}, "
+              f"n = {c.n}). Over the report's prompts and OpenAI's templates, accuracy against the frequency of "
+              f"their words: rho {t.rho:+.3f} (p = {t.p_value:.3g}, n = {t.n}). The report's prompts:", ""]
+    lines += [f"- {r.framing!r}: {_pct(r.accuracy.accuracy)} ({_ci(r.accuracy.ci)}); words never read: "
+              f"{', '.join(r.unseen_words) or 'none'}" for r in freq.templates[:freq.report_prompts]]
+    return lines + [""]
+
+
+def negation_experiment_lines(scores: list[NegationScores]) -> list[str]:
+    types = list(scores[0].choice.by_type)
+    lines = ["### P1: NegationCLIP in miniature (demo world)", "",
+             f"Base CLIP vs its text tower fine-tuned on true negations. Multiple choice: {scores[0].choice.items} P2 val "
+             f"images, one true statement among {round(1 / scores[0].choice.chance)} (chance "
+             f"{_pct(scores[0].choice.chance)}). 95% bootstrap intervals.", "",
+             "| CLIP | negated prompt read inverted | multiple choice | " + " | ".join(f"MC {k}" for k in types)
+             + " | recall@1 | cos(positive, negated) |", "|---|---:|---:|" + "---:|" * len(types) + "---:|---:|"]
+    for sc in scores:
+        inv = sc.negation.negated_inverted_accuracy
+        lines.append(f"| {sc.name} | {_pct(inv.accuracy)} ({_ci(inv.ci)}) | {_pct(sc.choice.accuracy.accuracy)} "
+                     f"({_ci(sc.choice.accuracy.ci)}) | " + " | ".join(_pct(sc.choice.by_type[k].accuracy) for k in types)
+                     + f" | {_pct(sc.recall_at_1.accuracy)} ({_ci(sc.recall_at_1.ci)}) | {sc.negation.cosine_mean:.3f} |")
+    return lines + [""]
 
 
 def _share(x: Share | None, ci: bool = True) -> str:

@@ -175,6 +175,96 @@ class NegationStudy:
                    PairedTest.from_json(d["paired_negated_vs_positive"]), d["chance"])
 
 
+@dataclass(frozen=True)
+class Correlation:
+    """Spearman's rank correlation with a two-sided permutation p-value."""
+    rho: float
+    p_value: float
+    n: int
+
+    def to_json(self) -> dict:
+        return {"rho": self.rho, "p_value": self.p_value, "n": self.n}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Correlation:
+        return cls(d["rho"], d["p_value"], d["n"])
+
+
+@dataclass(frozen=True)
+class FramingRow:
+    framing: str  # "a photo of {object}"
+    frequency: float  # share of the CLIP's training captions in this framing (0: never)
+    word_frequency: float  # clip_text.PretrainingText.word_frequency of its words
+    unseen_words: list[str]  # its words the CLIP never read
+    accuracy: Accuracy
+
+    def to_json(self) -> dict:
+        return {"framing": self.framing, "frequency": self.frequency, "word_frequency": self.word_frequency,
+                "unseen_words": self.unseen_words, "accuracy": self.accuracy.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> FramingRow:
+        return cls(d["framing"], d["frequency"], d["word_frequency"], d["unseen_words"], Accuracy.from_json(d["accuracy"]))
+
+
+@dataclass(frozen=True)
+class FrequencyStudy:
+    """P1 accuracy beside the pretraining text: the framings of the CLIP's own text (and unseen ones),
+    and the report's prompts and OpenAI's templates by the frequency of their words."""
+    framings: list[FramingRow]
+    templates: list[FramingRow]  # the report's prompts first, then the OpenAI templates
+    framing_correlation: Correlation  # accuracy vs framing frequency
+    template_correlation: Correlation  # accuracy vs word frequency, over `templates`
+    report_prompts: int  # how many of `templates` are the report's prompts
+
+    def to_json(self) -> dict:
+        return {"framings": [r.to_json() for r in self.framings], "templates": [r.to_json() for r in self.templates],
+                "framing_correlation": self.framing_correlation.to_json(),
+                "template_correlation": self.template_correlation.to_json(), "report_prompts": self.report_prompts}
+
+    @classmethod
+    def from_json(cls, d: dict) -> FrequencyStudy:
+        return cls([FramingRow.from_json(r) for r in d["framings"]], [FramingRow.from_json(r) for r in d["templates"]],
+                   Correlation.from_json(d["framing_correlation"]), Correlation.from_json(d["template_correlation"]),
+                   d["report_prompts"])
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    """NegBench-style multiple choice: per image one true statement among false ones."""
+    accuracy: Accuracy  # share of items answered right, 95% bootstrap interval over images
+    by_type: dict[str, Accuracy]  # the same per question type (affirmation, negation, hybrid)
+    items: int
+    chance: float
+
+    def to_json(self) -> dict:
+        return {"accuracy": self.accuracy.to_json(), "by_type": {k: v.to_json() for k, v in self.by_type.items()},
+                "items": self.items, "chance": self.chance}
+
+    @classmethod
+    def from_json(cls, d: dict) -> MultipleChoice:
+        return cls(Accuracy.from_json(d["accuracy"]), {k: Accuracy.from_json(v) for k, v in d["by_type"].items()},
+                   d["items"], d["chance"])
+
+
+@dataclass(frozen=True)
+class NegationScores:
+    """One CLIP on the negation experiment."""
+    name: str  # "base" or "negation-tuned"
+    negation: NegationStudy  # P1's study of "This is not a photo of {object}"
+    choice: MultipleChoice  # the multiple-choice test on P2 val images
+    recall_at_1: Accuracy  # image->text recall@1 on the P2 val captions
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "negation": self.negation.to_json(), "choice": self.choice.to_json(),
+                "recall_at_1": self.recall_at_1.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> NegationScores:
+        return cls(d["name"], NegationStudy.from_json(d["negation"]), MultipleChoice.from_json(d["choice"]),
+                   Accuracy.from_json(d["recall_at_1"]))
+
+
 # ----------------------------------------------------------------------------------------------
 # P2
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .results import Difference, Interval, PairedTest
+from .results import Correlation, Difference, Interval, PairedTest
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -104,3 +104,35 @@ def paired_test(correct_a, correct_b, n_boot: int = 2000, seed: int = 0) -> Pair
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     d = paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
     return PairedTest(d.a, d.b, d.difference, d.ci, only_a, only_b, mcnemar_exact(only_a, only_b))
+
+
+def ranks(x) -> np.ndarray:
+    """1-based ranks, ties given the mean of the ranks they span (scipy.stats.rankdata's 'average')."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        tie = x == v
+        r[tie] = r[tie].mean()
+    return r
+
+
+def spearman(x, y, n_perm: int = 10000, seed: int = 0) -> Correlation:
+    """Spearman's rho (Pearson's r of the ranks) and a two-sided permutation p-value: the share of
+    random pairings of y with x whose |rho| is at least the observed one (with the observed pairing
+    counted, so p > 0)."""
+    rx, ry = ranks(x), ranks(y)
+    if len(rx) != len(ry) or len(rx) < 3:
+        raise ValueError("a rank correlation needs two sequences of one length, at least 3")
+
+    def rho(a, b):
+        a, b = a - a.mean(axis=-1, keepdims=True), b - b.mean(axis=-1, keepdims=True)
+        den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+        return np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1), 0.0)
+
+    observed = float(rho(rx, ry))
+    rng = np.random.default_rng(seed)
+    perms = np.stack([rng.permutation(ry) for _ in range(n_perm)])  # (n_perm, n)
+    extreme = int((np.abs(rho(rx[None], perms)) >= abs(observed) - 1e-12).sum())
+    return Correlation(observed, (extreme + 1) / (n_perm + 1), len(rx))

@@ -21,10 +21,11 @@ import torch
 
 from .assets import ClipBundle
 from .clip_features import encode_images, encode_texts
+from .clip_text import UNSEEN_FRAMINGS, PretrainingText
 from .data import P1Dataset, load_images, read_p1_folder
 from .files import HW3Error, atomic_path
-from .results import Accuracy, NegationStudy, PromptRow, PromptStudy, PromptTest
-from .stats import bootstrap_ci, paired_test
+from .results import Accuracy, FramingRow, FrequencyStudy, NegationStudy, PromptRow, PromptStudy, PromptTest
+from .stats import bootstrap_ci, paired_test, spearman
 from .templates import check_template, fill
 
 # ----------------------------------------------------------------------------------------------
@@ -93,6 +94,10 @@ class ZeroShotStudy:
     def predict(self, weights: torch.Tensor) -> np.ndarray:
         return self.logits(weights).argmax(dim=1).numpy()
 
+    def predict_each(self, per_template: torch.Tensor) -> np.ndarray:
+        """(T, N) predictions of each template alone, from per-template class embeddings (T, C, D)."""
+        return torch.einsum("nd,tcd->tnc", self.image_features, per_template).argmax(dim=2).numpy()
+
     def require_labels(self) -> np.ndarray:
         if self.labels is None:
             raise HW3Error("these images carry no class ids in their names; accuracy needs {class_id}_{id}.png")
@@ -128,9 +133,7 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> 
 
 def per_template_accuracy(study: ZeroShotStudy, per_template: torch.Tensor) -> np.ndarray:
     """Accuracy (T,) of each template alone; one batched product for all of them."""
-    labels = study.require_labels()
-    logits = torch.einsum("nd,tcd->tnc", study.image_features, per_template)  # (T, N, C)
-    return (logits.argmax(dim=2).numpy() == labels[None]).mean(axis=1)
+    return (study.predict_each(per_template) == study.require_labels()[None]).mean(axis=1)
 
 
 def greedy_selection(study: ZeroShotStudy, per_template: torch.Tensor, select_idx: np.ndarray,
@@ -253,3 +256,30 @@ def prompt_study(study: ZeroShotStudy, prompts: list[str], sets: dict[str, list[
     }
     best = max((r for r in rows if r.templates == 1), key=lambda r: r.accuracy).prompt
     return PromptStudy(rows, tests, selection, int(len(labels)), 1.0 / len(study.class_names), best)
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts against the pretraining text (demo world: the text is known)
+
+
+def frequency_study(study: ZeroShotStudy, text: PretrainingText, report_prompts: list[str], templates: list[str],
+                    n_boot: int = 2000, seed: int = 0) -> FrequencyStudy:
+    """Accuracy of every framing of the CLIP's pretraining text (and of framings it never read) as a
+    prompt, against how often the framing occurred; and of the report's prompts and `templates` against
+    how often their words occurred (`PretrainingText.word_frequency`). Spearman correlations for both."""
+    labels = study.require_labels()
+    framings = [f.replace("{}", "{object}") for f in [*text.framings, *UNSEEN_FRAMINGS]]
+    prompts = list(dict.fromkeys([*report_prompts, *templates]))
+    everything = list(dict.fromkeys(framings + prompts))
+    ok = study.predict_each(study.text_features(everything)) == labels[None]  # (T, N)
+    by = dict(zip(everything, ok, strict=True))
+
+    def row(t: str) -> FramingRow:
+        return FramingRow(t, text.frequency(t.replace("{object}", "{}")), text.word_frequency(t), text.unseen_words(t),
+                          Accuracy(float(by[t].mean()), bootstrap_ci(by[t], n_boot=n_boot, seed=seed)))
+
+    f_rows, t_rows = [row(t) for t in framings], [row(t) for t in prompts]
+    return FrequencyStudy(f_rows, t_rows,
+                          spearman([r.frequency for r in f_rows], [r.accuracy.accuracy for r in f_rows]),
+                          spearman([r.word_frequency for r in t_rows], [r.accuracy.accuracy for r in t_rows]),
+                          len(list(dict.fromkeys(report_prompts))))

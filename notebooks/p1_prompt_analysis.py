@@ -39,13 +39,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from hw3lib.assets import load_clip, load_manifest
+from hw3lib.clip_text import read_pretraining_text
+from hw3lib.demo import COLORS, SHAPES
+from hw3lib.demo_models import NEGATION_MANIFEST
 from hw3lib.files import atomic_write_json, open_image
-from hw3lib.plots import (confusion_figure, negation_figure, per_class_accuracy_figure, prompt_table_figure, save,
-                          selection_figure, top_probabilities_figure)
+from hw3lib.negation import negation_benchmark
+from hw3lib.plots import (confusion_figure, frequency_figure, negation_experiment_figure, negation_figure,
+                          per_class_accuracy_figure, prompt_table_figure, save, selection_figure,
+                          top_probabilities_figure)
 from hw3lib.templates import PHOTO, REPORT, template_set
 from hw3lib.device import resolve_device
-from hw3lib.zeroshot import (ZeroShotStudy, confusion_matrix, ensemble, negation_study, per_class_accuracy,
-                             prompt_study, top_probabilities)
+from hw3lib.zeroshot import (ZeroShotStudy, confusion_matrix, ensemble, frequency_study, negation_study,
+                             per_class_accuracy, prompt_study, top_probabilities)
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
@@ -129,7 +134,67 @@ for k, a in (("positive", neg.positive_accuracy), ("negated", neg.negated_accura
 for name, c, same in zip(neg.classes, neg.cosine_per_class, neg.same_prediction_per_class, strict=True):
     print(f"  {name:<12} cos {c:.3f}  same prediction {'-' if same is None else f'{same * 100:.0f}%'}")
 save(negation_figure(neg), figures / "p1_negation.png")
+
+# %% [markdown]
+# ## Prompt accuracy and the pretraining text (demo world)
+# The demo CLIP read a known text: every training caption is a scene description inside a framing
+# ("a photo of ...", "this is ...", rarer ones) drawn at recorded frequencies (`hw3lib.clip_text`).
+# Each framing is scored as a prompt beside its share of that text, five framings of OpenAI templates
+# that it never read among them; then the report's prompts and OpenAI's 80 templates beside the
+# frequency of their words. Real CLIP's pretraining text is not known, so on real assets this skips.
+
+# %%
+text = read_pretraining_text(assets)
+freq = None
+if text is None:
+    print("skipped: the frequency study needs the demo world's known pretraining text (metrics.json beside "
+          "the demo manifest); real CLIP's is not known")
+else:
+    freq = frequency_study(study, text, list(REPORT), list(template_set("openai80")), n_boot=300 if smoke else 2000)
+    print(f"{text.captions} training captions; {len(text.word_counts)} distinct words")
+    for r in freq.framings:
+        print(f"{r.framing:<36} {r.frequency * 100:6.2f}% of captions  accuracy {r.accuracy.accuracy * 100:5.1f}% "
+              f"[{r.accuracy.ci.low * 100:.1f}, {r.accuracy.ci.high * 100:.1f}]")
+    for r in freq.templates[:freq.report_prompts]:
+        print(f"{r.framing!r}: word frequency {r.word_frequency:.2f}, unseen words {r.unseen_words or '-'}, "
+              f"accuracy {r.accuracy.accuracy * 100:.1f}%")
+    for what, c in (("framings", freq.framing_correlation), ("templates", freq.template_correlation)):
+        print(f"Spearman rho, accuracy vs frequency ({what}): {c.rho:+.3f} (permutation p = {c.p_value:.3g}, n = {c.n})")
+    save(frequency_figure(freq, result.chance), figures / "p1_frequency.png")
+
+# %% [markdown]
+# ## NegationCLIP in miniature (demo world)
+# A second CLIP: the demo CLIP with its text tower (alone) fine-tuned on captions that also state an
+# absent shape truthfully ("a red circle and no square", "there is no star"; `hw3 demo-models`). Both
+# CLIPs on the negation study above, on a NegBench-style multiple-choice test over P2 val images (one
+# true statement - an affirmation, a negation of an absent shape, or both - among three false ones:
+# a negated present object, an affirmed absent one, both), and on image-to-text recall@1. The
+# main prompt table above stays on the base CLIP.
+
+# %%
+negation_manifest = None if assets == "real" else Path(assets).parent / NEGATION_MANIFEST
+experiment = None
+if negation_manifest is None or not negation_manifest.is_file() or not (Path(data_dir) / "p2_data" / "boxes.json").is_file():
+    print("skipped: the negation experiment needs the demo world (its boxes.json and the negation-tuned CLIP "
+          "that hw3 demo-models writes)")
+else:
+    tuned = load_clip(load_manifest(negation_manifest).clip, device)
+    experiment = negation_benchmark({"base": clip, "negation-tuned": tuned}, study, Path(data_dir) / "p2_data",
+                                    SHAPES, list(COLORS), REPORT[0], REPORT[1], n_boot=300 if smoke else 2000,
+                                    device=device)
+    for sc in experiment:
+        n = sc.negation
+        print(f"{sc.name:<15} negated read inverted {n.negated_inverted_accuracy.accuracy * 100:5.1f}%  "
+              f"cos {n.cosine_mean:.3f}  same prediction {n.same_prediction * 100:5.1f}%  "
+              f"multiple choice {sc.choice.accuracy.accuracy * 100:5.1f}% "
+              f"[{sc.choice.accuracy.ci.low * 100:.1f}, {sc.choice.accuracy.ci.high * 100:.1f}] "
+              f"({', '.join(f'{k} {v.accuracy * 100:.0f}%' for k, v in sc.choice.by_type.items())})  "
+              f"recall@1 {sc.recall_at_1.accuracy * 100:5.1f}%")
+    save(negation_experiment_figure(experiment), figures / "p1_negation_experiment.png")
+
+# %%
 summary = result.to_json() | {"selection": {k: v for k, v in sel.items() if k != "per_template_accuracy"},
-                              "negation": neg.to_json()}
+                              "negation": neg.to_json(), "frequency": freq.to_json() if freq else None,
+                              "negation_experiment": [sc.to_json() for sc in experiment] if experiment else None}
 atomic_write_json(figures / "p1_summary.json", summary)
 plt.close("all")

@@ -42,8 +42,8 @@ configs_dir = "../configs/demo"  # one TOML per variant
 variants = ["none", "lora16", "lora8", "adapter", "prompt", "prefix", "dora", "ia3"]
 beams = 3  # beam width for the greedy-vs-beam comparison
 reference = "lora16"  # the report's setting: every variant is compared with it on the same images
-no_repeat_ngram_size = 0  # decoding of every caption: ban repeated n-grams (as in transformers; 0 = off)
-repetition_penalty = 1.0  # decoding of every caption: the repetition penalty of transformers (1 = off)
+no_repeat_ngram_size = 0  # decoding of every caption: ban repeated n-grams (as in transformers; 0 turns it off)
+repetition_penalty = 1.0  # decoding of every caption: the repetition penalty of transformers (1 turns it off)
 
 # %%
 from pathlib import Path

@@ -26,6 +26,9 @@ def test_pair_is_in_sync_and_valid(name):
     nbformat.validate(nbformat.read(ipynb, as_version=4))  # opens cleanly in JupyterLab
     params = [c for c in b.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "smoke" in params[0].source and "figures_dir" in params[0].source
+    # papermill reads a parameter line with one "=" only ("Unable to parse line" otherwise)
+    lines = [ln for ln in params[0].source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert all(ln.count("=") == 1 for ln in lines), [ln for ln in lines if ln.count("=") != 1]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -65,6 +68,11 @@ def test_p1_notebook_smoke_shows_every_figure_inline(small_models, small_world, 
     _run("p1_prompt_analysis", tmp_path, data_dir=str(small_world), assets=str(small_models), figures_dir=str(fig))
     saved = len(list(fig.glob("*.png")))
     assert saved >= 5 and inline_images(tmp_path / "p1_prompt_analysis.ipynb") >= saved
+    # the demo world's sections ran: the frequency study and the two CLIPs of the negation experiment
+    assert {"p1_frequency.png", "p1_negation_experiment.png"} <= {f.name for f in fig.glob("*.png")}
+    doc = json.loads((fig / "p1_summary.json").read_text())
+    assert [s["name"] for s in doc["negation_experiment"]] == ["base", "negation-tuned"]
+    assert len(doc["frequency"]["templates"]) == 3 + 80 and doc["frequency"]["report_prompts"] == 3
 
 
 def test_p2_notebook_smoke(small_models, small_world, tmp_path):
@@ -97,3 +105,23 @@ def test_p3_notebook_smoke(small_models, small_world, small_run, tmp_path):
     summary = json.loads((fig / "p3_summary.json").read_text())
     assert set(summary["extremes"]) == {"top-1", "last-1"}
     assert summary["extremes"]["top-1"]["CLIPScore"] >= summary["extremes"]["last-1"]["CLIPScore"]
+
+
+def test_p1_notebook_skips_the_demo_sections_for_a_clip_of_unknown_text(small_models, small_world, tmp_path):
+    """A manifest without the demo's metrics.json and negation-tuned CLIP beside it (as for real CLIP):
+    the prompt table and the negation study run; the frequency and fine-tuning sections say why they
+    skip, and write nothing."""
+    from hw3lib.assets import load_manifest
+
+    m = load_manifest(small_models)
+    m.save(tmp_path / "assets.json")  # resolved, absolute paths; no metrics.json beside it
+    fig = tmp_path / "figures"
+    _run("p1_prompt_analysis", tmp_path, data_dir=str(small_world), assets=str(tmp_path / "assets.json"),
+         figures_dir=str(fig))
+    doc = json.loads((fig / "p1_summary.json").read_text())
+    assert doc["frequency"] is None and doc["negation_experiment"] is None and doc["negation"]["classes"]
+    assert not (fig / "p1_frequency.png").exists() and not (fig / "p1_negation_experiment.png").exists()
+    text = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "p1_prompt_analysis.ipynb", as_version=4).cells
+                   if c.cell_type == "code" for o in c.outputs)
+    assert "skipped: the frequency study needs the demo world" in text
+    assert "skipped: the negation experiment needs the demo world" in text

@@ -74,3 +74,34 @@ def test_bad_shapes_are_refused():
         paired_bootstrap([1, 2], [1, 2, 3])
     with pytest.raises(ValueError, match="at least one image"):
         bootstrap_ci([])
+
+
+def test_ranks_average_ties():
+    from hw3lib.stats import ranks
+
+    assert ranks([10, 20, 20, 30]).tolist() == [1, 2.5, 2.5, 4]
+    assert ranks([3, 1, 2]).tolist() == [3, 1, 2]
+
+
+def test_spearman_textbook_example():
+    """Wikipedia's worked example (IQ vs hours of TV): rho = -29/165."""
+    from hw3lib.stats import spearman
+
+    iq = [106, 100, 86, 101, 99, 103, 97, 113, 112, 110]
+    tv = [7, 27, 2, 50, 28, 29, 20, 12, 6, 17]
+    c = spearman(iq, tv, n_perm=2000)
+    assert c.rho == pytest.approx(-29 / 165) and c.n == 10
+    assert c.p_value > 0.3  # far from significant
+
+
+def test_spearman_permutation_p_value():
+    from hw3lib.stats import spearman
+
+    up = spearman([1, 2, 3, 4, 5, 6], [2, 4, 5, 9, 10, 30], n_perm=20000)
+    assert up.rho == 1.0
+    # exact two-sided p for n = 6: 2 of 720 orderings are as extreme
+    assert up.p_value == pytest.approx(2 / 720, abs=0.0015) and up.p_value >= 1 / 20001
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1], n_perm=100).rho == -1.0
+    assert spearman([1, 1, 1, 1], [1, 2, 3, 4], n_perm=100).rho == 0.0  # no variation: no correlation
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1, 2])
