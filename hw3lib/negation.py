@@ -21,9 +21,11 @@ from .files import open_image
 from .results import Accuracy, MultipleChoice, NegationScores
 from .stats import bootstrap_ci
 
-# true statements about absent shapes: "{d}" is the scene's description, "{a}" an absent shape
-NEGATIONS: tuple[str, ...] = ("{d} and no {a}", "{d}, but no {a}", "there is no {a}", "{d} without a {a}",
-                              "no {a} here", "this is not a {a}", "{d}, not a {a}")
+# True statements about absent shapes for the fine-tune: "{d}" is the scene's description, "{a}" an absent
+# shape. None is a phrasing of the multiple-choice test below ("there is no ...", "... and no ..."), so the
+# test asks in words the fine-tune never used.
+NEGATIONS: tuple[str, ...] = ("{d}, but no {a}", "{d} without a {a}", "{d}, not a {a}", "{d}; the picture has no {a}",
+                              "no {a} here", "this is not a {a}")
 
 # The multiple-choice test. Each item has one true statement; which kind rotates over the images.
 # `x` names a present object ("red circle"), `y` an absent shape ("star"), `yc` an absent shape in a colour.

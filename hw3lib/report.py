@@ -132,8 +132,8 @@ def _delta(d: Difference | PairedTest | None, scale: float = 1.0, fmt: str = "+.
 
 
 def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
-    keys = ("clip_recall_at_1_val", "clip_recall_chance", "clip_zero_shot", "decoder_perplexity_val",
-            "decoder_vocab_size", "seconds")
+    keys = ("clip_recall_at_1_val", "clip_recall_chance", "clip_zero_shot", "negation_clip_recall_at_1_val",
+            "decoder_perplexity_val", "decoder_vocab_size", "seconds")
     d = {k: mm[k] for k in keys if k in mm}
     lines = ["## Demo models (pretrained in-project)", "",
              f"- tiny CLIP image-to-text recall@1 on val pairs: {d['clip_recall_at_1_val']:.3f} "
@@ -142,6 +142,13 @@ def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
         what = {"probe": "held-out single-object scenes", "val_single_object": "single-object val images"}[name]
         lines.append(f"- tiny CLIP zero-shot on {z['n']} {what}: shape {_pct(z['shape_accuracy'])}, "
                      f"colour {_pct(z['color_accuracy'])} (targets >= 90% / >= 95%; chance 10%)")
+    if "clip_text" in mm:
+        t = mm["clip_text"]
+        common = max(t["framings"], key=lambda r: r["count"])
+        lines.append(f"- its pretraining text: {t['captions']} captions in {len(t['framings'])} framings (most common "
+                     f"{common['framing']!r}, {common['count'] / max(1, t['captions']):.1%}), no negation word")
+    if "negation_clip_recall_at_1_val" in d:
+        lines.append(f"- the negation-tuned CLIP (text tower fine-tuned): recall@1 {d['negation_clip_recall_at_1_val']:.3f}")
     lines += [f"- tiny GPT-2 perplexity on val captions: {d['decoder_perplexity_val']:.2f} "
               f"(vocabulary {d['decoder_vocab_size']})", ""]
     return d, lines

@@ -118,3 +118,15 @@ def test_tokenizer_and_decoder_from_manifest(small_models):
     dec = load_decoder_from_manifest(m)
     assert dec.config.vocab_size == tok.vocab_size
     assert tok.decode(tok.encode("a small red circle")) == "a small red circle"
+
+
+def test_a_manifest_with_sections_left_out_round_trips(tmp_path, small_models):
+    """The negation-tuned CLIP's manifest has a CLIP section only: what is None is written as missing,
+    and reads back as None."""
+    from hw3lib.assets import Manifest, load_manifest
+
+    m = load_manifest(small_models)
+    Manifest(clip=m.clip, encoder=None, decoder=None, tokenizer=None).save(tmp_path / "a.json")
+    assert set(json.loads((tmp_path / "a.json").read_text())) == {"clip"}
+    back = load_manifest(tmp_path / "a.json")
+    assert back.clip == m.clip and back.encoder is None and back.decoder is None and back.tokenizer is None
