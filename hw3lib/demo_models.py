@@ -73,10 +73,10 @@ class DemoModelSettings:
     context_length: int = 32  # CLIP text tokens
     embed_dim: int = 128  # joint CLIP embedding
     clip_object_steps: int = 150  # vision-only warm start: objects name their shape and colour
-    clip_steps: int = 250  # contrastive steps after it (with shape-swapped negatives + the object loss)
+    clip_steps: int = 220  # contrastive steps after it (with shape-swapped negatives + the object loss)
     clip_batch: int = 96  # images per step (96 read shape at 96.0%, 128 at 92.0%, on the framed text)
     clip_lr: float = 1e-3  # AdamW peak learning rate (one cosine schedule over both phases)
-    negation_steps: int = 100  # text-tower fine-tune of the negation-aware CLIP (NegationCLIP in miniature)
+    negation_steps: int = 80  # text-tower fine-tune of the negation-aware CLIP (NegationCLIP in miniature)
     negation_batch: int = 96  # images per negation step (each with a true caption and a false negation)
     negation_lr: float = 1e-3  # its AdamW peak learning rate
     negation_weight: float = 1.0  # weight of the per-image choice (true vs false negation) beside the contrastive loss
@@ -86,7 +86,7 @@ class DemoModelSettings:
     gpt_heads: int = 4  # GPT-2 heads
     gpt_width: int = 128  # GPT-2 width
     gpt_block: int = 64  # GPT-2 positions
-    gpt_epochs: int = 3  # LM training epochs
+    gpt_epochs: int = 2  # LM training epochs
     gpt_batch: int = 128  # LM batch
     gpt_lr: float = 2e-3  # AdamW peak learning rate
 

@@ -99,58 +99,6 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
         return _train_locked(cap_cfg, cfg, m, p2_dir, out, inputs)
 
 
-def auto_workers(device: str, jobs: int) -> int:
-    """How many trainings to run at once: on a CPU, one per core (each on one thread), at most `jobs`;
-    on a GPU, one. The demo's small matrices scale poorly across threads (`bench/parallel_training.py`
-    measures it), so on a 2-core CPU two one-thread trainings side by side beat two two-thread ones in
-    a row."""
-    if resolve_device(device).type != "cpu":
-        return 1
-    return max(1, min(jobs, os.cpu_count() or 1))
-
-
-def train_in_parallel(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
-                      workers: int = 2, progress=True) -> dict[str, float]:
-    """Train the variants' runs (CPU) `workers` at a time, each `hw3 train` in its own process with
-    `cpu_count // workers` threads, its output in RUNS_DIR/NAME.log. Finished runs are reused by `hw3
-    train` itself, so this only fills in what is missing; a failed worker raises with its log named.
-    Small matrices scale poorly across threads, so side-by-side one-thread trainings beat one
-    two-thread training after another. Returns each variant's wall seconds."""
-    import subprocess
-    import sys
-
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TQDM_DISABLE": "1"}
-    extra = [f"--{k}={v}" for k, v in (overrides or {}).items()]
-    queue, running, seconds = list(variants.items()), {}, {}
-    while queue or running:
-        while queue and len(running) < workers:
-            name, config = queue.pop(0)
-            log = open(runs_dir / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed when it ends)
-            cmd = [sys.executable, "-m", "hw3lib", "train", str(config), "--assets", str(assets), "--data", str(p2_dir),
-                   "--out", str(runs_dir / name), "--device=cpu", *extra]
-            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, time.time())
-        time.sleep(0.5)
-        for name, (proc, log, t0) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[name]
-            if proc.returncode != 0:
-                for p, _, _ in running.values():
-                    p.terminate()
-                tail = (runs_dir / f"{name}.log").read_text(encoding="utf-8").strip().splitlines()[-1:]
-                raise HW3Error(f"{name}: training failed (exit {proc.returncode}; {runs_dir / f'{name}.log'}): "
-                               f"{tail[0] if tail else ''}")
-            seconds[name] = time.time() - t0
-            if progress:
-                print(f"[train] {name}: done in {seconds[name]:.0f} s ({len(seconds)}/{len(variants)}; "
-                      f"{workers} at a time, {threads} thread(s) each)", flush=True)
-    return seconds
-
-
 def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict) -> dict:
     import torch.distributed as dist
 
@@ -366,15 +314,12 @@ DECODING_GRID = {"off": OFF, "no-repeat 3-gram": Controls(3), "repetition penalt
 def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
                      device="cpu", beams_best: int = 3, max_len: int = 40, progress=True, reference: str | None = None,
                      n_boot: int = 2000, controls: Controls = OFF,
-                     decoding_grid: dict[str, Controls] | None = None, workers: int = 1) -> Comparison:
+                     decoding_grid: dict[str, Controls] | None = None) -> Comparison:
     """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
     model, and greedy vs beam for the best variant. Every row carries bootstrap intervals, and paired
     differences against the `reference` variant (the report's setting). Every caption is decoded with
     `controls`; `decoding_grid` (name -> controls) also decodes the best variant greedily with each,
-    compared with the first on the same images. With `workers` > 1 (CPU only), the runs are first
-    trained that many at a time in their own processes (`train_in_parallel`)."""
-    if workers > 1 and resolve_device(device).type == "cpu":
-        train_in_parallel(variants, assets, p2_dir, runs_dir, overrides, workers, progress)
+    compared with the first on the same images."""
     m = manifest_for(assets)
     clip = load_clip(m.clip, device)
     p2_dir, runs_dir = Path(p2_dir), Path(runs_dir)

@@ -44,7 +44,6 @@ beams = 3  # beam width for the greedy-vs-beam comparison
 reference = "lora16"  # the report's setting: every variant is compared with it on the same images
 no_repeat_ngram_size = 0  # decoding of every caption: ban repeated n-grams (as in transformers; 0 turns it off)
 repetition_penalty = 1.0  # decoding of every caption: the repetition penalty of transformers (1 turns it off)
-train_workers = 0  # trainings side by side on a CPU, each in its own process (0 picks one per core; 1 trains here)
 
 # %%
 from pathlib import Path
@@ -54,7 +53,7 @@ from IPython.display import Markdown, display
 
 from hw3lib.files import atomic_write_json, open_image
 from hw3lib.generate import Controls
-from hw3lib.pipeline import DECODING_GRID, auto_workers, compare_variants, default_tokenizer, training_curves
+from hw3lib.pipeline import DECODING_GRID, compare_variants, default_tokenizer, training_curves
 from hw3lib.plots import (caption_examples_figure, greedy_vs_beam_figure, grounding_figure, paired_differences_figure,
                           pareto_figure, save, training_curves_figure, variants_figure)
 from hw3lib.report import p2_section
@@ -77,8 +76,7 @@ print(f"CIDEr tokenizer: {default_tokenizer()}")
 controls = Controls(no_repeat_ngram_size, repetition_penalty)
 result = compare_variants(configs, assets, p2, Path(runs_dir) / ("smoke" if smoke else run_group), overrides,
                           device=device, beams_best=beams, reference=reference, n_boot=300 if smoke else 2000,
-                          controls=controls, decoding_grid=DECODING_GRID,
-                          workers=train_workers or auto_workers(device, len(configs)))
+                          controls=controls, decoding_grid=DECODING_GRID)
 table = result.table
 table.tokenizer = default_tokenizer()
 rows = table.rows

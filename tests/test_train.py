@@ -173,14 +173,3 @@ def test_ddp_two_processes_on_cpu(small_models, small_world, tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["steps"] == 600 // (8 * 2)  # 600 pairs split across two ranks
     read_checkpoint(tmp_path / "ddp")
-
-
-def test_parallel_training_names_the_failed_variant_and_its_log(tmp_path, small_models, small_world):
-    from hw3lib.files import HW3Error
-    from hw3lib.pipeline import auto_workers, train_in_parallel
-
-    with pytest.raises(HW3Error, match=r"missing: training failed \(exit 2; .*missing\.log\)"):
-        train_in_parallel({"missing": tmp_path / "no-such.toml"}, small_models, small_world / "p2_data", tmp_path / "runs",
-                          workers=2, progress=False)
-    assert "error:" in (tmp_path / "runs" / "missing.log").read_text()
-    assert auto_workers("cpu", 8) == min(8, os.cpu_count() or 1) and auto_workers("cpu", 1) == 1
