@@ -76,7 +76,7 @@ class DemoModelSettings:
     clip_steps: int = 220  # contrastive steps after it (with shape-swapped negatives + the object loss)
     clip_batch: int = 96  # images per step (96 read shape at 96.0%, 128 at 92.0%, on the framed text)
     clip_lr: float = 1e-3  # AdamW peak learning rate (one cosine schedule over both phases)
-    negation_steps: int = 80  # text-tower fine-tune of the negation-aware CLIP (NegationCLIP in miniature)
+    negation_steps: int = 60  # text-tower fine-tune of the negation-aware CLIP (NegationCLIP in miniature)
     negation_batch: int = 96  # images per negation step (each with a true caption and a false negation)
     negation_lr: float = 1e-3  # its AdamW peak learning rate
     negation_weight: float = 1.0  # weight of the per-image choice (true vs false negation) beside the contrastive loss

@@ -30,7 +30,7 @@ smoke = False  # a quick run for tests: fewer val images
 figures_dir = "../figures"  # where figures, the HTML viewer and the summary JSON go
 layers = "last"  # "last", "all", or a list of layer indices
 heads = "mean"  # "mean", "max", or a list of head indices
-localisation_images = 40  # val images scored for localisation (demo world only)
+localisation_images = 30  # val images scored for localisation (demo world only)
 no_repeat_ngram_size = 0  # decoding: ban repeated n-grams (as P2 captions; 0 turns it off)
 repetition_penalty = 1.0  # decoding: the repetition penalty of transformers (1 turns it off)
 
