@@ -53,9 +53,12 @@ def test_variant_row_json_form():
 @pytest.mark.skipif(not SUMMARY.is_file(), reason="no figures/summary.json (run make report)")
 def test_summary_sections_are_read_and_written_back_exactly():
     doc = json.loads(SUMMARY.read_text())
-    p1 = {k: v for k, v in doc["p1"].items() if k != "negation"}
+    p1 = {k: v for k, v in doc["p1"].items() if k not in ("negation", "frequency", "negation_experiment")}
     assert res.PromptStudy.from_json(p1).to_json() == p1
     assert res.NegationStudy.from_json(doc["p1"]["negation"]).to_json() == doc["p1"]["negation"]
+    assert res.FrequencyStudy.from_json(doc["p1"]["frequency"]).to_json() == doc["p1"]["frequency"]
+    assert [res.NegationScores.from_json(d).to_json() for d in doc["p1"]["negation_experiment"]] == \
+        doc["p1"]["negation_experiment"]
     assert res.VariantTable.from_json(doc["p2"]).to_json() == doc["p2"]
     assert res.Localisation.from_json(doc["p3"]["localisation"]).to_json() == doc["p3"]["localisation"]
 
