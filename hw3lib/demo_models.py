@@ -52,7 +52,7 @@ from .files import (
     require_dir,
 )
 from .grounding import boxes_for
-from .negation import false_negation, negated_caption
+from .negation import false_negation, negated_caption, recall_hits
 from .tokenizer import teacher_forcing_batch, train_bpe
 from .train import cosine_lr
 
@@ -299,8 +299,7 @@ def clip_recall_at_1(bundle, split) -> float:
     texts = [split.captions[im.id][0] for im in split.images]
     img = bundle.model.encode_image(x, normalize=True)
     txt = bundle.model.encode_text(bundle.tokenizer(texts), normalize=True)
-    hits = (img @ txt.T).argmax(dim=1) == torch.arange(len(texts))
-    return hits.float().mean().item()
+    return float(recall_hits(img, txt).mean())
 
 
 @torch.no_grad()

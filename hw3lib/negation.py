@@ -108,10 +108,15 @@ def multiple_choice(image_features: torch.Tensor, choice_features: torch.Tensor,
     return MultipleChoice(acc(np.ones(len(items), bool)), by_type, len(items), 1.0 / len(items[0].choices))
 
 
+def recall_hits(image_features: torch.Tensor, text_features: torch.Tensor) -> np.ndarray:
+    """(N,) bool: image i's most similar text is text i. Both (N, D), normalised."""
+    return ((image_features @ text_features.T).argmax(dim=1) == torch.arange(len(image_features))).numpy()
+
+
 def recall_at_1(image_features: torch.Tensor, text_features: torch.Tensor, n_boot: int = 2000,
                 seed: int = 0) -> Accuracy:
-    """Image->text recall@1: image i's most similar text is text i. Both (N, D), normalised."""
-    ok = ((image_features @ text_features.T).argmax(dim=1) == torch.arange(len(image_features))).numpy()
+    """Image->text recall@1 with its bootstrap interval over images."""
+    ok = recall_hits(image_features, text_features)
     return Accuracy(float(ok.mean()), bootstrap_ci(ok, n_boot=n_boot, seed=seed))
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .clip_text import PretrainingText
 from .files import HW3Error, atomic_write_json, atomic_write_text, error_line, read_json
 from .results import (
     Difference,
@@ -143,10 +144,10 @@ def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
         lines.append(f"- tiny CLIP zero-shot on {z['n']} {what}: shape {_pct(z['shape_accuracy'])}, "
                      f"colour {_pct(z['color_accuracy'])} (targets >= 90% / >= 95%; chance 10%)")
     if "clip_text" in mm:
-        t = mm["clip_text"]
-        common = max(t["framings"], key=lambda r: r["count"])
-        lines.append(f"- its pretraining text: {t['captions']} captions in {len(t['framings'])} framings (most common "
-                     f"{common['framing']!r}, {common['count'] / max(1, t['captions']):.1%}), no negation word")
+        t = PretrainingText.from_json(mm["clip_text"], "metrics.json: clip_text")
+        common = max(t.framings, key=t.frequency)
+        lines.append(f"- its pretraining text: {t.captions} captions in {len(t.framings)} framings (most common "
+                     f"{common!r}, {t.frequency(common):.1%}), no negation word")
     if "negation_clip_recall_at_1_val" in d:
         lines.append(f"- the negation-tuned CLIP (text tower fine-tuned): recall@1 {d['negation_clip_recall_at_1_val']:.3f}")
     lines += [f"- tiny GPT-2 perplexity on val captions: {d['decoder_perplexity_val']:.2f} "
