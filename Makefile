@@ -38,7 +38,7 @@ demo: $(DEMO)/hw3_data/DEMO.json
 # and the report's own configs (configs/report_*.toml) are trained instead of the demo twins.
 report: venv
 	@if [ "$(DATA)" = "$(DEMO)/hw3_data" ]; then $(MAKE) --no-print-directory demo; fi
-	TQDM_MININTERVAL=5 $(PY) -m hw3lib.report --data $(DATA) --assets $(ASSETS) \
+	TQDM_MININTERVAL=5 $(PY) -m hw3lib.app.report --data $(DATA) --assets $(ASSETS) \
 		$(if $(filter $(DEMO)/hw3_data,$(DATA)),,--real)
 
 # JupyterLab on notebooks/ with the project's kernel ("Python (hw3lib)"), the demo built first.

@@ -28,10 +28,11 @@ import torch
 from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
 
-from hw3lib.captioner import Captioner, CaptionerConfig
-from hw3lib.decoder import GPT2, GPT2Config, normalise_gpt2_state_dict
-from hw3lib.generate import beam_search, greedy
-from hw3lib.inference import fast_decoding
+from hw3lib.models.captioner import Captioner, CaptionerConfig
+from hw3lib.models.decoder_file import normalise_gpt2_state_dict
+from hw3lib.models.decoding import beam_search, greedy
+from hw3lib.models.fastpath import fast_decoding
+from hw3lib.models.gpt2 import GPT2, GPT2Config
 
 EOT, S, C = 50256, 257, 768
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +204,7 @@ def demo_run(demo: Path) -> Path:
 
 
 def caption_cli(demo, run, out, *extra) -> float:
-    from hw3lib.assets import load_manifest
+    from hw3lib.core.manifest import load_manifest
 
     p2 = demo / "hw3_data" / "p2_data"
     decoder = load_manifest(demo / "models" / "assets.json").decoder.weights
@@ -216,9 +217,10 @@ def caption_cli(demo, run, out, *extra) -> float:
 
 
 def demo(args):
-    from hw3lib.assets import load_clip, load_manifest
-    from hw3lib.data import read_caption_file
-    from hw3lib.metrics import evaluate
+    from hw3lib.core.data import read_caption_file
+    from hw3lib.core.manifest import load_manifest
+    from hw3lib.metrics.captions import evaluate
+    from hw3lib.models.loading import load_clip
 
     run = demo_run(args.demo)
     p2 = args.demo / "hw3_data" / "p2_data"

@@ -31,8 +31,10 @@ def write_assets(work: Path, model: str) -> Path:
     import torch
     from PIL import Image
 
-    from hw3lib.assets import EncoderSpec, create_encoder
-    from hw3lib.decoder import GPT2, GPT2Config, save_decoder
+    from hw3lib.core.manifest import EncoderSpec
+    from hw3lib.models.decoder_file import save_decoder
+    from hw3lib.models.gpt2 import GPT2, GPT2Config
+    from hw3lib.models.loading import create_encoder
 
     work.mkdir(parents=True, exist_ok=True)
     enc_file = work / f"{model}.safetensors"
@@ -79,6 +81,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="vit_gigantic_patch14_clip_224", help="timm encoder architecture")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "bench" / "load", help="where the files go")
+    p.add_argument("--no-packed", action="store_true", help="hw3 caption --no-packed: no packed decoder copy")
     p.add_argument("--code", type=Path, help="run hw3lib from this checkout instead (a before/after comparison)")
     args = p.parse_args()
     manifest = write_assets(args.work, args.model)
@@ -88,12 +91,12 @@ def main():
         env["PYTHONPATH"] = str(args.code)
     cmd = [sys.executable, "-m", "hw3lib", "caption", *(str(args.work / f"image_{i}.png") for i in range(2)), "-",
            str(args.work / "decoder_model.bin"), "--untrained", "--assets", str(manifest), "--device", "cpu",
-           "--max-len", "8"]
+           "--max-len", "8", *(["--no-packed"] if args.no_packed else [])]
     rss, seconds = peak_rss_of(cmd, env, args.code or ROOT)  # python -m imports from its folder first
     print(f"machine: {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cpus)")
     print(f"encoder: {args.model}")
     print(f"code: {args.code or ROOT}")
-    print(f"packed_decoder_weights: {'off' if os.environ.get('HW3_PACKED') == '0' else 'auto'}")
+    print(f"packed_decoder_weights: {'off' if args.no_packed else 'auto'}")
     print(f"encoder_fp32_gb: {enc_bytes / 1e9:.2f}")
     print(f"caption_peak_rss_gb: {rss / 1e9:.2f}")
     print(f"caption_peak_rss_over_encoder_fp32: {rss / enc_bytes:.2f}")

@@ -18,9 +18,10 @@ import time
 def run_mode(mode: str, steps: int, batch: int) -> dict:
     import torch
 
-    from hw3lib.assets import EncoderSpec, create_encoder
-    from hw3lib.captioner import Captioner, CaptionerConfig
-    from hw3lib.decoder import GPT2, GPT2Config
+    from hw3lib.core.manifest import EncoderSpec
+    from hw3lib.models.captioner import Captioner, CaptionerConfig
+    from hw3lib.models.gpt2 import GPT2, GPT2Config
+    from hw3lib.models.loading import create_encoder
 
     torch.manual_seed(0)
     enc = create_encoder(EncoderSpec("vit_base_patch16_clip_224"), pretrained=False)

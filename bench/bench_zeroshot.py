@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from hw3lib.assets import ClipSpec, load_clip, load_manifest
-from hw3lib.clip_features import encode_images
-from hw3lib.data import load_images, read_p1_folder
-from hw3lib.templates import PHOTO, template_set
-from hw3lib.zeroshot import ensemble, text_features
+from hw3lib.core.data import load_images, read_p1_folder
+from hw3lib.core.manifest import ClipSpec, load_manifest
+from hw3lib.models.clip import encode_images
+from hw3lib.models.loading import load_clip
+from hw3lib.zeroshot.classify import ensemble, text_features
+from hw3lib.zeroshot.templates import PHOTO, template_set
 
 
 def study_time(clip, images, names, templates) -> tuple[float, float]:

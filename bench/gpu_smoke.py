@@ -2,10 +2,10 @@
 
 Builds vit_gigantic_patch14_clip_224 (frozen encoder) + GPT-2 small decoder with cross-attention +
 LoRA r=16 (the report's best setting) in the precision `amp=auto` chooses for the card (bf16 from
-compute capability 8.0, fp16 with loss scaling below: `hw3lib.precision`), frozen weights stored in
+compute capability 8.0, fp16 with loss scaling below: `hw3lib.core.precision`), frozen weights stored in
 that half dtype, and prints `name: value` lines:
   - the card and the precision choice;
-  - the memory plan (`hw3lib.memory`) against torch.cuda.max_memory_allocated, live encoder and cached;
+  - the memory plan (`hw3lib.models.memory`) against torch.cuda.max_memory_allocated, live encoder and cached;
   - training steps/s and images/s with the live encoder and with cached encoder tokens;
   - the encoder's model FLOPs utilisation (MFU) on its own, and the whole training step's;
   - batched greedy / beam-3 decoding tokens/s, and greedy captions for 1,400 random-feature images
@@ -20,13 +20,14 @@ import time
 
 import torch
 
-from hw3lib.assets import EncoderSpec, create_encoder
-from hw3lib.captioner import Captioner, CaptionerConfig, parameter_report
-from hw3lib.decoder import GPT2, GPT2Config
-from hw3lib.generate import beam_search, greedy
-from hw3lib.memory import estimate
-from hw3lib.precision import choose_precision, device_name, store_frozen
-from hw3lib.train import batch_loss
+from hw3lib.core.manifest import EncoderSpec
+from hw3lib.core.precision import choose_precision, device_name, store_frozen
+from hw3lib.models.captioner import Captioner, CaptionerConfig, parameter_report
+from hw3lib.models.decoding import beam_search, greedy
+from hw3lib.models.gpt2 import GPT2, GPT2Config
+from hw3lib.models.loading import create_encoder
+from hw3lib.models.memory import estimate
+from hw3lib.training.loop import batch_loss
 
 # dense tensor-core peaks (TFLOP/s) by card and half dtype; fp32 accumulation where the card halves it
 PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp16": 989.0}, "H200": {"bf16": 989.0, "fp16": 989.0},
@@ -156,7 +157,7 @@ def main():
 def caption_many(model, n_tokens, eot, args, device, precision):
     """Greedy captions (up to --tokens) for --caption-images random-feature images, through
     `fast_decoding` as `hw3 caption` runs (the card's half precision + SDPA on CUDA; packed fp32 on CPU)."""
-    from hw3lib.inference import fast_decoding
+    from hw3lib.models.fastpath import fast_decoding
 
     g = torch.Generator(device=device).manual_seed(0)
     n, bs = args.caption_images, args.caption_batch

@@ -10,25 +10,25 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_gpt2_tokenizer": "hw3lib.tokenizer",
-    "load_decoder": "hw3lib.decoder",
-    "load_manifest": "hw3lib.assets",
-    "build_captioner": "hw3lib.captioner",
-    "show_attention": "hw3lib.viewer",
-    "html_viewer": "hw3lib.viewer",
-    "AttentionExplorer": "hw3lib.viewer",
-    "HW3Error": "hw3lib.files",
+    "load_gpt2_tokenizer": "hw3lib.core.tokenizer",
+    "load_decoder": "hw3lib.models.decoder_file",
+    "load_manifest": "hw3lib.core.manifest",
+    "build_captioner": "hw3lib.models.captioner",
+    "show_attention": "hw3lib.attention.viewer",
+    "html_viewer": "hw3lib.attention.viewer",
+    "AttentionExplorer": "hw3lib.attention.viewer",
+    "HW3Error": "hw3lib.core.errors",
 }
 __all__ = ["AttentionExplorer", "HW3Error", "build_captioner", "html_viewer", "load_decoder", "load_gpt2_tokenizer",
            "load_manifest", "show_attention"]  # = _EXPORTS (tests/test_project.py)
 
 if TYPE_CHECKING:  # the names `__getattr__` serves, spelled out for static tools
-    from .assets import load_manifest
-    from .captioner import build_captioner
-    from .decoder import load_decoder
-    from .files import HW3Error
-    from .tokenizer import load_gpt2_tokenizer
-    from .viewer import AttentionExplorer, html_viewer, show_attention
+    from .attention.viewer import AttentionExplorer, html_viewer, show_attention
+    from .core.errors import HW3Error
+    from .core.manifest import load_manifest
+    from .core.tokenizer import load_gpt2_tokenizer
+    from .models.captioner import build_captioner
+    from .models.decoder_file import load_decoder
 
 
 def __getattr__(name):

@@ -38,19 +38,37 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hw3lib.assets import load_clip, load_manifest
-from hw3lib.clip_text import read_pretraining_text
-from hw3lib.demo import COLORS, SHAPES
-from hw3lib.demo_models import NEGATION_MANIFEST
-from hw3lib.files import atomic_write_json, open_image
-from hw3lib.negation import negation_benchmark
-from hw3lib.plots import (confusion_figure, frequency_figure, negation_experiment_figure, negation_figure,
-                          per_class_accuracy_figure, prompt_table_figure, save, selection_figure,
-                          top_probabilities_figure)
-from hw3lib.templates import PHOTO, REPORT, template_set
-from hw3lib.device import resolve_device
-from hw3lib.zeroshot import (ZeroShotStudy, confusion_matrix, ensemble, frequency_study, negation_study,
-                             per_class_accuracy, prompt_study, top_probabilities)
+from hw3lib.app.demo_models import NEGATION_MANIFEST
+from hw3lib.app.plots import (
+    confusion_figure,
+    frequency_figure,
+    negation_experiment_figure,
+    negation_figure,
+    per_class_accuracy_figure,
+    prompt_table_figure,
+    save,
+    selection_figure,
+    top_probabilities_figure,
+)
+from hw3lib.core.device import resolve_device
+from hw3lib.core.files import atomic_write_json
+from hw3lib.core.images import open_image
+from hw3lib.core.manifest import load_manifest
+from hw3lib.demo.pretraining_text import read_pretraining_text
+from hw3lib.demo.world import COLORS, SHAPES
+from hw3lib.models.loading import load_clip
+from hw3lib.zeroshot.classify import (
+    ZeroShotStudy,
+    confusion_matrix,
+    ensemble,
+    frequency_study,
+    negation_study,
+    per_class_accuracy,
+    prompt_study,
+    top_probabilities,
+)
+from hw3lib.zeroshot.negation import negation_benchmark
+from hw3lib.zeroshot.templates import PHOTO, REPORT, template_set
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
@@ -138,7 +156,7 @@ save(negation_figure(neg), figures / "p1_negation.png")
 # %% [markdown]
 # ## Prompt accuracy and the pretraining text (demo world)
 # The demo CLIP read a known text: every training caption is a scene description inside a framing
-# ("a photo of ...", "this is ...", rarer ones) drawn at recorded frequencies (`hw3lib.clip_text`).
+# ("a photo of ...", "this is ...", rarer ones) drawn at recorded frequencies (`hw3lib.demo.pretraining_text`).
 # Each framing is scored as a prompt beside its share of that text, five framings of OpenAI templates
 # that it never read among them; then the report's prompts and OpenAI's 80 templates beside the
 # frequency of their words. Real CLIP's pretraining text is not known, so on real assets this skips.

@@ -51,13 +51,22 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from hw3lib.files import atomic_write_json, open_image
-from hw3lib.generate import Controls
-from hw3lib.pipeline import DECODING_GRID, compare_variants, default_tokenizer, training_curves
-from hw3lib.plots import (caption_examples_figure, greedy_vs_beam_figure, grounding_figure, paired_differences_figure,
-                          pareto_figure, save, training_curves_figure, variants_figure)
-from hw3lib.report import p2_section
-from hw3lib.device import resolve_device
+from hw3lib.app.pipeline import DECODING_GRID, compare_variants, default_tokenizer, training_curves
+from hw3lib.app.plots import (
+    caption_examples_figure,
+    greedy_vs_beam_figure,
+    grounding_figure,
+    paired_differences_figure,
+    pareto_figure,
+    save,
+    training_curves_figure,
+    variants_figure,
+)
+from hw3lib.app.summary import p2_section
+from hw3lib.core.device import resolve_device
+from hw3lib.core.files import atomic_write_json
+from hw3lib.core.images import open_image
+from hw3lib.models.decoding import Controls
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)

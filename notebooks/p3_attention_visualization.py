@@ -40,16 +40,23 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from hw3lib.assets import encoder_transform, load_tokenizer
-from hw3lib.attention import capture, display_maps, localisation, method_maps
-from hw3lib.demo import COLORS, SHAPES, read_boxes
-from hw3lib.files import atomic_write_json, atomic_write_text, list_images, open_image
-from hw3lib.generate import Controls
-from hw3lib.pipeline import clipscore_extremes, load_run, manifest_for
-from hw3lib.plots import layer_head_figure, localisation_figure, pointing_by_shape_figure, save, token_maps_figure
-from hw3lib.report import p3_section
-from hw3lib.device import resolve_device
-from hw3lib.viewer import METHODS, AttentionExplorer, html_viewer
+from hw3lib.app.pipeline import clipscore_extremes, load_run, manifest_for
+from hw3lib.app.plots import (
+    layer_head_figure,
+    localisation_figure,
+    pointing_by_shape_figure,
+    save,
+    token_maps_figure,
+)
+from hw3lib.app.summary import p3_section
+from hw3lib.attention.maps import capture, display_maps, localisation, method_maps
+from hw3lib.attention.viewer import METHODS, AttentionExplorer, html_viewer
+from hw3lib.core.device import resolve_device
+from hw3lib.core.files import atomic_write_json, atomic_write_text
+from hw3lib.core.images import list_images, open_image
+from hw3lib.demo.world import COLORS, SHAPES, read_boxes
+from hw3lib.models.decoding import Controls
+from hw3lib.models.loading import encoder_transform, load_tokenizer
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)

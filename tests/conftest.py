@@ -24,7 +24,7 @@ def gpt2_files():
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A small demo hw3_data/ (seed 7), shared by the whole session; treat as read-only."""
-    from hw3lib.demo import write_demo_world
+    from hw3lib.demo.world import write_demo_world
 
     return write_demo_world(tmp_path_factory.mktemp("world") / "hw3_data", seed=7, size="small", progress=False)
 
@@ -32,7 +32,7 @@ def small_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_models(small_world, tmp_path_factory):
     """The small demo models trained on `small_world`; returns the assets.json path."""
-    from hw3lib.demo_models import build_demo_models
+    from hw3lib.app.demo_models import build_demo_models
 
     return build_demo_models(small_world, tmp_path_factory.mktemp("models"), size="small", seed=0)
 
@@ -40,7 +40,7 @@ def small_models(small_world, tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_run(small_models, small_world, tmp_path_factory):
     """A briefly trained LoRA captioner on the small world (run folder)."""
-    from hw3lib.pipeline import train_run
+    from hw3lib.app.pipeline import train_run
 
     out = tmp_path_factory.mktemp("runs") / "lora"
     train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, small_world / "p2_data", out,
@@ -52,7 +52,7 @@ def private_copies(small_world, small_models, small_run, root) -> dict:
     """Copies that a test may damage: the data, the models with their manifest, a trained run."""
     import shutil
 
-    from hw3lib.assets import load_manifest
+    from hw3lib.core.manifest import load_manifest
 
     data = shutil.copytree(small_world, root / "hw3_data")
     models = shutil.copytree(Path(small_models).parent, root / "models")
@@ -103,10 +103,9 @@ def _run_in_process(args: list[str], cwd):
     import subprocess
     import warnings
 
-    from hw3lib.cli import main
+    from hw3lib.app.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    show = warnings.showwarning
     with warnings.catch_warnings(), contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err):
         warnings.simplefilter("default")  # each run warns afresh, as a new process would
@@ -114,6 +113,4 @@ def _run_in_process(args: list[str], cwd):
             rc = main(args)
         except SystemExit as e:  # argparse's usage errors and --help
             rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-        finally:
-            warnings.showwarning = show
     return subprocess.CompletedProcess(["hw3", *args], rc, out.getvalue(), err.getvalue())

@@ -12,10 +12,11 @@ import sys
 
 import torch
 
-from hw3lib.assets import EncoderSpec, create_encoder
-from hw3lib.captioner import Captioner, CaptionerConfig
-from hw3lib.decoder import GPT2, GPT2Config
-from hw3lib.train import batch_loss
+from hw3lib.core.manifest import EncoderSpec
+from hw3lib.models.captioner import Captioner, CaptionerConfig
+from hw3lib.models.gpt2 import GPT2, GPT2Config
+from hw3lib.models.loading import create_encoder
+from hw3lib.training.loop import batch_loss
 
 
 def status(key: str) -> int:

@@ -7,19 +7,18 @@ import shutil
 import pytest
 import torch
 
-from hw3lib.assets import (
-    EncoderSpec,
-    check_files,
+from hw3lib.core.errors import HW3Error
+from hw3lib.core.images import open_image
+from hw3lib.core.manifest import EncoderSpec, check_files, load_manifest
+from hw3lib.models.gpt2 import GPT2, GPT2Config
+from hw3lib.models.loading import (
     create_encoder,
     encoder_data_config,
     encoder_transform,
     load_clip,
     load_decoder_from_manifest,
-    load_manifest,
     load_tokenizer,
 )
-from hw3lib.decoder import GPT2, GPT2Config
-from hw3lib.files import HW3Error, open_image
 
 
 def test_real_manifest_names_hub_models():
@@ -106,7 +105,7 @@ def test_wrong_architecture_and_truncated_checkpoints(tmp_path, small_models):
     cfg["vision_cfg"]["layers"] += 1
     (tmp_path / "other.json").write_text(json.dumps(cfg))
     shutil.copy(m.clip.pretrained, tmp_path / "w.safetensors")
-    from hw3lib.assets import ClipSpec
+    from hw3lib.core.manifest import ClipSpec
 
     with pytest.raises(HW3Error, match="does not fit"):
         load_clip(ClipSpec("hw3-other-clip", str(tmp_path / "w.safetensors"), str(tmp_path / "other.json")))
@@ -123,7 +122,7 @@ def test_tokenizer_and_decoder_from_manifest(small_models):
 def test_a_manifest_with_sections_left_out_round_trips(tmp_path, small_models):
     """The negation-tuned CLIP's manifest has a CLIP section only: what is None is written as missing,
     and reads back as None."""
-    from hw3lib.assets import Manifest, load_manifest
+    from hw3lib.core.manifest import Manifest, load_manifest
 
     m = load_manifest(small_models)
     Manifest(clip=m.clip, encoder=None, decoder=None, tokenizer=None).save(tmp_path / "a.json")

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hw3lib.assets import encoder_transform
-from hw3lib.attention import (
+from hw3lib.attention.maps import (
     METHODS,
     CaptionAttention,
     capture,
@@ -18,7 +17,8 @@ from hw3lib.attention import (
     to_grid,
     upsample,
 )
-from hw3lib.viewer import html_viewer
+from hw3lib.attention.viewer import html_viewer
+from hw3lib.models.loading import encoder_transform
 
 from . import tiny
 from .conftest import headless_chrome, run_cli
@@ -127,8 +127,8 @@ def test_wrong_nouns_are_repeats_and_absent_types():
     and a blue heart - the second heart is a repeat; "a red star" names a type the image lacks."""
     from types import SimpleNamespace
 
-    from hw3lib.attention import _wrong_nouns
-    from hw3lib.demo import COLORS, SHAPES
+    from hw3lib.attention.maps import _wrong_nouns
+    from hw3lib.demo.world import COLORS, SHAPES
 
     objs = [{"shape": "ring", "color": "green", "box": [0, 0, 8, 8]}, {"shape": "ring", "color": "purple",
             "box": [10, 0, 18, 8]}, {"shape": "heart", "color": "blue", "box": [20, 0, 28, 8]}]

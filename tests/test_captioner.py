@@ -5,7 +5,8 @@ real-size budget."""
 import pytest
 import torch
 
-from hw3lib.captioner import (
+from hw3lib.core.errors import HW3Error
+from hw3lib.models.captioner import (
     PEFT_KINDS,
     Captioner,
     CaptionerConfig,
@@ -16,8 +17,7 @@ from hw3lib.captioner import (
     read_checkpoint,
     save_checkpoint,
 )
-from hw3lib.decoder import GPT2, CrossAttention, CrossAttentionNorm, GPT2Config
-from hw3lib.files import HW3Error
+from hw3lib.models.gpt2 import GPT2, CrossAttention, CrossAttentionNorm, GPT2Config
 from tests.tiny import language_model_of, tiny_captioner
 
 EXPECTED = {"none": set(), "lora": {"lora"}, "dora": {"lora"}, "ia3": {"ia3"}, "adapter": {"adapter"},
@@ -44,7 +44,7 @@ def trainable_by_type(model: Captioner) -> set[int]:
     """The parameters that should train, from module types alone (set algebra, not the captioner's walk):
     everything inside the projection and the cross-attention modules, plus everything a PEFT module
     holds outside its base layer."""
-    from hw3lib.tuning import layer_types
+    from hw3lib.models.peft import layer_types
 
     peft_types = tuple(t for ts in layer_types().values() for t in ts)
     ids = set()
@@ -119,7 +119,7 @@ def test_untrained_model_is_the_pretrained_lm(kind):
 
 @pytest.mark.parametrize("kind", PEFT_KINDS)
 def test_loss_falls_on_a_small_batch(kind):
-    from hw3lib.tokenizer import teacher_forcing_batch
+    from hw3lib.core.tokenizer import teacher_forcing_batch
 
     model = make(kind)
     g = torch.Generator().manual_seed(1)
@@ -170,8 +170,9 @@ def test_checkpoint_from_another_architecture(tmp_path):
 
 
 def test_report_setting_at_real_size_is_under_budget(capsys):
-    from hw3lib.assets import EncoderSpec, create_encoder
-    from hw3lib.captioner import format_report
+    from hw3lib.core.manifest import EncoderSpec
+    from hw3lib.models.captioner import format_report
+    from hw3lib.models.loading import create_encoder
 
     enc = create_encoder(EncoderSpec("vit_gigantic_patch14_clip_224"), device="meta")
     dec = GPT2(GPT2Config.small(cross_attention=True))

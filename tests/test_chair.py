@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from hw3lib.chair import SYNONYMS, categories_in, chair, instance_categories
-from hw3lib.files import HW3Error
+from hw3lib.core.errors import HW3Error
+from hw3lib.metrics.chair import SYNONYMS, categories_in, chair, instance_categories
 
 
 def test_the_80_categories():

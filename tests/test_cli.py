@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from hw3lib.assets import load_manifest
-from hw3lib.cli import build_parser
-from hw3lib.config import load_config, settings_table
+from hw3lib.app.cli import build_parser
+from hw3lib.core.manifest import load_manifest
+from hw3lib.training.config import load_config, settings_table
 
 from .conftest import ROOT, run_cli
 
@@ -177,3 +177,34 @@ def test_device_auto_warns_once_when_an_nvidia_gpu_is_visible(small_models, smal
     assert r.returncode == 0, r.stderr
     assert len(warned) == (0 if torch.cuda.is_available() else 1), r.stderr
     assert all(ln.startswith("warning: ") for ln in warned)
+
+
+def test_main_restores_the_warning_hook(tmp_path, capsys, monkeypatch):
+    """Inside `hw3` a warning prints as one line; after `main` returns, the process's hook is its own again
+    (a notebook or test that calls `main` keeps its warnings as they were)."""
+    import warnings
+
+    from hw3lib.app import cli
+
+    before = warnings.showwarning
+    seen = []
+
+    def warn_and_fail(args):
+        warnings.warn("careful", UserWarning, stacklevel=1)
+        seen.append(warnings.showwarning)
+        return 0
+
+    parser_build = cli.build_parser
+
+    def build():
+        p = parser_build()
+        p._subparsers._group_actions[0].choices["export-decoder"].set_defaults(func=warn_and_fail)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", build)
+    (tmp_path / "gpt2").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main(["export-decoder", str(tmp_path / "gpt2"), str(tmp_path / "o.bin")]) == 0
+    assert seen == [cli._warn_one_line] and warnings.showwarning is before
+    assert "warning: careful" in capsys.readouterr().err

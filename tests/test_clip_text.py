@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from hw3lib.clip_text import (
+from hw3lib.core.errors import HW3Error
+from hw3lib.demo.pretraining_text import (
     FRAMINGS,
     UNSEEN_FRAMINGS,
     PretrainingText,
@@ -14,8 +15,7 @@ from hw3lib.clip_text import (
     read_pretraining_text,
     words,
 )
-from hw3lib.files import HW3Error
-from hw3lib.negation import NEGATIONS
+from hw3lib.zeroshot.negation import NEGATIONS
 
 
 def test_framing_table():

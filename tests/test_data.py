@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hw3lib.data import (
+from hw3lib.core.data import (
     check_prediction_keys,
     load_images,
     read_caption_file,
@@ -15,7 +15,9 @@ from hw3lib.data import (
     read_p1_folder,
     read_predictions,
 )
-from hw3lib.files import HW3Error, atomic_write_text, confined_path, open_image
+from hw3lib.core.errors import HW3Error
+from hw3lib.core.files import atomic_write_text, confined_path
+from hw3lib.core.images import open_image
 
 from .conftest import run_cli
 
@@ -203,7 +205,7 @@ def test_predictions(tmp_path):
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "out.csv"
     atomic_write_text(target, "old\n")
-    from hw3lib.files import atomic_path
+    from hw3lib.core.files import atomic_path
 
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:
         tmp.write_text("half")

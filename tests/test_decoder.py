@@ -7,16 +7,15 @@ import torch
 from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
 
-from hw3lib.decoder import (
-    GPT2,
-    GPT2Config,
+from hw3lib.core.errors import HW3Error
+from hw3lib.models.decoder_file import (
     decoder_state_dict,
     export_decoder_from_transformers,
     load_decoder,
     normalise_gpt2_state_dict,
     save_decoder,
 )
-from hw3lib.files import HW3Error
+from hw3lib.models.gpt2 import GPT2, GPT2Config
 
 from .conftest import run_cli
 

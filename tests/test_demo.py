@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from hw3lib.data import read_caption_file, read_p1_folder
-from hw3lib.demo import COLORS, GRID, SHAPES, SIZES, read_boxes, write_demo_world
-from hw3lib.files import HW3Error, open_image
+from hw3lib.core.data import read_caption_file, read_p1_folder
+from hw3lib.core.errors import HW3Error
+from hw3lib.core.images import open_image
+from hw3lib.demo.world import COLORS, GRID, SHAPES, SIZES, read_boxes, write_demo_world
 
 from .conftest import run_cli
 

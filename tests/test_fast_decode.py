@@ -9,10 +9,11 @@ import torch.nn as nn
 from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
 
-from hw3lib.captioner import PEFT_KINDS, Captioner, CaptionerConfig
-from hw3lib.decoder import GPT2, GPT2Config, KVCache, SelfAttention, normalise_gpt2_state_dict
-from hw3lib.generate import beam_search, greedy
-from hw3lib.inference import fast_decoding, packed_linears, packed_linears_available
+from hw3lib.models.captioner import PEFT_KINDS, Captioner, CaptionerConfig
+from hw3lib.models.decoder_file import normalise_gpt2_state_dict
+from hw3lib.models.decoding import beam_search, greedy
+from hw3lib.models.fastpath import fast_decoding, packed_linears, packed_linears_available
+from hw3lib.models.gpt2 import GPT2, GPT2Config, KVCache, SelfAttention
 
 EOT, MAX = 299, 20
 
@@ -108,7 +109,7 @@ def test_grouped_cross_attention_equals_repeated_keys():
 @pytest.mark.skipif(not packed_linears_available(), reason="this torch build has no MKL packed GEMM")
 @pytest.mark.parametrize("kind", ["lora", "dora", "adapter"])
 def test_packed_linears_are_bit_identical_and_restored(kind):
-    from hw3lib.inference import PackedLinear
+    from hw3lib.models.fastpath import PackedLinear
 
     model, f = tiny_captioner(kind), feats()
     ids = torch.randint(0, EOT, (8, 6))
@@ -148,7 +149,7 @@ def test_int8_is_opt_in_and_restores_the_model():
 
 
 def test_int8_merges_peft_deltas_exactly_before_quantising():
-    from hw3lib.inference import merged_copy
+    from hw3lib.models.fastpath import merged_copy
 
     model = tiny_captioner("lora")
     merged = merged_copy(model.decoder)
@@ -209,7 +210,7 @@ def test_greedy_equals_transformers_generate(forced):
 def test_decoding_controls_equal_transformers_generate(ngram, penalty, beams):
     """no_repeat_ngram_size and repetition_penalty: the same tokens as transformers' generate with the
     same settings on the same weights, greedy and beam search alike; and they do change the captions."""
-    from hw3lib.generate import Controls
+    from hw3lib.models.decoding import Controls
 
     model, f = cross_attention_captioner(end_bias=0.2), feats()
     hf = transformers_twin(model)

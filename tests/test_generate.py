@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hw3lib.captioner import PEFT_KINDS
-from hw3lib.generate import beam_search, greedy, sequence_logprob, teacher_forced_argmax
+from hw3lib.models.captioner import PEFT_KINDS
+from hw3lib.models.decoding import beam_search, greedy, sequence_logprob, teacher_forced_argmax
 from tests import tiny
 
 MAX = 14

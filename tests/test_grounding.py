@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from hw3lib.demo import COLORS, SHAPES
-from hw3lib.grounding import boxes_for, ground_caption, grounding
-from hw3lib.stats import bootstrap_ci
+from hw3lib.demo.world import COLORS, SHAPES
+from hw3lib.metrics.grounding import boxes_for, ground_caption, grounding
+from hw3lib.metrics.stats import bootstrap_ci
 
 OBJECTS = [{"shape": "circle", "color": "red", "size": "small", "box": [0, 0, 10, 10]},
            {"shape": "star", "color": "blue", "size": "large", "box": [20, 20, 40, 40]}]

@@ -22,11 +22,11 @@ from .conftest import ROOT, headless_chrome
 pytestmark = pytest.mark.browser
 
 NOTEBOOK = """\
-from hw3lib.assets import encoder_transform, load_tokenizer
-from hw3lib.attention import capture
-from hw3lib.files import list_images
-from hw3lib.pipeline import load_run, manifest_for
-from hw3lib.viewer import AttentionExplorer
+from hw3lib.models.loading import encoder_transform, load_tokenizer
+from hw3lib.attention.maps import capture
+from hw3lib.core.images import list_images
+from hw3lib.app.pipeline import load_run, manifest_for
+from hw3lib.attention.viewer import AttentionExplorer
 
 m = manifest_for({assets!r})
 model = load_run({run!r}, m, "cpu")

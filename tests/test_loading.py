@@ -6,11 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hw3lib.assets import ClipSpec, EncoderSpec, create_encoder, load_clip, load_manifest
-from hw3lib.cli import main
-from hw3lib.decoder import GPT2, GPT2Config, load_decoder, save_decoder
-from hw3lib.files import HW3Error
-from hw3lib.weights import mismatch
+from hw3lib.app.cli import main
+from hw3lib.core.errors import HW3Error
+from hw3lib.core.manifest import ClipSpec, EncoderSpec, load_manifest
+from hw3lib.core.weights import mismatch
+from hw3lib.models.decoder_file import load_decoder, save_decoder
+from hw3lib.models.gpt2 import GPT2, GPT2Config
+from hw3lib.models.loading import create_encoder, load_clip
 
 
 def test_encoder_equals_timms_own_loading(small_models):

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hw3lib.assets import EncoderSpec, create_encoder
-from hw3lib.captioner import Captioner, CaptionerConfig
-from hw3lib.config import TrainConfig
-from hw3lib.decoder import GPT2, GPT2Config
-from hw3lib.files import HW3Error
-from hw3lib.memory import check_fits, estimate, suggest
-from hw3lib.precision import Precision
+from hw3lib.core.errors import HW3Error
+from hw3lib.core.manifest import EncoderSpec
+from hw3lib.core.precision import Precision
+from hw3lib.models.captioner import Captioner, CaptionerConfig
+from hw3lib.models.gpt2 import GPT2, GPT2Config
+from hw3lib.models.loading import create_encoder
+from hw3lib.models.memory import check_fits, estimate, suggest
+from hw3lib.training.config import TrainConfig
 
 FP32 = Precision("off", "cpu", "test")
 SIZES = {  # two sizes, roughly 0.5 and 2 GB of training memory
@@ -81,7 +82,7 @@ def test_a_run_that_does_not_fit_is_refused_with_a_setting_that_does():
 
 
 def test_train_plan_cli(small_models, capsys):
-    from hw3lib.cli import main
+    from hw3lib.app.cli import main
 
     args = ["train", "configs/demo/lora16.toml", "--assets", str(small_models)]
     assert main([*args, "--plan", "--device=cpu"]) == 0

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from hw3lib.assets import load_clip, load_manifest
-from hw3lib.data import read_caption_file
-from hw3lib.metrics import (
+from hw3lib.core.data import read_caption_file
+from hw3lib.core.manifest import load_manifest
+from hw3lib.metrics.captions import (
     cider,
     clip_scores,
     java_available,
@@ -17,6 +17,7 @@ from hw3lib.metrics import (
     simple_ptb_tokenize,
     simple_ptb_tokenize_one,
 )
+from hw3lib.models.loading import load_clip
 
 from .conftest import run_cli
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hw3lib.demo import COLORS, SHAPES, draw_scene, make_captions
-from hw3lib.negation import (
+from hw3lib.demo.world import COLORS, SHAPES, draw_scene, make_captions
+from hw3lib.zeroshot.negation import (
     FALSE_CHOICES,
     NEGATIONS,
     QUESTION_TYPES,

@@ -42,8 +42,8 @@ def test_notebook_holds_no_model_or_training_code(name):
 
 
 def test_report_names_a_missing_kernel_in_one_line():
-    from hw3lib.files import HW3Error
-    from hw3lib.report import require_kernel
+    from hw3lib.app.report import require_kernel
+    from hw3lib.core.errors import HW3Error
 
     require_kernel("hw3lib")  # make venv registered it
     with pytest.raises(HW3Error, match="ipykernel install --sys-prefix --name no-such-kernel"):
@@ -111,7 +111,7 @@ def test_p1_notebook_skips_the_demo_sections_for_a_clip_of_unknown_text(small_mo
     """A manifest without the demo's metrics.json and negation-tuned CLIP beside it (as for real CLIP):
     the prompt table and the negation study run; the frequency and fine-tuning sections say why they
     skip, and write nothing."""
-    from hw3lib.assets import load_manifest
+    from hw3lib.core.manifest import load_manifest
 
     m = load_manifest(small_models)
     m.save(tmp_path / "assets.json")  # resolved, absolute paths; no metrics.json beside it

@@ -4,8 +4,8 @@ every phrasing the world's captions use, repeats, omissions, hallucinations, and
 import numpy as np
 import pytest
 
-from hw3lib.demo import COLORS, SHAPES, Obj, make_captions
-from hw3lib.objects import Mention, mentions, object_counts, score_caption
+from hw3lib.demo.world import COLORS, SHAPES, Obj, make_captions
+from hw3lib.metrics.objects import Mention, mentions, object_counts, score_caption
 
 C = list(COLORS)
 RING_HEART_RING = [{"shape": "ring", "color": "green"}, {"shape": "heart", "color": "blue"},

@@ -5,13 +5,13 @@ capability is mocked; the fp16 training path itself runs on the CPU."""
 import pytest
 import torch
 
-from hw3lib import precision as P
-from hw3lib.captioner import Captioner, CaptionerConfig
-from hw3lib.cli import main
-from hw3lib.config import TrainConfig
-from hw3lib.decoder import GPT2, GPT2Config
-from hw3lib.files import HW3Error
-from hw3lib.precision import choose_precision, store_frozen
+from hw3lib.app.cli import main
+from hw3lib.core import precision as P
+from hw3lib.core.errors import HW3Error
+from hw3lib.core.precision import choose_precision, store_frozen
+from hw3lib.models.captioner import Captioner, CaptionerConfig
+from hw3lib.models.gpt2 import GPT2, GPT2Config
+from hw3lib.training.config import TrainConfig
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_explicit_choices_and_the_cpu(gpu):
 
 def test_decoding_on_cuda_uses_the_capabilitys_dtype(gpu, monkeypatch):
     """fast_decoding enters the precision's autocast on CUDA: fp16 on a 2080 Ti, not bf16."""
-    from hw3lib import inference
+    from hw3lib.models import fastpath as inference
 
     seen = []
     monkeypatch.setattr(inference.torch, "autocast", lambda device_type, dtype: seen.append((device_type, dtype))
@@ -72,8 +72,8 @@ def test_frozen_weights_half_trainable_fp32():
 def test_fp16_training_runs_on_the_cpu(tmp_path):
     """Eight steps of the real Trainer under fp16 autocast with a GradScaler: finite losses, trainable
     tensors fp32 and changed, frozen ones fp16 and unchanged."""
-    from hw3lib.runfolder import RunFolder
-    from hw3lib.train import CaptionData, Trainer
+    from hw3lib.training.loop import CaptionData, Trainer
+    from hw3lib.training.runfolder import RunFolder
 
     torch.manual_seed(0)
     model = Captioner(None, GPT2(GPT2Config.tiny(cross_attention=True)), CaptionerConfig(peft="lora", lora_r=2),

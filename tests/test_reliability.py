@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from hw3lib.captioner import read_checkpoint
-from hw3lib.cli import main
+from hw3lib.app.cli import main
+from hw3lib.models.captioner import read_checkpoint
 
 from .conftest import ROOT
 
@@ -24,12 +24,11 @@ FAULTS = ["step:4", "validation:2", "write:resume.pt:2"]
 
 
 def hw3(*args, fault=None, timeout=600):
+    """`hw3 ARGS` in a new process; with `fault` ("POINT:N") killed the N-th time it passes POINT."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
-    env.pop("HW3_FAULT", None)
-    if fault:
-        env["HW3_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "hw3lib", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    entry = ["-m", "tests.faults", fault, "0"] if fault else ["-m", "hw3lib"]
+    return subprocess.run([sys.executable, *entry, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT)
 
 
 def train_args(small_models, small_world, out):
@@ -74,7 +73,7 @@ def test_kill_and_resume_equals_uninterrupted(small_models, small_world, tmp_pat
 
 
 def test_killed_caption_and_zeroshot_leave_no_partial_output(small_models, small_world, tmp_path):
-    from hw3lib.assets import load_manifest
+    from hw3lib.core.manifest import load_manifest
 
     m = load_manifest(small_models)
     out = tmp_path / "pred.json"
@@ -101,7 +100,7 @@ def _bad_inputs(small_models, small_world, tmp):
     manifest = json.loads(small_models.read_text())
     manifest["decoder"]["weights"] = "missing/decoder_model.bin"
     (tmp / "assets.json").write_text(json.dumps(manifest))
-    from hw3lib.assets import load_manifest
+    from hw3lib.core.manifest import load_manifest
 
     dec = load_manifest(small_models).decoder.weights
     (tmp / "foreign.safetensors").write_bytes(b"not a checkpoint")
@@ -182,7 +181,7 @@ def test_nothing_touches_the_network_for_local_assets(small_models, small_world,
         "import socket\n"
         "def _no(*a, **k):\n    raise OSError('network disabled by the test')\n"
         "socket.socket.connect = _no\nsocket.create_connection = _no\n")
-    from hw3lib.assets import load_manifest
+    from hw3lib.core.manifest import load_manifest
 
     env = dict(os.environ, PYTHONPATH=str(tmp_path), TQDM_DISABLE="1")
     env.pop("HF_HUB_OFFLINE", None)  # offline mode must not be what saves us

@@ -121,7 +121,7 @@ def test_no_overwrite_export_decoder_input(tmp_path):
 
 def test_a_second_train_into_a_locked_folder_refuses_and_a_killed_lock_holder_frees_it(world, tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hw3lib.files import run_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hw3lib.core.files import run_lock\n"
                                f"with run_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(300)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -278,7 +278,7 @@ def test_empty_val_split_and_bad_config_table_and_manifest_type(world, tmp_path)
 def test_checkpoint_with_missing_or_extra_keys(world, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from hw3lib.captioner import read_checkpoint
+    from hw3lib.models.captioner import read_checkpoint
 
     src = world["run"] / "checkpoint-best.safetensors"
     _, tensors, _ = read_checkpoint(src)

@@ -7,8 +7,8 @@ from functools import lru_cache
 import pytest
 import regex
 
-from hw3lib.files import HW3Error
-from hw3lib.tokenizer import EOT, load_gpt2_tokenizer, train_bpe
+from hw3lib.core.errors import HW3Error
+from hw3lib.core.tokenizer import EOT, load_gpt2_tokenizer, train_bpe
 
 CAPTIONS = [
     "A man riding a bike down a dirt road.",

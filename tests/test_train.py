@@ -10,13 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hw3lib.assets import encoder_data_config, encoder_transform, load_manifest, load_tokenizer
-from hw3lib.captioner import CaptionerConfig, build_captioner, read_checkpoint
-from hw3lib.config import TrainConfig, load_config
-from hw3lib.data import read_caption_file
-from hw3lib.features import FeatureCache, FeatureSource, encoder_fingerprint
-from hw3lib.files import HW3Error
-from hw3lib.train import caption_data, fit
+from hw3lib.core.data import read_caption_file
+from hw3lib.core.errors import HW3Error
+from hw3lib.core.manifest import load_manifest
+from hw3lib.models.captioner import CaptionerConfig, build_captioner, read_checkpoint
+from hw3lib.models.loading import encoder_data_config, encoder_transform, load_tokenizer
+from hw3lib.training.config import TrainConfig, load_config
+from hw3lib.training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint
+from hw3lib.training.loop import caption_data, fit
 
 from .conftest import ROOT, run_cli
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hw3lib.attention import CaptionAttention, display_maps, method_maps, select
-from hw3lib.viewer import AttentionExplorer, caption_html, frames, html_viewer
+from hw3lib.attention.maps import CaptionAttention, display_maps, method_maps, select
+from hw3lib.attention.viewer import AttentionExplorer, caption_html, frames, html_viewer
 
 pytest.importorskip("ipywidgets")
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from open_clip import build_zero_shot_classifier
 
-from hw3lib.assets import ClipSpec, load_clip, load_manifest
-from hw3lib.clip_features import encode_text_trimmed
-from hw3lib.templates import REPORT, fill, template_set
-from hw3lib.zeroshot import (
+from hw3lib.core.manifest import ClipSpec, load_manifest
+from hw3lib.models.clip import encode_text_trimmed
+from hw3lib.models.loading import load_clip
+from hw3lib.zeroshot.classify import (
     ZeroShotStudy,
     accuracy,
     build_classifier,
@@ -22,6 +22,7 @@ from hw3lib.zeroshot import (
     top_probabilities,
     topk_accuracy,
 )
+from hw3lib.zeroshot.templates import REPORT, fill, template_set
 
 from .conftest import ROOT, run_cli
 
@@ -102,14 +103,14 @@ def test_per_template_and_selection(study):
         assert singles[i] == pytest.approx(accuracy(pred, study.labels))
     idx = np.arange(len(study.labels))
     chosen = greedy_selection(study, feats, idx)
-    from hw3lib.zeroshot import ensemble
+    from hw3lib.zeroshot.classify import ensemble
 
     acc_chosen = accuracy(study.predict(ensemble(feats, chosen)), study.labels)
     assert len(chosen) >= 1 and acc_chosen >= singles.max() - 1e-9
 
 
 def test_top_probabilities(study):
-    from hw3lib.zeroshot import ensemble
+    from hw3lib.zeroshot.classify import ensemble
 
     top = top_probabilities(study, ensemble(study.text_features(["a {object}"])), [0, 3], k=5)
     assert len(top) == 2 and all(len(t) == 5 for t in top)

@@ -6,8 +6,8 @@ tokens are random (B, S, ENC_DIM) tensors unless a test needs the image path, wh
 
 import torch
 
-from hw3lib.captioner import Captioner, CaptionerConfig
-from hw3lib.decoder import GPT2, GPT2Config, is_cross_attention_key
+from hw3lib.models.captioner import Captioner, CaptionerConfig
+from hw3lib.models.gpt2 import GPT2, GPT2Config, is_cross_attention_key
 
 EOT = 299  # the tiny vocabulary's last id, used as the end token
 ENC_DIM = 16  # width of the random encoder tokens

@@ -1,0 +1,335 @@
+"""The report's summary: `figures/summary.md` and its JSON twin, built from the notebooks' typed
+outputs (figures/p*_summary.json) and the demo models' metrics. The notebooks import the section
+builders to show the same tables inline.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..core.errors import HW3Error
+from ..core.files import atomic_write_json, atomic_write_text, read_json
+from ..core.results import (
+    Difference,
+    FrequencyStudy,
+    Interval,
+    Localisation,
+    NegationScores,
+    NegationStudy,
+    PairedTest,
+    PromptStudy,
+    Share,
+    VariantTable,
+)
+from ..demo.pretraining_text import PretrainingText
+
+
+def _pct(x):
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def _ci(ci: Interval | None, pct=True):
+    f = _pct if pct else (lambda v: f"{v:.3f}")
+    return f"{f(ci.low)} - {f(ci.high)}" if ci else ""
+
+
+def _delta(d: Difference | PairedTest | None, scale: float = 1.0, fmt: str = "+.3f", unit: str = "") -> str:
+    """A paired difference with its interval: "+0.012 [-0.010, +0.034]" ("" when absent)."""
+    if d is None:
+        return ""
+    return f"{d.difference * scale:{fmt}}{unit} [{d.ci.low * scale:{fmt}}, {d.ci.high * scale:{fmt}}]"
+
+
+def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
+    keys = ("clip_recall_at_1_val", "clip_recall_chance", "clip_zero_shot", "negation_clip_recall_at_1_val",
+            "decoder_perplexity_val", "decoder_vocab_size", "seconds")
+    d = {k: mm[k] for k in keys if k in mm}
+    lines = ["## Demo models (pretrained in-project)", "",
+             f"- tiny CLIP image-to-text recall@1 on val pairs: {d['clip_recall_at_1_val']:.3f} "
+             f"(chance {d['clip_recall_chance']:.4f})"]
+    for name, z in (d.get("clip_zero_shot") or {}).items():
+        what = {"probe": "held-out single-object scenes", "val_single_object": "single-object val images"}[name]
+        lines.append(f"- tiny CLIP zero-shot on {z['n']} {what}: shape {_pct(z['shape_accuracy'])}, "
+                     f"colour {_pct(z['color_accuracy'])} (targets >= 90% / >= 95%; chance 10%)")
+    if "clip_text" in mm:
+        t = PretrainingText.from_json(mm["clip_text"], "metrics.json: clip_text")
+        common = max(t.framings, key=t.frequency)
+        lines.append(f"- its pretraining text: {t.captions} captions in {len(t.framings)} framings (most common "
+                     f"{common!r}, {t.frequency(common):.1%}), no negation word")
+    if "negation_clip_recall_at_1_val" in d:
+        lines.append(f"- the negation-tuned CLIP (text tower fine-tuned): recall@1 {d['negation_clip_recall_at_1_val']:.3f}")
+    lines += [f"- tiny GPT-2 perplexity on val captions: {d['decoder_perplexity_val']:.2f} "
+              f"(vocabulary {d['decoder_vocab_size']})", ""]
+    return d, lines
+
+
+def p1_section(doc: dict) -> list[str]:
+    p1 = PromptStudy.from_json(doc)
+    lines = ["## P1: zero-shot accuracy by prompt", "",
+             f"{p1.n_images} images, chance {_pct(p1.chance)}. 95% bootstrap intervals.", "",
+             "| prompt | templates | accuracy | 95% CI |", "|---|---:|---:|---|"]
+    lines += [f"| {r.prompt} | {r.templates} | {_pct(r.accuracy)} | {_ci(r.ci)} |" for r in p1.rows]
+    lines += ["", "Paired tests against the first prompt (exact McNemar; paired bootstrap 95% interval):", ""]
+    lines += [f"- {t.b!r}: {_delta(t.test, 100, '+.1f', ' points')}, p = {t.test.p_value:.3g}" for t in p1.paired_tests]
+    s = p1.selection
+    lines += ["", f"Template selection (chosen on half the images, scored on the other half): best single "
+              f"{_pct(s['held_out_accuracy_best_single'])}, all {s['pool']} {_pct(s['held_out_accuracy_all'])}, "
+              f"{len(s['chosen'])} selected {_pct(s['held_out_accuracy_selected'])}.", ""]
+    if doc.get("negation"):
+        neg = NegationStudy.from_json(doc["negation"])
+        lines += [f"Negation ({neg.positive!r} vs {neg.negated!r}): mean cosine of their text embeddings "
+                  f"{neg.cosine_mean:.3f} (per class {min(neg.cosine_per_class):.3f} - "
+                  f"{max(neg.cosine_per_class):.3f}); same predicted class on {_pct(neg.same_prediction)} of "
+                  f"images; accuracy positive {_pct(neg.positive_accuracy.accuracy)}, negated "
+                  f"{_pct(neg.negated_accuracy.accuracy)}, negated read inverted "
+                  f"{_pct(neg.negated_inverted_accuracy.accuracy)} ({_ci(neg.negated_inverted_accuracy.ci)}).", ""]
+    if doc.get("frequency"):
+        lines += frequency_lines(FrequencyStudy.from_json(doc["frequency"]))
+    if doc.get("negation_experiment"):
+        lines += negation_experiment_lines([NegationScores.from_json(d) for d in doc["negation_experiment"]])
+    return lines
+
+
+def frequency_lines(freq: FrequencyStudy) -> list[str]:
+    lines = ["### P1: prompt accuracy and the pretraining text (demo world)", "",
+             "Each framing of the demo CLIP's training text as a prompt, beside its share of the text "
+             "(five framings of OpenAI templates it never read at 0):", "",
+             "| framing | share of training captions | accuracy | 95% CI |", "|---|---:|---:|---|"]
+    lines += [f"| {r.framing} | {r.frequency * 100:.2f}% | {_pct(r.accuracy.accuracy)} | {_ci(r.accuracy.ci)} |"
+              for r in freq.framings]
+    c, t = freq.framing_correlation, freq.template_correlation
+    lines += ["", f"Spearman rho of accuracy and framing frequency: {c.rho:+.3f} (permutation p = {c.p_value:.3g}, "
+              f"n = {c.n}). Over the report's prompts and OpenAI's templates, accuracy against the frequency of "
+              f"their words: rho {t.rho:+.3f} (p = {t.p_value:.3g}, n = {t.n}). The report's prompts:", ""]
+    lines += [f"- {r.framing!r}: {_pct(r.accuracy.accuracy)} ({_ci(r.accuracy.ci)}); words never read: "
+              f"{', '.join(r.unseen_words) or 'none'}" for r in freq.templates[:freq.report_prompts]]
+    return lines + [""]
+
+
+def negation_experiment_lines(scores: list[NegationScores]) -> list[str]:
+    types = list(scores[0].choice.by_type)
+    lines = ["### P1: NegationCLIP in miniature (demo world)", "",
+             f"Base CLIP vs its text tower fine-tuned on true negations. Multiple choice: {scores[0].choice.items} P2 val "
+             f"images, one true statement among {round(1 / scores[0].choice.chance)} (chance "
+             f"{_pct(scores[0].choice.chance)}). 95% bootstrap intervals.", "",
+             "| CLIP | negated prompt read inverted | multiple choice | " + " | ".join(f"MC {k}" for k in types)
+             + " | recall@1 | cos(positive, negated) |", "|---|---:|---:|" + "---:|" * len(types) + "---:|---:|"]
+    for sc in scores:
+        inv = sc.negation.negated_inverted_accuracy
+        lines.append(f"| {sc.name} | {_pct(inv.accuracy)} ({_ci(inv.ci)}) | {_pct(sc.choice.accuracy.accuracy)} "
+                     f"({_ci(sc.choice.accuracy.ci)}) | " + " | ".join(_pct(sc.choice.by_type[k].accuracy) for k in types)
+                     + f" | {_pct(sc.recall_at_1.accuracy)} ({_ci(sc.recall_at_1.ci)}) | {sc.negation.cosine_mean:.3f} |")
+    return lines + [""]
+
+
+def _share(x: Share | None, ci: bool = True) -> str:
+    if x is None or x.share is None:
+        return "-"
+    return f"{x.percent()} [{_ci(x.ci)}]" if ci else x.percent()
+
+
+def p2_section(doc: dict | VariantTable) -> list[str]:
+    p2 = doc if isinstance(doc, VariantTable) else VariantTable.from_json(doc)
+    demo = any(r.objects for r in p2.rows)
+    lines = ["## P2: PEFT variants (val split, greedy)", "",
+             f"CIDEr-D with the {p2.tokenizer} tokenizer; CLIPScore with the manifest's CLIP; 95% bootstrap "
+             "intervals over images."]
+    if demo:
+        lines += ["Objects (demo world): each caption's (colour, shape) mentions against the image's objects as "
+                  "multisets (`objects.py`): exact scene = every object named once and nothing else; recall = "
+                  "objects named / objects; precision = mentions that take an object / mentions; CHAIR-s = "
+                  "captions naming a (colour, shape) the image does not hold; repeats = captions naming a present "
+                  "object more often than it is there.", "",
+                  "| variant | PEFT | trainable | exact scene [95% CI] | object recall [95% CI] | precision | CHAIR-s "
+                  "| repeats | CIDEr [95% CI] | CLIPScore |", "|---|---|---:|---|---|---:|---:|---:|---|---:|"]
+        for r in p2.rows:
+            o = r.objects or {}
+            lines.append("| " + " | ".join([
+                r.variant, r.peft, f"{r.trainable:,}", _share(o.get("exact")), _share(o.get("recall")),
+                _share(o.get("precision"), False), _share(o.get("chair_s"), False), _share(o.get("repeats"), False),
+                f"{r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]", f"{r.CLIPScore:.3f}"]) + " |")
+        counts = sorted({n for r in p2.rows for n in (r.objects_by_count or {})}, key=int)
+        lines += ["", "Exact scene by the number of objects in the image (recall in brackets):", "",
+                  "| variant | " + " | ".join(f"{n} object{'s' if n != '1' else ''} ({_images(p2, n)} images)"
+                                             for n in counts) + " |", "|---|" + "---:|" * len(counts)]
+        for r in p2.rows:
+            by = r.objects_by_count or {}
+            lines.append(f"| {r.variant} | " + " | ".join(
+                f"{_share(by.get(n, {}).get('exact'), False)} ({_share(by.get(n, {}).get('recall'), False)})"
+                for n in counts) + " |")
+        lines += ["", "Word-level grounding, which cannot see repeats or omissions (a repeated mention counts as "
+                  "right, an object left out is not counted): the share of (colour, shape) mentions whose type the "
+                  "image holds, and of shape and colour words.", "",
+                  "| variant | mentions of a held type | shape words | colour words |", "|---|---:|---:|---:|"]
+        for r in p2.rows:
+            g = r.grounding or {}
+            lines.append(f"| {r.variant} | {_share(g.get('mentions'), False)} | {_share(g.get('shapes'), False)} | "
+                         f"{_share(g.get('colors'), False)} |")
+    else:
+        lines += ["", "| variant | PEFT | trainable | CIDEr [95% CI] | CLIPScore [95% CI] |", "|---|---|---:|---|---|"]
+        lines += [f"| {r.variant} | {r.peft} | {r.trainable:,} | {r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}] | "
+                  f"{r.CLIPScore:.3f} [{_ci(r.ci.get('CLIPScore'), False)}] |" for r in p2.rows]
+    if p2.reference:
+        cols = (["exact", "recall", "repeats"] if demo else []) + ["CIDEr", "CLIPScore"]
+        names = {"exact": "exact scene", "recall": "object recall", "repeats": "repeats"}
+        lines += ["", f"Each variant minus {p2.reference} (the report's setting) on the same images: paired bootstrap "
+                  "95% intervals (an interval that contains 0 is no detectable difference):", "",
+                  "| variant | " + " | ".join(f"delta {names.get(c, c)}" for c in cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for r in p2.rows:
+            d = r.vs_reference
+            if d:
+                lines.append(f"| {r.variant} | " + " | ".join(
+                    _delta(d.get(c), 100, "+.1f", " pts") if c in names else _delta(d.get(c)) for c in cols) + " |")
+    if p2.decoding:
+        lines += ["", f"Decoding controls on {p2.best.variant} (greedy; transformers' `no_repeat_ngram_size` and "
+                  "`repetition_penalty`); deltas against the first row on the same images:", "",
+                  "| decoding | exact scene [95% CI] | object recall | repeats | CHAIR-s | CIDEr | delta exact scene "
+                  "| delta CIDEr |", "|---|---|---:|---:|---:|---:|---|---|"]
+        for r in p2.decoding:
+            o, d = r.objects or {}, r.vs_reference or {}
+            lines.append(f"| {r.variant} | {_share(o.get('exact'))} | {_share(o.get('recall'), False)} | "
+                         f"{_share(o.get('repeats'), False)} | {_share(o.get('chair_s'), False)} | {r.CIDEr:.3f} | "
+                         f"{_delta(d.get('exact'), 100, '+.1f', ' pts')} | {_delta(d.get('CIDEr'))} |")
+    b = p2.best
+    lines += ["", f"Best by CIDEr: {b.variant} (CIDEr {b.CIDEr:.3f}, CLIPScore {b.CLIPScore:.3f}"
+              + (f", exact scene {_share((b.objects or {}).get('exact'), False)})." if demo else ").")]
+    if p2.beam:
+        bm = p2.beam
+        lines += [f"Beam {bm.beams}: CIDEr {bm.CIDEr:.3f} [{_ci(bm.ci.get('CIDEr'), False)}], CLIPScore "
+                  f"{bm.CLIPScore:.3f}" + (f", exact scene {_share((bm.objects or {}).get('exact'), False)}, repeats "
+                                           f"{_share((bm.objects or {}).get('repeats'), False)}" if demo else "")
+                  + f"; beam minus greedy: CIDEr {_delta((bm.vs_reference or {}).get('CIDEr'))}."]
+    return lines + [""]
+
+
+def _images(p2: VariantTable, n: str) -> int:
+    """How many val images hold `n` objects (from the first row that has the breakdown)."""
+    for r in p2.rows:
+        x = (r.objects_by_count or {}).get(n, {}).get("exact")
+        if x is not None:
+            return x.total
+    return 0
+
+
+def p3_section(p3: dict) -> list[str]:
+    lines = ["## P3: attention", ""]
+    lines += [f"- {k}: {v['image']} (CLIPScore {v['CLIPScore']:.3f}): {v['caption']}" for k, v in p3["extremes"].items()]
+    loc = p3.get("localisation")
+    loc = loc if isinstance(loc, Localisation | None) else Localisation.from_json(loc)
+    if loc and loc.nouns:
+        lines += ["", f"Localisation of object nouns ({loc.nouns} nouns that name an object of the image; 95% "
+                  "intervals over images; delta: paired bootstrap against random maps):", "",
+                  "| method | pointing game [95% CI] | delta vs random | deletion score (lower is better) |",
+                  "|---|---|---|---:|"]
+        for m, v in loc.pointing.items():
+            d = (loc.deletion_auc or {}).get(m)
+            lines += [f"| {m} | {_pct(v)} [{_ci(loc.pointing_ci.get(m))}] | "
+                      f"{_delta(loc.vs_random.get(m), 100, '+.1f', ' pts')} | {'' if d is None else f'{d:.3f}'} |"]
+        by = loc.pointing_by_shape
+        if by:
+            methods = list(loc.pointing)
+            lines += ["", "Pointing game by shape:", "", "| shape | nouns | " + " | ".join(methods) + " |",
+                      "|---|---:|" + "---:|" * len(methods)]
+            lines += [f"| {sh} | {v['nouns']} | " + " | ".join(_pct(v[m]) for m in methods) + " |"
+                      for sh, v in by.items() if v["nouns"]]
+        if loc.wrong_words:
+            lines += ["", f"Where the map of a wrong shape noun points ({loc.wrong_nouns} nouns that repeat an object "
+                      "already named or name a type the image lacks): at an object of the type the word names, at "
+                      "another object of the image, or at no object:", "",
+                      "| method | the named type | another object | no object |", "|---|---:|---:|---:|"]
+            lines += [f"| {m} | {_pct(w['named'])} | {_pct(w['other'])} | {_pct(w['none'])} |"
+                      for m, w in loc.wrong_words.items()]
+        ph = loc.pointing_per_layer_head
+        if ph:
+            import numpy as np
+
+            a = np.asarray(ph)
+            li, hi = np.unravel_index(int(a.argmax()), a.shape)
+            lines += ["", f"Best single layer/head for pointing: layer {li}, head {hi} ({_pct(a[li, hi])})."]
+    return lines + [""]
+
+
+def write_summary(figures: Path, models_dir: Path | None, files: list[str] | None = None) -> dict:
+    """figures/summary.md + summary.json from the notebooks' JSON outputs (and demo-model metrics);
+    `files` (every file the run wrote in figures/) is recorded in summary.json."""
+    doc: dict = {}
+    lines = ["# hw3lib report summary", "",
+             "Generated by `make report` from the notebooks' outputs. Figures are beside this file.", ""]
+    if models_dir is not None and (models_dir / "metrics.json").is_file():
+        doc["demo_models"], part = demo_models_section(read_json(models_dir / "metrics.json"))
+        lines += part
+    for name, section in (("p1", p1_section), ("p2", p2_section), ("p3", p3_section)):
+        if (figures / f"{name}_summary.json").is_file():
+            doc[name] = read_json(figures / f"{name}_summary.json")
+            lines += section(doc[name])
+    if files is not None:
+        doc["files"] = sorted(set(files) | {"summary.md", "summary.json"})
+    atomic_write_text(figures / "summary.md", "\n".join(lines))
+    atomic_write_json(figures / "summary.json", doc)
+    return doc
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers quoted in README.md and docs/: generated blocks, refreshed by the report, checked by a test
+
+
+def headline_lines(doc: dict) -> list[str]:
+    """The README's results table: one row per part, every number from summary.json."""
+    lines = ["| part | measure | result |", "|---|---|---|"]
+    probe = (doc.get("demo_models", {}).get("clip_zero_shot") or {}).get("probe")
+    if probe:
+        lines.append(f"| demo CLIP | zero-shot shape / colour, {probe['n']} held-out single-object scenes | "
+                     f"{_pct(probe['shape_accuracy'])} / {_pct(probe['color_accuracy'])} |")
+    if "p1" in doc:
+        p1 = PromptStudy.from_json(doc["p1"])
+        lines.append(f"| P1 | the report's prompts, zero-shot accuracy ({p1.n_images} images) | "
+                     + " / ".join(_pct(r.accuracy) for r in p1.rows[:3]) + " |")
+        if doc["p1"].get("negation"):
+            neg = NegationStudy.from_json(doc["p1"]["negation"])
+            lines.append(f"| P1 | the negated prompt read inverted (chance {_pct(neg.chance)}) | "
+                         f"{_pct(neg.negated_inverted_accuracy.accuracy)} |")
+    if "p2" in doc:
+        best = VariantTable.from_json(doc["p2"]).best
+        exact, recall = best.score("exact")[0], best.score("recall")[0]
+        lines.append(f"| P2 | best variant ({best.variant}): scenes named exactly / object recall / CIDEr | "
+                     f"{_pct(exact)} / {_pct(recall)} / {best.CIDEr:.3f} |")
+    loc = doc.get("p3", {}).get("localisation")
+    if loc:
+        loc = Localisation.from_json(loc)
+        lines.append("| P3 | pointing game, " + " / ".join(loc.pointing) + " | "
+                     + " / ".join(_pct(v) for v in loc.pointing.values()) + " |")
+    return lines
+
+
+QUOTES = {  # block name -> its lines, from summary.json
+    "headline": headline_lines,
+    "p1": lambda doc: p1_section(doc["p1"]),
+    "p2": lambda doc: p2_section(doc["p2"]),
+    "p3": lambda doc: p3_section(doc["p3"]),
+}
+_BLOCK = re.compile(r"(<!-- quote: (\w+) [^\n]*-->\n)(.*?)(<!-- /quote -->)", re.S)
+
+
+def fill_quotes(text: str, doc: dict, source: str = "document") -> str:
+    """`text` with every quoted block (`<!-- quote: NAME ... -->` ... `<!-- /quote -->`) rewritten from
+    `doc` (summary.json)."""
+    def fill(m):
+        if m.group(2) not in QUOTES:
+            raise HW3Error(f"{source}: unknown quoted block {m.group(2)!r} (known: {', '.join(QUOTES)})")
+        body = "\n".join(QUOTES[m.group(2)](doc)).strip("\n")
+        return f"{m.group(1)}{body}\n{m.group(4)}"
+    return _BLOCK.sub(fill, text)
+
+
+def refresh_quotes(paths, doc: dict) -> list[Path]:
+    """Rewrite the quoted blocks of each Markdown file from `doc`; the files that changed."""
+    changed = []
+    for path in map(Path, paths):
+        old = path.read_text(encoding="utf-8")
+        new = fill_quotes(old, doc, str(path))
+        if new != old:
+            atomic_write_text(path, new)
+            changed.append(path)
+    return changed

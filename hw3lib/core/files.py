@@ -1,0 +1,264 @@
+"""File-level plumbing: atomic writes, JSON reading, locks, the rules for output paths, confinement of
+file names to their folder, and the fault points the reliability suite uses.
+
+Nothing here knows about HW3 layouts; `data.py` builds the readers on top of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import HW3Error
+
+# ----------------------------------------------------------------------------------------------
+# fault points, for the reliability suite: the library calls `fault_point(name)` where a crash would
+# matter ("write:<file name>" after the data is written and before the rename, "step" after an
+# optimiser step, "validation" inside a validation). A test installs a hook (`fault_hook`) that kills
+# the process or raises there; without one a fault point does nothing.
+
+FaultHook = Callable[[str], None]
+_fault_hook: FaultHook | None = None
+
+
+@contextlib.contextmanager
+def fault_hook(hook: FaultHook):
+    """Inside the block, every `fault_point(name)` calls `hook(name)`."""
+    global _fault_hook
+    previous, _fault_hook = _fault_hook, hook
+    try:
+        yield hook
+    finally:
+        _fault_hook = previous
+
+
+def fault_point(name: str) -> None:
+    if _fault_hook is not None:
+        _fault_hook(name)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str = "*") -> int:
+    """Delete the temporaries (`.NAME.PID.XXXX.tmp`) that killed atomic writes of `name` (default:
+    any file) left in `folder`: those whose writing process is gone. A live writer's are kept, so two
+    processes sharing a folder (a feature cache) never remove each other's. Returns how many."""
+    n = 0
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        if _writer_alive(p.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    parts = tmp_name.split(".")  # "", NAME..., PID, XXXX, "tmp"
+    pid = parts[-3] if len(parts) >= 5 else ""
+    if not pid.isdecimal():
+        return False  # an older temporary without a pid: nothing can still be writing it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`.
+
+    On any exception the temporary file is removed, so readers only ever see the old file or the
+    complete new one - never half of it, even after SIGKILL (the rename is the commit point).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, glob.escape(path.name))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise HW3Error(f"{path}: cannot write ({e.strerror or e.__class__.__name__})") from e
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+        fault_point(f"write:{path.name}")
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, I/O error, read-only: name the file; the old one is untouched
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise HW3Error(f"{path}: cannot write ({e.strerror or e.__class__.__name__}); the previous file, if any, "
+                       "is unchanged") from e
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file, turning every failure into an HW3Error naming the file."""
+    path = require_file(path, "JSON file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except RecursionError as e:
+        raise HW3Error(f"{path}: JSON nested too deeply to read") from e
+    except UnicodeDecodeError as e:
+        raise HW3Error(f"{path}: not UTF-8 text ({e.reason})") from e
+    except json.JSONDecodeError as e:
+        raise HW3Error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
+def _require(path: str | os.PathLike, what: str, folder: bool) -> Path:
+    path = Path(path)
+    if "\0" in str(path):
+        raise HW3Error(f"{str(path)!r}: {what} path contains a null byte")
+    if not path.exists():
+        raise HW3Error(f"{path}: {what} not found")
+    if path.is_dir() != folder:
+        raise HW3Error(f"{path}: expected a {what}, found {kind_of(path)}")
+    if not folder and not path.is_file():
+        raise HW3Error(f"{path}: expected a {what}, found {kind_of(path)}")
+    return path
+
+
+def kind_of(path: Path) -> str:
+    """What a path is, in words, for messages about the wrong kind of file."""
+    import stat
+
+    if not path.exists():
+        return "nothing (no such file)"
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    return _require(path, what, folder=True)
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    return _require(path, what, folder=False)
+
+
+def check_outputs(files: dict, folders: dict, inputs) -> None:
+    """The one place the rules live, checked before any work. `files` and `folders` map an argument
+    name to the path it writes (None or '-' for none); `inputs` are the files and folders the command
+    reads; a label may map to a list (the files a command writes inside its output folder, so an input
+    file that sits where one of them will go is refused too). No output may resolve to an input or lie
+    inside an input folder, and an output that cannot be written is refused: a file path that is a
+    folder, a folder path that is a file, a parent that is a file or not writable."""
+    ins = [(Path(p).resolve(), Path(p).is_dir()) for p in inputs
+           if p is not None and str(p) != "-" and Path(p).exists()]
+    pairs = [(kind, label, out) for kind, outputs in (("file", files), ("folder", folders))
+             for label, value in outputs.items() for out in (value if isinstance(value, list) else [value])]
+    for kind, label, out in pairs:
+        if out is None or str(out) == "-":
+            continue
+        p, o = Path(out), Path(out).resolve()
+        for i, is_dir in ins:
+            if o == i:
+                raise HW3Error(f"{label} {out}: refusing to write over an input of this command ({i})")
+            if is_dir and o.is_relative_to(i):
+                raise HW3Error(f"{label} {out}: refusing to write inside the input folder {i}")
+        if kind == "file" and p.is_dir():
+            raise HW3Error(f"{label} {out}: is a folder (give a file name)")
+        if kind == "folder" and p.exists() and not p.is_dir():
+            raise HW3Error(f"{label} {out}: exists and is a file, not a folder")
+        parent = p.parent if kind == "file" or not p.exists() else p
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise HW3Error(f"{label} {out}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise HW3Error(f"{label} {out}: {parent} is not writable")
+
+
+def confined_path(root: str | os.PathLike, name: str, source: str | os.PathLike) -> Path:
+    """`root / name`, refusing names that are absolute or climb out of `root` (`../x`, symlinks).
+
+    `source` is the file that supplied the name, for the error message.
+    """
+    root = Path(root)
+    if not isinstance(name, str) or not name:
+        raise HW3Error(f"{source}: file name {name!r} is not a non-empty string")
+    if "\0" in name:
+        raise HW3Error(f"{source}: file name {name!r} contains a null byte")
+    if os.path.isabs(name) or "\\" in name:
+        raise HW3Error(f"{source}: file name {name!r} must be relative to {root}")
+    resolved_root = root.resolve()
+    candidate = (root / name).resolve()
+    if resolved_root != candidate and resolved_root not in candidate.parents:
+        raise HW3Error(f"{source}: file name {name!r} escapes the image folder {root}")
+    return root / name
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike):
+    """Hold an exclusive lock on `folder/.lock` (the folder is created). The kernel drops it when the
+    process dies, so a SIGKILLed run leaves nothing that blocks its resume."""
+    import fcntl
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise HW3Error(f"{folder}: exists and is a file, not a run folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            raise HW3Error(f"{folder}: run folder in use by another hw3 train (pid {pid}); wait for it or use "
+                           "another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield folder
+    finally:
+        f.close()

@@ -1,0 +1,116 @@
+"""Weights files into models with one copy in memory, and one-line errors when they do not fit.
+
+A model is built with its parameters on the meta device (`empty_model`: no memory, no random init;
+buffers are built as usual), and the file's tensors then become its parameters
+(`load_state_dict(assign=True)`). A safetensors file is memory-mapped, so its tensors are the file's
+pages; a torch zip file is read once. Either way the peak is about one copy of the weights, where
+building a randomly initialised model and copying the file into it needs two.
+
+Files are read without unpickling code (`weights_only`), and every tensor must be a tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import HW3Error, first_line
+
+SHOWN = 5  # keys named per kind in a does-not-fit message
+
+
+@contextlib.contextmanager
+def empty_model():
+    """Modules built inside get their parameters on the meta device; buffers (causal masks and the
+    like, which files do not hold) are built on the CPU as usual, and torch's generator is left as it
+    was, so loading a model does not move the seeded initialisation of what is built after it. Assign
+    weights after the block: inside it, every parameter set on a module goes to the meta device."""
+    from accelerate import init_empty_weights
+
+    # constructors that draw small tensors inline (a position embedding) leave the generator as it was
+    with init_empty_weights(include_buffers=False), torch.random.fork_rng(devices=[]):
+        yield
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "weights file", meta: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors or torch file (a `{"state_dict": ...}` wrapper is unwrapped).
+    With `meta`, only their names, shapes and dtypes (meta tensors; the data is not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HW3Error(f"{path}: {what} not found")
+    if path.stat().st_size == 0:
+        raise HW3Error(f"{path}: empty file (0 bytes)")
+    try:
+        if path.suffix == ".safetensors" and meta:
+            sd = _safetensors_shapes(path)
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))  # memory-mapped: the tensors are the file's pages
+        elif meta:
+            sd = torch.load(path, map_location="meta", weights_only=True)
+        else:
+            # weights_only: a file that would run code on unpickling is refused, not run
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch and safetensors raise a zoo of types for bad files
+        raise HW3Error(f"{path}: not a readable weights file ({first_line(e, 200)})") from e
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     for k, v in sd.items()):
+        raise HW3Error(f"{path}: expected a state dict of named tensors")
+    return sd
+
+
+def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        out = {}
+        for k in f.keys():  # noqa: SIM118 - safe_open has no items()
+            sl = f.get_slice(k)
+            out[k] = torch.empty(sl.get_shape(), dtype=getattr(torch, _SAFETENSORS_DTYPES[sl.get_dtype()]),
+                                 device="meta")
+        return out
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def mismatch(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], shown: int = SHOWN) -> str | None:
+    """What keeps `sd` from fitting `own`: up to `shown` missing and unexpected keys (with their
+    counts) and the first shape mismatch; None when it fits."""
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k} is {tuple(sd[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+              for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    parts = [f"{label} {len(items)}: {', '.join(items[:shown])}{' ...' if len(items) > shown else ''}"
+             for label, items in (("missing", missing), ("unexpected", unexpected)) if items]
+    if shapes:
+        parts.append(f"shape mismatch {len(shapes)}: {shapes[0]}{' ...' if len(shapes) > 1 else ''}")
+    return "; ".join(parts) or None
+
+
+def check_fit(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source,
+              problem: str = "weights do not fit the model", hint: str = "") -> None:
+    """One line naming what keeps `sd` from fitting `own` (see `mismatch`)."""
+    found = mismatch(own, sd)
+    if found:
+        raise HW3Error(f"{source}: {problem} ({found}){hint}")
+
+
+def assign_weights(model: nn.Module, sd: dict[str, torch.Tensor], source, problem: str = "weights do not fit the model",
+                   hint: str = "") -> nn.Module:
+    """Make the tensors of `sd` the model's parameters and buffers (no copy; `requires_grad` kept).
+    The key sets must agree exactly; then nothing of the model is left on the meta device."""
+    check_fit(model.state_dict(), sd, source, problem, hint)
+    model.load_state_dict(sd, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise HW3Error(f"{source}: the file leaves {len(left)} tensor(s) of the model unset: {', '.join(left[:SHOWN])}")
+    return model

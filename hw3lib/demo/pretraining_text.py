@@ -1,0 +1,139 @@
+"""The demo CLIP's pretraining text: the world's scene descriptions inside framings at fixed, recorded
+frequencies, the way web alt-text wraps what it shows in "a photo of ...", "this is ...", or rarer
+phrasings.
+
+Real CLIP's zero-shot accuracy follows how often a concept or a phrasing occurs in its pretraining text
+(Udandarao et al. 2024; Parashar et al. 2024), and it ignores "not" because negation is rare there (0.70%
+of LAION-400M captions carry a negation word; Park et al. 2025). Here the text is known exactly: each
+training caption is a P2 description (`demo.make_captions`) put into one framing drawn with the
+probabilities below, and `PretrainingText` records what was drawn. P2's captions (the captioner's
+references) stay bare. No framing holds a negation word, so the demo CLIP, like real CLIP, never reads one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import HW3Error
+
+# (framing, probability): "{}" is the scene description. Common framings first, then rare ones; several
+# are the words of OpenAI's ImageNet templates ("a bright photo of", "art of", "itap of").
+FRAMINGS: tuple[tuple[str, float], ...] = (
+    ("{}", 0.402),
+    ("a photo of {}", 0.20),
+    ("an image of {}", 0.12),
+    ("this is {}", 0.08),
+    ("a drawing of {}", 0.06),
+    ("a rendering of {}", 0.04),
+    ("a close-up photo of {}", 0.03),
+    ("a cropped photo of {}", 0.02),
+    ("a bright photo of {}", 0.015),
+    ("a dark photo of {}", 0.01),
+    ("a blurry photo of {}", 0.008),
+    ("art of {}", 0.005),
+    ("a sketch of {}", 0.004),
+    ("a painting of {}", 0.003),
+    ("itap of {}", 0.002),
+    ("a low resolution photo of {}", 0.001),
+)
+# framings of OpenAI's templates that never occur in the text: the zero-frequency end of the study
+UNSEEN_FRAMINGS: tuple[str, ...] = ("a tattoo of {}", "a sculpture of {}", "a plushie {}", "a toy {}",
+                                    "the origami {}")
+WORD = re.compile(r"[a-z]+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words (letters only): what the frequency counts count."""
+    return WORD.findall(text.lower())
+
+
+def frame(description: str, framing: str) -> str:
+    return framing.replace("{}", description)
+
+
+def draw_framings(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n,) indices into FRAMINGS, drawn with their probabilities."""
+    p = np.array([q for _, q in FRAMINGS])
+    return rng.choice(len(FRAMINGS), size=n, p=p / p.sum())
+
+
+@dataclass
+class PretrainingText:
+    """What the demo CLIP read: how often each framing was drawn, and every word's count."""
+
+    framings: list[str]  # FRAMINGS' texts, in order
+    probabilities: list[float]  # their design probabilities
+    counts: list[int]  # how many training captions each framing wrapped
+    word_counts: dict[str, int]  # word -> occurrences in all training captions
+    captions: int  # training captions in all
+
+    @classmethod
+    def start(cls) -> PretrainingText:
+        return cls([f for f, _ in FRAMINGS], [p for _, p in FRAMINGS], [0] * len(FRAMINGS), {}, 0)
+
+    def add(self, text: str, framing: int) -> None:
+        self.counts[framing] += 1
+        self.captions += 1
+        for w in words(text):
+            self.word_counts[w] = self.word_counts.get(w, 0) + 1
+
+    def frequency(self, framing: str) -> float:
+        """Share of training captions in this framing (0 for one never drawn or not in the table)."""
+        if framing not in self.framings or not self.captions:
+            return 0.0
+        return self.counts[self.framings.index(framing)] / self.captions
+
+    def word_frequency(self, template: str) -> float:
+        """Mean over a template's words (its `{object}` left out) of log10(1 + the word's count per
+        million words): 0 for a template made only of unseen words."""
+        ws = words(template.replace("{object}", " "))
+        if not ws:
+            return 0.0
+        total = max(1, sum(self.word_counts.values()))
+        return float(np.mean([math.log10(1 + 1e6 * self.word_counts.get(w, 0) / total) for w in ws]))
+
+    def unseen_words(self, template: str) -> list[str]:
+        return [w for w in words(template.replace("{object}", " ")) if w not in self.word_counts]
+
+    def to_json(self) -> dict:
+        return {"framings": [{"framing": f, "probability": p, "count": c}
+                             for f, p, c in zip(self.framings, self.probabilities, self.counts, strict=True)],
+                "captions": self.captions, "word_counts": dict(sorted(self.word_counts.items()))}
+
+    @classmethod
+    def from_json(cls, raw, where: str) -> PretrainingText:
+        """Checked: every count a non-negative int, the framing counts summing to `captions`."""
+        try:
+            rows, captions, wc = raw["framings"], raw["captions"], raw["word_counts"]
+            framings = [str(r["framing"]) for r in rows]
+            probabilities = [float(r["probability"]) for r in rows]
+            counts = [r["count"] for r in rows]
+        except (KeyError, TypeError, ValueError) as e:
+            raise HW3Error(f"{where}: not a pretraining-text record ({type(e).__name__}: {e})") from None
+        ints = [*counts, captions, *(wc.values() if isinstance(wc, dict) else [None])]
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in ints):
+            raise HW3Error(f"{where}: counts must be non-negative integers")
+        if sum(counts) != captions:
+            raise HW3Error(f"{where}: framing counts sum to {sum(counts)}, not to captions = {captions}")
+        return cls(framings, probabilities, counts, {str(k): v for k, v in wc.items()}, captions)
+
+
+def read_pretraining_text(assets: str) -> PretrainingText | None:
+    """The record of what the demo CLIP read (`clip_text` in the metrics.json beside a demo manifest), or
+    None where it is not known: real CLIP, or a manifest without demo metrics."""
+    from ..core.files import read_json
+
+    if assets == "real":
+        return None
+    metrics = Path(assets).parent / "metrics.json"
+    if not metrics.is_file():
+        return None
+    raw = read_json(metrics)
+    if not isinstance(raw, dict) or "clip_text" not in raw:
+        return None
+    return PretrainingText.from_json(raw["clip_text"], f"{metrics}: clip_text")

@@ -1,0 +1,423 @@
+"""The demo world: a procedurally drawn miniature `hw3_data/` in exactly the course's layout.
+
+P2 / P3 images hold one to three simple objects (shape x colour x size x position) on a noisy gradient
+background. Objects sit on the demo ViT's patch grid (GRID x GRID cells of `side / GRID` pixels, each
+object 2 or 3 cells wide): a ViT learns shape from patches whose contents repeat, and off the grid the
+tiny demo CLIP needs far more steps than a CPU report allows (measured: 32% shape accuracy after 300
+supervised steps off the grid, 73% after 150 on it). Captions name the objects, their attributes and
+their spatial relations in several phrasings, so a captioner must look at the image: colour, shape,
+size and layout are drawn independently and cannot be guessed from text statistics alone.
+
+P1 is harder on purpose: its class is the shape alone (colour is random per image, so colour gives
+chance), and each image jitters the object's scale and adds clutter strokes and specks, stronger
+noise and sometimes an occluding bar (P1Difficulty). Objects stay on the grid: one pixel off it costs
+the demo CLIP ~15 points of shape accuracy, two pixels ~40 (README).
+
+Ground-truth objects go to side files (`boxes.json`: per image, each object's shape, colour, size and
+box) so captions and attention maps can be scored.
+
+Determinism: every image is drawn from its own generator seeded by (seed, split, index), and files are
+written with fixed encoder settings, so the same seed gives byte-identical trees.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ..core.errors import HW3Error
+from ..core.files import atomic_write_json
+from ..core.progress import progress as progress_bar
+
+SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "heart", "moon"]
+COLORS = {
+    "red": (215, 40, 40),
+    "green": (40, 165, 60),
+    "blue": (40, 80, 225),
+    "yellow": (240, 210, 40),
+    "purple": (140, 60, 185),
+    "orange": (245, 140, 30),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "pink": (245, 130, 190),
+    "brown": (125, 75, 35),
+}
+GRID = 8  # P2 / P3 objects sit on a GRID x GRID lattice: the demo ViT's patches (96 px / 12 px)
+SIZES = {"small": 2, "large": 3}  # P2 / P3 object side in grid cells
+SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled, for anti-aliased edges
+
+
+@dataclass(frozen=True)
+class P1Difficulty:
+    scale_jitter: float = 0.05  # object side = its grid size x uniform(1 - j, 1 + j)
+    offset: int = 0  # pixels off the patch grid (uniform -offset..offset); the demo CLIP loses ~15-25
+    #                  points of shape accuracy per pixel (README), so P1 keeps objects on the grid
+    clutter: int = 3  # at most this many distractor strokes and specks (uniform 0..clutter)
+    noise: tuple[float, float] = (6.0, 20.0)  # pixel noise sigma (uniform)
+    occlusion: float = 0.35  # chance of a bar across a quarter of the object
+
+
+P1_DIFFICULTY = P1Difficulty()
+
+
+@dataclass(frozen=True)
+class WorldSize:
+    p1_per_class: int  # P1 images per class (10 classes: the shapes)
+    p2_train: int  # P2 training images
+    p2_val: int  # P2 validation images
+    p2_side: int  # P2 / P3 image side in pixels (also P1's); a multiple of GRID
+    captions_per_image: int  # captions written per P2 image
+
+
+WORLD_SIZES = {
+    "small": WorldSize(p1_per_class=4, p2_train=120, p2_val=24, p2_side=96, captions_per_image=5),
+    "full": WorldSize(p1_per_class=50, p2_train=3000, p2_val=300, p2_side=96, captions_per_image=5),
+}
+P3_COUNT = 5
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    color: str
+    size: str
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels (exclusive ends)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+
+# ----------------------------------------------------------------------------------------------
+# drawing
+
+
+def _shape_mask(shape: str, side: int) -> Image.Image:
+    """An L-mode mask of `shape` filling a (side x side) square, anti-aliased."""
+    s = side * SUPERSAMPLE
+    m = Image.new("L", (s, s), 0)
+    d = ImageDraw.Draw(m)
+    c = s / 2
+    r = s / 2 - 1
+    if shape == "circle":
+        d.ellipse([0, 0, s - 1, s - 1], fill=255)
+    elif shape == "square":
+        d.rectangle([s * 0.08, s * 0.08, s * 0.92, s * 0.92], fill=255)
+    elif shape == "triangle":
+        d.polygon([(c, 0), (s - 1, s - 1), (0, s - 1)], fill=255)
+    elif shape == "diamond":
+        d.polygon([(c, 0), (s - 1, c), (c, s - 1), (0, c)], fill=255)
+    elif shape == "hexagon":
+        a = np.arange(6) * np.pi / 3
+        d.polygon([(c + r * np.cos(t), c + r * np.sin(t)) for t in a], fill=255)
+    elif shape == "star":
+        pts = []
+        for k in range(10):
+            rad = r if k % 2 == 0 else r * 0.45
+            t = -np.pi / 2 + k * np.pi / 5
+            pts.append((c + rad * np.cos(t), c + rad * np.sin(t)))
+        d.polygon(pts, fill=255)
+    elif shape == "cross":
+        w = s * 0.17
+        d.rectangle([c - w, 0, c + w, s - 1], fill=255)
+        d.rectangle([0, c - w, s - 1, c + w], fill=255)
+    elif shape == "ring":
+        d.ellipse([0, 0, s - 1, s - 1], fill=255)
+        d.ellipse([s * 0.27, s * 0.27, s * 0.73, s * 0.73], fill=0)
+    elif shape == "heart":
+        t = np.linspace(0, 2 * np.pi, 80)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        x = (x - x.min()) / (x.max() - x.min()) * (s - 1)
+        y = (y - y.min()) / (y.max() - y.min()) * (s - 1)
+        d.polygon(list(zip(x.tolist(), y.tolist(), strict=True)), fill=255)
+    elif shape == "moon":
+        d.ellipse([0, 0, s - 1, s - 1], fill=255)
+        d.ellipse([s * 0.35, -s * 0.1, s * 1.25, s * 0.9], fill=0)
+    else:  # pragma: no cover - SHAPES is closed
+        raise ValueError(shape)
+    return m.resize((side, side), Image.Resampling.LANCZOS)
+
+
+def _background(rng: np.random.Generator, side: int, noise: float = 8.0) -> np.ndarray:
+    """A muted two-colour gradient with pixel noise, (side, side, 3) float."""
+    a, b = rng.uniform(70, 185, size=(2, 3))
+    a = a * 0.6 + a.mean() * 0.4  # desaturate so object colours stand out
+    b = b * 0.6 + b.mean() * 0.4
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:side, 0:side] / max(side - 1, 1)
+    t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    t = (t - t.min()) / (np.ptp(t) + 1e-9)
+    img = a[None, None] * (1 - t[..., None]) + b[None, None] * t[..., None]
+    return img + rng.normal(0, noise, size=img.shape)
+
+
+def _place(rng: np.random.Generator, side: int, sizes: list[str]) -> list[tuple[int, int, int]] | None:
+    """Grid-aligned positions (x0, y0, side) for objects of the given sizes, without overlap; None if
+    it failed."""
+    cell = side // GRID
+    placed: list[tuple[int, int, int]] = []
+    for size in sizes:
+        px = SIZES[size] * cell
+        for _ in range(60):
+            x0, y0 = (int(v) * cell for v in rng.integers(0, GRID - SIZES[size] + 1, size=2))
+            if all(x0 + px <= qx or qx + qs <= x0 or y0 + px <= qy or qy + qs <= y0 for qx, qy, qs in placed):
+                placed.append((x0, y0, px))
+                break
+        else:
+            return None
+    return placed
+
+
+def _paint(canvas: np.ndarray, rng: np.random.Generator, shape: str, color: str, x0: int, y0: int, px: int):
+    """Composite one anti-aliased object into `canvas` (H, W, 3) in place; returns its tight box."""
+    rgb = np.array(COLORS[color], dtype=np.float64) + rng.normal(0, 6, size=3)
+    alpha = np.asarray(_shape_mask(shape, px), dtype=np.float64)[..., None] / 255.0
+    region = canvas[y0:y0 + px, x0:x0 + px]
+    canvas[y0:y0 + px, x0:x0 + px] = region * (1 - alpha) + rgb[None, None] * alpha
+    ys, xs = np.nonzero(alpha[..., 0] > 0.5)
+    return x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1
+
+
+def draw_scene(rng: np.random.Generator, side: int, n_objects: int, shapes=None, colors=None
+               ) -> tuple[Image.Image, list[Obj]]:
+    """One P2 / P3 image with `n_objects` grid-aligned objects; `shapes` / `colors` fix them, else they
+    are drawn."""
+    for _ in range(100):
+        sizes = [str(rng.choice(list(SIZES))) for _ in range(n_objects)]
+        spots = _place(rng, side, sizes)
+        if spots is not None:
+            break
+    else:  # pragma: no cover - cannot happen for <= 3 objects at these sizes
+        raise RuntimeError("could not place objects")
+    canvas = _background(rng, side)
+    objs: list[Obj] = []
+    color_names = list(COLORS)
+    for k, ((x0, y0, px), size) in enumerate(zip(spots, sizes, strict=True)):
+        shape = shapes[k] if shapes is not None else SHAPES[int(rng.integers(len(SHAPES)))]
+        color = colors[k] if colors is not None else color_names[int(rng.integers(len(color_names)))]
+        objs.append(Obj(shape, color, size, _paint(canvas, rng, shape, color, x0, y0, px)))
+    img = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8), "RGB")
+    img = img.filter(ImageFilter.GaussianBlur(radius=0.4))
+    return img, objs
+
+
+def draw_p1_scene(rng: np.random.Generator, side: int, shape: str, d: P1Difficulty = P1_DIFFICULTY
+                  ) -> tuple[Image.Image, list[Obj]]:
+    """A P1 image of one `shape` in a random colour and size, with clutter strokes and specks, pixel
+    noise and sometimes an occluding bar."""
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    size = str(rng.choice(list(SIZES)))
+    canvas = _background(rng, side, noise=float(rng.uniform(*d.noise)))
+    cell = side // GRID
+    px = int(round(SIZES[size] * cell * rng.uniform(1 - d.scale_jitter, 1 + d.scale_jitter)))
+    x0, y0 = (int(np.clip(int(g) * cell + int(rng.integers(-d.offset, d.offset + 1)), 0, side - px))
+              for g in rng.integers(0, GRID - SIZES[size] + 1, size=2))
+    box = _paint(canvas, rng, shape, color, x0, y0, px)
+    img = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(d.clutter + 1))):
+        ink = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        if rng.random() < 0.5:  # a stroke
+            draw.line([tuple(int(v) for v in rng.integers(0, side, size=2)) for _ in range(2)], fill=ink,
+                      width=int(rng.integers(1, 3)))
+        else:  # a speck
+            cx, cy = (int(v) for v in rng.integers(0, side, size=2))
+            r = int(rng.integers(1, 4))
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=ink)
+    if rng.random() < d.occlusion:  # a bar across a quarter of the object, in a background tone
+        _occlude(draw, rng, box)
+    img = img.filter(ImageFilter.GaussianBlur(radius=0.4))
+    return img, [Obj(shape, color, size, box)]
+
+
+def _occlude(draw: ImageDraw.ImageDraw, rng: np.random.Generator, box) -> None:
+    bx0, by0, bx1, by1 = box
+    tone = tuple(int(v) for v in rng.uniform(70, 185, size=3))
+    if rng.random() < 0.5:  # vertical
+        w = max(2, (bx1 - bx0) // 4)
+        x = int(rng.integers(bx0, max(bx0 + 1, bx1 - w)))
+        draw.rectangle([x, by0 - 2, x + w - 1, by1 + 1], fill=tone)
+    else:
+        h = max(2, (by1 - by0) // 4)
+        y = int(rng.integers(by0, max(by0 + 1, by1 - h)))
+        draw.rectangle([bx0 - 2, y, bx1 + 1, y + h - 1], fill=tone)
+
+
+# ----------------------------------------------------------------------------------------------
+# captions
+
+
+def _region(o: Obj, side: int) -> str:
+    cx, cy = o.center
+    col = "left" if cx < side / 3 else "right" if cx > 2 * side / 3 else ""
+    row = "top" if cy < side / 3 else "bottom" if cy > 2 * side / 3 else ""
+    return f"{row} {col}".strip() or "centre"
+
+
+def _relation(a: Obj, b: Obj) -> str:
+    """Where `a` is relative to `b`."""
+    dx, dy = a.center[0] - b.center[0], a.center[1] - b.center[1]
+    if abs(dx) >= abs(dy):
+        return "to the left of" if dx < 0 else "to the right of"
+    return "above" if dy < 0 else "below"
+
+
+def _np(o: Obj, size: bool = True) -> str:
+    words = ([o.size] if size else []) + [o.color, o.shape]
+    return " ".join(words)
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def make_captions(rng: np.random.Generator, objs: list[Obj], side: int, n: int) -> list[str]:
+    """`n` distinct captions for a scene, drawn from phrasings that mention every object."""
+    o = objs
+    if len(o) == 1:
+        a = o[0]
+        pool = [
+            f"{_article(_np(a))} on a plain background",
+            f"{_article(_np(a, False))} in the {_region(a, side)} of the picture",
+            f"a picture of one {_np(a)}",
+            f"there is {_article(_np(a))} in the {_region(a, side)}",
+            f"a single {a.color} {a.shape}",
+            f"{_article(a.size)} {a.shape} coloured {a.color}",
+            f"one {a.color} {a.shape} near the {_region(a, side)}",
+        ]
+    elif len(o) == 2:
+        a, b = o
+        pool = [
+            f"{_article(_np(a))} {_relation(a, b)} {_article(_np(b))}",
+            f"{_article(_np(b))} {_relation(b, a)} {_article(_np(a))}",
+            f"{_article(_np(a, False))} and {_article(_np(b, False))}",
+            f"two shapes: {_article(_np(a))} and {_article(_np(b))}",
+            f"a picture of {_article(_np(b, False))} and {_article(_np(a, False))}",
+            f"{_article(_np(a, False))} in the {_region(a, side)} and {_article(_np(b, False))} in the {_region(b, side)}",
+            f"there is {_article(_np(a, False))} {_relation(a, b)} {_article(_np(b, False))}",
+        ]
+    else:
+        a, b, c = o
+        pool = [
+            f"{_article(_np(a))}, {_article(_np(b))} and {_article(_np(c))}",
+            f"three shapes: {_article(_np(a, False))}, {_article(_np(b, False))} and {_article(_np(c, False))}",
+            f"{_article(_np(a, False))} {_relation(a, b)} {_article(_np(b, False))}, with {_article(_np(c, False))}",
+            f"{_article(_np(c, False))} {_relation(c, a)} {_article(_np(a, False))} and {_article(_np(b, False))}",
+            f"a picture of {_article(_np(b))}, {_article(_np(c))} and {_article(_np(a))}",
+            f"{_article(_np(a, False))}, {_article(_np(b, False))} and {_article(_np(c, False))} on a plain background",
+            f"{_article(_np(a, False))}, and {_article(_np(b, False))} {_relation(b, c)} {_article(_np(c, False))}",
+        ]
+    idx = rng.permutation(len(pool))[:n]
+    return [pool[i] for i in sorted(idx)]
+
+
+# ----------------------------------------------------------------------------------------------
+# the world
+
+
+def _p2_file_name(i: int, split_offset: int) -> tuple[int, str]:
+    """COCO-style ids for even i, Flickr-style for odd i - both occur in the real data."""
+    if i % 2 == 0:
+        iid = 100_000 + split_offset + i
+        return iid, f"{iid:012d}.jpg"
+    iid = 3_000_000_000 + split_offset * 37 + i * 7919
+    return iid, f"{iid}.jpg"
+
+
+def _save_jpeg(img: Image.Image, path: Path) -> None:
+    img.save(path, format="JPEG", quality=92, optimize=False, progressive=False, subsampling=0)
+
+
+def _write_p2_split(root: Path, split: str, count: int, seed: int, ws: WorldSize, boxes: dict) -> None:
+    split_id = {"train": 1, "val": 2}[split]
+    out = root / "p2_data" / "images" / split
+    out.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in progress_bar(range(count), desc=f"demo p2 {split}", leave=False, mininterval=1.0):
+        rng = np.random.default_rng([seed, split_id, i])
+        n_obj = int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25]))
+        img, objs = draw_scene(rng, ws.p2_side, n_obj)
+        iid, name = _p2_file_name(i, split_id * 1_000_000)
+        _save_jpeg(img, out / name)
+        images.append({"file_name": name, "id": iid})
+        for cap in make_captions(rng, objs, ws.p2_side, ws.captions_per_image):
+            annotations.append({"caption": cap, "id": len(annotations) + split_id * 10_000_000, "image_id": iid})
+        boxes[f"{split}/{name}"] = [o.__dict__ | {"box": list(o.box)} for o in objs]
+    doc = {
+        "info": {"description": f"hw3lib demo world, {split} split", "seed": seed},
+        "licenses": [],
+        "annotations": annotations,
+        "images": images,
+    }
+    atomic_write_json(root / "p2_data" / f"{split}.json", doc, indent=None)
+
+
+def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", progress: bool = True) -> Path:
+    """Write a complete miniature `hw3_data/` into `out_dir` (created; must be empty or absent)."""
+    if size not in WORLD_SIZES:
+        raise HW3Error(f"unknown demo size {size!r} (choose from {', '.join(WORLD_SIZES)})")
+    ws = WORLD_SIZES[size]
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise HW3Error(f"{root}: exists and is a file, not a folder")
+    if root.exists() and any(root.iterdir()):
+        raise HW3Error(f"{root}: folder exists and is not empty (remove it or choose another)")
+    tmp = root.with_name(f".{root.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    # P1: one shape per image in a random colour, made harder (draw_p1_scene); class = shape;
+    # names {class_id}_{image_id}.png
+    p1 = tmp / "p1_data" / "val"
+    p1.mkdir(parents=True)
+    atomic_write_json(tmp / "p1_data" / "id2label.json", {str(i): s for i, s in enumerate(SHAPES)})
+    p1_boxes = {}
+    for cid, shape in enumerate(progress_bar(SHAPES, desc="demo p1", leave=False, shown=progress)):
+        for k in range(ws.p1_per_class):
+            rng = np.random.default_rng([seed, 0, cid, k])
+            img, objs = draw_p1_scene(rng, ws.p2_side, shape)
+            name = f"{cid}_{k * len(SHAPES) + cid + 400}.png"
+            img.save(p1 / name, format="PNG", optimize=False, compress_level=6)
+            p1_boxes[name] = [o.__dict__ | {"box": list(o.box)} for o in objs]
+    atomic_write_json(tmp / "p1_data" / "boxes.json", p1_boxes, indent=None)
+
+    p2_boxes: dict = {}
+    _write_p2_split(tmp, "train", ws.p2_train, seed, ws, p2_boxes)
+    _write_p2_split(tmp, "val", ws.p2_val, seed, ws, p2_boxes)
+    atomic_write_json(tmp / "p2_data" / "boxes.json", p2_boxes, indent=None)
+
+    # P3: a handful of multi-object test images with descriptive names
+    p3 = tmp / "p3_data" / "images"
+    p3.mkdir(parents=True)
+    p3_boxes = {}
+    for i in range(P3_COUNT):
+        rng = np.random.default_rng([seed, 3, i])
+        img, objs = draw_scene(rng, ws.p2_side, 1 + i % 3)
+        name = "_".join(o.shape for o in objs) + f"_{i}.jpg"
+        _save_jpeg(img, p3 / name)
+        p3_boxes[name] = [o.__dict__ | {"box": list(o.box)} for o in objs]
+    atomic_write_json(tmp / "p3_data" / "boxes.json", p3_boxes, indent=None)
+
+    atomic_write_json(tmp / "DEMO.json", {"generator": "hw3lib.demo.world", "seed": seed, "size": size,
+                                          "shapes": SHAPES, "colors": list(COLORS), "p1_classes": SHAPES,
+                                          "grid": GRID, "p1_difficulty": asdict(P1_DIFFICULTY)})
+    if root.exists():
+        root.rmdir()
+    tmp.rename(root)  # the tree appears complete or not at all
+    return root
+
+
+def read_boxes(path: str | Path) -> dict[str, list[dict]]:
+    """The demo world's side file: image name -> objects with shape, colour, size and box."""
+    from ..core.files import read_json
+
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise HW3Error(f"{path}: expected an object mapping image names to object lists")
+    return raw

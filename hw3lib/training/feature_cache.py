@@ -1,0 +1,135 @@
+"""Encoder-feature cache: a frozen encoder never runs twice on the same image.
+
+Each image's encoder tokens (S, E) are stored as one safetensors file under
+`root/<key[:2]>/<key>.safetensors`, where key = sha256(encoder fingerprint, image bytes). The encoder
+fingerprint covers the timm model name, its architecture overrides, its weights (hub tag, or the
+checkpoint's name, size and modification time) and its preprocessing config, so changing any of them
+misses the cache instead of serving stale features. Writes are atomic; a damaged entry is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..core.files import atomic_path
+from ..core.images import open_image
+from ..core.progress import progress as progress_bar
+
+
+def encoder_fingerprint(spec, data_config: dict, dtype=None) -> str:
+    """The identity of an encoder's tokens: architecture, weights, preprocessing, and the dtype its
+    weights are stored in when that is not fp32 (half-precision tokens differ from fp32 ones)."""
+    weights = {"hub_tag": spec.hub_tag}
+    if spec.checkpoint:
+        st = os.stat(spec.checkpoint)
+        weights = {"file": Path(spec.checkpoint).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    doc = {"model": spec.model, "kwargs": spec.model_kwargs, "weights": weights,
+           "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}}
+    if dtype is not None and dtype != torch.float32:
+        doc["dtype"] = str(dtype)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Disk cache of encoder tokens keyed by (encoder fingerprint, image content)."""
+
+    def __init__(self, root: str | os.PathLike, fingerprint: str):
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        self._keys: dict[Path, str] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, image_path: Path) -> str:
+        if image_path not in self._keys:
+            self._keys[image_path] = hashlib.sha256(
+                (self.fingerprint + file_digest(image_path)).encode()).hexdigest()
+        return self._keys[image_path]
+
+    def _file(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def _read(self, key: str) -> torch.Tensor | None:
+        from safetensors.torch import load_file
+
+        f = self._file(key)
+        if not f.is_file():
+            return None
+        try:
+            return load_file(str(f))["tokens"]
+        except Exception:  # a damaged entry is recomputed, never trusted
+            return None
+
+    def _write(self, key: str, tokens: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_path(self._file(key)) as tmp:
+            save_file({"tokens": tokens.detach().cpu().contiguous()}, str(tmp))
+
+    def get(self, paths: list[Path], encode: Callable[[list[Path]], torch.Tensor], batch_size: int = 32,
+            progress: bool = False) -> list[torch.Tensor]:
+        """Encoder tokens for every path; `encode(paths) -> (B, S, E)` runs only on misses."""
+        out: list[torch.Tensor | None] = [None] * len(paths)
+        todo: dict[str, list[int]] = {}  # key -> positions; a batch may hold one image several times
+        for i, p in enumerate(paths):
+            k = self.key(p)
+            if k in todo:
+                todo[k].append(i)
+                continue
+            t = self._read(k)
+            if t is None:
+                todo[k] = [i]
+            else:
+                out[i] = t
+        self.hits += len(paths) - sum(len(v) for v in todo.values())
+        self.misses += len(todo)
+        keys = list(todo)
+        bar = progress_bar(range(0, len(keys), batch_size), desc="encoding images (cache fill)", leave=False,
+                           shown=progress and bool(keys))
+        for j in bar:
+            chunk = keys[j:j + batch_size]
+            feats = encode([paths[todo[k][0]] for k in chunk])
+            for k, f in zip(chunk, feats, strict=True):
+                f = f.detach().cpu()
+                self._write(k, f)
+                for i in todo[k]:
+                    out[i] = f
+        return out  # type: ignore[return-value]
+
+
+class FeatureSource:
+    """Encoder tokens for image indices: from the feature cache, or live through the encoder."""
+
+    def __init__(self, model, paths: list[Path], transform, cache=None, device="cpu"):  # model: a Captioner
+        self.model, self.paths, self.transform, self.cache, self.device = model, paths, transform, cache, device
+        self.encoder_calls = 0  # images pushed through the encoder (for tests and benchmarks)
+
+    def _encode(self, paths: list[Path]) -> torch.Tensor:
+        x = torch.stack([self.transform(open_image(p)) for p in paths]).to(self.device)
+        self.encoder_calls += len(paths)
+        return self.model.encode(x)
+
+    def fill(self, indices=None, batch_size: int = 32) -> None:
+        if self.cache is not None:
+            idx = range(len(self.paths)) if indices is None else indices
+            self.cache.get([self.paths[i] for i in idx], self._encode, batch_size, progress=True)
+
+    def __call__(self, indices: list[int]) -> torch.Tensor:
+        if self.cache is None:
+            return self._encode([self.paths[i] for i in indices])
+        feats = self.cache.get([self.paths[i] for i in indices], self._encode)
+        return torch.stack(feats).to(self.device)

@@ -1,0 +1,319 @@
+"""Training the captioner: teacher forcing in the course layout, AdamW + warm-up + cosine annealing,
+gradient accumulation and clipping, autocast on GPU, an encoder-feature cache, JSONL logs, periodic
+validation, best-checkpoint selection, exact resume, and DDP under torchrun.
+
+The run folder (`--out RUN_DIR`) and its files belong to `runfolder.RunFolder`.
+
+Resume: the data order of every epoch is a permutation drawn from (seed, epoch), so the state is the
+optimiser, the scheduler step, the RNG state and the position inside the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..core.data import CaptionSet
+from ..core.distributed import processes
+from ..core.errors import HW3Error
+from ..core.files import fault_point
+from ..core.precision import Precision, choose_precision
+from ..core.progress import progress
+from ..core.tokenizer import teacher_forcing_batch
+from ..models.captioner import Captioner, check_budget, format_report, parameter_report
+from .config import TrainConfig
+from .feature_cache import FeatureSource
+from .runfolder import RunFolder, changed_inputs, config_key
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class CaptionData:
+    paths: list[Path]  # images that have captions
+    references: list[list[str]]  # their captions, as text
+    pairs: list[tuple[int, list[int]]]  # (image index, caption token ids)
+    eot: int  # start / end / pad token
+
+
+def caption_data(cs: CaptionSet, tokenizer, max_tokens: int) -> CaptionData:
+    images = [im for im in cs.images if cs.captions.get(im.id)]
+    caps = [(i, c) for i, im in enumerate(images) for c in cs.captions[im.id]]
+    ids = tokenizer.encode_batch([c for _, c in caps])
+    return CaptionData([im.path for im in images], [list(cs.captions[im.id]) for im in images],
+                       [(i, t[: max_tokens - 1]) for (i, _), t in zip(caps, ids, strict=True)], tokenizer.eot_id)
+
+
+def augmentation_transform(base, hflip: float, jitter: float):
+    """PIL-level flip / colour jitter in front of the encoder's own (eval) transform."""
+    import torchvision.transforms as T
+
+    extra = []
+    if hflip > 0:
+        extra.append(T.RandomHorizontalFlip(hflip))
+    if jitter > 0:
+        extra.append(T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    return T.Compose(extra + list(base.transforms))
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.0) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine annealing down to `floor` at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """The training schedule: warm-up to cfg.lr, cosine down to cfg.eta_min."""
+    return cosine_lr(step, total, cfg.lr, cfg.warmup_steps, cfg.eta_min)
+
+
+def batch_loss(model, feats, pairs, eot, max_len, autocast) -> torch.Tensor:
+    x, y = teacher_forcing_batch([t for _, t in pairs], eot, max_len)
+    x, y = x.to(feats.device), y.to(feats.device)
+    with autocast():
+        logits = model(feats, x)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+
+
+@torch.no_grad()
+def validation_loss(model, source: FeatureSource, data: CaptionData, cfg: TrainConfig, autocast) -> float:
+    model.eval()
+    keep = set(range(min(cfg.val_images, len(data.paths))))
+    pairs = [p for p in data.pairs if p[0] in keep]
+    total, count = 0.0, 0
+    for i in range(0, len(pairs), 64):
+        chunk = pairs[i:i + 64]
+        feats = source([p[0] for p in chunk])
+        n_tokens = sum(len(t) + 1 for _, t in chunk)
+        total += batch_loss(model, feats, chunk, data.eot, cfg.max_caption_tokens, autocast).item() * n_tokens
+        count += n_tokens
+    model.train()
+    return total / max(count, 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    micro_per_epoch: int  # micro-batches per epoch on each rank
+    steps_per_epoch: int  # optimiser steps per epoch
+    total: int  # optimiser steps of the whole run
+    val_every: int  # steps between validations (and saves)
+
+
+def plan(n_pairs: int, cfg: TrainConfig, world: int) -> Plan:
+    micro = n_pairs // (cfg.batch_size * world)
+    if micro < 1:
+        raise HW3Error(f"{n_pairs} training pairs are fewer than one batch of {cfg.batch_size * world}")
+    if cfg.grad_accum > micro:
+        raise HW3Error(f"grad_accum={cfg.grad_accum}: an epoch has only {micro} micro-batches of {cfg.batch_size} "
+                       f"({n_pairs} pairs); at most grad_accum={micro}")
+    per_epoch = max(1, micro // cfg.grad_accum)
+    total = per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, per_epoch * cfg.epochs)
+    return Plan(micro, per_epoch, total, cfg.val_every or per_epoch)
+
+
+class Trainer:
+    """One training run in named steps: restore, step, validate, select_best, save. `fit` drives it."""
+
+    def __init__(self, model: Captioner, train: CaptionData, val: CaptionData | None, cfg: TrainConfig,
+                 folder: RunFolder, train_source: FeatureSource, val_source: FeatureSource | None = None,
+                 validator: Callable[[Captioner], dict] | None = None, precision: Precision | None = None,
+                 inputs: dict | None = None):
+        self.model, self.train, self.val, self.cfg, self.folder = model, train, val, cfg, folder
+        self.inputs = inputs or {}  # the fingerprint of what the run reads (runfolder.input_fingerprint)
+        self.train_source, self.val_source, self.validator = train_source, val_source, validator
+        procs = processes()
+        self.rank, self.world, self.master_process = procs.rank, procs.world, procs.master_process
+        self.device = next(p for p in model.parameters() if p.requires_grad).device
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        check_budget(model, cfg.max_trainable)
+        self.report = parameter_report(model)
+        self.opt = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.precision = precision or choose_precision(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
+        self.net = model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.plan = plan(len(train.pairs), cfg, self.world)
+        self.state = {"step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None}
+        # the metric that picks the best checkpoint: the validator's (CIDEr, higher is better) or val_loss
+        self.metric = cfg.select_metric if validator is not None else "val_loss"
+
+    def autocast(self):
+        return self.precision.autocast()
+
+    def restore(self) -> None:
+        """Continue from the folder's resume state, if it has one for this configuration."""
+        ck = self.folder.read_resume()
+        if ck is None:
+            return
+        if ck.get("config") != config_key(self.model, self.cfg):
+            raise HW3Error(f"{self.folder.resume_path}: run folder holds a run with another configuration "
+                           "(use a new --out, or --force-new to start over)")
+        changed = changed_inputs(ck.get("inputs"), self.inputs)
+        if changed:
+            raise HW3Error(f"{self.folder.resume_path}: the run's inputs changed since it started ({', '.join(changed)}); "
+                           "resuming would mix two runs (use a new --out, or --force-new to start over)")
+        self.model.load_trainable(ck["trainable"], str(self.folder.resume_path))
+        self.opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["torch_rng"])
+        self.state.update(ck["state"])
+        if self.master_process:
+            s = self.state
+            print(f"resuming at step {s['step']} (epoch {s['epoch']}, batch {s['micro']})", flush=True)
+
+    def epoch_order(self) -> torch.Tensor:
+        """(micro-batches, batch) pair indices of the current epoch for this rank: a permutation drawn
+        from (seed, epoch) alone, so a resumed run sees the same batches."""
+        cfg, p = self.cfg, self.plan
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state["epoch"])
+        order = torch.randperm(len(self.train.pairs), generator=g)[: p.micro_per_epoch * cfg.batch_size * self.world]
+        return order.view(p.micro_per_epoch, self.world, cfg.batch_size)[:, self.rank]
+
+    def step(self, order: torch.Tensor) -> dict:
+        """One optimiser step over cfg.grad_accum micro-batches; returns its log entry."""
+        cfg, state = self.cfg, self.state
+        self.opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for _ in range(cfg.grad_accum):
+            pairs = [self.train.pairs[i] for i in order[state["micro"]].tolist()]
+            feats = self.train_source([p[0] for p in pairs])
+            loss = batch_loss(self.net, feats, pairs, self.train.eot, cfg.max_caption_tokens, self.autocast) / cfg.grad_accum
+            if not torch.isfinite(loss):
+                kept = self.folder.checkpoint("last")
+                raise HW3Error(f"non-finite loss ({loss.item()}) at step {state['step']}: training stopped; "
+                               f"last good checkpoint kept at {kept if kept.exists() else 'none (no save yet)'}")
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.item()
+            state["micro"] += 1
+        lr = lr_at(state["step"], self.plan.total, cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip) if cfg.grad_clip > 0 else None
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        state["step"] += 1
+        fault_point("step")
+        return {"step": state["step"], "epoch": state["epoch"], "loss": loss_sum, "lr": lr,
+                "grad_norm": None if gnorm is None else float(gnorm)}
+
+    def validate(self) -> dict:
+        """val_loss on the first cfg.val_images val images, plus the validator's metrics (CIDEr)."""
+        result = {"step": self.state["step"], "epoch": self.state["epoch"]}
+        if self.val is not None and self.val_source is not None:
+            result["val_loss"] = validation_loss(self.model, self.val_source, self.val, self.cfg, self.autocast)
+        fault_point("validation")
+        if self.validator is not None:
+            self.model.eval()
+            with self.autocast():
+                result.update(self.validator(self.model))
+            self.model.train()
+        if self.master_process:
+            print("validation " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in result.items()), flush=True)
+        return result
+
+    def select_best(self, result: dict) -> bool:
+        """Is this validation the best so far? (CIDEr: higher; val_loss: lower.) Updates the state."""
+        value = result.get(self.metric)
+        if value is None:
+            value = result.get("val_loss")
+        higher = self.metric == "cider" and self.validator is not None
+        best = self.state["best"]
+        better = value is not None and (best is None or (value > best if higher else value < best))
+        if better:
+            self.state["best"], self.state["best_step"] = value, self.state["step"]
+        self.folder.log({"validation": result, "best": self.state["best"]})
+        return better
+
+    def save(self, kind: str) -> None:
+        """checkpoint-{kind}.safetensors; "last" also writes resume.pt."""
+        s = self.state
+        self.folder.save_checkpoint(kind, self.model, {"step": s["step"], "epoch": s["epoch"], "best": s["best"]})
+        if kind == "last" and self.folder.writer:  # other ranks would build the state for nothing
+            self.folder.save_resume({"trainable": self.model.trainable_state_dict(), "optimizer": self.opt.state_dict(),
+                                     "torch_rng": torch.get_rng_state(), "state": dict(s),
+                                     "config": config_key(self.model, self.cfg), "inputs": self.inputs})
+
+    def run_epoch(self, bar, t0: float) -> bool:
+        """Steps until the epoch ends or the run does; True when the run is done."""
+        cfg, state, p = self.cfg, self.state, self.plan
+        order = self.epoch_order()
+        while state["micro"] < p.steps_per_epoch * cfg.grad_accum:
+            entry = self.step(order)
+            bar.update()
+            bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2e}", refresh=False)
+            if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+                self.folder.log(entry | {"time": round(time.time() - t0, 2)})
+            epoch_done = state["micro"] >= p.steps_per_epoch * cfg.grad_accum
+            if epoch_done:  # saved state points at the start of the next epoch
+                state["epoch"], state["micro"] = state["epoch"] + 1, 0
+            at_end = state["step"] >= p.total
+            if state["step"] % p.val_every == 0 or at_end:
+                if self.select_best(self.validate()):
+                    self.save("best")
+                self.save("last")
+                if self.world > 1:
+                    dist.barrier()
+            if at_end or epoch_done:
+                return at_end
+        return False
+
+
+def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: TrainConfig, run_dir: str | os.PathLike,
+        train_source: FeatureSource, val_source: FeatureSource | None = None,
+        validator: Callable[[Captioner], dict] | None = None, resume: bool = True,
+        precision: Precision | None = None, inputs: dict | None = None) -> dict:
+    """Train `model` in place; returns the final summary. Rank 0 writes every file."""
+    folder = RunFolder(run_dir, writer=processes().master_process)
+    t = Trainer(model, train, val, cfg, folder, train_source, val_source, validator, precision, inputs)
+    if resume:
+        t.restore()
+    folder.start({"captioner": asdict(model.config), "train": asdict(cfg), "parameters": t.report,
+                  "world_size": t.world, "precision": t.precision.describe(), "inputs": t.inputs}, t.state["step"])
+    model.train()
+    if model.encoder is not None:
+        model.encoder.eval()
+    bar = progress(total=t.plan.total, initial=t.state["step"], desc="training", dynamic_ncols=True,
+                   shown=t.master_process)
+    t0 = time.time()
+    try:
+        done = t.state["step"] >= t.plan.total
+        while not done and t.state["epoch"] < cfg.epochs:
+            done = t.run_epoch(bar, t0)
+    finally:
+        bar.close()
+    s = t.state
+    summary = {"steps": s["step"], "best": s["best"], "best_step": s["best_step"], "parameters": t.report,
+               "seconds": round(time.time() - t0, 1)}
+    folder.finish(summary)
+    if t.master_process:
+        print(f"done: {s['step']} steps; best {t.metric} {s['best']} at step {s['best_step']}; "
+              f"{format_report(t.report)}", flush=True)
+    return summary
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)

@@ -1,0 +1,152 @@
+"""A training run's folder (`hw3 train --out RUN_DIR`) and every file in it:
+
+  config.json                    the full configuration of the run (+ parameter counts, world size)
+  log.jsonl                      one line per logged step / validation
+  checkpoint-best.safetensors    trainable tensors + model config (what `hw3 caption` loads)
+  checkpoint-last.safetensors    the same, at the last save
+  resume.pt                      everything needed to continue bit-exactly (weights_only loadable)
+  summary.json                   written once, when the run has finished
+
+Only the writer (rank 0 under DDP) touches files; on other ranks every write is a no-op. Every file is
+written atomically, so a kill at any moment leaves each one whole (old or new).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..core.errors import HW3Error, first_line
+from ..core.files import atomic_path, atomic_write_json, remove_stale_temporaries
+from ..models.captioner import save_checkpoint
+
+RUN_FILES = ("config.json", "log.jsonl", "checkpoint-best.safetensors", "checkpoint-last.safetensors", "resume.pt",
+             "summary.json", "val_predictions.json", ".lock")  # what a run folder holds
+
+
+def config_key(model, cfg) -> str:
+    """The run's identity: captioner and training configuration as canonical JSON. A resume state
+    from another configuration is refused."""
+    return json.dumps({"captioner": asdict(model.config), "train": asdict(cfg)}, sort_keys=True)
+
+
+def input_fingerprint(manifest, p2_dir) -> dict[str, str]:
+    """What the run reads, by name: the caption files' and tokenizer files' sha256, the weights files'
+    resolved path, size and modification time (hashing gigabytes on every resume would cost minutes),
+    and hub tags. A resume over a changed input is refused (`changed_inputs`)."""
+    from ..core.files import require_file
+    from .feature_cache import file_digest
+
+    p2_dir = Path(p2_dir)
+    out = {name: file_digest(require_file(p2_dir / name, "caption file")) for name in ("train.json", "val.json")}
+    out |= {f"tokenizer.{k}": file_digest(getattr(manifest.tokenizer, k)) for k in ("encoder_json", "vocab_bpe")}
+    for label, path in (("decoder.weights", manifest.decoder.weights), ("encoder.checkpoint", manifest.encoder.checkpoint)):
+        if path is not None:
+            st = os.stat(path)
+            out[label] = f"{Path(path).resolve()} ({st.st_size} bytes, mtime {st.st_mtime_ns})"
+    out["encoder"] = f"{manifest.encoder.model} {manifest.encoder.hub_tag or ''} {manifest.encoder.model_kwargs}".strip()
+    return out
+
+
+def changed_inputs(recorded: dict | None, now: dict) -> list[str]:
+    """The names whose fingerprint differs (all of them when nothing was recorded)."""
+    if not isinstance(recorded, dict):
+        return ["(no record of the run's inputs)"]
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+
+
+RESUME_SCHEMA = {"trainable": dict, "optimizer": dict, "torch_rng": torch.Tensor, "state": dict, "config": str,
+                 "inputs": dict}
+STATE_SCHEMA = {"step": int, "epoch": int, "micro": int}
+
+
+def check_resume(ck, source) -> dict:
+    """A resume state must have every field with its type; the state's counters are non-negative ints."""
+    if not isinstance(ck, dict):
+        raise HW3Error(f"{source}: not a resume state (a {type(ck).__name__}, not a dict); remove it to start over")
+    for key, kind in RESUME_SCHEMA.items():
+        if not isinstance(ck.get(key), kind):
+            raise HW3Error(f"{source}: field {key!r} is missing or not a {kind.__name__}; remove the file to start over")
+    for key, kind in STATE_SCHEMA.items():
+        v = ck["state"].get(key)
+        if not isinstance(v, kind) or isinstance(v, bool) or v < 0:
+            raise HW3Error(f"{source}: state.{key} = {v!r} is not a non-negative integer; remove the file to start over")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ck["trainable"].items()):
+        raise HW3Error(f"{source}: field 'trainable' is not a dict of named tensors; remove the file to start over")
+    return ck
+
+
+class RunFolder:
+    def __init__(self, root: str | os.PathLike, writer: bool = True):
+        self.root = Path(root)
+        self.writer = writer  # rank 0 writes; other ranks only read resume.pt
+        self.log_path = self.root / "log.jsonl"
+        self.resume_path = self.root / "resume.pt"
+
+    def checkpoint(self, kind: str) -> Path:
+        return self.root / f"checkpoint-{kind}.safetensors"
+
+    def read_resume(self) -> dict | None:
+        """The resume state, or None when there is none. weights_only: a file that would run code on
+        loading is refused, never executed."""
+        if not self.resume_path.is_file():
+            return None
+        try:
+            ck = torch.load(self.resume_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise HW3Error(f"{self.resume_path}: not a readable resume state ({first_line(e)}); remove it to "
+                           "start over") from e
+        return check_resume(ck, self.resume_path)
+
+    def clear(self) -> None:
+        """Remove a previous run's files (`hw3 train --force-new`); the lock stays with its holder."""
+        if self.writer:
+            for name in RUN_FILES:
+                if name != ".lock":
+                    (self.root / name).unlink(missing_ok=True)
+
+    def start(self, config: dict, resumed_step: int) -> None:
+        """Create the folder, clear temporaries left by a killed write, record the configuration and
+        drop log lines written after the state we resume from (they will be written again)."""
+        if not self.writer:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.root)
+        atomic_write_json(self.root / "config.json", config)
+        self._truncate_log(resumed_step)
+
+    def log(self, entry: dict) -> None:
+        if self.writer:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def save_checkpoint(self, kind: str, model, meta: dict) -> None:
+        if self.writer:
+            save_checkpoint(self.checkpoint(kind), model, meta)
+
+    def save_resume(self, state: dict) -> None:
+        if self.writer:
+            with atomic_path(self.resume_path) as tmp:
+                torch.save(state, tmp)
+
+    def finish(self, summary: dict) -> None:
+        if self.writer:
+            atomic_write_json(self.root / "summary.json", summary)
+
+    def _truncate_log(self, step: int) -> None:
+        if not self.log_path.is_file():
+            return
+        keep = []
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if entry.get("step", entry.get("validation", {}).get("step", 0)) <= step:
+                keep.append(line)
+        with atomic_path(self.log_path) as tmp:
+            tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")

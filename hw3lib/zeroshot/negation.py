@@ -1,0 +1,162 @@
+"""Negation, NegationCLIP in miniature (Park et al. 2025) and a NegBench-style test (Alhamoud et al. 2025).
+
+Captions that also state what a scene does not hold ("a red circle and no square", "there is no star"),
+built from the world's boxes, so that every negation is true: an absent object is a shape the image does
+not hold in any colour. `hw3 demo-models` fine-tunes the demo CLIP's text tower on them (the image tower
+frozen), and the P1 notebook compares the two CLIPs on:
+  - the multiple-choice test below: per val image, one true statement and three false ones;
+  - image->text recall@1 on the val captions, so that the fix does not cost retrieval;
+  - the P1 negation study ("This is not a photo of {object}" read inverted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.images import open_image
+from ..core.results import Accuracy, MultipleChoice, NegationScores
+from ..metrics.stats import bootstrap_ci
+
+# True statements about absent shapes for the fine-tune: "{d}" is the scene's description, "{a}" an absent
+# shape. None is a phrasing of the multiple-choice test below ("there is no ...", "... and no ..."), so the
+# test asks in words the fine-tune never used.
+NEGATIONS: tuple[str, ...] = ("{d}, but no {a}", "{d} without a {a}", "{d}, not a {a}", "{d}; the picture has no {a}",
+                              "no {a} here", "this is not a {a}")
+
+# The multiple-choice test. Each item has one true statement; which kind rotates over the images.
+# `x` names a present object ("red circle"), `y` an absent shape ("star"), `yc` an absent shape in a colour.
+QUESTION_TYPES = ("affirmation", "negation", "hybrid")
+TRUE_CHOICE = {"affirmation": "there is a {x}", "negation": "there is no {y}", "hybrid": "a {x} and no {y}"}
+FALSE_CHOICES = ("there is no {xs}",  # negates an object the image holds
+                 "there is a {yc}",  # affirms an absent object (a hard negative)
+                 "a {yc} and no {xs}")  # both wrong
+
+
+def absent_shapes(present: set[str], shapes: list[str]) -> list[str]:
+    return [s for s in shapes if s not in present]
+
+
+def negated_caption(description: str, present: set[str], shapes: list[str], rng: np.random.Generator) -> str:
+    """`description` with a true negation: a shape the scene does not hold, in one of NEGATIONS."""
+    absent = absent_shapes(present, shapes)
+    if not absent:
+        return description
+    a = absent[int(rng.integers(len(absent)))]
+    return NEGATIONS[int(rng.integers(len(NEGATIONS)))].format(d=description, a=a)
+
+
+def false_negation(description: str, present: set[str], rng: np.random.Generator) -> str:
+    """`description` with a false negation: a shape the scene holds, said to be absent (a hard negative)."""
+    names = sorted(present)
+    x = names[int(rng.integers(len(names)))]
+    return NEGATIONS[int(rng.integers(len(NEGATIONS)))].format(d=description, a=x)
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    image: str  # image file name
+    question_type: str  # one of QUESTION_TYPES
+    choices: tuple[str, ...]  # the true statement first
+    answer: int = 0  # index of the true statement in `choices`
+
+
+def choice_item(name: str, objects: list[dict], shapes: list[str], colors: list[str], k: int,
+                rng: np.random.Generator) -> ChoiceItem | None:
+    """The k-th image's item (question type k mod 3); None when the image holds every shape."""
+    present = {o["shape"] for o in objects}
+    absent = absent_shapes(present, shapes)
+    if not absent:
+        return None
+    o = objects[int(rng.integers(len(objects)))]
+    x, xs = f"{o['color']} {o['shape']}", o["shape"]
+    y = absent[int(rng.integers(len(absent)))]
+    yc = f"{colors[int(rng.integers(len(colors)))]} {y}"
+    qt = QUESTION_TYPES[k % len(QUESTION_TYPES)]
+    fill = {"x": x, "xs": xs, "y": y, "yc": yc}
+    return ChoiceItem(name, qt, (TRUE_CHOICE[qt].format(**fill), *(c.format(**fill) for c in FALSE_CHOICES)))
+
+
+def choice_items(objects: list[list[dict]], names: list[str], shapes: list[str], colors: list[str],
+                 seed: int = 0) -> list[ChoiceItem]:
+    """One item per image that has objects and lacks some shape; `objects[i]` are image i's boxes."""
+    rng = np.random.default_rng([seed, 20])
+    items = [choice_item(n, objs, shapes, colors, k, rng) for k, (n, objs) in enumerate(zip(names, objects, strict=True))
+             if objs]
+    return [it for it in items if it is not None]
+
+
+def choice_correct(image_features: torch.Tensor, choice_features: torch.Tensor, answers) -> np.ndarray:
+    """(N,) bool: whether each image's most similar choice is its answer. image_features (N, D),
+    choice_features (N, K, D), both normalised; answers (N,)."""
+    sims = torch.einsum("nd,nkd->nk", image_features, choice_features)  # (N, K)
+    return sims.argmax(dim=1).numpy() == np.asarray(answers)
+
+
+def multiple_choice(image_features: torch.Tensor, choice_features: torch.Tensor, items: list[ChoiceItem],
+                    n_boot: int = 2000, seed: int = 0) -> MultipleChoice:
+    ok = choice_correct(image_features, choice_features, [it.answer for it in items])
+    kinds = np.array([it.question_type for it in items])
+
+    def acc(mask) -> Accuracy:
+        return Accuracy(float(ok[mask].mean()), bootstrap_ci(ok[mask], n_boot=n_boot, seed=seed))
+
+    by_type = {t: acc(kinds == t) for t in QUESTION_TYPES if (kinds == t).any()}
+    return MultipleChoice(acc(np.ones(len(items), bool)), by_type, len(items), 1.0 / len(items[0].choices))
+
+
+def recall_hits(image_features: torch.Tensor, text_features: torch.Tensor) -> np.ndarray:
+    """(N,) bool: image i's most similar text is text i. Both (N, D), normalised."""
+    return ((image_features @ text_features.T).argmax(dim=1) == torch.arange(len(image_features))).numpy()
+
+
+def recall_at_1(image_features: torch.Tensor, text_features: torch.Tensor, n_boot: int = 2000,
+                seed: int = 0) -> Accuracy:
+    """Image->text recall@1 with its bootstrap interval over images."""
+    ok = recall_hits(image_features, text_features)
+    return Accuracy(float(ok.mean()), bootstrap_ci(ok, n_boot=n_boot, seed=seed))
+
+
+def negation_scores(name: str, clip, p1_study, val_images: list, val_names: list[str], val_captions: list[str],
+                    items: list[ChoiceItem], positive: str, negated: str, n_boot: int = 2000, seed: int = 0,
+                    device="cpu") -> NegationScores:
+    """One CLIP on the experiment. `p1_study` is P1's ZeroShotStudy (its images are re-encoded unless it
+    was built with this CLIP); `val_images`, `val_names`, `val_captions` are the P2 val images, their file
+    names and one caption each (for recall); `items` name their images."""
+    from ..models.clip import encode_images, encode_texts
+    from .classify import negation_study
+
+    feats = p1_study.image_features if p1_study.clip is clip else encode_images(
+        clip, [open_image(p) for p in p1_study.paths], device=device)
+    study = dataclasses.replace(p1_study, image_features=feats, clip=clip)
+    val = encode_images(clip, val_images, device=device)  # (N, D)
+    row = {n: i for i, n in enumerate(val_names)}
+    choices = encode_texts(clip, [c for it in items for c in it.choices], device=device)
+    choices = choices.view(len(items), len(items[0].choices), -1)  # (M, K, D)
+    return NegationScores(name, negation_study(study, positive, negated, n_boot, seed),
+                          multiple_choice(val[[row[it.image] for it in items]], choices, items, n_boot, seed),
+                          recall_at_1(val, encode_texts(clip, val_captions, device=device), n_boot, seed))
+
+
+def negation_benchmark(clips: dict, p1_study, p2_dir, shapes: list[str], colors: list[str], positive: str,
+                       negated: str, n_boot: int = 2000, seed: int = 0, device="cpu") -> list[NegationScores]:
+    """Every CLIP of `clips` (name -> ClipBundle) on P1's negation study and, on the P2 val split with
+    its boxes.json, the multiple-choice test and recall@1 (each image's first caption)."""
+    from pathlib import Path
+
+    from ..core.data import read_caption_file
+    from ..demo.world import read_boxes
+    from ..metrics.grounding import boxes_for
+
+    p2_dir = Path(p2_dir)
+    val = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
+    boxes = read_boxes(p2_dir / "boxes.json")
+    names = [im.path.name for im in val.images]
+    items = choice_items([boxes_for(n, boxes, "val", default=[]) for n in names], names, shapes, colors, seed)
+    images = [open_image(im.path) for im in val.images]
+    captions = [val.captions[im.id][0] for im in val.images]
+    return [negation_scores(name, clip, p1_study, images, names, captions, items, positive, negated, n_boot, seed,
+                            device) for name, clip in clips.items()]

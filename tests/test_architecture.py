@@ -1,0 +1,136 @@
+"""The package's layers (docs/architecture.md): imports run one way, from the application down to the
+core, and no module imports itself back through others. Every import counts, also those inside
+functions and under `TYPE_CHECKING`, since each is a dependency someone must understand."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Highest first. A layer may import the layers below it; the packages of one layer are independent
+# of each other (P1, P3 and training share the models and metrics, never one another).
+LAYERS = (("app",), ("zeroshot", "attention", "training"), ("metrics",), ("models",), ("demo",), ("core",))
+
+
+def imports_of(path: Path, module: str) -> set[str]:
+    """Every hw3lib module `path` (the module `module`) imports, as absolute dotted names."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "hw3lib"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if base.split(".")[0] != "hw3lib":
+                continue
+            # `from pkg import mod` names a module; `from mod import name` names the module
+            found |= {f"{base}.{a.name}" if (ROOT / (base + "." + a.name).replace(".", "/")).with_suffix(".py").exists()
+                      else base for a in node.names}
+    return found
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    graph = {}
+    for path in sorted((root / "hw3lib").rglob("*.py")):
+        module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        graph[module] = imports_of(path, module)
+    return graph
+
+
+def layer_of(module: str, layers=LAYERS) -> tuple[int, str] | None:
+    """(layer index, package) of a module; None for the package root (`hw3lib/__init__.py`,
+    `__main__.py`), which only re-exports."""
+    parts = module.split(".")
+    if len(parts) < 2 or parts[1] == "__main__":
+        return None
+    for i, layer in enumerate(layers):
+        if parts[1] in layer:
+            return i, parts[1]
+    raise AssertionError(f"{module}: in no layer (add its package to LAYERS and docs/architecture.md)")
+
+
+def violations(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    out = []
+    for module, deps in graph.items():
+        here = layer_of(module, layers)
+        if here is None:
+            continue
+        for dep in deps:
+            there = layer_of(dep, layers)
+            if there is None:
+                out.append(f"{module} imports the package root")
+            elif there[0] < here[0] or (there[0] == here[0] and there[1] != here[1]):
+                out.append(f"{module} ({here[1]}) imports {dep} ({there[1]})")
+    return sorted(out)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_checks_find_what_they_look_for():
+    """Hand-made graphs: an upward import, a sibling import and a cycle are each found."""
+    g = {"hw3lib.core.files": {"hw3lib.models.gpt2"}, "hw3lib.models.gpt2": {"hw3lib.core.files"},
+         "hw3lib.zeroshot.classify": {"hw3lib.attention.maps"}, "hw3lib.attention.maps": set()}
+    assert violations(g) == ["hw3lib.core.files (core) imports hw3lib.models.gpt2 (models)",
+                             "hw3lib.zeroshot.classify (zeroshot) imports hw3lib.attention.maps (attention)"]
+    assert cycles(g) == [["hw3lib.core.files", "hw3lib.models.gpt2"]]
+    assert violations({"hw3lib.app.cli": {"hw3lib.core.files"}, "hw3lib.core.files": set()}) == []
+
+
+def test_imports_run_down_the_layers():
+    graph = import_graph()
+    assert len(graph) > 30 and sum(map(len, graph.values())) > 100  # the parser found the imports
+    assert violations(graph) == []
+
+
+def test_no_import_cycle():
+    assert cycles(import_graph()) == []
+
+
+def test_every_module_is_documented():
+    """docs/architecture.md's table lists every module of the package, and none that is gone."""
+    import re
+    import sys
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+/\w+)\.py` \|", doc, re.M))
+    modules = {str(p.relative_to(ROOT / "hw3lib").with_suffix("")) for p in (ROOT / "hw3lib").glob("*/*.py")}
+    modules -= {m for m in modules if m.endswith("__init__")}
+    assert listed == modules, f"missing from the doc: {sorted(modules - listed)}; gone: {sorted(listed - modules)}"
+    assert {m.split("/")[0] for m in modules} == {p for layer in LAYERS for p in layer}
+    assert not {m.split("/")[1] for m in modules} & set(sys.stdlib_module_names) - {"cli"}
