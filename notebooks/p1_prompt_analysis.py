@@ -55,7 +55,7 @@ from hw3lib.core.files import atomic_write_json
 from hw3lib.core.images import open_image
 from hw3lib.core.manifest import load_manifest
 from hw3lib.demo.pretraining_text import read_pretraining_text
-from hw3lib.demo.world import COLORS, SHAPES
+from hw3lib.demo.world import DemoWorld
 from hw3lib.models.loading import load_clip
 from hw3lib.zeroshot.classify import (
     ZeroShotStudy,
@@ -75,6 +75,7 @@ figures.mkdir(parents=True, exist_ok=True)
 device = str(resolve_device(device))
 clip = load_clip(load_manifest(assets).clip, device)
 p1 = Path(data_dir) / "p1_data"
+world = DemoWorld.load(data_dir)  # None on real data: the demo-world sections skip themselves
 study = ZeroShotStudy.from_folder(clip, p1 / "val", p1 / "id2label.json", device)
 print(f"{len(study.paths)} images, {len(study.class_names)} classes; images encoded once")
 
@@ -192,14 +193,13 @@ else:
 # %%
 negation_manifest = None if assets == "real" else Path(assets).parent / NEGATION_MANIFEST
 experiment = None
-if negation_manifest is None or not negation_manifest.is_file() or not (Path(data_dir) / "p2_data" / "boxes.json").is_file():
+if world is None or negation_manifest is None or not negation_manifest.is_file():
     print("skipped: the negation experiment needs the demo world (its boxes.json and the negation-tuned CLIP "
           "that hw3 demo-models writes)")
 else:
     tuned = load_clip(load_manifest(negation_manifest).clip, device)
-    experiment = negation_benchmark({"base": clip, "negation-tuned": tuned}, study, Path(data_dir) / "p2_data",
-                                    SHAPES, list(COLORS), REPORT[0], REPORT[1], n_boot=300 if smoke else 2000,
-                                    device=device)
+    experiment = negation_benchmark({"base": clip, "negation-tuned": tuned}, study, world, REPORT[0], REPORT[1],
+                                    n_boot=300 if smoke else 2000, device=device)
     for sc in experiment:
         n = sc.negation
         print(f"{sc.name:<15} negated read inverted {n.negated_inverted_accuracy.accuracy * 100:5.1f}%  "

@@ -66,6 +66,7 @@ from hw3lib.app.summary import p2_section
 from hw3lib.core.device import resolve_device
 from hw3lib.core.files import atomic_write_json
 from hw3lib.core.images import open_image
+from hw3lib.demo.world import DemoWorld
 from hw3lib.models.decoding import Controls
 
 figures = Path(figures_dir)
@@ -76,6 +77,7 @@ if smoke:
     variants = variants[:2]
 configs = {v: Path(configs_dir) / f"{v}.toml" for v in variants}
 p2 = Path(data_dir) / "p2_data"
+world = DemoWorld.load(data_dir)  # None on real data: no object metrics
 print(f"CIDEr tokenizer: {default_tokenizer()}")
 
 # %% [markdown]
@@ -85,7 +87,7 @@ print(f"CIDEr tokenizer: {default_tokenizer()}")
 controls = Controls(no_repeat_ngram_size, repetition_penalty)
 result = compare_variants(configs, assets, p2, Path(runs_dir) / ("smoke" if smoke else run_group), overrides,
                           device=device, beams_best=beams, reference=reference, n_boot=300 if smoke else 2000,
-                          controls=controls, decoding_grid=DECODING_GRID)
+                          controls=controls, decoding_grid=DECODING_GRID, world=world)
 table = result.table
 table.tokenizer = default_tokenizer()
 rows = table.rows

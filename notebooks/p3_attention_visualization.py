@@ -54,7 +54,7 @@ from hw3lib.attention.viewer import METHODS, AttentionExplorer, html_viewer
 from hw3lib.core.device import resolve_device
 from hw3lib.core.files import atomic_write_json, atomic_write_text
 from hw3lib.core.images import list_images, open_image
-from hw3lib.demo.world import COLORS, SHAPES, read_boxes
+from hw3lib.demo.world import DemoWorld
 from hw3lib.models.decoding import Controls
 from hw3lib.models.loading import encoder_transform, load_tokenizer
 
@@ -66,6 +66,7 @@ model = load_run(checkpoint, m, device)
 tok = load_tokenizer(m)
 transform = encoder_transform(model.encoder)
 data = Path(data_dir)
+world = DemoWorld.load(data)  # None on real data: no objects to point at
 controls = Controls(no_repeat_ngram_size, repetition_penalty)
 
 # %% [markdown]
@@ -115,12 +116,11 @@ for label, key in extremes.items():
 # nouns (paired bootstrap). Only nouns that name an object of the image are scored.
 
 # %%
-boxes_file = p2 / "boxes.json"
 loc = None
-if boxes_file.is_file():
+if world is not None:
     n = 24 if smoke else localisation_images
     caps = capture(model, tok, transform, list_images(p2 / "images" / "val")[:n], device=device, controls=controls)
-    loc = localisation(model, caps, read_boxes(boxes_file), SHAPES, list(COLORS), deletion=not smoke,
+    loc = localisation(model, caps, world.objects("p2_data"), list(world.shapes), list(world.colors), deletion=not smoke,
                        n_boot=300 if smoke else 2000)
     print(f"{loc.nouns} object nouns in {loc.images} captions")
     display(Markdown("\n".join(p3_section({"extremes": {}, "localisation": loc}))))
@@ -129,7 +129,7 @@ if boxes_file.is_file():
         save(pointing_by_shape_figure(loc), figures / "p3_pointing_by_shape.png")
         save(layer_head_figure(loc.pointing_per_layer_head), figures / "p3_layer_head.png")
 else:
-    print("no boxes.json: localisation is scored on the demo world only")
+    print("real data: localisation is scored on the demo world only (its objects are known)")
 atomic_write_json(figures / "p3_summary.json", {
     "p3_captions": {ca.path.name: ca.caption for ca in p3},
     "extremes": {k: {"image": by_key[v].name, "CLIPScore": scores[v]["CLIPScore"], "caption": preds[v]}

@@ -18,6 +18,7 @@ from hw3lib.attention.maps import (
     upsample,
 )
 from hw3lib.attention.viewer import html_viewer
+from hw3lib.demo.world import Obj
 from hw3lib.models.loading import encoder_transform
 
 from . import tiny
@@ -130,11 +131,11 @@ def test_wrong_nouns_are_repeats_and_absent_types():
     from hw3lib.attention.maps import _wrong_nouns
     from hw3lib.demo.world import COLORS, SHAPES
 
-    objs = [{"shape": "ring", "color": "green", "box": [0, 0, 8, 8]}, {"shape": "ring", "color": "purple",
-            "box": [10, 0, 18, 8]}, {"shape": "heart", "color": "blue", "box": [20, 0, 28, 8]}]
+    objs = [Obj("ring", "green", "small", (0, 0, 8, 8)), Obj("ring", "purple", "small", (10, 0, 18, 8)),
+            Obj("heart", "blue", "small", (20, 0, 28, 8))]
     ca = SimpleNamespace(token_texts=[" a", " green", " ring", ",", " a", " blue", " heart", " and", " a", " blue",
                                       " heart", " and", " a", " red", " star", "<|endoftext|>"])
     got = _wrong_nouns(ca, objs, list(COLORS), SHAPES)
     assert [t for t, _, _ in got] == [10, 14]
-    assert got[0][1] == [[20, 0, 28, 8]] and got[0][2] == [[0, 0, 8, 8], [10, 0, 18, 8]]  # named type / others
+    assert got[0][1] == [(20, 0, 28, 8)] and got[0][2] == [(0, 0, 8, 8), (10, 0, 18, 8)]  # named type / others
     assert got[1][1] == [] and len(got[1][2]) == 3

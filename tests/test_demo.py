@@ -39,7 +39,7 @@ def test_layout_is_the_course_layout_and_readers_accept_it(small_world):
     boxes = read_boxes(small_world / "p1_data" / "boxes.json")
     for s in p1.samples:  # each image shows its class's shape, in any colour
         (obj,) = boxes[s.path.name]
-        assert obj["shape"] == p1.id2label[s.class_id] and obj["color"] in COLORS
+        assert obj.shape == p1.id2label[s.class_id] and obj.color in COLORS
     assert all(open_image(s.path).size == (96, 96) for s in p1.samples[:5])
     for split, n in (("train", 120), ("val", 24)):
         cs = read_caption_file(small_world / "p2_data" / f"{split}.json", small_world / "p2_data" / "images" / split)
@@ -59,15 +59,15 @@ def test_boxes_match_images_and_captions_name_every_object(small_world):
         w, h = open_image(im.path).size
         cell = w // GRID
         for o in objs:
-            x0, y0, x1, y1 = o["box"]
+            x0, y0, x1, y1 = o.box
             assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
-            assert o["shape"] in SHAPES and o["color"] in COLORS
+            assert o.shape in SHAPES and o.color in COLORS
             # on the patch grid: the box lies inside the object's grid square, touching its top-left cell
             gx, gy = x0 // cell, y0 // cell
-            assert x1 <= (gx + SIZES[o["size"]]) * cell and y1 <= (gy + SIZES[o["size"]]) * cell
+            assert x1 <= (gx + SIZES[o.size]) * cell and y1 <= (gy + SIZES[o.size]) * cell
         for cap in cs.captions[im.id]:
             for o in objs:  # every caption mentions every object's shape
-                assert o["shape"] in cap, (cap, objs)
+                assert o.shape in cap, (cap, objs)
 
 
 def test_captions_need_the_image(small_world):
@@ -85,7 +85,7 @@ def test_p1_colour_gives_chance(small_world):
     boxes = read_boxes(small_world / "p1_data" / "boxes.json")
     per_color = {}
     for (obj,) in boxes.values():
-        per_color.setdefault(obj["color"], set()).add(obj["shape"])
+        per_color.setdefault(obj.color, set()).add(obj.shape)
     assert len(per_color) >= 8 and sum(len(v) > 1 for v in per_color.values()) >= 6
 
 

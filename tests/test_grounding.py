@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 
-from hw3lib.demo.world import COLORS, SHAPES
-from hw3lib.metrics.grounding import boxes_for, ground_caption, grounding
+from hw3lib.demo.world import COLORS, SHAPES, Obj, boxes_for
+from hw3lib.metrics.grounding import ground_caption, grounding
 from hw3lib.metrics.stats import bootstrap_ci
 
-OBJECTS = [{"shape": "circle", "color": "red", "size": "small", "box": [0, 0, 10, 10]},
-           {"shape": "star", "color": "blue", "size": "large", "box": [20, 20, 40, 40]}]
+OBJECTS = (Obj("circle", "red", "small", (0, 0, 10, 10)), Obj("star", "blue", "large", (20, 20, 40, 40)))
 
 
 @pytest.mark.parametrize("caption, mentions, shapes, colors", [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hw3lib.demo.world import COLORS, SHAPES, draw_scene, make_captions
+from hw3lib.demo.world import COLORS, SHAPES, Obj, draw_scene, make_captions
 from hw3lib.zeroshot.negation import (
     FALSE_CHOICES,
     NEGATIONS,
@@ -49,13 +49,14 @@ def test_a_scene_holding_every_shape_gets_no_negation():
     rng = np.random.default_rng(0)
     assert absent_shapes(set(SHAPES), SHAPES) == []
     assert negated_caption("everything", set(SHAPES), SHAPES, rng) == "everything"
-    assert choice_item("x.jpg", [{"shape": s, "color": "red"} for s in SHAPES], SHAPES, list(COLORS), 0, rng) is None
+    every_shape = [Obj(s, "red", "small", (0, 0, 1, 1)) for s in SHAPES]
+    assert choice_item("x.jpg", every_shape, SHAPES, list(COLORS), 0, rng) is None
 
 
 def _truth(statement: str, objects: list[dict]) -> bool:
     """A hand-written reader of the test's three statement forms."""
-    present = {(o["color"], o["shape"]) for o in objects}
-    shapes = {o["shape"] for o in objects}
+    present = {(o.color, o.shape) for o in objects}
+    shapes = {o.shape for o in objects}
 
     def has(phrase):  # "red circle" or "circle"
         w = phrase.split()
@@ -71,7 +72,7 @@ def _truth(statement: str, objects: list[dict]) -> bool:
 
 
 def test_every_item_has_exactly_one_true_statement():
-    boxes = [[o.__dict__ for o in objs] for _, objs, _ in _scenes(120)]
+    boxes = [list(objs) for _, objs, _ in _scenes(120)]
     items = choice_items(boxes, [f"{i}.jpg" for i in range(len(boxes))], SHAPES, list(COLORS), seed=3)
     assert len(items) == len(boxes)
     assert [it.question_type for it in items[:6]] == [*QUESTION_TYPES, *QUESTION_TYPES]

@@ -8,8 +8,11 @@ from hw3lib.demo.world import COLORS, SHAPES, Obj, make_captions
 from hw3lib.metrics.objects import Mention, mentions, object_counts, score_caption
 
 C = list(COLORS)
-RING_HEART_RING = [{"shape": "ring", "color": "green"}, {"shape": "heart", "color": "blue"},
-                   {"shape": "ring", "color": "purple"}]
+def obj(shape, color):
+    return Obj(shape, color, "small", (0, 0, 1, 1))
+
+
+RING_HEART_RING = [obj("ring", "green"), obj("heart", "blue"), obj("ring", "purple")]
 
 
 @pytest.mark.parametrize(("caption", "expected"), [
@@ -34,7 +37,7 @@ def test_every_generated_caption_names_its_scene_exactly():
             objs = [Obj(SHAPES[int(rng.integers(10))], C[int(rng.integers(len(C)))], "small", (0, 0, 8, 8))
                     for _ in range(n)]
             objs = [Obj(o.shape, o.color, o.size, (30 * i, 0, 30 * i + 8, 8)) for i, o in enumerate(objs)]
-            truth = [{"shape": o.shape, "color": o.color} for o in objs]
+            truth = list(objs)
             for cap in make_captions(rng, objs, 96, 7):
                 assert score_caption(mentions(cap, SHAPES, C), truth).exact, cap
 
@@ -55,8 +58,8 @@ def test_multiset_scoring_by_hand(caption, matched, repeated, hallucinated, omit
 
 
 def test_pooled_metrics_and_breakdown_by_object_count():
-    boxes = {"val/a.jpg": RING_HEART_RING, "val/b.jpg": [{"shape": "star", "color": "red"}],
-             "val/c.jpg": [{"shape": "moon", "color": "white"}, {"shape": "star", "color": "red"}]}
+    boxes = {"val/a.jpg": RING_HEART_RING, "val/b.jpg": [obj("star", "red")],
+             "val/c.jpg": [obj("moon", "white"), obj("star", "red")]}
     preds = {"a": "a green ring, a blue heart and a blue heart",  # 2 matched, 1 repeat, 1 omitted
              "b": "a small red star",  # exact
              "c": "a white moon and a yellow cross"}  # 1 matched, 1 hallucinated, 1 omitted

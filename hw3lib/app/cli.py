@@ -206,9 +206,9 @@ def cmd_evaluate(args) -> int:
     if clip is not None:
         print(f"CLIPScore: {result['CLIPScore']}")
         print(f"RefCLIPScore: {result['RefCLIPScore']}")
-    from .pipeline import demo_truth
+    from ..demo.world import DemoWorld
 
-    if demo_truth(args.annotations.parent)[0] is not None:  # shapes, not COCO objects ("orange" is a colour there)
+    if DemoWorld.load(args.annotations.parent.parent) is not None:  # shapes, not COCO objects ("orange" a colour)
         print("CHAIR: not computed on the demo world (its objects are shapes; the P2 table's object metrics score them)")
         atomic_write_json(_per_image_path(args), result)
         return 0

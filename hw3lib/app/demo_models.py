@@ -38,13 +38,13 @@ import torch.nn.functional as F
 
 from ..core.data import read_caption_file
 from ..core.errors import HW3Error
-from ..core.files import atomic_path, atomic_write_json, read_json, require_dir
+from ..core.files import atomic_path, atomic_write_json, require_dir
 from ..core.images import open_image
 from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec
 from ..core.progress import progress
 from ..core.tokenizer import teacher_forcing_batch, train_bpe
 from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame
-from ..metrics.grounding import boxes_for
+from ..demo.world import DemoWorld, boxes_for
 from ..models.clip import encode_text_trimmed
 from ..models.decoder_file import save_decoder
 from ..models.gpt2 import GPT2, GPT2Config
@@ -155,11 +155,11 @@ def object_targets(split, boxes: dict, split_name: str, grid: int, shapes: list[
     centres = (np.arange(grid) + 0.5) * side / grid
     for i, im in enumerate(split.images):
         for k, o in enumerate(boxes_for(im.path.name, boxes, split_name)):
-            x0, y0, x1, y1 = o["box"]
+            x0, y0, x1, y1 = o.box
             inside = np.outer((centres >= y0) & (centres < y1), (centres >= x0) & (centres < x1)).flatten()
             if inside.any():
                 weights[i, k] = torch.from_numpy(inside / inside.sum()).float()
-                shape_y[i, k], color_y[i, k] = shapes.index(o["shape"]), colors.index(o["color"])
+                shape_y[i, k], color_y[i, k] = shapes.index(o.shape), colors.index(o.color)
     return weights, shape_y, color_y
 
 
@@ -173,12 +173,12 @@ def shape_swapper(shapes: list[str], rng: np.random.Generator):
     return lambda caption: pattern.sub(other, caption)
 
 
-def train_clip(bundle, x_train, train, val, boxes: dict, world: dict, s: DemoModelSettings, seed: int,
+def train_clip(bundle, x_train, train, val, boxes: dict, world: DemoWorld, s: DemoModelSettings, seed: int,
                log: dict) -> tuple[float, PretrainingText]:
     """The recipe of the module docstring on x_train (N, 3, H, W), every caption in a framing drawn from
     clip_text.FRAMINGS; returns val image->text recall@1 and the record of the text it read."""
     model, tokenizer = bundle.model, bundle.tokenizer
-    shapes, colors = world["shapes"], world["colors"]
+    shapes, colors = list(world.shapes), list(world.colors)
     grid = s.image_size // s.patch_size
     text = PretrainingText.start()
     pool, shape_y, color_y = object_targets(train, boxes, "train", grid, shapes, colors)
@@ -232,7 +232,7 @@ def train_clip(bundle, x_train, train, val, boxes: dict, world: dict, s: DemoMod
     return clip_recall_at_1(bundle, val), text
 
 
-def finetune_negation(bundle, x_train, train, boxes: dict, world: dict, s: DemoModelSettings, seed: int,
+def finetune_negation(bundle, x_train, train, boxes: dict, world: DemoWorld, s: DemoModelSettings, seed: int,
                       log: dict):
     """NegationCLIP in miniature: a copy of the CLIP whose text tower (alone) is fine-tuned with two
     losses per step: the pretraining's contrastive loss on framed descriptions (so retrieval is kept),
@@ -250,8 +250,8 @@ def finetune_negation(bundle, x_train, train, boxes: dict, world: dict, s: DemoM
     with torch.no_grad():
         img_all = torch.cat([model.encode_image(x_train[i:i + 256], normalize=True)
                              for i in range(0, len(x_train), 256)])  # (N, E)
-    shapes = world["shapes"]
-    present = [{o["shape"] for o in boxes_for(im.path.name, boxes, "train")} for im in train.images]
+    shapes = list(world.shapes)
+    present = [{o.shape for o in boxes_for(im.path.name, boxes, "train")} for im in train.images]
     caps = [train.captions[im.id] for im in train.images]
     rng = np.random.default_rng([seed, 20])
     batch = min(s.negation_batch, len(train.images))
@@ -331,17 +331,17 @@ def clip_visual_state_dict(clip_model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in clip_model.state_dict().items() if k.startswith("visual.")}
 
 
-def clip_attribute_checks(bundle, val, boxes: dict, world: dict, s: DemoModelSettings, seed: int) -> dict:
+def clip_attribute_checks(bundle, val, boxes: dict, world: DemoWorld, s: DemoModelSettings, seed: int) -> dict:
     """Shape and colour zero-shot on single-object images: the val split's own, and a larger held-out
     probe drawn the same way."""
-    shapes, colors = world["shapes"], world["colors"]
+    shapes, colors = list(world.shapes), list(world.colors)
     singles = [(im, objs[0]) for im in val.images if len(objs := boxes_for(im.path.name, boxes, "val")) == 1]
     side = open_image(val.images[0].path).size[0]
     out = {"probe": attribute_zero_shot(bundle, *single_object_probe(s, side, seed, shapes, colors), shapes, colors)}
     if singles:
         out["val_single_object"] = attribute_zero_shot(
-            bundle, [open_image(im.path) for im, _ in singles], [shapes.index(o["shape"]) for _, o in singles],
-            [colors.index(o["color"]) for _, o in singles], shapes, colors)
+            bundle, [open_image(im.path) for im, _ in singles], [shapes.index(o.shape) for _, o in singles],
+            [colors.index(o.color) for _, o in singles], shapes, colors)
     return out
 
 
@@ -425,9 +425,10 @@ def save_encoder(model, out_dir: Path) -> None:
 def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, force: bool = False) -> Path:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     p2 = require_dir(data_dir / "p2_data", "p2_data folder")
-    for f in (data_dir / "DEMO.json", p2 / "boxes.json"):
-        if not f.is_file():
-            raise HW3Error(f"{f}: missing; demo-models trains on a demo world (hw3 demo-data) and its boxes")
+    world = DemoWorld.load(data_dir)
+    if world is None or not world.objects("p2_data"):
+        raise HW3Error(f"{data_dir}: not a demo world (no DEMO.json and p2_data/boxes.json); demo-models trains on "
+                       "a world that hw3 demo-data wrote")
     s = DemoModelSettings.for_size(size)
     fp = _fingerprint(data_dir, size, seed, s)
     manifest_path = out_dir / "assets.json"
@@ -454,7 +455,7 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
     atomic_write_json(cfg_path, clip_config(s))
     torch.manual_seed(seed)
     bundle = load_clip(ClipSpec(CLIP_NAME, None, str(cfg_path)))
-    world, boxes = read_json(data_dir / "DEMO.json"), read_json(p2 / "boxes.json")
+    boxes = world.objects("p2_data")
     x_train = _load_split_tensors(train, bundle.preprocess, "clip: loading train images")  # (N, 3, H, W)
     recall, text = train_clip(bundle, x_train, train, val, boxes, world, s, seed, log)
     log["clip_text"] = text.to_json()

@@ -24,7 +24,7 @@ from ..core.images import list_images
 from ..core.manifest import MANIFEST_PARTS, ClipSpec, DecoderSpec, check_files, load_manifest
 from ..core.precision import choose_precision, store_frozen
 from ..core.results import METRICS, VariantRow, VariantTable
-from ..demo.world import read_boxes
+from ..demo.world import DemoWorld
 from ..metrics import stats
 from ..metrics.captions import cider, evaluate, java_available
 from ..metrics.grounding import grounding
@@ -249,17 +249,18 @@ def clipscore_extremes(model, manifest, p2_dir, limit: int | None = None, device
             "top-1": ranked[-1], "last-1": ranked[0]}
 
 
-def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu", boxes=None, world=None) -> dict:
+def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu", world: DemoWorld | None = None) -> dict:
     """Everything P2 reports about one set of val captions: CIDEr-D and CLIPScore (the course
     evaluator), per-image arrays in sorted key order for the intervals, and grounding where the
-    demo world's boxes are known."""
+    demo world's objects are known (`world`)."""
     res = evaluate_predictions(preds, p2_dir, manifest=manifest, device=device, clip=clip)
     keys = sorted(res["per_image"])
     out = {"CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"],
            "per_image": {m: np.array([res["per_image"][k][m] for k in keys]) for m in METRICS}}
-    if boxes is not None:
-        out["grounding"] = grounding(preds, boxes, world["shapes"], world["colors"])
-        out["objects"] = object_counts(preds, boxes, world["shapes"], world["colors"])
+    if world is not None:
+        boxes, shapes, colors = world.objects("p2_data"), list(world.shapes), list(world.colors)
+        out["grounding"] = grounding(preds, boxes, shapes, colors)
+        out["objects"] = object_counts(preds, boxes, shapes, colors)
     return out
 
 
@@ -306,22 +307,22 @@ DECODING_GRID = {"off": OFF, "no-repeat 3-gram": Controls(3), "repetition penalt
 def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
                      device="cpu", beams_best: int = 3, max_len: int = 40, progress=True, reference: str | None = None,
                      n_boot: int = 2000, controls: Controls = OFF,
-                     decoding_grid: dict[str, Controls] | None = None) -> Comparison:
+                     decoding_grid: dict[str, Controls] | None = None, world: DemoWorld | None = None) -> Comparison:
     """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
     model, and greedy vs beam for the best variant. Every row carries bootstrap intervals, and paired
     differences against the `reference` variant (the report's setting). Every caption is decoded with
     `controls`; `decoding_grid` (name -> controls) also decodes the best variant greedily with each,
-    compared with the first on the same images."""
+    compared with the first on the same images. On the demo world (`world`) captions are also scored
+    against its objects."""
     m = manifest_for(assets)
     clip = load_clip(m.clip, device)
     p2_dir, runs_dir = Path(p2_dir), Path(runs_dir)
-    boxes, world = demo_truth(p2_dir)
     val = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
     paths = [im.path for im in val.images]
 
     def caption_and_score(model, beams=1, how=controls):
         preds = caption_folder(model, m, paths, Decoding(beams, max_len, controls=how), device, progress)
-        return preds, score_predictions(preds, p2_dir, m, clip, device, boxes, world)
+        return preds, score_predictions(preds, p2_dir, m, clip, device, world)
 
     preds, sc = caption_and_score(load_run(None, m, device))
     rows = [VariantRow("untrained", sc["CIDEr"], sc["CLIPScore"])]
@@ -333,7 +334,7 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
         summary = train_run(config, assets, p2_dir, run, overrides, device)
         model = load_run(run, m, device)
         preds = write_val_predictions(model, run, m, paths, device, max_len, progress, controls)
-        sc = score_predictions(preds, p2_dir, m, clip, device, boxes, world)
+        sc = score_predictions(preds, p2_dir, m, clip, device, world)
         rows.append(VariantRow(name, sc["CIDEr"], sc["CLIPScore"], model.config.peft, summary["parameters"]["trainable"],
                                str(run)))
         print(f"[variant {i}/{len(variants)}] {name}: CIDEr {sc['CIDEr']:.3f} CLIPScore {sc['CLIPScore']:.3f} "
@@ -361,15 +362,6 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
                                                       best.trainable, best.run), sc, first, n_boot))
     table = VariantTable(rows, best, beam, reference if ref else None, decoding=decoding)
     return Comparison(table, preds_by, val.references(), {im.key: str(im.path) for im in val.images})
-
-
-def demo_truth(p2_dir) -> tuple[dict | None, dict | None]:
-    """The demo world's boxes (p2_data/boxes.json) and its shape / colour lists (DEMO.json beside
-    p2_data), or (None, None) for real data."""
-    p2_dir = Path(p2_dir)
-    if not (p2_dir / "boxes.json").is_file() or not (p2_dir.parent / "DEMO.json").is_file():
-        return None, None
-    return read_boxes(p2_dir / "boxes.json"), read_json(p2_dir.parent / "DEMO.json")
 
 
 def training_curves(run_dir) -> dict:

@@ -21,6 +21,7 @@ each against a random map.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +34,8 @@ from ..core.errors import HW3Error
 from ..core.images import open_image
 from ..core.progress import progress
 from ..core.results import Localisation
+from ..demo.world import Obj, boxes_for
 from ..metrics import stats
-from ..metrics.grounding import boxes_for
 from ..models.decoding import OFF, Controls, beam_search
 
 # ----------------------------------------------------------------------------------------------
@@ -230,23 +231,23 @@ def display_maps(ca: CaptionAttention, maps: torch.Tensor, size: tuple[int, int]
 # localisation on the demo world
 
 
-def _noun_boxes(ca: CaptionAttention, objects: list[dict], shapes: list[str], colors: list[str]):
+def _noun_boxes(ca: CaptionAttention, objects: Sequence[Obj], shapes: list[str], colors: list[str]):
     """(token index, shape, boxes of objects it can name) for tokens that spell a shape noun present
     in the image. A colour word just before it narrows the boxes to objects of that colour."""
     words = [t.strip().lower() for t in ca.token_texts]
     out = []
     for i, w in enumerate(words):
         if w in shapes:
-            cands = [o for o in objects if o["shape"] == w]
+            cands = [o for o in objects if o.shape == w]
             prev = words[i - 1] if i > 0 else ""
             if prev in colors:
-                cands = [o for o in cands if o["color"] == prev] or cands
+                cands = [o for o in cands if o.color == prev] or cands
             if cands:
-                out.append((i, w, [o["box"] for o in cands]))
+                out.append((i, w, [o.box for o in cands]))
     return out
 
 
-def _wrong_nouns(ca: CaptionAttention, objects: list[dict], colors: list[str], shapes: list[str]):
+def _wrong_nouns(ca: CaptionAttention, objects: Sequence[Obj], colors: list[str], shapes: list[str]):
     """(token index, boxes of objects of the word's type, boxes of the image's other objects) for the
     shape nouns whose mention is wrong: a repeat of an object already named, or a type the image does
     not hold (`objects.match`)."""
@@ -256,8 +257,8 @@ def _wrong_nouns(ca: CaptionAttention, objects: list[dict], colors: list[str], s
     out = []
     for (i, m), fate in zip(found, match([m for _, m in found], objects), strict=True):
         if fate != "matched":
-            kind = [o for o in objects if o["shape"] == m.shape and m.color in (None, o["color"])]
-            out.append((i, [o["box"] for o in kind], [o["box"] for o in objects if o not in kind]))
+            kind = [o for o in objects if o.shape == m.shape and m.color in (None, o.color)]
+            out.append((i, [o.box for o in kind], [o.box for o in objects if o not in kind]))
     return out
 
 
@@ -286,7 +287,7 @@ def deletion_auc(model, ca: CaptionAttention, t: int, patch_map: np.ndarray, fra
     return float(np.mean(probs))
 
 
-def localisation(model, captures: list[CaptionAttention], boxes: dict[str, list[dict]], shapes, colors,
+def localisation(model, captures: list[CaptionAttention], boxes: Mapping[str, Sequence[Obj]], shapes, colors,
                  methods=METHODS, tolerance_patches: float = 0.5, seed: int = 0,
                  deletion: bool = True, n_boot: int = 2000) -> Localisation:
     """Pointing game and deletion score per method, a random-map baseline, pointing accuracy per shape

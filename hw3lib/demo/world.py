@@ -413,11 +413,76 @@ def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", pro
     return root
 
 
-def read_boxes(path: str | Path) -> dict[str, list[dict]]:
-    """The demo world's side file: image name -> objects with shape, colour, size and box."""
+def _obj(raw, where: str) -> Obj:
+    """One object of a boxes.json, checked field by field."""
+    if not isinstance(raw, dict):
+        raise HW3Error(f"{where}: expected an object with shape, color, size and box")
+    for key in ("shape", "color", "size"):
+        if not isinstance(raw.get(key), str):
+            raise HW3Error(f"{where}: field {key!r} should be a string")
+    box = raw.get("box")
+    if not (isinstance(box, list) and len(box) == 4 and all(type(v) is int for v in box)):
+        raise HW3Error(f"{where}: field 'box' should be four integers [x0, y0, x1, y1]")
+    return Obj(raw["shape"], raw["color"], raw["size"], tuple(box))
+
+
+def read_boxes(path: str | Path) -> dict[str, tuple[Obj, ...]]:
+    """The demo world's side file: image name -> its objects (shape, colour, size and box)."""
     from ..core.files import read_json
 
     raw = read_json(path)
     if not isinstance(raw, dict):
         raise HW3Error(f"{path}: expected an object mapping image names to object lists")
-    return raw
+    out = {}
+    for name, objs in raw.items():
+        if not isinstance(objs, list):
+            raise HW3Error(f"{path}: {name!r} should map to a list of objects")
+        out[name] = tuple(_obj(o, f"{path}: {name!r}[{i}]") for i, o in enumerate(objs))
+    return out
+
+
+def boxes_for(key: str, boxes: dict[str, tuple[Obj, ...]], split: str = "val", default=None) -> tuple[Obj, ...]:
+    """The objects of the image named `key`, a file name or its stem (boxes.json names files as
+    `split/name.ext`); `default` when it has none, or KeyError when no default is given."""
+    for name in (f"{split}/{key}", key):
+        for k in (name, *(name + e for e in (".jpg", ".png", ".jpeg"))):
+            if k in boxes:
+                return boxes[k]
+    if default is not None:
+        return default
+    raise KeyError(key)
+
+
+@dataclass(frozen=True)
+class DemoWorld:
+    """A demo world as `hw3 demo-data` wrote it, read once: its record (DEMO.json) and the objects of
+    every image. Code that behaves differently on the demo world takes one of these (None: real data)."""
+    root: Path  # the hw3_data/ folder
+    seed: int  # the generator's seed
+    size: str  # "small" or "full" (WORLD_SIZES)
+    shapes: tuple[str, ...]  # shape words, also P1's classes
+    colors: tuple[str, ...]  # colour words
+    boxes: dict[str, dict[str, tuple[Obj, ...]]]  # part ("p1_data", "p2_data", "p3_data") -> image -> objects
+
+    @classmethod
+    def load(cls, data_dir: str | Path) -> DemoWorld | None:
+        """The demo world in `data_dir`, or None when it holds real data (no DEMO.json)."""
+        from ..core.files import read_json
+
+        root = Path(data_dir)
+        record = root / "DEMO.json"
+        if not record.is_file():
+            return None
+        raw = read_json(record)
+        if not isinstance(raw, dict):
+            raise HW3Error(f"{record}: expected an object")
+        for key, kind in (("seed", int), ("size", str), ("shapes", list), ("colors", list)):
+            if not isinstance(raw.get(key), kind):
+                raise HW3Error(f"{record}: field {key!r} should be a {kind.__name__}")
+        boxes = {part: read_boxes(root / part / "boxes.json") for part in ("p1_data", "p2_data", "p3_data")
+                 if (root / part / "boxes.json").is_file()}
+        return cls(root, raw["seed"], raw["size"], tuple(raw["shapes"]), tuple(raw["colors"]), boxes)
+
+    def objects(self, part: str = "p2_data") -> dict[str, tuple[Obj, ...]]:
+        """Image name -> objects of one part of the world (empty where the part has no boxes)."""
+        return self.boxes.get(part, {})

@@ -15,11 +15,13 @@ can bootstrap them over images.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core.results import Interval, Share
+from ..demo.world import Obj, boxes_for
 from . import stats
 
 KINDS = ("mentions", "shapes", "colors")  # what is counted
@@ -36,11 +38,11 @@ def words(caption: str) -> list[str]:
     return re.findall(r"[a-z]+", caption.lower())
 
 
-def ground_caption(caption: str, objects: list[dict], shapes: list[str], colors: list[str]) -> ImageGrounding:
+def ground_caption(caption: str, objects: Sequence[Obj], shapes: list[str], colors: list[str]) -> ImageGrounding:
     """Counts for one caption against the objects of its image."""
-    have_shapes = {o["shape"] for o in objects}
-    have_colors = {o["color"] for o in objects}
-    have_pairs = {(o["color"], o["shape"]) for o in objects}
+    have_shapes = {o.shape for o in objects}
+    have_colors = {o.color for o in objects}
+    have_pairs = {(o.color, o.shape) for o in objects}
     shape_set, color_set = set(shapes), set(colors)
     g = ImageGrounding()
     w = words(caption)
@@ -55,18 +57,6 @@ def ground_caption(caption: str, objects: list[dict], shapes: list[str], colors:
             g.total["colors"] += 1
             g.right["colors"] += word in have_colors
     return g
-
-
-def boxes_for(key: str, boxes: dict[str, list[dict]], split: str = "val", default=None) -> list[dict]:
-    """The objects of the image named `key`, a file name or its stem (boxes.json names files as
-    `split/name.ext`); `default` when it has none, or KeyError when no default is given."""
-    for name in (f"{split}/{key}", key):
-        for k in (name, *(name + e for e in (".jpg", ".png", ".jpeg"))):
-            if k in boxes:
-                return boxes[k]
-    if default is not None:
-        return default
-    raise KeyError(key)
 
 
 @dataclass
@@ -91,7 +81,7 @@ class Grounding:
                          int(self.total[k].sum())) for k in KINDS}
 
 
-def grounding(predictions: dict[str, str], boxes: dict[str, list[dict]], shapes: list[str], colors: list[str],
+def grounding(predictions: dict[str, str], boxes: Mapping[str, Sequence[Obj]], shapes: list[str], colors: list[str],
               split: str = "val") -> Grounding:
     """Per-image grounding counts of `predictions` (stem -> caption), in sorted key order."""
     keys = sorted(predictions)

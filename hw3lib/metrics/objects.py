@@ -22,13 +22,15 @@ Every one is a ratio of per-image sums, so `stats` bootstraps it over images.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.results import Share
+from ..demo.world import Obj, boxes_for
 from . import stats
-from .grounding import boxes_for, words
+from .grounding import words
 
 COLOURED = ("coloured", "colored")  # "a large circle coloured red"
 # metric -> (numerator, denominator) of the per-image counts; every metric is sum(num) / sum(den)
@@ -89,11 +91,11 @@ def mentions(caption: str, shapes, colors) -> list[Mention]:
     return [m for _, m in mention_positions(words(caption), shapes, colors)]
 
 
-def match(found: list[Mention], objects: list[dict]) -> list[str]:
+def match(found: list[Mention], objects: Sequence[Obj]) -> list[str]:
     """Each mention's fate against the image's objects as multisets: "matched", "repeated" or
     "hallucinated" (in the order of `found`). Coloured mentions take their objects first, then
     colourless ones take any remaining object of their shape."""
-    left = Counter((o["color"], o["shape"]) for o in objects)
+    left = Counter((o.color, o.shape) for o in objects)
     held = set(left)
     fate = [""] * len(found)
     for j in sorted(range(len(found)), key=lambda j: found[j].color is None):
@@ -110,7 +112,7 @@ def match(found: list[Mention], objects: list[dict]) -> list[str]:
     return fate
 
 
-def score_caption(found: list[Mention], objects: list[dict]) -> CaptionObjects:
+def score_caption(found: list[Mention], objects: Sequence[Obj]) -> CaptionObjects:
     """Mentions against the image's objects as multisets (`match`)."""
     fate = match(found, objects)
     return CaptionObjects(len(found), len(objects), fate.count("matched"), fate.count("repeated"),
@@ -145,7 +147,7 @@ class ObjectCounts:
         return {str(n): self.summary(self.n_objects == n, n_boot, seed) for n in sorted(set(self.n_objects.tolist()))}
 
 
-def object_counts(predictions: dict[str, str], boxes: dict[str, list[dict]], shapes, colors,
+def object_counts(predictions: dict[str, str], boxes: Mapping[str, Sequence[Obj]], shapes, colors,
                   split: str = "val") -> ObjectCounts:
     """Per-image object counts of `predictions` (stem -> caption), in sorted key order."""
     keys = sorted(predictions)

@@ -12,6 +12,7 @@ frozen), and the P1 notebook compares the two CLIPs on:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from ..core.images import open_image
 from ..core.results import Accuracy, MultipleChoice, NegationScores
+from ..demo.world import DemoWorld, Obj
 from ..metrics.stats import bootstrap_ci
 
 # True statements about absent shapes for the fine-tune: "{d}" is the scene's description, "{a}" an absent
@@ -64,15 +66,15 @@ class ChoiceItem:
     answer: int = 0  # index of the true statement in `choices`
 
 
-def choice_item(name: str, objects: list[dict], shapes: list[str], colors: list[str], k: int,
+def choice_item(name: str, objects: Sequence[Obj], shapes: list[str], colors: list[str], k: int,
                 rng: np.random.Generator) -> ChoiceItem | None:
     """The k-th image's item (question type k mod 3); None when the image holds every shape."""
-    present = {o["shape"] for o in objects}
+    present = {o.shape for o in objects}
     absent = absent_shapes(present, shapes)
     if not absent:
         return None
     o = objects[int(rng.integers(len(objects)))]
-    x, xs = f"{o['color']} {o['shape']}", o["shape"]
+    x, xs = f"{o.color} {o.shape}", o.shape
     y = absent[int(rng.integers(len(absent)))]
     yc = f"{colors[int(rng.integers(len(colors)))]} {y}"
     qt = QUESTION_TYPES[k % len(QUESTION_TYPES)]
@@ -80,7 +82,7 @@ def choice_item(name: str, objects: list[dict], shapes: list[str], colors: list[
     return ChoiceItem(name, qt, (TRUE_CHOICE[qt].format(**fill), *(c.format(**fill) for c in FALSE_CHOICES)))
 
 
-def choice_items(objects: list[list[dict]], names: list[str], shapes: list[str], colors: list[str],
+def choice_items(objects: list[Sequence[Obj]], names: list[str], shapes: list[str], colors: list[str],
                  seed: int = 0) -> list[ChoiceItem]:
     """One item per image that has objects and lacks some shape; `objects[i]` are image i's boxes."""
     rng = np.random.default_rng([seed, 20])
@@ -141,21 +143,18 @@ def negation_scores(name: str, clip, p1_study, val_images: list, val_names: list
                           recall_at_1(val, encode_texts(clip, val_captions, device=device), n_boot, seed))
 
 
-def negation_benchmark(clips: dict, p1_study, p2_dir, shapes: list[str], colors: list[str], positive: str,
-                       negated: str, n_boot: int = 2000, seed: int = 0, device="cpu") -> list[NegationScores]:
-    """Every CLIP of `clips` (name -> ClipBundle) on P1's negation study and, on the P2 val split with
-    its boxes.json, the multiple-choice test and recall@1 (each image's first caption)."""
-    from pathlib import Path
-
+def negation_benchmark(clips: dict, p1_study, world: DemoWorld, positive: str, negated: str, n_boot: int = 2000,
+                       seed: int = 0, device="cpu") -> list[NegationScores]:
+    """Every CLIP of `clips` (name -> ClipBundle) on P1's negation study and, on the demo world's P2 val
+    split and its objects, the multiple-choice test and recall@1 (each image's first caption)."""
     from ..core.data import read_caption_file
-    from ..demo.world import read_boxes
-    from ..metrics.grounding import boxes_for
+    from ..demo.world import boxes_for
 
-    p2_dir = Path(p2_dir)
+    p2_dir, shapes, colors = world.root / "p2_data", list(world.shapes), list(world.colors)
     val = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
-    boxes = read_boxes(p2_dir / "boxes.json")
+    boxes = world.objects("p2_data")
     names = [im.path.name for im in val.images]
-    items = choice_items([boxes_for(n, boxes, "val", default=[]) for n in names], names, shapes, colors, seed)
+    items = choice_items([boxes_for(n, boxes, "val", default=()) for n in names], names, shapes, colors, seed)
     images = [open_image(im.path) for im in val.images]
     captions = [val.captions[im.id][0] for im in val.images]
     return [negation_scores(name, clip, p1_study, images, names, captions, items, positive, negated, n_boot, seed,
