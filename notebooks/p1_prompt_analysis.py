@@ -33,6 +33,7 @@ smoke = False  # a quick run for tests: fewer bootstrap resamples
 figures_dir = "../figures"  # where figures and the summary JSON go
 
 # %%
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -54,6 +55,7 @@ from hw3lib.core.device import resolve_device
 from hw3lib.core.files import atomic_write_json
 from hw3lib.core.images import open_image
 from hw3lib.core.manifest import load_manifest
+from hw3lib.core.results import P1Summary
 from hw3lib.demo.pretraining_text import read_pretraining_text
 from hw3lib.demo.world import DemoWorld
 from hw3lib.models.loading import load_clip
@@ -133,7 +135,7 @@ save(top_probabilities_figure(images, top, [study.class_names[study.labels[i]] f
 
 # %%
 sel = result.selection
-print("selected:", sel["chosen"])
+print("selected:", sel.chosen)
 save(selection_figure(sel), figures / "p1_selection.png")
 
 # %% [markdown]
@@ -211,8 +213,7 @@ else:
     save(negation_experiment_figure(experiment), figures / "p1_negation_experiment.png")
 
 # %%
-summary = result.to_json() | {"selection": {k: v for k, v in sel.items() if k != "per_template_accuracy"},
-                              "negation": neg.to_json(), "frequency": freq.to_json() if freq else None,
-                              "negation_experiment": [sc.to_json() for sc in experiment] if experiment else None}
-atomic_write_json(figures / "p1_summary.json", summary)
+brief = replace(result, selection=replace(sel, per_template_accuracy=None))  # the summary leaves it out
+summary = P1Summary(brief, neg, freq, experiment)
+atomic_write_json(figures / "p1_summary.json", summary.to_json())
 plt.close("all")

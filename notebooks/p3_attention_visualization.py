@@ -54,6 +54,7 @@ from hw3lib.attention.viewer import METHODS, AttentionExplorer, html_viewer
 from hw3lib.core.device import resolve_device
 from hw3lib.core.files import atomic_write_json, atomic_write_text
 from hw3lib.core.images import list_images, open_image
+from hw3lib.core.results import Extreme, P3Summary
 from hw3lib.demo.world import DemoWorld
 from hw3lib.models.decoding import Controls
 from hw3lib.models.loading import encoder_transform, load_tokenizer
@@ -130,9 +131,8 @@ if world is not None:
         save(layer_head_figure(loc.pointing_per_layer_head), figures / "p3_layer_head.png")
 else:
     print("real data: localisation is scored on the demo world only (its objects are known)")
-atomic_write_json(figures / "p3_summary.json", {
-    "p3_captions": {ca.path.name: ca.caption for ca in p3},
-    "extremes": {k: {"image": by_key[v].name, "CLIPScore": scores[v]["CLIPScore"], "caption": preds[v]}
-                 for k, v in extremes.items()},
-    "localisation": None if loc is None else loc.to_json(), "layers": layers, "heads": heads})
+summary = P3Summary({ca.path.name: ca.caption for ca in p3},
+                    {k: Extreme(by_key[v].name, scores[v]["CLIPScore"], preds[v]) for k, v in extremes.items()},
+                    loc, layers, heads)
+atomic_write_json(figures / "p3_summary.json", summary.to_json())
 plt.close("all")

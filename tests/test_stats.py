@@ -9,7 +9,7 @@ from hw3lib.metrics.stats import (
     mcnemar_exact,
     paired_bootstrap,
     paired_test,
-    resample,
+    spearman,
 )
 
 
@@ -52,7 +52,7 @@ def test_paired_bootstrap_equals_direct_computation_and_is_antisymmetric():
     a = rng.normal(1.0, 0.3, size=150)
     b = a + rng.normal(0.05, 0.1, size=150)  # B slightly better on the same images
     d = paired_bootstrap(a, b, n_boot=600, seed=2)
-    idx = resample(150, 600, 2)
+    idx = np.random.default_rng(2).integers(0, 150, size=(600, 150))
     direct = [b[row].mean() - a[row].mean() for row in idx]
     assert tuple(d.ci) == pytest.approx((np.quantile(direct, 0.025), np.quantile(direct, 0.975)), rel=1e-12)
     assert d.difference == pytest.approx(b.mean() - a.mean()) and d.ci.low > 0 and d.p_value < 0.01
@@ -112,3 +112,28 @@ def test_spearman_permutation_p_value():
     assert spearman([1, 1, 1, 1], [1, 2, 3, 4], n_perm=100).rho == 0.0  # no variation: no correlation
     with pytest.raises(ValueError):
         spearman([1, 2], [1, 2])
+
+
+def direct_spearman_p(x, y, n_perm, seed):
+    """The permutation p written out: the share of random pairings whose |rho| reaches the observed one,
+    the observed pairing counted (Pearson r of average ranks)."""
+    def rank(v):
+        v = np.asarray(v, float)
+        return np.array([(v < a).sum() + ((v == a).sum() + 1) / 2 for a in v])
+
+    rx, ry = rank(x), rank(y)
+    rho = np.corrcoef(rx, ry)[0, 1]
+    rng = np.random.default_rng(seed)
+    hits = sum(abs(np.corrcoef(rx, rng.permutation(ry))[0, 1]) >= abs(rho) - 1e-12 for _ in range(n_perm))
+    return rho, (hits + 1) / (n_perm + 1)
+
+
+@pytest.mark.parametrize("n", [21, 83])  # the report's frequency study: 21 framings, 83 templates
+def test_spearman_p_value_within_monte_carlo_error_of_a_direct_computation(n):
+    rng = np.random.default_rng(n)
+    x = rng.random(n)
+    y = 0.3 * x + rng.normal(0, 0.3, n)
+    rho, p = direct_spearman_p(x, y, 4000, 0)
+    c = spearman(x, y, n_perm=4000, seed=1)
+    se = np.sqrt(p * (1 - p) / 4000) + np.sqrt(c.p_value * (1 - c.p_value) / 4000)
+    assert c.rho == pytest.approx(rho) and abs(c.p_value - p) < 4 * se

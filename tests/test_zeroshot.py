@@ -170,4 +170,4 @@ def test_notebook_smoke(small_models, small_world, tmp_path):
     for name in ("p1_prompt_table", "p1_per_class_accuracy", "p1_confusion", "p1_top5", "p1_selection"):
         assert (figures / f"{name}.png").stat().st_size > 5000
     summary = json.loads((figures / "p1_summary.json").read_text())
-    assert [r["prompt"] for r in summary["rows"][:3]] == list(REPORT)
+    assert [r["prompt"] for r in summary["prompts"]["rows"][:3]] == list(REPORT)

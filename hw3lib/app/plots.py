@@ -19,6 +19,7 @@ from ..core.results import (
     NegationScores,
     NegationStudy,
     PromptRow,
+    Selection,
     VariantRow,
 )
 
@@ -130,10 +131,10 @@ def top_probabilities_figure(images, top: list[list[tuple[str, float]]], true_na
     return fig
 
 
-def selection_figure(selection: dict, title: str = "Template ensembles and selection (held-out half)"):
-    labels = ["best single\ntemplate", f"all {selection['pool']}\ntemplates", f"greedy-selected\n{len(selection['chosen'])}"]
-    vals = [selection["held_out_accuracy_best_single"], selection["held_out_accuracy_all"],
-            selection["held_out_accuracy_selected"]]
+def selection_figure(selection: Selection, title: str = "Template ensembles and selection (held-out half)"):
+    labels = ["best single\ntemplate", f"all {selection.pool}\ntemplates", f"greedy-selected\n{len(selection.chosen)}"]
+    vals = [selection.held_out_accuracy_best_single, selection.held_out_accuracy_all,
+            selection.held_out_accuracy_selected]
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     ax.bar(labels, np.array(vals) * 100, color=["#4C72B0", "#DD8452", "#55A868"])
     for i, v in enumerate(vals):

@@ -16,9 +16,9 @@ from ..core.results import (
     Interval,
     Localisation,
     NegationScores,
-    NegationStudy,
+    P1Summary,
+    P3Summary,
     PairedTest,
-    PromptStudy,
     Share,
     VariantTable,
 )
@@ -64,8 +64,9 @@ def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
     return d, lines
 
 
-def p1_section(doc: dict) -> list[str]:
-    p1 = PromptStudy.from_json(doc)
+def p1_section(doc: dict | P1Summary) -> list[str]:
+    summary = doc if isinstance(doc, P1Summary) else P1Summary.from_json(doc, "p1_summary.json")
+    p1 = summary.prompts
     lines = ["## P1: zero-shot accuracy by prompt", "",
              f"{p1.n_images} images, chance {_pct(p1.chance)}. 95% bootstrap intervals.", "",
              "| prompt | templates | accuracy | 95% CI |", "|---|---:|---:|---|"]
@@ -74,20 +75,20 @@ def p1_section(doc: dict) -> list[str]:
     lines += [f"- {t.b!r}: {_delta(t.test, 100, '+.1f', ' points')}, p = {t.test.p_value:.3g}" for t in p1.paired_tests]
     s = p1.selection
     lines += ["", f"Template selection (chosen on half the images, scored on the other half): best single "
-              f"{_pct(s['held_out_accuracy_best_single'])}, all {s['pool']} {_pct(s['held_out_accuracy_all'])}, "
-              f"{len(s['chosen'])} selected {_pct(s['held_out_accuracy_selected'])}.", ""]
-    if doc.get("negation"):
-        neg = NegationStudy.from_json(doc["negation"])
+              f"{_pct(s.held_out_accuracy_best_single)}, all {s.pool} {_pct(s.held_out_accuracy_all)}, "
+              f"{len(s.chosen)} selected {_pct(s.held_out_accuracy_selected)}.", ""]
+    if summary.negation:
+        neg = summary.negation
         lines += [f"Negation ({neg.positive!r} vs {neg.negated!r}): mean cosine of their text embeddings "
                   f"{neg.cosine_mean:.3f} (per class {min(neg.cosine_per_class):.3f} - "
                   f"{max(neg.cosine_per_class):.3f}); same predicted class on {_pct(neg.same_prediction)} of "
                   f"images; accuracy positive {_pct(neg.positive_accuracy.accuracy)}, negated "
                   f"{_pct(neg.negated_accuracy.accuracy)}, negated read inverted "
                   f"{_pct(neg.negated_inverted_accuracy.accuracy)} ({_ci(neg.negated_inverted_accuracy.ci)}).", ""]
-    if doc.get("frequency"):
-        lines += frequency_lines(FrequencyStudy.from_json(doc["frequency"]))
-    if doc.get("negation_experiment"):
-        lines += negation_experiment_lines([NegationScores.from_json(d) for d in doc["negation_experiment"]])
+    if summary.frequency:
+        lines += frequency_lines(summary.frequency)
+    if summary.negation_experiment:
+        lines += negation_experiment_lines(summary.negation_experiment)
     return lines
 
 
@@ -213,11 +214,11 @@ def _images(p2: VariantTable, n: str) -> int:
     return 0
 
 
-def p3_section(p3: dict) -> list[str]:
+def p3_section(doc: dict | P3Summary) -> list[str]:
+    p3 = doc if isinstance(doc, P3Summary) else P3Summary.from_json(doc, "p3_summary.json")
     lines = ["## P3: attention", ""]
-    lines += [f"- {k}: {v['image']} (CLIPScore {v['CLIPScore']:.3f}): {v['caption']}" for k, v in p3["extremes"].items()]
-    loc = p3.get("localisation")
-    loc = loc if isinstance(loc, Localisation | None) else Localisation.from_json(loc)
+    lines += [f"- {k}: {v.image} (CLIPScore {v.CLIPScore:.3f}): {v.caption}" for k, v in p3.extremes.items()]
+    loc = p3.localisation
     if loc and loc.nouns:
         lines += ["", f"Localisation of object nouns ({loc.nouns} nouns that name an object of the image; 95% "
                   "intervals over images; delta: paired bootstrap against random maps):", "",
@@ -283,15 +284,16 @@ def headline_lines(doc: dict) -> list[str]:
         lines.append(f"| demo CLIP | zero-shot shape / colour, {probe['n']} held-out single-object scenes | "
                      f"{_pct(probe['shape_accuracy'])} / {_pct(probe['color_accuracy'])} |")
     if "p1" in doc:
-        p1 = PromptStudy.from_json(doc["p1"])
+        summary = P1Summary.from_json(doc["p1"], "summary.json: p1")
+        p1 = summary.prompts
         lines.append(f"| P1 | the report's prompts, zero-shot accuracy ({p1.n_images} images) | "
                      + " / ".join(_pct(r.accuracy) for r in p1.rows[:3]) + " |")
-        if doc["p1"].get("negation"):
-            neg = NegationStudy.from_json(doc["p1"]["negation"])
+        if summary.negation:
+            neg = summary.negation
             lines.append(f"| P1 | the negated prompt read inverted (chance {_pct(neg.chance)}) | "
                          f"{_pct(neg.negated_inverted_accuracy.accuracy)} |")
     if "p2" in doc:
-        best = VariantTable.from_json(doc["p2"]).best
+        best = VariantTable.from_json(doc["p2"], "summary.json: p2").best
         exact, recall = best.score("exact")[0], best.score("recall")[0]
         lines.append(f"| P2 | best variant ({best.variant}): scenes named exactly / object recall / CIDEr | "
                      f"{_pct(exact)} / {_pct(recall)} / {best.CIDEr:.3f} |")

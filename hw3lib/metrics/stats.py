@@ -12,19 +12,20 @@ resampled: the interval is over the images scored, not over the corpus statistic
 
 from __future__ import annotations
 
-import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats as sp
 
 from ..core.results import Correlation, Difference, Interval, PairedTest
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """sum(num) / sum(den) along the last axis; nan where the denominator is 0."""
-    d = den.sum(axis=-1)
+def _ratio(num: np.ndarray, den: np.ndarray, axis: int = -1) -> np.ndarray:
+    """sum(num) / sum(den) along `axis`; nan where the denominator is 0."""
+    d = den.sum(axis=axis)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(d > 0, num.sum(axis=-1) / np.where(d > 0, d, 1), np.nan)
+        return np.where(d > 0, num.sum(axis=axis) / np.where(d > 0, d, 1), np.nan)
 
 
 def _as_pair(num, den) -> tuple[np.ndarray, np.ndarray]:
@@ -37,9 +38,17 @@ def _as_pair(num, den) -> tuple[np.ndarray, np.ndarray]:
     return num, den
 
 
-def resample(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) image indices drawn with replacement; the same seed gives the same draws."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+def _bootstrap(samples: tuple[np.ndarray, ...], statistic, n_boot: int, seed: int) -> np.ndarray:
+    """scipy's paired bootstrap distribution of `statistic` over images (the samples' common axis),
+    resamples whose statistic is nan (a denominator of 0) dropped."""
+    if len(samples[0]) == 1:  # one image: every resample is that image
+        return np.full(n_boot, float(statistic(*(s[None] for s in samples), axis=-1)[0]))
+    with warnings.catch_warnings():  # identical resamples (a constant score) are a valid, degenerate case
+        warnings.simplefilter("ignore", sp.DegenerateDataWarning)
+        res = sp.bootstrap(samples, statistic, n_resamples=n_boot, paired=True, vectorized=True,
+                           method="percentile", rng=np.random.default_rng(seed))
+    boots = np.asarray(res.bootstrap_distribution)
+    return boots[~np.isnan(boots)]
 
 
 def estimate(num, den=None) -> float:
@@ -51,9 +60,7 @@ def bootstrap_ci(num, den=None, n_boot: int = 2000, alpha: float = 0.05, seed: i
     """Percentile bootstrap interval of sum(num) / sum(den) over images (of the mean when den is None).
     Resamples whose denominator is 0 are dropped."""
     num, den = _as_pair(num, den)
-    idx = resample(len(num), n_boot, seed)
-    boots = _ratio(num[idx], den[idx])
-    boots = boots[~np.isnan(boots)]
+    boots = _bootstrap((num, den), _ratio, n_boot, seed)
     return Interval(float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2)), 1 - alpha)
 
 
@@ -77,9 +84,11 @@ def paired_bootstrap(num_a, num_b, den_a=None, den_b=None, n_boot: int = 2000, a
     num_b, den_b = _as_pair(num_b, den_b)
     if num_a.shape != num_b.shape:
         raise ValueError("a paired comparison needs scores on the same images")
-    idx = resample(len(num_a), n_boot, seed)
-    diffs = _ratio(num_b[idx], den_b[idx]) - _ratio(num_a[idx], den_a[idx])
-    diffs = diffs[~np.isnan(diffs)]
+
+    def difference(na, da, nb, db, axis=-1):
+        return _ratio(nb, db, axis) - _ratio(na, da, axis)
+
+    diffs = _bootstrap((num_a, den_a, num_b, den_b), difference, n_boot, seed)
     a, b = float(_ratio(num_a, den_a)), float(_ratio(num_b, den_b))
     lo, hi = float(np.quantile(diffs, alpha / 2)), float(np.quantile(diffs, 1 - alpha / 2))
     p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
@@ -89,11 +98,7 @@ def paired_bootstrap(num_a, num_b, den_a=None, den_b=None, n_boot: int = 2000, a
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: a binomial test of only_a vs only_b at p = 1/2."""
     n = only_a + only_b
-    if n == 0:
-        return 1.0
-    k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    return 1.0 if n == 0 else float(sp.binomtest(only_a, n, 0.5).pvalue)
 
 
 def paired_test(correct_a, correct_b, n_boot: int = 2000, seed: int = 0) -> PairedTest:
@@ -107,32 +112,28 @@ def paired_test(correct_a, correct_b, n_boot: int = 2000, seed: int = 0) -> Pair
 
 
 def ranks(x) -> np.ndarray:
-    """1-based ranks, ties given the mean of the ranks they span (scipy.stats.rankdata's 'average')."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(1, len(x) + 1)
-    for v in np.unique(x):
-        tie = x == v
-        r[tie] = r[tie].mean()
-    return r
+    """1-based ranks, ties given the mean of the ranks they span."""
+    return sp.rankdata(np.asarray(x, dtype=np.float64), method="average")
 
 
 def spearman(x, y, n_perm: int = 10000, seed: int = 0) -> Correlation:
-    """Spearman's rho (Pearson's r of the ranks) and a two-sided permutation p-value: the share of
-    random pairings of y with x whose |rho| is at least the observed one (with the observed pairing
-    counted, so p > 0)."""
-    rx, ry = ranks(x), ranks(y)
-    if len(rx) != len(ry) or len(rx) < 3:
+    """Spearman's rho and a two-sided permutation p-value (scipy's `permutation_test` over pairings):
+    the share of random pairings of y with x whose |rho| is at least the observed one, the observed
+    pairing counted, so p > 0."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) != len(y) or len(x) < 3:
         raise ValueError("a rank correlation needs two sequences of one length, at least 3")
 
-    def rho(a, b):
-        a, b = a - a.mean(axis=-1, keepdims=True), b - b.mean(axis=-1, keepdims=True)
-        den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-        return np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1), 0.0)
+    ry = ranks(y) - ranks(y).mean()
 
-    observed = float(rho(rx, ry))
-    rng = np.random.default_rng(seed)
-    perms = np.stack([rng.permutation(ry) for _ in range(n_perm)])  # (n_perm, n)
-    extreme = int((np.abs(rho(rx[None], perms)) >= abs(observed) - 1e-12).sum())
-    return Correlation(observed, (extreme + 1) / (n_perm + 1), len(rx))
+    def abs_rho(a, axis=-1):  # |Pearson r of the ranks| for a batch of pairings (..., n); two-sided
+        ra = sp.rankdata(a, axis=axis)
+        ra = ra - ra.mean(axis=axis, keepdims=True)
+        return np.abs((ra * ry).sum(axis) / np.sqrt((ra * ra).sum(axis) * (ry * ry).sum()))
+
+    if np.ptp(x) == 0 or np.ptp(y) == 0:  # a constant sequence: no order to correlate
+        return Correlation(0.0, 1.0, len(x))
+    observed = float(sp.spearmanr(x, y).statistic)
+    res = sp.permutation_test((x,), abs_rho, permutation_type="pairings", n_resamples=n_perm, alternative="greater",
+                              vectorized=True, rng=np.random.default_rng(seed))
+    return Correlation(observed, float(res.pvalue), len(x))

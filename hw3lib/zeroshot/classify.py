@@ -30,6 +30,7 @@ from ..core.results import (
     PromptRow,
     PromptStudy,
     PromptTest,
+    Selection,
 )
 from ..demo.pretraining_text import UNSEEN_FRAMINGS, PretrainingText
 from ..metrics.stats import bootstrap_ci, paired_test, spearman
@@ -253,16 +254,12 @@ def prompt_study(study: ZeroShotStudy, prompts: list[str], sets: dict[str, list[
         return accuracy((held_feats @ ensemble(pool_feats, subset).T).argmax(1).numpy(), held_labels)
 
     singles = per_template_accuracy(study, pool_feats)
-    selection = {
-        "pool": len(pool),
-        "chosen": [pool[i] for i in chosen],
-        "held_out_accuracy_selected": held_acc(chosen),
-        "held_out_accuracy_all": held_acc(list(range(len(pool)))),
-        "held_out_accuracy_best_single": held_acc([int(np.argmax(per_template_accuracy(
-            ZeroShotStudy(study.image_features[sel], labels[sel], study.class_names, study.class_ids, [],
-                          study.clip), pool_feats)))]),
-        "per_template_accuracy": {t: float(a) for t, a in zip(pool, singles, strict=True)},
-    }
+    best_on_choosing_half = int(np.argmax(per_template_accuracy(
+        ZeroShotStudy(study.image_features[sel], labels[sel], study.class_names, study.class_ids, [], study.clip),
+        pool_feats)))
+    selection = Selection(len(pool), [pool[i] for i in chosen], held_acc(chosen), held_acc(list(range(len(pool)))),
+                          held_acc([best_on_choosing_half]),
+                          {t: float(a) for t, a in zip(pool, singles, strict=True)})
     best = max((r for r in rows if r.templates == 1), key=lambda r: r.accuracy).prompt
     return PromptStudy(rows, tests, selection, int(len(labels)), 1.0 / len(study.class_names), best)
 
