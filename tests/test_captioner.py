@@ -187,6 +187,15 @@ def test_report_setting_at_real_size_is_under_budget(capsys):
         check_budget(model, 10_000_000)
 
 
-def test_unknown_peft_kind():
-    with pytest.raises(HW3Error, match="unknown peft kind"):
-        CaptionerConfig(peft="bitfit")
+def test_the_config_checks_every_field():
+    from pydantic import ValidationError
+
+    from hw3lib.core.errors import invalid
+
+    for bad, needle in [({"peft": "bitfit"}, "peft='bitfit' (value error, unknown peft kind 'bitfit'"),
+                        ({"lora_r": 0}, "lora_r=0 (input should be greater than or equal to 1)"),
+                        ({"lora_r": "16"}, "lora_r='16' (input should be a valid integer)"),
+                        ({"lora_targets": [""]}, "lora_targets.0=''"), ({"rank": 4}, "rank=4 (unexpected keyword")]:
+        with pytest.raises(ValidationError) as e:
+            CaptionerConfig(**bad)
+        assert str(invalid(e.value, "config.toml")).startswith(f"config.toml: {needle}")

@@ -272,7 +272,7 @@ def test_empty_val_split_and_bad_config_table_and_manifest_type(world, tmp_path)
     bad = tmp_path / "assets.json"
     bad.write_text(json.dumps(m))
     check_refused(["caption", p2 / "images" / "val", "-", world["decoder"], "--assets", bad, "--untrained"], [bad],
-                  "decoder.n_head", "expected int")
+                  "decoder.n_head='twelve'", "valid integer")
 
 
 def test_checkpoint_with_missing_or_extra_keys(world, tmp_path):

@@ -31,3 +31,14 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     """An exception's first line (its class name when it has no text), for one-line error messages."""
     lines = str(e).strip().splitlines()
     return (lines[0] if lines else e.__class__.__name__)[:limit]
+
+
+def invalid(e, what: str, section: str = "") -> HW3Error:
+    """A pydantic ValidationError as one HW3Error line: "WHAT: [SECTION.]key=value (why)" for its first
+    error."""
+    err = e.errors()[0]
+    key = ".".join([section] * bool(section) + [str(x) for x in err["loc"]]) or "(top level)"
+    more = f"; and {e.error_count() - 1} more" if e.error_count() > 1 else ""
+    shown = err.get("input")
+    value = f"={shown!r}" if err["type"] != "missing" and not isinstance(shown, dict) else ""
+    return HW3Error(f"{what}: {key}{value} ({err['msg'][0].lower()}{err['msg'][1:]}{more})")

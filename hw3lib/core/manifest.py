@@ -29,11 +29,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from .errors import HW3Error
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from .errors import HW3Error, invalid
 from .files import atomic_write_json, kind_of, read_json
+
+# a manifest section: strict types (a string where a path goes, an int for n_head), no unknown keys
+spec = pydantic_dataclass(config=ConfigDict(strict=True, extra="forbid"))
 
 REAL_MANIFEST = {
     "clip": {"model": "ViT-B-32", "pretrained": "openai", "config": None},
@@ -44,33 +51,33 @@ REAL_MANIFEST = {
 }
 
 
-@dataclass
+@spec
 class ClipSpec:
     model: str  # open_clip model name (e.g. ViT-B-32)
     pretrained: str | None = None  # hub tag (e.g. openai) or local checkpoint path
     config: str | None = None  # open_clip model-config JSON to register, for custom architectures
 
 
-@dataclass
+@spec
 class EncoderSpec:
     model: str  # timm model name
     checkpoint: str | None = None  # local weights file (timm format or OpenAI/open_clip CLIP format)
     hub_tag: str | None = None  # timm pretrained tag, used when there is no local checkpoint
-    model_kwargs: dict = field(default_factory=dict)  # architecture overrides passed to timm
-    pretrained_cfg: dict = field(default_factory=dict)  # preprocessing overrides (input_size, mean, ...)
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)  # architecture overrides passed to timm
+    pretrained_cfg: dict[str, Any] = Field(default_factory=dict)  # preprocessing overrides (input_size, mean, ...)
 
 
-@dataclass
+@spec
 class DecoderSpec:
     weights: str  # course-format decoder weights file
-    n_head: int | None = None  # heads (the file does not store it; None = GPT-2's 64-wide heads)
+    n_head: int | None = Field(None, ge=1, le=1024)  # heads (not in the file; None = GPT-2's 64-wide heads)
 
 
-@dataclass
+@spec
 class TokenizerSpec:
     encoder_json: str  # GPT-2 encoder.json
     vocab_bpe: str  # GPT-2 vocab.bpe
-    vocab_size: int | None = None  # asserted on load when given (50257 for GPT-2)
+    vocab_size: int | None = Field(None, ge=1, le=1_000_000)  # asserted on load when given (50257 for GPT-2)
 
 
 @dataclass
@@ -102,18 +109,6 @@ def _looks_like_path(value: str | None) -> bool:
     return value is not None and (os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors")))
 
 
-_FIELD_TYPES = {"str": (str,), "str | None": (str, type(None)), "int | None": (int, type(None)), "dict": (dict,)}
-
-
-def _check_field_types(spec, where: str) -> None:
-    """Each manifest field must have its annotated type (a string where a path goes, an int for n_head)."""
-    for name, f in spec.__dataclass_fields__.items():
-        value, allowed = getattr(spec, name), _FIELD_TYPES[str(f.type)]
-        if isinstance(value, bool) or not isinstance(value, allowed):
-            want = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise HW3Error(f"{where}.{name}: expected {want}, got {type(value).__name__} ({value!r})")
-
-
 def manifest_from_dict(raw: dict, base: Path, source: str) -> Manifest:
     """A manifest from its JSON. Sections may be missing (a command checks for the ones it uses,
     `require_parts`); every field is checked for its type and range before anything uses it."""
@@ -130,14 +125,10 @@ def manifest_from_dict(raw: dict, base: Path, source: str) -> Manifest:
             continue
         if not isinstance(raw[key], dict):
             raise HW3Error(f"{source}: section {key!r} is not an object")
-        unknown = set(raw[key]) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise HW3Error(f"{source}: unknown key(s) in {key!r}: {', '.join(sorted(unknown))}")
         try:
             parts[key] = cls(**raw[key])
-        except TypeError as e:
-            raise HW3Error(f"{source}: section {key!r}: {e}") from e
-        _check_field_types(parts[key], f"{source}: {key}")
+        except ValidationError as e:
+            raise invalid(e, source, key) from None
     m = Manifest(**parts, source=source)
     _check_ranges(m, source)
     # file paths are relative to the manifest; hub tags stay as they are
@@ -160,7 +151,8 @@ MAX_INPUT_SIDE = 4096  # pixels a side an encoder may ask images to be resized t
 
 
 def _check_ranges(m: Manifest, source: str) -> None:
-    """What a manifest says about sizes and preprocessing, checked before any model is built."""
+    """What the encoder's open tables (`pretrained_cfg`, `model_kwargs`, passed on to timm) say about sizes
+    and preprocessing, checked before any model is built."""
     def bad(field, value, want):
         raise HW3Error(f"{source}: {field} = {value!r}: expected {want}")
 
@@ -169,10 +161,6 @@ def _check_ranges(m: Manifest, source: str) -> None:
 
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    if m.decoder is not None and m.decoder.n_head is not None and not 1 <= m.decoder.n_head <= 1024:
-        bad("decoder.n_head", m.decoder.n_head, "a head count from 1 to 1024 (or null)")
-    if m.tokenizer is not None and m.tokenizer.vocab_size is not None and not 1 <= m.tokenizer.vocab_size <= 1_000_000:
-        bad("tokenizer.vocab_size", m.tokenizer.vocab_size, "1 to 1,000,000 (or null)")
     if m.encoder is None:
         return
     cfg, kw = m.encoder.pretrained_cfg, m.encoder.model_kwargs

@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn as nn
+from pydantic import ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from ..core.errors import HW3Error, first_line
+from ..core.errors import HW3Error, first_line, invalid
 from ..core.files import atomic_path
 from ..core.precision import Precision, store_frozen
 from ..core.weights import check_fit
@@ -31,46 +34,33 @@ from .gpt2 import GPT2, CrossAttention, CrossAttentionNorm
 from .peft import PEFT_KINDS
 
 CHECKPOINT_FORMAT = "hw3lib-captioner-1"
+Module = Annotated[str, StringConstraints(min_length=1)]  # a decoder module name, e.g. "attn.c_attn"
 
 
-@dataclass
+@pydantic_dataclass(config=ConfigDict(strict=True, extra="forbid"))
 class CaptionerConfig:
-    peft: str = "lora"  # none | lora | dora | ia3 | adapter | prompt | prefix
-    lora_r: int = 16  # LoRA / DoRA rank
-    lora_alpha: float = 32.0  # LoRA scale numerator (scale = alpha / r)
-    lora_dropout: float = 0.0  # dropout on the LoRA input
-    lora_targets: list[str] = field(default_factory=lambda: ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])  # LoRA/DoRA modules
-    ia3_targets: list[str] = field(default_factory=lambda: ["attn.c_attn", "mlp.c_proj"])  # (IA)^3 modules
-    ia3_feedforward: list[str] = field(default_factory=lambda: ["mlp.c_proj"])  # scaled on their input
-    adapter_dim: int = 64  # bottleneck width of the adapters
-    adapter_targets: list[str] = field(default_factory=lambda: ["attn.c_proj", "crossattention.c_proj"])  # adapters after
-    virtual_tokens: int = 10  # prompt / prefix length
-    prefix_gate: bool = True  # zero-initialised per-head gates on prompt/prefix attention
+    """The [captioner] table: which PEFT kind wraps the decoder, and its sizes. Checked wherever the values
+    come from (TOML, --key=value, checkpoint metadata); `hw3 train --help` lists the descriptions."""
+    peft: str = Field("lora", description=" | ".join(PEFT_KINDS))
+    lora_r: int = Field(16, ge=1, le=4096, description="LoRA / DoRA rank")
+    lora_alpha: float = Field(32.0, gt=0, allow_inf_nan=False, description="LoRA scale numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_targets: list[Module] = Field(default_factory=lambda: ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
+                                       description="LoRA/DoRA modules")
+    ia3_targets: list[Module] = Field(default_factory=lambda: ["attn.c_attn", "mlp.c_proj"], description="(IA)^3 modules")
+    ia3_feedforward: list[Module] = Field(default_factory=lambda: ["mlp.c_proj"], description="scaled on their input")
+    adapter_dim: int = Field(64, ge=1, le=65536, description="bottleneck width of the adapters")
+    adapter_targets: list[Module] = Field(default_factory=lambda: ["attn.c_proj", "crossattention.c_proj"],
+                                          description="adapters after")
+    virtual_tokens: int = Field(10, ge=1, le=4096, description="prompt / prefix length")
+    prefix_gate: bool = Field(True, description="zero-initialised per-head gates on prompt/prefix attention")
 
-    def __post_init__(self):
-        """Types and ranges, wherever the values come from (TOML, --key=value, checkpoint metadata)."""
-        import math
-        from dataclasses import fields
-
-        for f in fields(self):
-            value, default = getattr(self, f.name), CaptionerConfig.__dataclass_fields__[f.name]
-            kind = type(default.default if default.default is not MISSING else default.default_factory())
-            ok = (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))) or (
-                kind is float and isinstance(value, int) and not isinstance(value, bool))
-            if kind is list:
-                ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
-            if not ok:
-                raise HW3Error(f"{f.name}: expected {'a list of module names' if kind is list else kind.__name__}, "
-                               f"got {value!r}")
-        if self.peft not in PEFT_KINDS:
-            raise HW3Error(f"unknown peft kind {self.peft!r} (choose from {', '.join(PEFT_KINDS)})")
-        for name, hi in (("lora_r", 4096), ("adapter_dim", 65536), ("virtual_tokens", 4096)):
-            if not 1 <= getattr(self, name) <= hi:
-                raise HW3Error(f"{name} must be between 1 and {hi}, got {getattr(self, name)}")
-        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
-            raise HW3Error(f"lora_alpha must be a positive number, got {self.lora_alpha}")
-        if not 0 <= self.lora_dropout < 1:
-            raise HW3Error(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+    @field_validator("peft")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in PEFT_KINDS:
+            raise ValueError(f"unknown peft kind {v!r} (choose from {', '.join(PEFT_KINDS)})")
+        return v
 
 
 class Projection(nn.Linear):
@@ -234,8 +224,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CaptionerConfig, dict[str,
                                                                            ("encoder_dim", int), ("meta", dict))}
     try:
         cfg = CaptionerConfig(**raw["captioner"])
-    except (TypeError, HW3Error) as e:  # an unknown or missing key, a type or a range
-        raise HW3Error(f"{path}: metadata field 'captioner': {e}") from e
+    except ValidationError as e:  # an unknown or missing key, a type or a range
+        raise invalid(e, f"{path}: metadata field 'captioner'") from e
     if not 1 <= raw["encoder_dim"] <= 65536:
         raise HW3Error(f"{path}: metadata field 'encoder_dim' = {raw['encoder_dim']} is outside 1..65536")
     return cfg, tensors, {"decoder": raw["decoder"], "encoder_dim": raw["encoder_dim"], "meta": raw["meta"]}

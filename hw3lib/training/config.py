@@ -6,65 +6,61 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import fields
 from pathlib import Path
+from typing import Literal
 
-from ..core.errors import HW3Error
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from ..core.errors import HW3Error, invalid
 from ..models.captioner import CaptionerConfig
 
-INT_LIMITS = {"seed": 2**32 - 1, "max_trainable": 10**12, "max_caption_tokens": 65_536}  # others: 10**9
+BIG = 10**9  # bound of every count that has no natural one
 
 
-@dataclass
+@pydantic_dataclass(config=ConfigDict(strict=True, extra="forbid"))
 class TrainConfig:
-    epochs: int = 10  # passes over every (image, caption) pair
-    batch_size: int = 8  # pairs per micro-batch (per process)
-    grad_accum: int = 1  # micro-batches per optimiser step
-    lr: float = 3e-5  # AdamW peak learning rate
-    weight_decay: float = 0.01  # AdamW weight decay
-    warmup_steps: int = 0  # linear warm-up, in optimiser steps
-    eta_min: float = 1e-6  # floor of the cosine annealing
-    grad_clip: float = 1.0  # max gradient norm (0 = off)
-    amp: str = "auto"  # auto (bf16 from compute capability 8.0, fp16 + loss scaling below, fp32 on CPU) | off | bf16 | fp16
-    hflip: float = 0.0  # horizontal-flip probability (augmentation)
-    color_jitter: float = 0.0  # colour-jitter strength for brightness/contrast/saturation (0 = off)
-    feature_cache: bool = True  # cache frozen encoder tokens on disk (only without augmentation)
-    cache_dir: str = ""  # where the cache lives ("" = RUN_DIR/../feature-cache)
-    max_caption_tokens: int = 60  # longest caption in tokens (+1 for the end token)
-    max_trainable: int = 35_000_000  # refuse to train above this many trainable parameters
-    val_every: int = 0  # optimiser steps between validations (0 = once per epoch)
-    val_images: int = 100  # val images used for validation loss and metrics
-    select_metric: str = "cider"  # best checkpoint by: cider | loss (cider needs a validator)
-    no_repeat_ngram_size: int = 0  # validation and val_predictions captions: ban repeated n-grams (0 = off)
-    repetition_penalty: float = 1.0  # validation and val_predictions captions: transformers' penalty (1 = off)
-    max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs; negative is an error)
-    seed: int = 0  # data order, initialisation of new modules
-    log_every: int = 10  # optimiser steps between log lines
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    """The [train] table. Checked on construction (types, ranges, finite numbers); `hw3 train --help` lists
+    the descriptions."""
+    epochs: int = Field(10, ge=1, le=BIG, description="passes over every (image, caption) pair")
+    batch_size: int = Field(8, ge=1, le=BIG, description="pairs per micro-batch (per process)")
+    grad_accum: int = Field(1, ge=1, le=BIG, description="micro-batches per optimiser step")
+    lr: float = Field(3e-5, gt=0, allow_inf_nan=False, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, le=BIG, description="linear warm-up, in optimiser steps")
+    eta_min: float = Field(1e-6, ge=0, allow_inf_nan=False, description="floor of the cosine annealing (at most lr)")
+    grad_clip: float = Field(1.0, ge=0, allow_inf_nan=False, description="max gradient norm (0 = off)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="auto (bf16 from compute capability 8.0, fp16 + loss scaling below, fp32 on CPU) | off | "
+                            "bf16 | fp16")
+    hflip: float = Field(0.0, ge=0, le=1, description="horizontal-flip probability (augmentation)")
+    color_jitter: float = Field(0.0, ge=0, allow_inf_nan=False,
+                                description="colour-jitter strength for brightness/contrast/saturation (0 = off)")
+    feature_cache: bool = Field(True, description="cache frozen encoder tokens on disk (only without augmentation)")
+    cache_dir: str = Field("", description='where the cache lives ("" = RUN_DIR/../feature-cache)')
+    max_caption_tokens: int = Field(60, ge=2, le=65_536, description="longest caption in tokens (+1 for the end token)")
+    max_trainable: int = Field(35_000_000, ge=1, le=10**12,
+                               description="refuse to train above this many trainable parameters")
+    val_every: int = Field(0, ge=0, le=BIG, description="optimiser steps between validations (0 = once per epoch)")
+    val_images: int = Field(100, ge=1, le=BIG, description="val images used for validation loss and metrics")
+    select_metric: Literal["cider", "loss"] = Field(
+        "cider", description="best checkpoint by: cider | loss (cider needs a validator)")
+    no_repeat_ngram_size: int = Field(0, ge=0, le=BIG, description="validation and val_predictions captions: ban "
+                                                                   "repeated n-grams (0 = off)")
+    repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False, description="validation and val_predictions "
+                                      "captions: transformers' penalty (1 = off)")
+    max_steps: int = Field(0, ge=0, le=BIG, description="stop after this many optimiser steps (0 = run all epochs)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="data order, initialisation of new modules")
+    log_every: int = Field(10, ge=1, le=BIG, description="optimiser steps between log lines")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
 
-    def __post_init__(self):
-        import math
-
-        for f in fields(self):  # no inf / nan anywhere, and every count within a sane bound
-            v = getattr(self, f.name)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise HW3Error(f"invalid training setting: {f.name}={v!r} (not a finite number)")
-            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_LIMITS.get(f.name, 10**9):
-                raise HW3Error(f"invalid training setting: {f.name}={v} (at most {INT_LIMITS.get(f.name, 10**9):,})")
-        checks = [("lr", self.lr > 0), ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
-                  ("grad_accum", self.grad_accum >= 1), ("eta_min", 0 <= self.eta_min <= self.lr),
-                  ("weight_decay", self.weight_decay >= 0), ("warmup_steps", self.warmup_steps >= 0),
-                  ("grad_clip", self.grad_clip >= 0), ("hflip", 0 <= self.hflip <= 1),
-                  ("color_jitter", self.color_jitter >= 0), ("max_caption_tokens", self.max_caption_tokens >= 2),
-                  ("val_images", self.val_images >= 1), ("max_trainable", self.max_trainable >= 1),
-                  ("max_steps", self.max_steps >= 0), ("log_every", self.log_every >= 1),
-                  ("val_every", self.val_every >= 0), ("seed", self.seed >= 0),
-                  ("amp", self.amp in ("auto", "off", "bf16", "fp16")),
-                  ("select_metric", self.select_metric in ("cider", "loss"))]
-        bad = [name for name, ok in checks if not ok]
-        if bad:
-            raise HW3Error("invalid training setting(s): " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad))
+    @model_validator(mode="after")
+    def _floor_below_peak(self):
+        if self.eta_min > self.lr:
+            raise ValueError(f"eta_min={self.eta_min} is above lr={self.lr}")
         self.controls  # noqa: B018 - the decoding controls check their own ranges
+        return self
 
     @property
     def augment(self) -> bool:
@@ -78,9 +74,14 @@ class TrainConfig:
         return Controls(self.no_repeat_ngram_size, self.repetition_penalty)
 
 
+def default_of(cls, key: str):
+    """The default of setting `key` of a config class."""
+    return cls.__pydantic_fields__[key].get_default(call_default_factory=True)
+
+
 def _coerce(cls, key: str, value):
-    f = next(f for f in fields(cls) if f.name == key)
-    kind = type(f.default if f.default is not MISSING else f.default_factory())  # type: ignore[misc]
+    """A TOML value or a --key=value string as the type of the setting's default."""
+    kind = type(default_of(cls, key))
     if isinstance(value, str) and kind is not str:
         try:
             if kind is bool:
@@ -100,17 +101,13 @@ def _coerce(cls, key: str, value):
 
 
 def settings_table() -> list[tuple[str, str, str, object, str]]:
-    """(table, key, type, default, comment) for every [captioner] and [train] setting. The comments are
-    read from the dataclasses' source, so `hw3 train --help` cannot drift from the code."""
-    import inspect
-    import re
-
+    """(table, key, type, default, description) for every [captioner] and [train] setting, from the
+    config classes' field descriptions, so `hw3 train --help` cannot drift from the code."""
     rows = []
     for table, cls in (("captioner", CaptionerConfig), ("train", TrainConfig)):
-        comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), flags=re.M))
-        for f in fields(cls):
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            rows.append((table, f.name, type(default).__name__, default, comments.get(f.name, "")))
+        for name, info in cls.__pydantic_fields__.items():
+            default = default_of(cls, name)
+            rows.append((table, name, type(default).__name__, default, info.description or ""))
     return rows
 
 
@@ -158,4 +155,11 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, str] | None
         values[table][key] = value
     cap = {k: _coerce(CaptionerConfig, k, v) for k, v in values["captioner"].items()}
     tr = {k: _coerce(TrainConfig, k, v) for k, v in values["train"].items()}
-    return CaptionerConfig(**cap), TrainConfig(**tr)
+    try:
+        captioner = CaptionerConfig(**cap)
+    except ValidationError as e:
+        raise invalid(e, "invalid captioner setting") from e
+    try:
+        return captioner, TrainConfig(**tr)
+    except ValidationError as e:
+        raise invalid(e, "invalid training setting") from e

@@ -17,10 +17,13 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Required  # pydantic needs these on Python 3.11
 
 import torch
+from pydantic import ConfigDict, NonNegativeInt, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
 
-from ..core.errors import HW3Error, first_line
+from ..core.errors import HW3Error, first_line, invalid
 from ..core.files import atomic_path, atomic_write_json, remove_stale_temporaries
 from ..models.captioner import save_checkpoint
 
@@ -59,24 +62,36 @@ def changed_inputs(recorded: dict | None, now: dict) -> list[str]:
     return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
 
 
-RESUME_SCHEMA = {"trainable": dict, "optimizer": dict, "torch_rng": torch.Tensor, "state": dict, "config": str,
-                 "inputs": dict}
-STATE_SCHEMA = {"step": int, "epoch": int, "micro": int}
+@with_config(ConfigDict(strict=True))
+class Counters(TypedDict, total=False):
+    """Where the loop is: optimiser steps, epochs and micro-batches done (others, e.g. the best score, pass)."""
+    step: Required[NonNegativeInt]
+    epoch: Required[NonNegativeInt]
+    micro: Required[NonNegativeInt]
+
+
+@with_config(ConfigDict(strict=True, arbitrary_types_allowed=True))
+class ResumeState(TypedDict):
+    """resume.pt: everything needed to continue bit-exactly (a weights_only torch file)."""
+    trainable: dict[str, torch.Tensor]  # the trainable tensors by name
+    optimizer: dict  # the optimiser's state_dict
+    torch_rng: torch.Tensor  # torch's CPU generator state
+    state: Counters
+    config: str  # the run's identity (`identity`): a resume under another configuration is refused
+    inputs: dict  # the inputs' fingerprints (`input_fingerprints`)
+
+
+_RESUME = TypeAdapter(ResumeState)
 
 
 def check_resume(ck, source) -> dict:
-    """A resume state must have every field with its type; the state's counters are non-negative ints."""
+    """A resume state must have every field with its type; the loop's counters are non-negative ints."""
     if not isinstance(ck, dict):
         raise HW3Error(f"{source}: not a resume state (a {type(ck).__name__}, not a dict); remove it to start over")
-    for key, kind in RESUME_SCHEMA.items():
-        if not isinstance(ck.get(key), kind):
-            raise HW3Error(f"{source}: field {key!r} is missing or not a {kind.__name__}; remove the file to start over")
-    for key, kind in STATE_SCHEMA.items():
-        v = ck["state"].get(key)
-        if not isinstance(v, kind) or isinstance(v, bool) or v < 0:
-            raise HW3Error(f"{source}: state.{key} = {v!r} is not a non-negative integer; remove the file to start over")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ck["trainable"].items()):
-        raise HW3Error(f"{source}: field 'trainable' is not a dict of named tensors; remove the file to start over")
+    try:
+        _RESUME.validate_python(ck)
+    except ValidationError as e:
+        raise HW3Error(f"{invalid(e, str(source))}; remove the file to start over") from None
     return ck
 
 
