@@ -58,7 +58,7 @@ browser:
 		else echo "chromium not installed and no root apt: the browser test will be skipped"; fi; }
 
 test: venv browser
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Every benchmark; results go to build/bench/results.md (quoted in the README).
 bench: venv demo

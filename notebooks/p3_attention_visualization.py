@@ -124,7 +124,7 @@ if world is not None:
     loc = localisation(model, caps, world.objects("p2_data"), list(world.shapes), list(world.colors), deletion=not smoke,
                        n_boot=300 if smoke else 2000)
     print(f"{loc.nouns} object nouns in {loc.images} captions")
-    display(Markdown("\n".join(p3_section({"extremes": {}, "localisation": loc}))))
+    display(Markdown("\n".join(p3_section(P3Summary({}, {}, loc)))))
     if loc.nouns:
         save(localisation_figure(loc), figures / "p3_localisation.png")
         save(pointing_by_shape_figure(loc), figures / "p3_pointing_by_shape.png")

@@ -7,6 +7,8 @@ import json
 import nbformat
 import pytest
 
+from hw3lib.zeroshot.templates import REPORT
+
 from .conftest import ROOT
 
 NOTEBOOKS = ["p1_prompt_analysis", "p2_peft_captioning", "p3_attention_visualization"]
@@ -73,6 +75,9 @@ def test_p1_notebook_smoke_shows_every_figure_inline(small_models, small_world, 
     doc = json.loads((fig / "p1_summary.json").read_text())
     assert [s["name"] for s in doc["negation_experiment"]] == ["base", "negation-tuned"]
     assert len(doc["frequency"]["templates"]) == 3 + 80 and doc["frequency"]["report_prompts"] == 3
+    for name in ("p1_prompt_table", "p1_per_class_accuracy", "p1_confusion", "p1_top5", "p1_selection"):
+        assert (fig / f"{name}.png").stat().st_size > 5000
+    assert [r["prompt"] for r in doc["prompts"]["rows"][:3]] == list(REPORT)
 
 
 def test_p2_notebook_smoke(small_models, small_world, tmp_path):
