@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # The demo world and its models (both cached: rebuilt only when missing or out of date).
-$(DEMO)/hw3_data/DEMO.json: hw3lib/demo.py | $(VENV)/.installed
+$(DEMO)/hw3_data/DEMO.json: hw3lib/demo/world.py | $(VENV)/.installed
 	rm -rf $(DEMO)/hw3_data
 	$(HW3) demo-data $(DEMO)/hw3_data --size $(DEMO_SIZE) --seed 0
 

@@ -16,6 +16,7 @@ from hw3lib.metrics.captions import (
     ptb_tokenize,
     simple_ptb_tokenize,
     simple_ptb_tokenize_one,
+    tokenize,
 )
 from hw3lib.models.loading import load_clip
 
@@ -204,3 +205,25 @@ def test_caption_cli_refuses_foreign_checkpoint(small_models, small_world, tmp_p
     r = run_cli("caption", small_world / "p3_data" / "images", tmp_path / "p.json", m.decoder.weights,
                 "--checkpoint", tmp_path / "ck.safetensors", "--assets", small_models)
     assert r.returncode == 2 and "ck.safetensors" in r.stderr and not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("tokenizer", ["python", pytest.param("ptb", marks=needs_java)])
+def test_an_empty_caption_is_a_valid_prediction_that_scores_zero(tokenizer):
+    """A captioner can emit the end token first: "" (also last in the file) and spaces score 0 and shift
+    no other image's tokens."""
+    refs = {"a": ["a red circle", "one red circle"], "b": ["a blue star", "the blue star"],
+            "c": ["two green squares", "green squares"], "d": ["a black moon", "the moon"]}
+    preds = {"a": "a red circle", "b": "", "c": "  ", "d": ""}
+    score, per = cider(preds, refs, tokenizer)
+    assert per["b"] == per["c"] == per["d"] == 0.0 and per["a"] > 0
+    assert tokenize({"x": ["", "a red circle", " "]}, tokenizer)["x"] == ["", "a red circle", ""]
+
+
+def test_one_enormous_caption_is_cut_for_clip_with_a_warning_naming_the_image(small_models, small_world):
+    clip = load_clip(load_manifest(small_models).clip)
+    paths = sorted((small_world / "p2_data" / "images" / "val").glob("*.jpg"))[:2]
+    with pytest.warns(UserWarning, match=rf"{paths[1].name}: a caption of 300,000 characters is cut to 1,000"):
+        s = clip_scores(clip, paths, ["a red circle", "x" * 300_000], [["a red circle"], ["a star"]])
+    assert np.isfinite(s.clipscore).all() and s.clipscore.shape == (2,)
+    cut = clip_scores(clip, paths[1:], ["x" * 1000])  # what CLIP read: the first 1,000 characters
+    assert s.clipscore[1] == pytest.approx(cut.clipscore[0], abs=1e-6)

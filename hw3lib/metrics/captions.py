@@ -22,13 +22,14 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import HW3Error
-from ..models.clip import encode_images, encode_texts
+from ..models.clip import MAX_TEXT_CHARS, encode_images, encode_texts
 
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 
@@ -58,8 +59,14 @@ def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     if java is None:
         raise HW3Error("java not found: the PTB tokenizer needs a Java runtime (install openjdk, or use "
                        "--tokenizer python for the Java-free tokenizer)")
-    keys = [k for k, v in captions.items() for _ in v]
-    sentences = "\n".join(one_line(c) for v in captions.values() for c in v)
+    out: dict[str, list[str]] = {k: [""] * len(v) for k, v in captions.items()}
+    # an empty caption (a captioner may emit the end token first) is valid and tokenizes to nothing; the
+    # Java tokenizer would drop its line, so only the others are sent
+    todo = [(k, i, one_line(c)) for k, v in captions.items() for i, c in enumerate(v) if one_line(c).strip()]
+    if not todo:
+        return out
+    keys = [(k, i) for k, i, _ in todo]
+    sentences = "\n".join(c for _, _, c in todo)
     with tempfile.TemporaryDirectory(prefix="hw3-ptb-") as tmp:
         src = Path(tmp) / "captions.txt"
         src.write_text(sentences, encoding="utf-8")
@@ -72,9 +79,8 @@ def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
         lines.pop()
     if len(lines) != len(keys):  # one line out per caption in, or every later caption would shift
         raise HW3Error(f"PTB tokenizer returned {len(lines)} lines for {len(keys)} captions")
-    out: dict[str, list[str]] = {k: [] for k in captions}
-    for k, line in zip(keys, lines, strict=True):
-        out[k].append(" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS))
+    for (k, i), line in zip(keys, lines, strict=True):
+        out[k][i] = " ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
     return out
 
 
@@ -170,14 +176,26 @@ class ClipScores:
     refclipscore: np.ndarray | None  # per image, harmonic mean with the reference similarity
 
 
+def clip_text(text: str, name: str) -> str:
+    """`text` as CLIP reads it (`clip_tokens` keeps MAX_TEXT_CHARS characters), with a warning naming the image
+    when it is cut."""
+    if len(text) > MAX_TEXT_CHARS:
+        warnings.warn(f"{name}: a caption of {len(text):,} characters is cut to {MAX_TEXT_CHARS:,} for CLIPScore "
+                      "(CLIP reads 77 tokens)", stacklevel=2)
+    return text
+
+
 def clip_scores(clip, paths: list[Path], captions: list[str], references: list[list[str]] | None = None,
                 prefix: str = "", device="cpu", batch_size: int = 64, w: float = 2.5) -> ClipScores:
     img = encode_images(clip, paths, batch_size, device, desc="CLIP images")
-    txt = encode_texts(clip, [prefix + c for c in captions], device=device, trim=False)
+    names = [Path(p).name for p in paths]
+    txt = encode_texts(clip, [clip_text(prefix + c, n) for c, n in zip(captions, names, strict=True)], device=device,
+                       trim=False)
     cs = w * np.clip((img * txt).sum(-1).numpy(), 0, None)
     ref = None
     if references is not None:
-        flat = [prefix + r for refs in references for r in refs]
+        flat = [clip_text(prefix + r, f"{n} (reference)") for n, refs in zip(names, references, strict=True)
+                for r in refs]
         rf = encode_texts(clip, flat, device=device, trim=False)
         best, i = [], 0
         for b, refs in enumerate(references):

@@ -30,8 +30,13 @@ def encode_images(clip, images, batch_size: int = 64, device="cpu", desc="encodi
     return torch.cat(feats)
 
 
+MAX_TEXT_CHARS = 1000  # CLIP reads at most 77 tokens; its BPE is quadratic in a word's length, so text is cut here
+
+
 def clip_tokens(clip, texts: list[str]) -> torch.Tensor:
-    """Tokenise for CLIP; texts longer than the context are truncated with one warning."""
+    """Tokenise for CLIP; texts longer than the context are truncated with one warning (and, first, cut to
+    MAX_TEXT_CHARS characters, so that one enormous word costs no more than a long caption)."""
+    texts = [t[:MAX_TEXT_CHARS] for t in texts]
     tokens = clip.tokenizer(texts)
     try:
         long = [t for t in texts if len(clip.tokenizer.encode(t)) + 2 > clip.context_length]
