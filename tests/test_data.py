@@ -9,7 +9,6 @@ from PIL import Image
 
 from hw3lib.core.data import (
     check_prediction_keys,
-    load_images,
     read_caption_file,
     read_id2label,
     read_p1_folder,
@@ -17,7 +16,7 @@ from hw3lib.core.data import (
 )
 from hw3lib.core.errors import HW3Error
 from hw3lib.core.files import atomic_write_text, confined_path
-from hw3lib.core.images import open_image
+from hw3lib.core.images import check_images, open_image
 
 from .conftest import run_cli
 
@@ -129,11 +128,13 @@ def test_skip_bad_warns_and_lists(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
     (tmp_path / "bad.png").write_bytes(b"")
     paths = [tmp_path / "good.png", tmp_path / "bad.png"]
-    with pytest.raises(HW3Error, match="bad.png"):
-        load_images(paths)
+    with pytest.raises(HW3Error, match="bad.png: empty file"):
+        check_images(paths)
     with pytest.warns(UserWarning, match=r"skipped 1 bad image.*bad.png"):
-        images, kept = load_images(paths, skip_bad=True)
-    assert kept == [tmp_path / "good.png"] and len(images) == 1
+        kept = check_images(paths, skip_bad=True)
+    assert kept == [tmp_path / "good.png"]
+    with pytest.raises(HW3Error, match="no readable images left"):
+        check_images(paths[1:], skip_bad=True)
 
 
 # ---------------------------------------------------------------- P2 caption files

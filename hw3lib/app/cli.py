@@ -8,7 +8,9 @@ exit status 2; `--debug` (before or after the subcommand) shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -53,7 +55,9 @@ def _device(name: str) -> str:
 
 
 def cmd_zeroshot(args) -> int:
+    from ..core.data import read_p1_folder
     from ..core.files import require_dir, require_file
+    from ..core.images import check_images
     from ..models.loading import load_clip
     from ..zeroshot.classify import ZeroShotStudy, accuracy, bootstrap_ci, write_predictions_csv
     from ..zeroshot.templates import PHOTO, check_template, template_set
@@ -65,11 +69,12 @@ def cmd_zeroshot(args) -> int:
     templates = templates or list(PHOTO)
     require_dir(args.image_dir, "image folder")
     require_file(args.id2label, "id2label file")
+    ds = read_p1_folder(args.image_dir, args.id2label, labelled=None)
+    checked = check_images([s.path for s in ds.samples], skip_bad=args.skip_bad)  # every header, before any model
     m = manifest_for(args.assets, parts=("clip",), clip_model=args.model, clip_pretrained=args.pretrained)
     device = _device(args.device)
     clip = load_clip(m.clip, device)
-    study = ZeroShotStudy.from_folder(clip, args.image_dir, args.id2label, device, args.batch_size,
-                                      skip_bad=args.skip_bad, labelled=None)
+    study = ZeroShotStudy.from_dataset(clip, ds, device, args.batch_size, checked=checked)
     pred = study.predict(_weights(study, templates))
     write_predictions_csv(args.out_csv, study.paths, [study.class_ids[i] for i in pred])
     msg = f"wrote {args.out_csv}: {len(pred)} images, {len(templates)} template(s)"
@@ -143,11 +148,14 @@ def _plan(args) -> int:
     return 0
 
 
+LINE_BREAKING = re.compile("[\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # splits a line of '-' output
+
+
 def cmd_caption(args) -> int:
     import json
 
     from ..core.files import atomic_write_text, require_file
-    from ..core.images import image_paths, unique_stems
+    from ..core.images import check_images, image_paths, unique_stems
 
     paths = unique_stems(image_paths(args.images))
     if str(args.out_json) != "-":
@@ -155,6 +163,12 @@ def cmd_caption(args) -> int:
             if not p.stem.isascii() and not _utf8(p.stem):
                 raise HW3Error(f"{p}: file name is not valid UTF-8, so it cannot be a key of {args.out_json} "
                                "(rename the file, or print with OUT_JSON -)")
+    else:
+        for p in paths:  # one NAME<TAB>CAPTION line per image: a tab or line break in a name would split it
+            if LINE_BREAKING.search(p.stem):
+                raise HW3Error(f"{ascii(str(p))}: a tab or line break in the file name would break the "
+                               "NAME<TAB>CAPTION lines of OUT_JSON - (rename the file, or write a JSON file)")
+    check_images(paths)  # every header, before any model
     require_file(args.decoder_weights, "decoder weights file")
     controls = _controls(args)
     if args.checkpoint is None and not args.untrained:
@@ -174,7 +188,7 @@ def cmd_caption(args) -> int:
                         None if args.quantize == "none" else args.quantize, packed=not args.no_packed)
     preds = caption_folder(model, m, paths, decoding, device, precision=precision)
     if str(args.out_json) == "-":
-        sys.stdout.write("".join(f"{name}\t{caption}\n" for name, caption in preds.items()))
+        sys.stdout.write("".join(f"{name}\t{LINE_BREAKING.sub(' ', caption)}\n" for name, caption in preds.items()))
         return 0
     atomic_write_text(args.out_json, json.dumps(preds, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {args.out_json}: {len(preds)} captions")
@@ -197,7 +211,10 @@ def cmd_evaluate(args) -> int:
     instances = instance_categories(args.instances) if args.instances else None
     clip = None
     if not args.no_clip:
+        from ..core.images import check_images
         from .pipeline import manifest_for
+
+        check_images([im.path for im in cs.images if im.path is not None])  # every header, before the model
 
         clip = load_clip(manifest_for(args.assets, parts=("clip",)).clip, _device(args.device))
     result = evaluate(preds, cs, clip, args.tokenizer, "A photo depicts " if args.photo_prefix else "",
@@ -229,13 +246,13 @@ def cmd_evaluate(args) -> int:
 def cmd_attention(args) -> int:
     from ..attention.maps import capture, check_layers_heads, display_maps, method_maps
     from ..attention.viewer import html_viewer
-    from ..core.files import atomic_write_text
-    from ..core.images import image_paths, open_image, unique_stems
+    from ..core.files import atomic_write_text, output_lock
+    from ..core.images import check_images, image_paths, open_image, unique_stems
     from ..models.loading import encoder_transform, load_tokenizer
     from .pipeline import load_run, manifest_for
     from .plots import save, token_maps_figure
 
-    paths = unique_stems(image_paths(args.images))
+    paths = check_images(unique_stems(image_paths(args.images)))  # every header, before any model
     controls = _controls(args)
     layers = _index_list("--layers", args.layers, ("last", "all"))
     heads = _index_list("--heads", args.heads, ("mean", "max"))
@@ -246,13 +263,14 @@ def cmd_attention(args) -> int:
     caps = capture(model, load_tokenizer(m), encoder_transform(model.encoder), paths, args.beams, args.max_len, device,
                    controls)
     items = []
-    for ca in caps:
-        maps = method_maps(model, ca, args.method, layers, heads)
-        items.append((ca, maps))
-        fig = token_maps_figure(open_image(ca.path), ca.caption, ca.token_texts, display_maps(ca, maps),
-                                title=f"{ca.path.name} ({args.method}, layers={args.layers}, heads={args.heads})")
-        save(fig, args.out / f"{ca.path.stem}_attention.png")
-        print(f"{ca.path.name}: {ca.caption}")
+    with output_lock(args.out, "hw3 attention"):  # each figure is written atomically; one writer per folder
+        for ca in caps:
+            maps = method_maps(model, ca, args.method, layers, heads)
+            items.append((ca, maps))
+            fig = token_maps_figure(open_image(ca.path), ca.caption, ca.token_texts, display_maps(ca, maps),
+                                    title=f"{ca.path.name} ({args.method}, layers={args.layers}, heads={args.heads})")
+            save(fig, args.out / f"{ca.path.stem}_attention.png")
+            print(f"{ca.path.name}: {ca.caption}")
     if args.html:
         atomic_write_text(args.html, html_viewer(items))
         print(f"wrote {args.html}")
@@ -620,6 +638,26 @@ def _parse_overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler's or `kill`'s) ends the command as Ctrl-C does: the exception unwinds, so child
+    processes (the Java tokenizer) are killed and temporary folders removed, instead of left behind."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for stream in (sys.stdout, sys.stderr):  # file names with undecodable bytes print, never crash
@@ -630,8 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        with warnings.catch_warnings():  # warnings print as one line while the command runs, then as before
-            warnings.showwarning = _warn_one_line
+        with warnings.catch_warnings(), _terminate_as_interrupt():  # both as before once the command returns
+            warnings.showwarning = _warn_one_line  # warnings print as one line while the command runs
             args.overrides = _parse_overrides(extra)
             from ..core.files import check_outputs
 

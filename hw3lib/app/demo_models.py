@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ..core.data import read_caption_file
 from ..core.errors import HW3Error
-from ..core.files import atomic_path, atomic_write_json, require_dir
+from ..core.files import atomic_path, atomic_write_json, output_lock, require_dir
 from ..core.images import open_image
 from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec
 from ..core.progress import progress
@@ -423,7 +423,13 @@ def save_encoder(model, out_dir: Path) -> None:
 
 
 def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, force: bool = False) -> Path:
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    """Train the demo world's models into `out_dir` (cached by a fingerprint of their inputs); a second
+    writer of the same folder refuses (`output_lock`). Returns the assets manifest."""
+    with output_lock(out_dir, "hw3 demo-models"):
+        return _build(Path(data_dir), Path(out_dir), size, seed, force)
+
+
+def _build(data_dir: Path, out_dir: Path, size: str, seed: int, force: bool) -> Path:
     p2 = require_dir(data_dir / "p2_data", "p2_data folder")
     world = DemoWorld.load(data_dir)
     if world is None or not world.objects("p2_data"):

@@ -18,7 +18,7 @@ import torch
 from ..core.data import read_caption_file
 from ..core.device import resolve_device
 from ..core.distributed import processes
-from ..core.errors import HW3Error
+from ..core.errors import HW3Error, first_line
 from ..core.files import atomic_write_json, read_json, run_lock
 from ..core.images import list_images
 from ..core.manifest import MANIFEST_PARTS, ClipSpec, DecoderSpec, check_files, load_manifest
@@ -92,6 +92,27 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
         return _train_locked(cap_cfg, cfg, m, p2_dir, out, inputs)
 
 
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def join_process_group(backend: str, procs, timeout_s: int) -> None:
+    """Join a distributed run (torchrun's environment), saying first what it waits for, and giving up
+    after `timeout_s` seconds with one line naming the variables (a shell left with RANK / WORLD_SIZE
+    set by an earlier torchrun would otherwise wait forever for processes that never come)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    env = ", ".join(f"{k}={os.environ[k]}" for k in TORCHRUN_VARIABLES if k in os.environ)
+    print(f"distributed run: waiting up to {timeout_s} s for {procs.world} processes ({env})", flush=True)
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as e:  # DistStoreError, a timeout, a missing MASTER_ADDR / MASTER_PORT
+        raise HW3Error(f"distributed run: {procs.world} processes did not meet within {timeout_s} s ({env}; "
+                       f"{first_line(e, 120)}): start it with torchrun, or unset {' '.join(TORCHRUN_VARIABLES)} "
+                       "to train in one process") from e
+
+
 def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict) -> dict:
     import torch.distributed as dist
 
@@ -101,7 +122,7 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict) -> dic
         if dev.type == "cuda":
             dev = torch.device("cuda", procs.local_rank)
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        join_process_group("nccl" if dev.type == "cuda" else "gloo", procs, cfg.dist_timeout)
     seed_everything(cfg.seed)
     precision = choose_precision(cfg.amp, dev)
     rank0 = processes().master_process
@@ -367,8 +388,14 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
 def training_curves(run_dir) -> dict:
     """Loss / learning-rate points and validation points of a run's log.jsonl."""
     steps, losses, val_steps, val_cider, val_loss = [], [], [], [], []
-    for line in Path(run_dir, "log.jsonl").read_text(encoding="utf-8").splitlines():
-        e = json.loads(line)
+    log = Path(run_dir, "log.jsonl")
+    for n, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise HW3Error(f"{log}: line {n} is not JSON ({err.msg}); the run folder is damaged") from None
+        if not isinstance(e, dict):
+            raise HW3Error(f"{log}: line {n} is not a JSON object; the run folder is damaged")
         if "loss" in e:
             steps.append(e["step"])
             losses.append(e["loss"])

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..core.errors import HW3Error, error_line
-from ..core.files import atomic_write_text, read_json
+from ..core.files import atomic_write_text, output_lock, read_json
 from ..core.results import VariantTable
 from .summary import refresh_quotes, write_summary
 
@@ -89,7 +89,10 @@ def export_html(executed: list[Path], figures: Path, out_dir: Path, files: list[
     names = sorted(files) if files is not None else sorted(f.name for f in figures.iterdir())
     names = [n for n in names if (figures / n).is_file() and Path(n).suffix in (".png", ".html", ".md", ".json")]
     summary = (figures / "summary.md").read_text(encoding="utf-8") if (figures / "summary.md").is_file() else ""
-    body = mistune.html(summary.split("\n", 1)[1] if summary.startswith("# ") else summary)
+    # raw HTML in summary.md is shown as text (escape=True): its data strings are escaped already (md_text),
+    # and nothing else on the page may turn text into markup
+    render = mistune.create_markdown(escape=True, plugins=["strikethrough", "table"])
+    body = render(summary.split("\n", 1)[1] if summary.startswith("# ") else summary)
     key = "".join(f'<figure><img src="{rel}/{n}" alt="{html.escape(n)}"><figcaption>{html.escape(n)}</figcaption>'
                   "</figure>" for n in KEY_FIGURES if n in names)
     figs = "".join(f'<li><a href="{rel}/{n}">{html.escape(n)}</a></li>' for n in names)
@@ -154,29 +157,36 @@ def main(argv=None) -> int:
               "configs_dir": str(root / "configs" / ("" if args.real else "demo")),
               "variants": REAL_VARIANTS if args.real else DEMO_VARIANTS,
               "reference": "report_lora16" if args.real else "lora16"}  # the report's setting
-        t_all, done = time.time(), []
-        for i, name in enumerate(NOTEBOOKS, 1):
-            extra = {NOTEBOOKS[1]: p2}.get(name, {})
-            if name == NOTEBOOKS[2]:  # P3 looks at P2's best run
-                extra = {"checkpoint": VariantTable.from_json(read_json(figures / "p2_summary.json")).best.run}
-            t0 = time.time()
-            print(f"[report {i}/3] {name} ...", flush=True)
-            done.append(run_notebook(root, name, common | extra, root / "notebooks" / "executed"))
-            print(f"[report {i}/3] {name} done in {time.time() - t0:.0f} s", flush=True)
-        written = prune_stale(figures, t_all)
-        doc = write_summary(figures, Path(assets).parent if assets != "real" else None, written)
-        if not args.real and args.figures is None:  # the demo's numbers, as README and docs/ quote them
-            for path in refresh_quotes([root / "README.md", *sorted((root / "docs").glob("*.md"))], doc):
-                print(f"[report] numbers quoted in {path.relative_to(root)} updated from summary.json")
-        index = export_html(done, figures, html_dir, written + ["summary.md", "summary.json"])
-        print(f"[report] figures and {figures / 'summary.md'} written in {time.time() - t_all:.0f} s")
-        print(f"[report] browsable report: {index}")
+        with output_lock(figures, "python -m hw3lib.app.report"):  # one report at a time per figures/ folder
+            return _run(args, root, figures, html_dir, common, p2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # one line, as the hw3 commands
         print(f"error: {error_line(e, 'python -m hw3lib.app.report')}", file=sys.stderr)
         return 2
+
+
+def _run(args, root: Path, figures: Path, html_dir: Path, common: dict, p2: dict) -> int:
+    """The three notebooks, then the summary, the quoted numbers and the index page."""
+    assets = common["assets"]
+    t_all, done = time.time(), []
+    for i, name in enumerate(NOTEBOOKS, 1):
+        extra = {NOTEBOOKS[1]: p2}.get(name, {})
+        if name == NOTEBOOKS[2]:  # P3 looks at P2's best run
+            extra = {"checkpoint": VariantTable.from_json(read_json(figures / "p2_summary.json")).best.run}
+        t0 = time.time()
+        print(f"[report {i}/3] {name} ...", flush=True)
+        done.append(run_notebook(root, name, common | extra, root / "notebooks" / "executed"))
+        print(f"[report {i}/3] {name} done in {time.time() - t0:.0f} s", flush=True)
+    written = prune_stale(figures, t_all)
+    doc = write_summary(figures, Path(assets).parent if assets != "real" else None, written)
+    if not args.real and args.figures is None:  # the demo's numbers, as README and docs/ quote them
+        for path in refresh_quotes([root / "README.md", *sorted((root / "docs").glob("*.md"))], doc):
+            print(f"[report] numbers quoted in {path.relative_to(root)} updated from summary.json")
+    index = export_html(done, figures, html_dir, written + ["summary.md", "summary.json"])
+    print(f"[report] figures and {figures / 'summary.md'} written in {time.time() - t_all:.0f} s")
+    print(f"[report] browsable report: {index}")
     return 0
 
 

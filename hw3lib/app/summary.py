@@ -24,6 +24,16 @@ from ..core.results import (
 )
 from ..demo.pretraining_text import PretrainingText
 
+_MARKUP = re.compile(r"([\\`*_\[\]!|~<>&])")  # what can start Markdown or HTML markup in a line; | ends a cell
+
+
+def md_text(text) -> str:
+    """A string from data or a model (a caption, a file name, a prompt) as Markdown that shows exactly that
+    text: one line, every character that could start markup (Markdown's or HTML's) backslash-escaped, as
+    CommonMark allows for any punctuation. The one escaping rule of every page the report writes
+    (summary.md, the index page, the notebooks' tables)."""
+    return _MARKUP.sub(r"\\\1", " ".join(str(text).split()))
+
 
 def _pct(x):
     return "-" if x is None else f"{x * 100:.1f}%"
@@ -56,7 +66,7 @@ def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
         t = PretrainingText.from_json(mm["clip_text"], "metrics.json: clip_text")
         common = max(t.framings, key=t.frequency)
         lines.append(f"- its pretraining text: {t.captions} captions in {len(t.framings)} framings (most common "
-                     f"{common!r}, {t.frequency(common):.1%}), no negation word")
+                     f"{md_text(repr(common))}, {t.frequency(common):.1%}), no negation word")
     if "negation_clip_recall_at_1_val" in d:
         lines.append(f"- the negation-tuned CLIP (text tower fine-tuned): recall@1 {d['negation_clip_recall_at_1_val']:.3f}")
     lines += [f"- tiny GPT-2 perplexity on val captions: {d['decoder_perplexity_val']:.2f} "
@@ -70,16 +80,16 @@ def p1_section(doc: dict | P1Summary) -> list[str]:
     lines = ["## P1: zero-shot accuracy by prompt", "",
              f"{p1.n_images} images, chance {_pct(p1.chance)}. 95% bootstrap intervals.", "",
              "| prompt | templates | accuracy | 95% CI |", "|---|---:|---:|---|"]
-    lines += [f"| {r.prompt} | {r.templates} | {_pct(r.accuracy)} | {_ci(r.ci)} |" for r in p1.rows]
+    lines += [f"| {md_text(r.prompt)} | {r.templates} | {_pct(r.accuracy)} | {_ci(r.ci)} |" for r in p1.rows]
     lines += ["", "Paired tests against the first prompt (exact McNemar; paired bootstrap 95% interval):", ""]
-    lines += [f"- {t.b!r}: {_delta(t.test, 100, '+.1f', ' points')}, p = {t.test.p_value:.3g}" for t in p1.paired_tests]
+    lines += [f"- {md_text(repr(t.b))}: {_delta(t.test, 100, '+.1f', ' points')}, p = {t.test.p_value:.3g}" for t in p1.paired_tests]
     s = p1.selection
     lines += ["", f"Template selection (chosen on half the images, scored on the other half): best single "
               f"{_pct(s.held_out_accuracy_best_single)}, all {s.pool} {_pct(s.held_out_accuracy_all)}, "
               f"{len(s.chosen)} selected {_pct(s.held_out_accuracy_selected)}.", ""]
     if summary.negation:
         neg = summary.negation
-        lines += [f"Negation ({neg.positive!r} vs {neg.negated!r}): mean cosine of their text embeddings "
+        lines += [f"Negation ({md_text(repr(neg.positive))} vs {md_text(repr(neg.negated))}): mean cosine of their text embeddings "
                   f"{neg.cosine_mean:.3f} (per class {min(neg.cosine_per_class):.3f} - "
                   f"{max(neg.cosine_per_class):.3f}); same predicted class on {_pct(neg.same_prediction)} of "
                   f"images; accuracy positive {_pct(neg.positive_accuracy.accuracy)}, negated "
@@ -97,13 +107,13 @@ def frequency_lines(freq: FrequencyStudy) -> list[str]:
              "Each framing of the demo CLIP's training text as a prompt, beside its share of the text "
              "(five framings of OpenAI templates it never read at 0):", "",
              "| framing | share of training captions | accuracy | 95% CI |", "|---|---:|---:|---|"]
-    lines += [f"| {r.framing} | {r.frequency * 100:.2f}% | {_pct(r.accuracy.accuracy)} | {_ci(r.accuracy.ci)} |"
+    lines += [f"| {md_text(r.framing)} | {r.frequency * 100:.2f}% | {_pct(r.accuracy.accuracy)} | {_ci(r.accuracy.ci)} |"
               for r in freq.framings]
     c, t = freq.framing_correlation, freq.template_correlation
     lines += ["", f"Spearman rho of accuracy and framing frequency: {c.rho:+.3f} (permutation p = {c.p_value:.3g}, "
               f"n = {c.n}). Over the report's prompts and OpenAI's templates, accuracy against the frequency of "
               f"their words: rho {t.rho:+.3f} (p = {t.p_value:.3g}, n = {t.n}). The report's prompts:", ""]
-    lines += [f"- {r.framing!r}: {_pct(r.accuracy.accuracy)} ({_ci(r.accuracy.ci)}); words never read: "
+    lines += [f"- {md_text(repr(r.framing))}: {_pct(r.accuracy.accuracy)} ({_ci(r.accuracy.ci)}); words never read: "
               f"{', '.join(r.unseen_words) or 'none'}" for r in freq.templates[:freq.report_prompts]]
     return lines + [""]
 
@@ -118,7 +128,7 @@ def negation_experiment_lines(scores: list[NegationScores]) -> list[str]:
              + " | recall@1 | cos(positive, negated) |", "|---|---:|---:|" + "---:|" * len(types) + "---:|---:|"]
     for sc in scores:
         inv = sc.negation.negated_inverted_accuracy
-        lines.append(f"| {sc.name} | {_pct(inv.accuracy)} ({_ci(inv.ci)}) | {_pct(sc.choice.accuracy.accuracy)} "
+        lines.append(f"| {md_text(sc.name)} | {_pct(inv.accuracy)} ({_ci(inv.ci)}) | {_pct(sc.choice.accuracy.accuracy)} "
                      f"({_ci(sc.choice.accuracy.ci)}) | " + " | ".join(_pct(sc.choice.by_type[k].accuracy) for k in types)
                      + f" | {_pct(sc.recall_at_1.accuracy)} ({_ci(sc.recall_at_1.ci)}) | {sc.negation.cosine_mean:.3f} |")
     return lines + [""]
@@ -147,7 +157,7 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
         for r in p2.rows:
             o = r.objects or {}
             lines.append("| " + " | ".join([
-                r.variant, r.peft, f"{r.trainable:,}", _share(o.get("exact")), _share(o.get("recall")),
+                md_text(r.variant), md_text(r.peft), f"{r.trainable:,}", _share(o.get("exact")), _share(o.get("recall")),
                 _share(o.get("precision"), False), _share(o.get("chair_s"), False), _share(o.get("repeats"), False),
                 f"{r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]", f"{r.CLIPScore:.3f}"]) + " |")
         counts = sorted({n for r in p2.rows for n in (r.objects_by_count or {})}, key=int)
@@ -156,7 +166,7 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
                                              for n in counts) + " |", "|---|" + "---:|" * len(counts)]
         for r in p2.rows:
             by = r.objects_by_count or {}
-            lines.append(f"| {r.variant} | " + " | ".join(
+            lines.append(f"| {md_text(r.variant)} | " + " | ".join(
                 f"{_share(by.get(n, {}).get('exact'), False)} ({_share(by.get(n, {}).get('recall'), False)})"
                 for n in counts) + " |")
         lines += ["", "Word-level grounding, which cannot see repeats or omissions (a repeated mention counts as "
@@ -165,11 +175,11 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
                   "| variant | mentions of a held type | shape words | colour words |", "|---|---:|---:|---:|"]
         for r in p2.rows:
             g = r.grounding or {}
-            lines.append(f"| {r.variant} | {_share(g.get('mentions'), False)} | {_share(g.get('shapes'), False)} | "
+            lines.append(f"| {md_text(r.variant)} | {_share(g.get('mentions'), False)} | {_share(g.get('shapes'), False)} | "
                          f"{_share(g.get('colors'), False)} |")
     else:
         lines += ["", "| variant | PEFT | trainable | CIDEr [95% CI] | CLIPScore [95% CI] |", "|---|---|---:|---|---|"]
-        lines += [f"| {r.variant} | {r.peft} | {r.trainable:,} | {r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}] | "
+        lines += [f"| {md_text(r.variant)} | {md_text(r.peft)} | {r.trainable:,} | {r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}] | "
                   f"{r.CLIPScore:.3f} [{_ci(r.ci.get('CLIPScore'), False)}] |" for r in p2.rows]
     if p2.reference:
         cols = (["exact", "recall", "repeats"] if demo else []) + ["CIDEr", "CLIPScore"]
@@ -181,7 +191,7 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
         for r in p2.rows:
             d = r.vs_reference
             if d:
-                lines.append(f"| {r.variant} | " + " | ".join(
+                lines.append(f"| {md_text(r.variant)} | " + " | ".join(
                     _delta(d.get(c), 100, "+.1f", " pts") if c in names else _delta(d.get(c)) for c in cols) + " |")
     if p2.decoding:
         lines += ["", f"Decoding controls on {p2.best.variant} (greedy; transformers' `no_repeat_ngram_size` and "
@@ -190,7 +200,7 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
                   "| delta CIDEr |", "|---|---|---:|---:|---:|---:|---|---|"]
         for r in p2.decoding:
             o, d = r.objects or {}, r.vs_reference or {}
-            lines.append(f"| {r.variant} | {_share(o.get('exact'))} | {_share(o.get('recall'), False)} | "
+            lines.append(f"| {md_text(r.variant)} | {_share(o.get('exact'))} | {_share(o.get('recall'), False)} | "
                          f"{_share(o.get('repeats'), False)} | {_share(o.get('chair_s'), False)} | {r.CIDEr:.3f} | "
                          f"{_delta(d.get('exact'), 100, '+.1f', ' pts')} | {_delta(d.get('CIDEr'))} |")
     b = p2.best
@@ -217,7 +227,7 @@ def _images(p2: VariantTable, n: str) -> int:
 def p3_section(doc: dict | P3Summary) -> list[str]:
     p3 = doc if isinstance(doc, P3Summary) else P3Summary.from_json(doc, "p3_summary.json")
     lines = ["## P3: attention", ""]
-    lines += [f"- {k}: {v.image} (CLIPScore {v.CLIPScore:.3f}): {v.caption}" for k, v in p3.extremes.items()]
+    lines += [f"- {md_text(k)}: {md_text(v.image)} (CLIPScore {v.CLIPScore:.3f}): {md_text(v.caption)}" for k, v in p3.extremes.items()]
     loc = p3.localisation
     if loc and loc.nouns:
         lines += ["", f"Localisation of object nouns ({loc.nouns} nouns that name an object of the image; 95% "
@@ -226,21 +236,21 @@ def p3_section(doc: dict | P3Summary) -> list[str]:
                   "|---|---|---|---:|"]
         for m, v in loc.pointing.items():
             d = (loc.deletion_auc or {}).get(m)
-            lines += [f"| {m} | {_pct(v)} [{_ci(loc.pointing_ci.get(m))}] | "
+            lines += [f"| {md_text(m)} | {_pct(v)} [{_ci(loc.pointing_ci.get(m))}] | "
                       f"{_delta(loc.vs_random.get(m), 100, '+.1f', ' pts')} | {'' if d is None else f'{d:.3f}'} |"]
         by = loc.pointing_by_shape
         if by:
             methods = list(loc.pointing)
             lines += ["", "Pointing game by shape:", "", "| shape | nouns | " + " | ".join(methods) + " |",
                       "|---|---:|" + "---:|" * len(methods)]
-            lines += [f"| {sh} | {v['nouns']} | " + " | ".join(_pct(v[m]) for m in methods) + " |"
+            lines += [f"| {md_text(sh)} | {v['nouns']} | " + " | ".join(_pct(v[m]) for m in methods) + " |"
                       for sh, v in by.items() if v["nouns"]]
         if loc.wrong_words:
             lines += ["", f"Where the map of a wrong shape noun points ({loc.wrong_nouns} nouns that repeat an object "
                       "already named or name a type the image lacks): at an object of the type the word names, at "
                       "another object of the image, or at no object:", "",
                       "| method | the named type | another object | no object |", "|---|---:|---:|---:|"]
-            lines += [f"| {m} | {_pct(w['named'])} | {_pct(w['other'])} | {_pct(w['none'])} |"
+            lines += [f"| {md_text(m)} | {_pct(w['named'])} | {_pct(w['other'])} | {_pct(w['none'])} |"
                       for m, w in loc.wrong_words.items()]
         ph = loc.pointing_per_layer_head
         if ph:

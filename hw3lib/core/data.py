@@ -11,16 +11,13 @@ Every problem with a file raises `HW3Error` with a one-line message that names t
 from __future__ import annotations
 
 import re
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from .errors import HW3Error
 from .files import confined_path, read_json, require_dir
-from .images import list_images, open_image
+from .images import list_images
 
 P1_NAME = re.compile(r"^(?P<class_id>[0-9]+)_(?P<image_id>[^_/\\]+)\.(png|jpg|jpeg)$", re.IGNORECASE)
 
@@ -246,22 +243,3 @@ def check_prediction_keys(predictions: dict[str, str], expected: list[str] | set
 
 # ----------------------------------------------------------------------------------------------
 # images in bulk
-
-
-def load_images(paths: list[Path], skip_bad: bool = False) -> tuple[list[Image.Image], list[Path]]:
-    """Open every image as RGB. By default the first bad file stops with its error; with `skip_bad`
-    bad files are left out and listed in one warning. Returns the images and their paths."""
-    images, kept, bad = [], [], []
-    for p in paths:
-        try:
-            images.append(open_image(p))
-            kept.append(p)
-        except HW3Error as e:
-            if not skip_bad:
-                raise
-            bad.append(str(e))
-    if bad:
-        warnings.warn(f"skipped {len(bad)} bad image(s): " + "; ".join(bad), stacklevel=2)
-    if not images:
-        raise HW3Error("no readable images left after skipping bad ones")
-    return images, kept

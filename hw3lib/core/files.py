@@ -237,28 +237,46 @@ def confined_path(root: str | os.PathLike, name: str, source: str | os.PathLike)
 
 
 @contextlib.contextmanager
-def run_lock(folder: str | os.PathLike):
-    """Hold an exclusive lock on `folder/.lock` (the folder is created). The kernel drops it when the
-    process dies, so a SIGKILLed run leaves nothing that blocks its resume."""
+def _exclusive(lock_file: Path, busy: str):
+    """Hold an exclusive flock on `lock_file` (which records the holder's pid), or raise HW3Error `busy`
+    naming the holder. The kernel drops the lock when the process dies: a killed writer blocks nothing."""
     import fcntl
 
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise HW3Error(f"{folder}: exists and is a file, not a run folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    f = open(folder / ".lock", "a+")
+    f = open(lock_file, "a+")
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            pid = f.read().strip() or "?"
-            raise HW3Error(f"{folder}: run folder in use by another hw3 train (pid {pid}); wait for it or use "
-                           "another --out") from None
+            raise HW3Error(busy.format(pid=f.read().strip() or "?")) from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
-        yield folder
+        yield
     finally:
         f.close()
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike):
+    """Hold an exclusive lock on `folder/.lock` (the folder is created): one hw3 train per run folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise HW3Error(f"{folder}: exists and is a file, not a run folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    with _exclusive(folder / ".lock", f"{folder}: run folder in use by another hw3 train (pid {{pid}}); wait for "
+                    "it or use another --out"):
+        yield folder
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike, command: str):
+    """Hold an exclusive lock on an output folder (a file `.NAME.lock` beside it, so the folder itself may
+    be replaced): two commands writing one folder at once would mix or lose files, so the second refuses
+    with one line naming the first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.parent / f".{path.name}.lock", f"{path}: being written by another {command} (pid {{pid}}); "
+                    "wait for it or choose another folder"):
+        yield path

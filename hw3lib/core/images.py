@@ -4,12 +4,13 @@ image files of a folder or a list.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import HW3Error, first_line
 from .files import require_dir
@@ -74,9 +75,10 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully decoded as RGB, or raise HW3Error saying what is wrong with the file."""
-    path = Path(path)
+@contextlib.contextmanager
+def _checked(path: Path):
+    """The image at `path`, opened (header read, pixels not yet decoded) and within the size limits; every
+    problem with the file is an HW3Error naming it."""
     if not path.is_file():
         raise HW3Error(f"{path}: image file not found")
     if path.stat().st_size == 0:
@@ -95,8 +97,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
                         f"{path}: refused as a possible decompression bomb ({w}x{h} = {w * h:,} pixels "
                         f"> {MAX_IMAGE_PIXELS:,})"
                     )
-                im.load()
-                return _to_rgb(im)
+                yield im
     except HW3Error:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -105,3 +106,31 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         raise HW3Error(f"{path}: not an image file (unrecognised format)") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise HW3Error(f"{path}: corrupt or truncated image ({first_line(e)})") from e
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image fully decoded as RGB and turned upright by its EXIF orientation (as cameras record
+    it), or raise HW3Error saying what is wrong with the file."""
+    with _checked(Path(path)) as im:
+        im.load()
+        return _to_rgb(ImageOps.exif_transpose(im))
+
+
+def check_images(paths: list[Path], skip_bad: bool = False) -> list[Path]:
+    """Read every image's header (format, size, limits) before any work, so that a bad file is named
+    before minutes of computing rather than after. The first bad file raises HW3Error; with `skip_bad`
+    the bad ones are left out with a warning each, and the good ones returned."""
+    good, bad = [], []
+    for p in paths:
+        try:
+            with _checked(Path(p)):
+                good.append(p)
+        except HW3Error as e:
+            if not skip_bad:
+                raise
+            bad.append(str(e))
+    if bad:
+        warnings.warn(f"skipped {len(bad)} bad image(s): " + "; ".join(bad), stacklevel=2)
+    if not good:
+        raise HW3Error("no readable images left after skipping bad ones")
+    return good

@@ -114,3 +114,17 @@ def assign_weights(model: nn.Module, sd: dict[str, torch.Tensor], source, proble
     if left:
         raise HW3Error(f"{source}: the file leaves {len(left)} tensor(s) of the model unset: {', '.join(left[:SHOWN])}")
     return model
+
+
+def check_tensors(sd: dict[str, torch.Tensor], source, what: str = "weights") -> None:
+    """Every tensor of a weights file is floating point, holds as many elements as its storage has (no
+    stride tricks that make a small file describe a huge tensor), and, when its data is there, is finite.
+    One check for every weights file the project reads (the decoder file, captioner checkpoints)."""
+    for k, t in sd.items():
+        if not t.is_floating_point():
+            raise HW3Error(f"{source}: {k} holds {t.dtype} values; {what} are floating point")
+        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            raise HW3Error(f"{source}: {k} claims shape {tuple(t.shape)}, more than the {t.untyped_storage().nbytes():,} "
+                           "bytes the file stores for it")
+        if not t.is_meta and not bool(torch.isfinite(t).all()):
+            raise HW3Error(f"{source}: {k} holds non-finite values (NaN or inf)")

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..core.errors import HW3Error
-from ..core.files import atomic_write_json
+from ..core.files import atomic_write_json, output_lock
 from ..core.progress import progress as progress_bar
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "heart", "moon"]
@@ -358,17 +358,27 @@ def _write_p2_split(root: Path, split: str, count: int, seed: int, ws: WorldSize
 
 
 def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", progress: bool = True) -> Path:
-    """Write a complete miniature `hw3_data/` into `out_dir` (created; must be empty or absent)."""
+    """Write a complete miniature `hw3_data/` into `out_dir` (created; must be empty or absent). The tree
+    is written beside it and renamed into place: it appears complete or not at all, an interrupted run
+    leaves no partial folder, and a second writer of the same folder refuses (`output_lock`)."""
     if size not in WORLD_SIZES:
         raise HW3Error(f"unknown demo size {size!r} (choose from {', '.join(WORLD_SIZES)})")
-    ws = WORLD_SIZES[size]
     root = Path(out_dir)
+    with output_lock(root, "hw3 demo-data"):
+        tmp = root.with_name(f".{root.name}.partial")
+        try:
+            return _write_world(root, tmp, seed, WORLD_SIZES[size], size, progress)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, progress: bool) -> Path:
     if root.exists() and not root.is_dir():
         raise HW3Error(f"{root}: exists and is a file, not a folder")
     if root.exists() and any(root.iterdir()):
         raise HW3Error(f"{root}: folder exists and is not empty (remove it or choose another)")
-    tmp = root.with_name(f".{root.name}.partial")
-    if tmp.exists():
+    if tmp.exists():  # left by a run that was killed (this process holds the lock)
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
 

@@ -28,7 +28,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from ..core.errors import HW3Error, first_line, invalid
 from ..core.files import atomic_path
 from ..core.precision import Precision, store_frozen
-from ..core.weights import check_fit
+from ..core.weights import check_fit, check_tensors
 from . import peft as tuning
 from .gpt2 import GPT2, CrossAttention, CrossAttentionNorm
 from .peft import PEFT_KINDS
@@ -228,6 +228,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CaptionerConfig, dict[str,
         raise invalid(e, f"{path}: metadata field 'captioner'") from e
     if not 1 <= raw["encoder_dim"] <= 65536:
         raise HW3Error(f"{path}: metadata field 'encoder_dim' = {raw['encoder_dim']} is outside 1..65536")
+    check_tensors(tensors, path, "captioner weights")
     return cfg, tensors, {"decoder": raw["decoder"], "encoder_dim": raw["encoder_dim"], "meta": raw["meta"]}
 
 

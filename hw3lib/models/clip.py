@@ -20,12 +20,13 @@ from ..core.progress import progress
 
 @torch.no_grad()
 def encode_images(clip, images, batch_size: int = 64, device="cpu", desc="encoding images") -> torch.Tensor:
-    """(N, D) features of PIL images or image files (opened a batch at a time), with the model's own
-    preprocessing."""
+    """(N, D) features of PIL images or image files, with the model's own preprocessing. Files are
+    decoded one at a time and kept only as the model's input tensors, so memory grows with the batch,
+    not with the number or the size of the images."""
     feats = []
     for i in progress(range(0, len(images), batch_size), desc=desc, leave=False, shown=len(images) > batch_size):
-        batch = [im if isinstance(im, Image.Image) else open_image(Path(im)) for im in images[i:i + batch_size]]
-        x = torch.stack([clip.preprocess(im) for im in batch]).to(device)
+        x = torch.stack([clip.preprocess(im if isinstance(im, Image.Image) else open_image(Path(im)))
+                         for im in images[i:i + batch_size]]).to(device)
         feats.append(clip.model.encode_image(x, normalize=True).float().cpu())
     return torch.cat(feats)
 

@@ -15,7 +15,7 @@ import torch
 
 from ..core.errors import HW3Error
 from ..core.files import atomic_path
-from ..core.weights import assign_weights, empty_model, read_state_dict
+from ..core.weights import assign_weights, check_tensors, empty_model, read_state_dict
 from .gpt2 import (
     CONV1D_SUFFIXES,
     GPT2,
@@ -60,7 +60,7 @@ def infer_config(sd: dict[str, torch.Tensor], source) -> GPT2Config:
             raise HW3Error(f"{source}: missing key {key!r}; not a GPT-2 decoder weights file")
         if sd[key].dim() != 2:
             raise HW3Error(f"{source}: {key} has shape {tuple(sd[key].shape)}, not (rows, width)")
-    check_tensors(sd, source)
+    check_tensors(sd, source, "decoder weights")
     vocab, n_embd = sd["wte.weight"].shape
     block, width = sd["wpe.weight"].shape
     n_layer = _layer_count(sd, source)
@@ -74,19 +74,6 @@ def infer_config(sd: dict[str, torch.Tensor], source) -> GPT2Config:
     cross = any(is_cross_attention_key(k) for k in sd)
     return GPT2Config(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                       cross_attention=cross)
-
-
-def check_tensors(sd: dict[str, torch.Tensor], source) -> None:
-    """Every tensor is floating point, holds as many elements as its storage has (no stride tricks that
-    make a small file describe a huge tensor), and, when its data is there, is finite."""
-    for k, t in sd.items():
-        if not t.is_floating_point():
-            raise HW3Error(f"{source}: {k} holds {t.dtype} values; decoder weights are floating point")
-        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
-            raise HW3Error(f"{source}: {k} claims shape {tuple(t.shape)}, more than the {t.untyped_storage().nbytes():,} "
-                           "bytes the file stores for it")
-        if not t.is_meta and not bool(torch.isfinite(t).all()):
-            raise HW3Error(f"{source}: {k} holds non-finite values (NaN or inf)")
 
 
 def _layer_count(sd: dict[str, torch.Tensor], source) -> int:

@@ -54,6 +54,8 @@ class TrainConfig:
     seed: int = Field(0, ge=0, le=2**32 - 1, description="data order, initialisation of new modules")
     log_every: int = Field(10, ge=1, le=BIG, description="optimiser steps between log lines")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dist_timeout: int = Field(300, ge=1, le=86_400, description="seconds a distributed run (torchrun) waits for its "
+                                                               "processes before giving up")
 
     @model_validator(mode="after")
     def _floor_below_peak(self):

@@ -53,6 +53,7 @@ class FeatureCache:
         self._keys: dict[Path, str] = {}
         self.hits = 0
         self.misses = 0
+        self.shape: tuple[int, ...] | None = None  # (S, E) of this encoder's tokens, once one has been seen
 
     def key(self, image_path: Path) -> str:
         if image_path not in self._keys:
@@ -70,13 +71,20 @@ class FeatureCache:
         if not f.is_file():
             return None
         try:
-            return load_file(str(f))["tokens"]
+            t = load_file(str(f))["tokens"]
         except Exception:  # a damaged entry is recomputed, never trusted
             return None
+        ok = (t.dim() == 2 and t.is_floating_point() and bool(torch.isfinite(t).all())
+              and (self.shape is None or tuple(t.shape) == self.shape))
+        if not ok:  # not finite tokens (S, E) of the shape this cache has seen the encoder give: recomputed
+            return None
+        self.shape = tuple(t.shape)
+        return t
 
     def _write(self, key: str, tokens: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
+        self.shape = tuple(tokens.shape)
         with atomic_path(self._file(key)) as tmp:
             save_file({"tokens": tokens.detach().cpu().contiguous()}, str(tmp))
 

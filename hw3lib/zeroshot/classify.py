@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.data import P1Dataset, load_images, read_p1_folder
+from ..core.data import P1Dataset, read_p1_folder
 from ..core.errors import HW3Error
 from ..core.files import atomic_path
+from ..core.images import check_images
 from ..core.results import (
     Accuracy,
     FramingRow,
@@ -79,14 +80,16 @@ class ZeroShotStudy:
     device: str = "cpu"
 
     @classmethod
-    def from_dataset(cls, clip: ClipBundle, ds: P1Dataset, device="cpu", batch_size=64, skip_bad=False):
-        images, kept = load_images([s.path for s in ds.samples], skip_bad=skip_bad)
+    def from_dataset(cls, clip: ClipBundle, ds: P1Dataset, device="cpu", batch_size=64, skip_bad=False,
+                     checked: list[Path] | None = None):
+        """The study of `ds`'s images (`checked`: those whose headers the caller has read, `check_images`)."""
+        kept = checked if checked is not None else check_images([s.path for s in ds.samples], skip_bad=skip_bad)
         by_path = {s.path: s for s in ds.samples}
         index = {cid: i for i, cid in enumerate(ds.class_ids)}
         labels = None
         if all(by_path[p].class_id is not None for p in kept):
             labels = np.array([index[by_path[p].class_id] for p in kept])
-        feats = encode_images(clip, images, batch_size, device)
+        feats = encode_images(clip, kept, batch_size, device)  # decoded a batch at a time
         return cls(feats, labels, ds.class_names, ds.class_ids, kept, clip, device)
 
     @classmethod
