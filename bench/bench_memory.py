@@ -49,7 +49,8 @@ def large_images(folder: Path, n: int, size: tuple[int, int]) -> Path:
 
 def peak_rss_mb(args: list[str], env: dict, cwd: Path) -> float:
     """Peak RSS of `hw3 ARGS` in a child process that reports its own maximum."""
-    code = ("import resource, sys\nfrom hw3lib.app.cli import main\nrc = main(sys.argv[1:])\n"
+    code = ("import resource, sys\ntry:  # a checkout before the layered package\n    from hw3lib.cli import main\n"
+            "except ImportError:\n    from hw3lib.app.cli import main\nrc = main(sys.argv[1:])\n"
             "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True, cwd=cwd)
     if r.returncode != 0:

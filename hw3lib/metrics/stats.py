@@ -38,14 +38,20 @@ def _as_pair(num, den) -> tuple[np.ndarray, np.ndarray]:
     return num, den
 
 
+RESAMPLED_VALUES = 2_000_000  # per batch of bootstrap resamples (x 8 bytes, for each array scipy builds)
+
+
 def _bootstrap(samples: tuple[np.ndarray, ...], statistic, n_boot: int, seed: int) -> np.ndarray:
     """scipy's paired bootstrap distribution of `statistic` over images (the samples' common axis),
     resamples whose statistic is nan (a denominator of 0) dropped."""
     if len(samples[0]) == 1:  # one image: every resample is that image
         return np.full(n_boot, float(statistic(*(s[None] for s in samples), axis=-1)[0]))
+    # resamples in batches of about RESAMPLED_VALUES values, so memory stays bounded for any number of
+    # images (an even batch draws the same random stream as one call: the intervals do not change)
+    batch = max(2, RESAMPLED_VALUES // len(samples[0]) // 2 * 2)
     with warnings.catch_warnings():  # identical resamples (a constant score) are a valid, degenerate case
         warnings.simplefilter("ignore", sp.DegenerateDataWarning)
-        res = sp.bootstrap(samples, statistic, n_resamples=n_boot, paired=True, vectorized=True,
+        res = sp.bootstrap(samples, statistic, n_resamples=n_boot, paired=True, vectorized=True, batch=batch,
                            method="percentile", rng=np.random.default_rng(seed))
     boots = np.asarray(res.bootstrap_distribution)
     return boots[~np.isnan(boots)]
