@@ -9,7 +9,7 @@ from dataclasses import field
 from functools import cache
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError, model_serializer, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_serializer, model_validator
 from pydantic.dataclasses import dataclass
 
 from .errors import HW3Error
@@ -158,9 +158,9 @@ class NegationStudy(JsonRecord):
 @dataclass(frozen=True)
 class Correlation(JsonRecord):
     """Spearman's rank correlation with a two-sided permutation p-value."""
-    rho: float
-    p_value: float
-    n: int
+    rho: float = Field(ge=-1, le=1)
+    p_value: float = Field(gt=0, le=1)  # a permutation p counts the observed pairing: never 0
+    n: int = Field(ge=3)  # pairs
 
 
 @dataclass(frozen=True)

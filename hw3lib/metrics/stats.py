@@ -139,7 +139,7 @@ def spearman(x, y, n_perm: int = 10000, seed: int = 0) -> Correlation:
 
     if np.ptp(x) == 0 or np.ptp(y) == 0:  # a constant sequence: no order to correlate
         return Correlation(0.0, 1.0, len(x))
-    observed = float(sp.spearmanr(x, y).statistic)
+    observed = float(np.clip(sp.spearmanr(x, y).statistic, -1.0, 1.0))  # rounding can step past 1
     res = sp.permutation_test((x,), abs_rho, permutation_type="pairings", n_resamples=n_perm, alternative="greater",
                               vectorized=True, rng=np.random.default_rng(seed))
     return Correlation(observed, float(res.pvalue), len(x))
