@@ -27,7 +27,7 @@
 # crosses 0 is one the data cannot tell from none. On the demo world, whose objects are known
 # (`boxes.json`), captions are also scored against the objects: does the caption name every object of
 # the image once and nothing else? Mentions and objects are compared as multisets, so a repeated object
-# and a left-out one both count (`hw3lib/objects.py`). CIDEr alone can be earned by colour words and
+# and a left-out one both count (`hw3lib/metrics/objects.py`). CIDEr alone can be earned by colour words and
 # sentence templates.
 
 # %% tags=["parameters"]
