@@ -176,7 +176,7 @@ class ClipScores:
     refclipscore: np.ndarray | None  # per image, harmonic mean with the reference similarity
 
 
-def clip_text(text: str, name: str) -> str:
+def warn_if_cut(text: str, name: str) -> str:
     """`text` as CLIP reads it (`clip_tokens` keeps MAX_TEXT_CHARS characters), with a warning naming the image
     when it is cut."""
     if len(text) > MAX_TEXT_CHARS:
@@ -189,12 +189,12 @@ def clip_scores(clip, paths: list[Path], captions: list[str], references: list[l
                 prefix: str = "", device="cpu", batch_size: int = 64, w: float = 2.5) -> ClipScores:
     img = encode_images(clip, paths, batch_size, device, desc="CLIP images")
     names = [Path(p).name for p in paths]
-    txt = encode_texts(clip, [clip_text(prefix + c, n) for c, n in zip(captions, names, strict=True)], device=device,
+    txt = encode_texts(clip, [warn_if_cut(prefix + c, n) for c, n in zip(captions, names, strict=True)], device=device,
                        trim=False)
     cs = w * np.clip((img * txt).sum(-1).numpy(), 0, None)
     ref = None
     if references is not None:
-        flat = [clip_text(prefix + r, f"{n} (reference)") for n, refs in zip(names, references, strict=True)
+        flat = [warn_if_cut(prefix + r, f"{n} (reference)") for n, refs in zip(names, references, strict=True)
                 for r in refs]
         rf = encode_texts(clip, flat, device=device, trim=False)
         best, i = [], 0
