@@ -22,7 +22,8 @@
 # confusion matrix, top-5 probabilities of three images, the gain of prompt ensembles and greedy
 # template selection, and a negation analysis that explains the report's odd finding ("This is not a
 # photo of {object}" scored higher than the positive prompt). By default it runs on the demo world,
-# whose P1 classes are the ten shapes in random colours (colour alone gives chance); point `data_dir` /
+# whose P1 classes are the ten shapes in random colours (colour alone gives chance), drawn in six render
+# styles whose framings the demo CLIP read together with them; point `data_dir` /
 # `assets` at a real `hw3_data/` and `--assets real` (ViT-B-32/openai) for the report's numbers.
 
 # %% tags=["parameters"]
@@ -39,7 +40,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hw3lib.app.demo_models import NEGATION_MANIFEST
+from hw3lib.app.demo_models import NEGATION_MANIFEST, UNSTYLED_MANIFEST
 from hw3lib.app.plots import (
     confusion_figure,
     frequency_figure,
@@ -49,6 +50,7 @@ from hw3lib.app.plots import (
     prompt_table_figure,
     save,
     selection_figure,
+    style_figure,
     top_probabilities_figure,
 )
 from hw3lib.core.device import resolve_device
@@ -70,6 +72,7 @@ from hw3lib.zeroshot.classify import (
     top_probabilities,
 )
 from hw3lib.zeroshot.negation import negation_benchmark
+from hw3lib.zeroshot.styles import style_study
 from hw3lib.zeroshot.templates import PHOTO, REPORT, template_set
 
 figures = Path(figures_dir)
@@ -87,7 +90,7 @@ print(f"{len(study.paths)} images, {len(study.class_names)} classes; images enco
 # template. Error bars are 95% percentile-bootstrap intervals over images.
 
 # %%
-prompts = list(REPORT) + list(PHOTO)
+prompts = list(REPORT) + list(PHOTO) + ["{object}"]
 sets = {"report": list(REPORT), "openai7": list(template_set("openai7")), "openai80": list(template_set("openai80"))}
 result = prompt_study(study, prompts, sets, n_boot=300 if smoke else 2000)
 for r in result.rows:
@@ -184,13 +187,59 @@ else:
     save(frequency_figure(freq, result.chance), figures / "p1_frequency.png")
 
 # %% [markdown]
-# ## NegationCLIP in miniature (demo world)
-# A second CLIP: the demo CLIP with its text tower (alone) fine-tuned on captions that also state an
-# absent shape truthfully ("a red circle and no square", "there is no star"; `hw3 demo-models`). Both
-# CLIPs on the negation study above, on a NegBench-style multiple-choice test over P2 val images (one
-# true statement - an affirmation, a negation of an absent shape, or both - among three false ones:
-# a negated present object, an affirmed absent one, both), and on image-to-text recall@1. The
-# main prompt table above stays on the base CLIP.
+# ## Prompts by image style (demo world)
+# The demo CLIP's pretraining images come in six render styles (photo-like, sketch, blurry, low
+# resolution, dark, bright), and a caption's framing goes with its image's look most of the time, as
+# alt-text does ("a sketch of ..." under sketches; `hw3lib.demo.styles`). P1's images come in the same
+# six styles, equally often per class (`p1_data/styles.json`). Each style's framing is scored as a prompt
+# on each style's images; per style, its own framing against "a photo of a {object}" (paired interval,
+# McNemar); then every pair of the report's prompts, CLIP's "a photo of a {object}." against the bare
+# class name, and the 80-template ensemble against that single prompt. Real data has no styles: skips.
+
+# %%
+styles = None
+if world is None or not world.p1_styles:
+    print("skipped: the style study needs the demo world's P1 styles (p1_data/styles.json)")
+else:
+    image_styles = [world.p1_styles[p.name] for p in study.paths]
+    clips = {"base": clip}
+    unstyled_manifest = Path(assets).parent / UNSTYLED_MANIFEST
+    if unstyled_manifest.is_file():  # the CLIP before its style phase: the old design, as an ablation
+        clips["old design (no styled images; framings independent of the image)"] = load_clip(
+            load_manifest(unstyled_manifest).clip, device)
+    styles = [style_study(study.with_clip(c), image_styles, list(REPORT), PHOTO[0], list(template_set("openai80")),
+                          text, n_boot=300 if smoke else 2000, name=name) for name, c in clips.items()]
+    for st in styles:
+        print(f"== {st.clip}")
+        print(f"{'style':<8} {'images':>6}  " + "  ".join(f"{s:>8}" for s in st.prompt_styles))
+        for r in st.rows:
+            v = r.matched_vs_photo
+            vs = "" if v is None else (f"  own framing vs 'a photo of': {v.difference * 100:+.1f} pts "
+                                       f"[{v.ci.low * 100:+.1f}, {v.ci.high * 100:+.1f}], McNemar p = {v.p_value:.3g}")
+            print(f"{r.style:<8} {r.images:>6}  " + "  ".join(f"{a * 100:7.1f}%" for a in r.accuracy) + vs)
+        d = st.matched_vs_mismatched
+        print(f"own style's framing vs the mean of the others, per image: {d.difference * 100:+.1f} pts "
+              f"[{d.ci.low * 100:+.1f}, {d.ci.high * 100:+.1f}]")
+        for t in [*st.report_pairs, st.bare_vs_photo, st.ensemble_vs_photo]:
+            x = t.test
+            print(f"  {t.b!r} vs {t.a!r}: {x.accuracy_b * 100:.1f} vs {x.accuracy_a * 100:.1f}%, diff "
+                  f"{x.difference * 100:+.1f} [{x.ci.low * 100:+.1f}, {x.ci.high * 100:+.1f}], McNemar p = {x.p_value:.3g}")
+    for prompt, by_word in styles[0].word_styles.items():
+        print(f"{prompt!r}: " + "; ".join(f"{w!r} came with " + ", ".join(
+            f"{s} {v:.0%}" for s, v in zip(styles[0].styles, shares, strict=True) if v >= 0.1) for w, shares in by_word.items()))
+    save(style_figure(styles), figures / "p1_styles.png")
+
+# %% [markdown]
+# ## Negation learned from counterfactual images (demo world)
+# A second CLIP: the demo CLIP fine-tuned (text tower and both projections; the image trunk frozen) on
+# counterfactual pairs drawn from the world's boxes - a scene and the same scene with one object's shape
+# redrawn as a shape the scene lacks -
+# with CoN-CLIP's three choices beside an in-batch contrastive anchor (`hw3lib.zeroshot.counterfactual`,
+# `hw3 demo-models`). Both CLIPs, and the base CLIP with negation read by sign (score("no X") :=
+# -score("X"), an inference-time bound), on the negation study above, on a NegBench-style multiple-choice
+# test over P2 val images (one true statement - an affirmation, a negation of an absent shape, or both -
+# among three false ones: a negated present object, an affirmed absent one, both), and on image-to-text
+# recall@1. The main prompt table above stays on the base CLIP.
 
 # %%
 negation_manifest = None if assets == "real" else Path(assets).parent / NEGATION_MANIFEST
@@ -201,7 +250,7 @@ if world is None or negation_manifest is None or not negation_manifest.is_file()
 else:
     tuned = load_clip(load_manifest(negation_manifest).clip, device)
     experiment = negation_benchmark({"base": clip, "negation-tuned": tuned}, study, world, REPORT[0], REPORT[1],
-                                    n_boot=300 if smoke else 2000, device=device)
+                                    n_boot=300 if smoke else 2000, device=device, sign_baseline="base")
     for sc in experiment:
         n = sc.negation
         print(f"{sc.name:<15} negated read inverted {n.negated_inverted_accuracy.accuracy * 100:5.1f}%  "
@@ -214,6 +263,6 @@ else:
 
 # %%
 brief = replace(result, selection=replace(sel, per_template_accuracy=None))  # the summary leaves it out
-summary = P1Summary(brief, neg, freq, experiment)
+summary = P1Summary(brief, neg, freq, experiment, styles)
 atomic_write_json(figures / "p1_summary.json", summary.to_json())
 plt.close("all")

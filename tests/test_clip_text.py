@@ -42,10 +42,10 @@ def test_draws_follow_the_probabilities():
 
 def test_record_counts_and_frequencies():
     t = PretrainingText.start()
-    t.add(frame("a red circle", "a photo of {}"), 1)
-    t.add(frame("a red circle", "a photo of {}"), 1)
-    t.add("a blue star", 0)
-    t.add(frame("two shapes: a star and a ring", "itap of {}"), 14)
+    t.add(frame("a red circle", "a photo of {}"), 1, 0)
+    t.add(frame("a red circle", "a photo of {}"), 1, 0)
+    t.add("a blue star", 0, 0)
+    t.add(frame("two shapes: a star and a ring", "itap of {}"), 14, 0)
     assert FRAMINGS[1][0] == "a photo of {}" and FRAMINGS[14][0] == "itap of {}"
     assert t.captions == 4 and t.counts[1] == 2 and t.counts[0] == 1 and sum(t.counts) == 4
     assert t.frequency("a photo of {}") == 0.5 and t.frequency("a tattoo of {}") == 0.0
@@ -70,7 +70,7 @@ def test_record_counts_and_frequencies():
 ])
 def test_record_is_checked(edit):
     t = PretrainingText.start()
-    t.add("a photo of a red circle", 1)
+    t.add("a photo of a red circle", 1, 0)
     d = json.loads(json.dumps(t.to_json()))
     edit(d)
     with pytest.raises(HW3Error, match="x"):

@@ -7,7 +7,8 @@ import pytest
 from hw3lib.core.data import read_caption_file, read_p1_folder
 from hw3lib.core.errors import HW3Error
 from hw3lib.core.images import open_image
-from hw3lib.demo.world import COLORS, GRID, SHAPES, SIZES, read_boxes, write_demo_world
+from hw3lib.demo.styles import STYLE_FRAMINGS
+from hw3lib.demo.world import COLORS, GRID, SHAPES, SIZES, WORLD_SIZES, read_boxes, write_demo_world
 
 from .conftest import run_cli
 
@@ -35,7 +36,7 @@ def test_other_seed_differs(small_world, tmp_path):
 
 def test_layout_is_the_course_layout_and_readers_accept_it(small_world):
     p1 = read_p1_folder(small_world / "p1_data" / "val", small_world / "p1_data" / "id2label.json")
-    assert p1.class_names == SHAPES and len(p1.samples) == 4 * len(SHAPES)
+    assert p1.class_names == SHAPES and len(p1.samples) == WORLD_SIZES["small"].p1_per_class * len(SHAPES)
     boxes = read_boxes(small_world / "p1_data" / "boxes.json")
     for s in p1.samples:  # each image shows its class's shape, in any colour
         (obj,) = boxes[s.path.name]
@@ -78,6 +79,7 @@ def test_captions_need_the_image(small_world):
     meta = json.loads((small_world / "DEMO.json").read_text())
     assert meta["seed"] == 7 and meta["size"] == "small"
     assert meta["shapes"] == SHAPES and meta["colors"] == list(COLORS) and meta["p1_classes"] == SHAPES
+    assert meta["style_framings"] == STYLE_FRAMINGS  # the framing that goes with each P1 style
 
 
 def test_p1_colour_gives_chance(small_world):

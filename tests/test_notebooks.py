@@ -70,10 +70,13 @@ def test_p1_notebook_smoke_shows_every_figure_inline(small_models, small_world, 
     _run("p1_prompt_analysis", tmp_path, data_dir=str(small_world), assets=str(small_models), figures_dir=str(fig))
     saved = len(list(fig.glob("*.png")))
     assert saved >= 5 and inline_images(tmp_path / "p1_prompt_analysis.ipynb") >= saved
-    # the demo world's sections ran: the frequency study and the two CLIPs of the negation experiment
-    assert {"p1_frequency.png", "p1_negation_experiment.png"} <= {f.name for f in fig.glob("*.png")}
+    # the demo world's sections ran: the style study (base CLIP and the old design's), the frequency study,
+    # and the negation experiment (two CLIPs and the sign baseline)
+    assert {"p1_styles.png", "p1_frequency.png", "p1_negation_experiment.png"} <= {f.name for f in fig.glob("*.png")}
     doc = json.loads((fig / "p1_summary.json").read_text())
-    assert [s["name"] for s in doc["negation_experiment"]] == ["base", "negation-tuned"]
+    assert [s["name"] for s in doc["negation_experiment"]] == ["base", "negation-tuned", "base, negation by sign"]
+    assert [s["clip"] for s in doc["styles"]][0] == "base" and len(doc["styles"]) == 2
+    assert sum(r["images"] for r in doc["styles"][0]["rows"]) == doc["prompts"]["n_images"]
     assert len(doc["frequency"]["templates"]) == 3 + 80 and doc["frequency"]["report_prompts"] == 3
     for name in ("p1_prompt_table", "p1_per_class_accuracy", "p1_confusion", "p1_top5", "p1_selection"):
         assert (fig / f"{name}.png").stat().st_size > 5000

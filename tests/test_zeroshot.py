@@ -15,6 +15,7 @@ from hw3lib.zeroshot.classify import (
     accuracy,
     build_classifier,
     confusion_matrix,
+    ensemble,
     greedy_selection,
     per_class_accuracy,
     per_template_accuracy,
@@ -157,3 +158,43 @@ def test_cli_bad_inputs(small_models, small_world, tmp_path):
     r = run_cli("zeroshot", bad, p1 / "id2label.json", out, "--assets", small_models, "--skip-bad")
     assert r.returncode == 0 and "skipped 1 bad image" in r.stderr
     assert len(out.read_text().splitlines()) == 4
+
+
+def test_style_study_equals_a_direct_count(study, small_world):
+    """Every number of the style study recomputed from per-template predictions, by style."""
+    from hw3lib.demo.styles import STYLES
+    from hw3lib.demo.world import DemoWorld
+    from hw3lib.zeroshot.styles import BARE, style_prompt, style_study
+    from hw3lib.zeroshot.templates import PHOTO, REPORT
+
+    world = DemoWorld.load(small_world)
+    image_styles = [world.p1_styles[p.name] for p in study.paths]
+    templates = ["a photo of a {object}.", "a sketch of the {object}."]
+    st = style_study(study, image_styles, list(REPORT), PHOTO[0], templates, n_boot=50)
+    prompts = [style_prompt(s) for s in STYLES]
+    assert st.prompts == prompts and st.prompt_styles == list(STYLES)
+    ok = study.predict_each(study.text_features(prompts)) == study.labels[None]  # (6, N)
+    styles = np.array(image_styles)
+    assert [r.style for r in st.rows] == [s for s in STYLES if (styles == s).any()]
+    for r in st.rows:
+        m = styles == r.style
+        assert r.images == m.sum()
+        assert r.accuracy == pytest.approx(ok[:, m].mean(1).tolist())
+        if r.style == "photo":
+            assert r.matched_vs_photo is None
+        else:
+            j = STYLES.index(r.style)
+            assert r.matched_vs_photo.difference == pytest.approx(ok[j, m].mean() - ok[0, m].mean())
+    own = np.array([STYLES.index(s) for s in image_styles])
+    matched = ok[own, np.arange(len(own))]
+    others = (ok.sum(0) - matched) / (len(STYLES) - 1)
+    assert st.matched_vs_mismatched.difference == pytest.approx(matched.mean() - others.mean())
+    assert [(t.a, t.b) for t in st.report_pairs] == [(REPORT[0], REPORT[1]), (REPORT[0], REPORT[2]), (REPORT[1], REPORT[2])]
+    bare = study.predict_each(study.text_features([BARE, PHOTO[0]])) == study.labels[None]
+    assert st.bare_vs_photo.test.accuracy_a == pytest.approx(bare[0].mean())
+    assert st.bare_vs_photo.test.accuracy_b == pytest.approx(bare[1].mean())
+    ens = study.predict(ensemble(study.text_features(templates))) == study.labels
+    assert st.ensemble_vs_photo.test.accuracy_b == pytest.approx(ens.mean())
+    assert st.word_styles == {} and type(st).from_json(st.to_json()) == st
+    with pytest.raises(ValueError, match="styles for"):
+        style_study(study, image_styles[:-1], list(REPORT), PHOTO[0], templates)

@@ -3,6 +3,7 @@
 On the demo world's training split only, this trains and writes:
   tokenizer/encoder.json + vocab.bpe   a byte-level BPE in GPT-2's format
   clip/hw3-tiny-clip.json + open_clip_model.safetensors   a tiny open_clip CLIP (recipe below)
+  clip_unstyled/, clip_negation/       the CLIP before its style phase, and its negation-aware twin
   encoder/clip_visual.safetensors      the CLIP's image tower in OpenAI-CLIP key format, which timm
                                        converts on load exactly as it does real CLIP checkpoints
   decoder/decoder_model.bin            a tiny GPT-2 LM on the captions, in the course format
@@ -16,7 +17,13 @@ The CLIP recipe. Contrastive training alone, within a CPU budget, learns colour 
      shape and colour (a linear head per attribute, dropped afterwards): a clean label per object;
   2. then contrastive training in which every caption also meets a copy of itself with each shape word
      swapped for another shape (a negative that differs only in shape), with the object loss kept on.
-Measured on held-out single-object scenes, this reads shape at ~93% and colour at ~99% (metrics.json).
+Both run on the world's renders with framings drawn independently of the image (the old design, saved as
+clip_unstyled/ for the P1 ablation). Then
+  3. a style phase: the same losses on the training images drawn in render styles (`demo.styles`), each
+     caption framed as alt-text frames its image's look ("a sketch of ..." under sketches) most of the
+     time. Styled images from the start cost shape (measured on held-out single-object scenes: 29% with
+     half the images styled, 61% with a fifth, 91% with none), so they come last, at a lower rate.
+The negation-aware CLIP is then fine-tuned from it on counterfactual pairs (`negation_tuning`).
 
 Deterministic for a seed; skipped when `assets.json` and a fingerprint of data + settings match.
 """
@@ -43,18 +50,21 @@ from ..core.images import open_image
 from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec
 from ..core.progress import progress
 from ..core.tokenizer import teacher_forcing_batch, train_bpe
-from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame
+from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame, framings_for_styles
+from ..demo.styles import PRETRAINING_MIX, STYLES, draw_styles, render_style
 from ..demo.world import DemoWorld, boxes_for
 from ..models.clip import encode_text_trimmed
 from ..models.decoder_file import save_decoder
 from ..models.gpt2 import GPT2, GPT2Config
 from ..models.loading import load_clip
 from ..training.loop import cosine_lr
-from ..zeroshot.negation import false_negation, negated_caption, recall_hits
+from ..zeroshot.negation import recall_hits
+from .negation_tuning import finetune_negation
 
 CLIP_NAME = "hw3-tiny-clip"
 NEGATION_MANIFEST = "assets_negation.json"  # the negation-aware CLIP's manifest (a CLIP section only)
-FORMAT_VERSION = 3  # bump when the recipe changes, so cached outputs are rebuilt
+UNSTYLED_MANIFEST = "assets_unstyled.json"  # the CLIP before its style phase (the old design; a CLIP section only)
+FORMAT_VERSION = 4  # bump when the recipe changes, so cached outputs are rebuilt
 
 
 @dataclass
@@ -71,11 +81,12 @@ class DemoModelSettings:
     clip_object_steps: int = 150  # vision-only warm start: objects name their shape and colour
     clip_steps: int = 220  # contrastive steps after it (with shape-swapped negatives + the object loss)
     clip_batch: int = 96  # images per step (96 read shape at 96.0%, 128 at 92.0%, on the framed text)
+    clip_style_steps: int = 120  # then steps on styled images with style-coupled framings (0: the old design)
+    clip_style_lr: float = 5e-4  # their AdamW peak learning rate (a cosine of its own)
     clip_lr: float = 1e-3  # AdamW peak learning rate (one cosine schedule over both phases)
-    negation_steps: int = 60  # text-tower fine-tune of the negation-aware CLIP (NegationCLIP in miniature)
-    negation_batch: int = 96  # images per negation step (each with a true caption and a false negation)
-    negation_lr: float = 1e-3  # its AdamW peak learning rate
-    negation_weight: float = 1.0  # weight of the per-image choice (true vs false negation) beside the contrastive loss
+    negation_steps: int = 300  # fine-tune of the negation-aware CLIP on counterfactual pairs (negation_tuning)
+    negation_batch: int = 48  # counterfactual pairs per negation step (each: 2 images, 6 texts)
+    negation_lr: float = 2e-3  # its AdamW peak learning rate (text tower and both projections)
     probe_images: int = 500  # held-out single-object scenes for the shape / colour zero-shot check
     bpe_vocab: int = 512  # BPE tokens including <|endoftext|>
     gpt_layers: int = 4  # GPT-2 depth
@@ -90,7 +101,8 @@ class DemoModelSettings:
     def for_size(cls, size: str) -> DemoModelSettings:
         if size == "small":
             return cls(clip_object_steps=6, clip_steps=10, clip_batch=32, probe_images=40, gpt_epochs=2,
-                       vision_layers=2, text_layers=2, gpt_layers=2, negation_steps=6, negation_batch=32)
+                       vision_layers=2, text_layers=2, gpt_layers=2, negation_steps=6, negation_batch=32,
+                       clip_style_steps=4)
         if size == "full":
             return cls()
         raise HW3Error(f"unknown demo-models size {size!r} (choose small or full)")
@@ -140,6 +152,16 @@ def _load_split_tensors(split, preprocess, desc) -> torch.Tensor:
     return torch.stack([preprocess(open_image(im.path)) for im in progress(split.images, desc=desc, leave=False)])
 
 
+def styled_training_images(split, preprocess, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The CLIP's styled pretraining images: each training image drawn in a style (STYLES, with the shares
+    PRETRAINING_MIX), as model inputs (N, 3, H, W), and the style indices (N,)."""
+    styles = draw_styles(np.random.default_rng([seed, 30]), len(split.images), PRETRAINING_MIX)
+    x = torch.stack([preprocess(render_style(open_image(im.path), STYLES[int(k)], np.random.default_rng([seed, 31, i])))
+                     for i, (im, k) in enumerate(progress(list(zip(split.images, styles, strict=True)),
+                                                          desc="clip: loading and styling train images", leave=False))])
+    return x, styles
+
+
 # ----------------------------------------------------------------------------------------------
 # CLIP
 
@@ -173,10 +195,13 @@ def shape_swapper(shapes: list[str], rng: np.random.Generator):
     return lambda caption: pattern.sub(other, caption)
 
 
-def train_clip(bundle, x_train, train, val, boxes: dict, world: DemoWorld, s: DemoModelSettings, seed: int,
-               log: dict) -> tuple[float, PretrainingText]:
-    """The recipe of the module docstring on x_train (N, 3, H, W), every caption in a framing drawn from
-    clip_text.FRAMINGS; returns val image->text recall@1 and the record of the text it read."""
+def train_clip(bundle, x_train, x_styled, styles, train, boxes: dict, world: DemoWorld, s: DemoModelSettings,
+               seed: int, log: dict) -> tuple[PretrainingText, dict | None]:
+    """The recipe of the module docstring: on the renders x_train (N, 3, H, W), with framings drawn
+    independently of the image (the old design), then `s.clip_style_steps` more on x_styled (the same
+    images in `styles` (N,)) with framings that go with each image's style (`framings_for_styles`).
+    Returns the record of the text it read and the weights as they were before the style phase (the old
+    design, kept as an ablation; None without a style phase)."""
     model, tokenizer = bundle.model, bundle.tokenizer
     shapes, colors = list(world.shapes), list(world.colors)
     grid = s.image_size // s.patch_size
@@ -188,28 +213,36 @@ def train_clip(bundle, x_train, train, val, boxes: dict, world: DemoWorld, s: De
     rng = np.random.default_rng(seed)
     swap = shape_swapper(shapes, rng)
     batch = min(s.clip_batch, len(train.images))
-    total = s.clip_object_steps + s.clip_steps
+    base = s.clip_object_steps + s.clip_steps
+    photo = np.full(len(train.images), STYLES.index("photo"))  # the renders are the world's photos
     opt = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=s.clip_lr, weight_decay=0.1)
     model.train()
     model.visual.output_tokens = True  # (pooled, patch tokens after ln_post)
     log["clip_loss"], log["clip_object_loss"] = [], []
-    bar = progress(total=total, desc="clip: objects, then contrastive", leave=False)
-    for step in range(total):
+    before_styles = None
+    bar = progress(total=base + s.clip_style_steps, desc="clip: objects, contrastive, then styles", leave=False)
+    for step in range(base + s.clip_style_steps):
+        styled = step >= base
+        if step == base:
+            before_styles = {k: v.detach().clone() for k, v in model.state_dict().items()}
         idx = torch.from_numpy(rng.choice(len(train.images), size=batch, replace=False))
+        lr = (cosine_lr(step - base, s.clip_style_steps, s.clip_style_lr, warmup=max(1, s.clip_style_steps // 10))
+              if styled else cosine_lr(step, base, s.clip_lr, warmup=max(1, base // 20)))
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, total, s.clip_lr, warmup=max(1, total // 20))
+            g["lr"] = lr
         # fp32: on this CPU bf16 autocast is ~15x slower than fp32 for models this small
-        pooled, tokens = model.visual(x_train[idx])  # (B, E), (B, P, W)
+        pooled, tokens = model.visual((x_styled if styled else x_train)[idx])  # (B, E), (B, P, W)
         objects = torch.einsum("bkp,bpw->bkw", pool[idx], tokens)  # (B, K, W): each object's mean token
         obj_loss = (F.cross_entropy(heads["shape"](objects).flatten(0, 1), shape_y[idx].flatten(), ignore_index=-100)
                     + F.cross_entropy(heads["color"](objects).flatten(0, 1), color_y[idx].flatten(), ignore_index=-100))
         loss = obj_loss
         if step >= s.clip_object_steps:
             descriptions = [caps[i][int(rng.integers(len(caps[i])))] for i in idx.tolist()]
-            framings = draw_framings(rng, len(descriptions))
+            shown = (styles if styled else photo)[idx.numpy()]
+            framings = framings_for_styles(rng, shown) if styled else draw_framings(rng, len(descriptions))
             texts = [frame(d, FRAMINGS[f][0]) for d, f in zip(descriptions, framings, strict=True)]
-            for t, f in zip(texts, framings, strict=True):
-                text.add(t, int(f))
+            for t, f, st in zip(texts, framings, shown, strict=True):
+                text.add(t, int(f), int(st))
             img = F.normalize(pooled, dim=-1)
             txt = encode_text_trimmed(model, tokenizer(texts + [swap(t) for t in texts]))  # (2B, E), exact
             logits = model.logit_scale.exp() * img @ txt.T  # (B, 2B): captions, then their shape swaps
@@ -229,62 +262,7 @@ def train_clip(bundle, x_train, train, val, boxes: dict, world: DemoWorld, s: De
     bar.close()
     model.visual.output_tokens = False
     model.eval()
-    return clip_recall_at_1(bundle, val), text
-
-
-def finetune_negation(bundle, x_train, train, boxes: dict, world: DemoWorld, s: DemoModelSettings, seed: int,
-                      log: dict):
-    """NegationCLIP in miniature: a copy of the CLIP whose text tower (alone) is fine-tuned with two
-    losses per step: the pretraining's contrastive loss on framed descriptions (so retrieval is kept),
-    and, per image, a choice between its description with a true negation (a shape it lacks) and with
-    a false one (a shape it holds). The image tower is frozen, so the images are encoded once. (Tried
-    and dropped, measured on the P1 notebook's tests: a third choice adding an absent object, and a
-    loss on standalone negations of every shape, which collapsed to ignoring the shape word.)"""
-    model = copy.deepcopy(bundle.model)
-    text_params = [p for n, p in model.named_parameters() if not n.startswith("visual.") and n != "logit_scale"]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in text_params:
-        p.requires_grad_(True)
-    model.eval()  # no dropout in these towers; eval keeps the frozen image tower exactly as saved
-    with torch.no_grad():
-        img_all = torch.cat([model.encode_image(x_train[i:i + 256], normalize=True)
-                             for i in range(0, len(x_train), 256)])  # (N, E)
-    shapes = list(world.shapes)
-    present = [{o.shape for o in boxes_for(im.path.name, boxes, "train")} for im in train.images]
-    caps = [train.captions[im.id] for im in train.images]
-    rng = np.random.default_rng([seed, 20])
-    batch = min(s.negation_batch, len(train.images))
-    opt = torch.optim.AdamW(text_params, lr=s.negation_lr, weight_decay=0.1)
-    scale = model.logit_scale.exp().detach()
-    log["negation_loss"] = []
-    bar = progress(total=s.negation_steps, desc="clip: negation fine-tune (text tower)", leave=False)
-    for step in range(s.negation_steps):
-        idx = rng.choice(len(train.images), size=batch, replace=False).tolist()
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, s.negation_steps, s.negation_lr, warmup=max(1, s.negation_steps // 10))
-        framings = draw_framings(rng, batch)
-        texts = [frame(caps[i][int(rng.integers(len(caps[i])))], FRAMINGS[f][0]) for i, f in zip(idx, framings, strict=True)]
-        true_neg = [negated_caption(t, present[i], shapes, rng) for t, i in zip(texts, idx, strict=True)]
-        false_neg = [false_negation(t, present[i], rng) for t, i in zip(texts, idx, strict=True)]
-        txt = encode_text_trimmed(model, bundle.tokenizer(texts + true_neg + false_neg)).view(3, batch, -1)  # (3, B, E)
-        img = img_all[idx]  # (B, E)
-        logits = scale * img @ txt[0].T  # (B, B): in-batch contrastive on the plain captions
-        target = torch.arange(batch)
-        contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        choice = scale * torch.einsum("be,kbe->bk", img, txt[1:])  # (B, 2): the true negation first
-        choice_loss = F.cross_entropy(choice, torch.zeros(batch, dtype=torch.long))
-        loss = contrastive + s.negation_weight * choice_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log["negation_loss"].append([round(contrastive.item(), 5), round(choice_loss.item(), 5)])
-        bar.update()
-        bar.set_postfix(contrastive=f"{contrastive.item():.3f}", choice=f"{choice_loss.item():.3f}", refresh=False)
-    bar.close()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
+    return text, before_styles
 
 
 @torch.no_grad()
@@ -463,12 +441,21 @@ def _build(data_dir: Path, out_dir: Path, size: str, seed: int, force: bool) -> 
     bundle = load_clip(ClipSpec(CLIP_NAME, None, str(cfg_path)))
     boxes = world.objects("p2_data")
     x_train = _load_split_tensors(train, bundle.preprocess, "clip: loading train images")  # (N, 3, H, W)
-    recall, text = train_clip(bundle, x_train, train, val, boxes, world, s, seed, log)
+    x_styled, styles = styled_training_images(train, bundle.preprocess, seed)  # (N, 3, H, W), (N,)
+    text, before_styles = train_clip(bundle, x_train, x_styled, styles, train, boxes, world, s, seed, log)
+    del x_train, x_styled
+    recall = clip_recall_at_1(bundle, val)
     log["clip_text"] = text.to_json()
+    if before_styles is not None:  # the old design (no styled images, framings independent of them): an ablation
+        old = copy.deepcopy(bundle.model)
+        old.load_state_dict(before_styles)
+        save_open_clip(old, out_dir / "clip_unstyled", clip_config(s))
+        log["unstyled_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=old), val), 4)
     log["clip_zero_shot"] = clip_attribute_checks(bundle, val, boxes, world, s, seed)
     save_open_clip(bundle.model, clip_dir, clip_config(s))
     save_encoder(bundle.model, out_dir)
-    tuned = finetune_negation(bundle, x_train, train, boxes, world, s, seed, log)
+    tuned = finetune_negation(bundle, train, boxes, world, styles, s.negation_steps, s.negation_batch,
+                              s.negation_lr, seed, log)
     save_open_clip(tuned, out_dir / "clip_negation", clip_config(s))
     log["negation_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=tuned), val), 4)
 
@@ -490,6 +477,9 @@ def _build(data_dir: Path, out_dir: Path, size: str, seed: int, force: bool) -> 
     atomic_write_json(out_dir / "metrics.json", log)
     Manifest(clip=ClipSpec(CLIP_NAME, "clip_negation/open_clip_model.safetensors", f"clip_negation/{CLIP_NAME}.json"),
              encoder=None, decoder=None, tokenizer=None).save(out_dir / NEGATION_MANIFEST)
+    if before_styles is not None:
+        Manifest(clip=ClipSpec(CLIP_NAME, "clip_unstyled/open_clip_model.safetensors", f"clip_unstyled/{CLIP_NAME}.json"),
+                 encoder=None, decoder=None, tokenizer=None).save(out_dir / UNSTYLED_MANIFEST)
     manifest.save(manifest_path)
     stamp.write_text(fp + "\n")
     z = log["clip_zero_shot"]["probe"]

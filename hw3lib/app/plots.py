@@ -20,6 +20,7 @@ from ..core.results import (
     NegationStudy,
     PromptRow,
     Selection,
+    StyleStudy,
     VariantRow,
 )
 
@@ -217,8 +218,47 @@ def frequency_figure(freq: FrequencyStudy, chance: float | None = None,
     return fig
 
 
+def style_figure(studies: list[StyleStudy], title: str = "Prompts by image style (demo world)"):
+    """Left: the first CLIP's accuracy with each style's framing (columns) on each style's images (rows),
+    the matched cells boxed. Right: per style, its own framing minus "a photo of a {object}", with 95%
+    paired intervals, for every CLIP (the first, then ablations)."""
+    study = studies[0]
+    acc = np.array([r.accuracy for r in study.rows]) * 100  # (styles, framings)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    im = a.imshow(acc, cmap="viridis", aspect="auto")
+    for i, r in enumerate(study.rows):
+        for j in range(acc.shape[1]):
+            a.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                   color="white" if acc[i, j] < acc.mean() else "black")
+        if r.style in study.prompt_styles:
+            j = study.prompt_styles.index(r.style)
+            a.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    a.set_xticks(range(len(study.prompts)), [f"'{p.replace(' a {object}', '')}'" for p in study.prompts],
+                 rotation=30, ha="right", fontsize=7)
+    a.set_yticks(range(len(study.rows)), [f"{r.style} ({r.images})" for r in study.rows], fontsize=8)
+    a.set_xlabel("prompt (framing)")
+    a.set_ylabel("image style (images)")
+    a.set_title(f"accuracy %, {study.clip} CLIP", fontsize=9)
+    fig.colorbar(im, ax=a)
+    height = 0.8 / len(studies)
+    for k, st in enumerate(studies):
+        rows = [r for r in st.rows if r.matched_vs_photo is not None]
+        diffs = [r.matched_vs_photo.difference for r in rows]
+        ys = np.arange(len(rows)) + (k - (len(studies) - 1) / 2) * height
+        b.barh(ys, np.array(diffs) * 100, height, xerr=np.array(_err(diffs, [r.matched_vs_photo.ci for r in rows])) * 100,
+               capsize=2, color=["#55A868", "#8C8C8C", "#4C72B0"][k % 3], label=st.clip.split(" (")[0])
+    b.axvline(0, color="black", lw=0.8)
+    b.set_yticks(range(len(rows)), [r.style for r in rows], fontsize=8)
+    b.invert_yaxis()
+    b.legend(fontsize=7, loc="best")
+    b.set_xlabel("own framing minus 'a photo of', points (95% paired intervals)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def negation_experiment_figure(scores: list[NegationScores],
-                               title: str = "NegationCLIP in miniature: base vs negation-tuned text tower (demo world)"):
+                               title: str = "Negation: base CLIP, read by sign, and tuned on counterfactual pairs (demo world)"):
     """Per CLIP: the negated P1 prompt read inverted, the multiple-choice test overall and per question
     type, and image->text recall@1, with 95% intervals; chance levels dotted."""
     names = ["negated prompt,\nread inverted", "multiple\nchoice", *(f"MC:\n{t}" for t in scores[0].choice.by_type),

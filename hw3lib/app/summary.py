@@ -19,7 +19,9 @@ from ..core.results import (
     P1Summary,
     P3Summary,
     PairedTest,
+    PromptTest,
     Share,
+    StyleStudy,
     VariantTable,
 )
 from ..demo.pretraining_text import PretrainingText
@@ -66,9 +68,11 @@ def demo_models_section(mm: dict) -> tuple[dict, list[str]]:
         t = PretrainingText.from_json(mm["clip_text"], "metrics.json: clip_text")
         common = max(t.framings, key=t.frequency)
         lines.append(f"- its pretraining text: {t.captions} captions in {len(t.framings)} framings (most common "
-                     f"{md_text(repr(common))}, {t.frequency(common):.1%}), no negation word")
+                     f"{md_text(repr(common))}, {t.frequency(common):.1%}) under images in {len(t.styles)} render styles, "
+                     f"{t.matched_share():.1%} of captions framed by their image's style; no negation word")
     if "negation_clip_recall_at_1_val" in d:
-        lines.append(f"- the negation-tuned CLIP (text tower fine-tuned): recall@1 {d['negation_clip_recall_at_1_val']:.3f}")
+        lines.append(f"- the negation-aware CLIP (fine-tuned on counterfactual pairs): recall@1 "
+                     f"{d['negation_clip_recall_at_1_val']:.3f}")
     lines += [f"- tiny GPT-2 perplexity on val captions: {d['decoder_perplexity_val']:.2f} "
               f"(vocabulary {d['decoder_vocab_size']})", ""]
     return d, lines
@@ -95,10 +99,71 @@ def p1_section(doc: dict | P1Summary) -> list[str]:
                   f"images; accuracy positive {_pct(neg.positive_accuracy.accuracy)}, negated "
                   f"{_pct(neg.negated_accuracy.accuracy)}, negated read inverted "
                   f"{_pct(neg.negated_inverted_accuracy.accuracy)} ({_ci(neg.negated_inverted_accuracy.ci)}).", ""]
+    if summary.styles:
+        lines += style_lines(summary.styles[0]) + style_ablation_lines(summary.styles)
     if summary.frequency:
         lines += frequency_lines(summary.frequency)
     if summary.negation_experiment:
         lines += negation_experiment_lines(summary.negation_experiment)
+    return lines
+
+
+def _test(t: PromptTest) -> str:
+    x = t.test
+    return (f"{md_text(repr(t.b))} {_pct(x.accuracy_b)} vs {md_text(repr(t.a))} {_pct(x.accuracy_a)}: "
+            f"{_delta(x, 100, '+.1f', ' points')}, McNemar p = {x.p_value:.3g}")
+
+
+def _clear(st: StyleStudy) -> list[str]:
+    """Styles whose own framing beats 'a photo of' with the paired interval above 0."""
+    return [r.style for r in st.rows if r.matched_vs_photo and r.matched_vs_photo.ci.low > 0]
+
+
+def style_ablation_lines(studies: list[StyleStudy]) -> list[str]:
+    if len(studies) < 2:
+        return []
+    lines = ["Why the design mattered: the same measures for the CLIP before its style phase (the old design) "
+             "and after it.", "",
+             "| CLIP | styles where own framing beats 'a photo of' | own vs other framings | 'a photo of a {object}.' vs bare name "
+             "| 80-template ensemble vs 'a photo of a {object}.' | smallest McNemar p, report's prompts |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for st in studies:
+        lines.append(f"| {md_text(st.clip)} | {len(_clear(st))} of {sum(r.matched_vs_photo is not None for r in st.rows)} "
+                     f"| {_delta(st.matched_vs_mismatched, 100, '+.1f', ' pts')} | {_delta(st.bare_vs_photo.test, 100, '+.1f', ' pts')} "
+                     f"| {_delta(st.ensemble_vs_photo.test, 100, '+.1f', ' pts')} "
+                     f"| {min(t.test.p_value for t in st.report_pairs):.3g} |")
+    return lines + [""]
+
+
+def style_lines(st: StyleStudy) -> list[str]:
+    lines = [f"### P1: prompts by image style (demo world, {md_text(st.clip)} CLIP)", "",
+             "Accuracy of each style's framing as a prompt (columns) on each style's images (rows); the last "
+             "column is the style's own framing minus 'a photo of a {object}' on its images (paired bootstrap 95% "
+             "interval, McNemar p).", "",
+             "| style (images) | " + " | ".join(md_text(repr(p)) for p in st.prompts) + " | own framing vs 'a photo of' |",
+             "|---|" + "---:|" * len(st.prompts) + "---|"]
+    for r in st.rows:
+        v = r.matched_vs_photo
+        own = "-" if v is None else f"{_delta(v, 100, '+.1f', ' points')}, p = {v.p_value:.3g}"
+        cells = [f"**{a * 100:.1f}%**" if ps == r.style else f"{a * 100:.1f}%"
+                 for a, ps in zip(r.accuracy, st.prompt_styles, strict=True)]
+        lines.append(f"| {r.style} ({r.images}) | " + " | ".join(cells) + f" | {own} |")
+    clear = _clear(st)
+    d = st.matched_vs_mismatched
+    lines += ["", f"Styles whose own framing beats 'a photo of' with the interval clear of 0: {len(clear)} of "
+              f"{sum(r.matched_vs_photo is not None for r in st.rows)} ({', '.join(clear) or 'none'}). Per image, its "
+              f"style's framing minus the mean of the others: {_delta(d, 100, '+.1f', ' points')}.", "",
+              "The report's prompts, each pair on all images:", ""]
+    lines += [f"- {_test(t)}" for t in st.report_pairs]
+    lines += ["", f"- CLIP's default vs the bare class name: {_test(st.bare_vs_photo)}",
+              f"- the 80-template ensemble vs CLIP's default: {_test(st.ensemble_vs_photo)}", ""]
+    if st.word_styles:
+        lines += ["Where the prompts' words came from (share of each framing word's pretraining occurrences by image "
+                  "style, styles at 10% or more):", ""]
+        lines += [f"- {md_text(repr(p))}: " + "; ".join(
+            f"{md_text(repr(w))} " + ", ".join(f"{s} {v:.0%}" for s, v in zip(st.styles, shares, strict=True) if v >= 0.1)
+            for w, shares in ws.items()) + ("" if ws else "no framing word") for p, ws in st.word_styles.items()]
+        lines.append("")
     return lines
 
 
@@ -120,8 +185,10 @@ def frequency_lines(freq: FrequencyStudy) -> list[str]:
 
 def negation_experiment_lines(scores: list[NegationScores]) -> list[str]:
     types = list(scores[0].choice.by_type)
-    lines = ["### P1: NegationCLIP in miniature (demo world)", "",
-             f"Base CLIP vs its text tower fine-tuned on true negations. Multiple choice: {scores[0].choice.items} P2 val "
+    lines = ["### P1: negation learned from counterfactual images (demo world)", "",
+             f"The base CLIP, the base CLIP with negation read by sign (score('no X') := -score('X'), an "
+             f"inference-time bound), and the CLIP fine-tuned on counterfactual pairs (a scene and the same scene "
+             f"with one object's shape redrawn; text tower and projections trained). Multiple choice: {scores[0].choice.items} P2 val "
              f"images, one true statement among {round(1 / scores[0].choice.chance)} (chance "
              f"{_pct(scores[0].choice.chance)}). 95% bootstrap intervals.", "",
              "| CLIP | negated prompt read inverted | multiple choice | " + " | ".join(f"MC {k}" for k in types)
@@ -298,7 +365,16 @@ def headline_lines(doc: dict) -> list[str]:
         p1 = summary.prompts
         lines.append(f"| P1 | the report's prompts, zero-shot accuracy ({p1.n_images} images) | "
                      + " / ".join(_pct(r.accuracy) for r in p1.rows[:3]) + " |")
-        if summary.negation:
+        if summary.styles:
+            st = summary.styles[0]
+            lines.append(f"| P1 | image styles whose own framing beats 'a photo of' (paired 95% interval above 0) | "
+                         f"{len(_clear(st))} of {sum(r.matched_vs_photo is not None for r in st.rows)} |")
+        if summary.negation_experiment:
+            lines.append("| P1 | negated prompt read inverted / multiple choice / recall@1: " + ", ".join(
+                sc.name for sc in summary.negation_experiment) + " | " + ", ".join(
+                f"{_pct(sc.negation.negated_inverted_accuracy.accuracy)} / {_pct(sc.choice.accuracy.accuracy)} / "
+                f"{_pct(sc.recall_at_1.accuracy)}" for sc in summary.negation_experiment) + " |")
+        elif summary.negation:
             neg = summary.negation
             lines.append(f"| P1 | the negated prompt read inverted (chance {_pct(neg.chance)}) | "
                          f"{_pct(neg.negated_inverted_accuracy.accuracy)} |")

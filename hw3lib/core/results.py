@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import field
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError, model_serializer, model_validator
 from pydantic.dataclasses import dataclass
@@ -201,6 +201,30 @@ class NegationScores(JsonRecord):
     recall_at_1: Accuracy  # image->text recall@1 on the P2 val captions
 
 
+@dataclass(frozen=True)
+class StyleRow(JsonRecord):
+    """One render style's images under every style's framing as a prompt."""
+    style: str  # a render style (demo.styles.STYLES)
+    images: Annotated[int, Field(ge=1)]  # P1 images in this style
+    accuracy: list[float]  # per framing prompt (StyleStudy.prompts order)
+    matched_vs_photo: PairedTest | None  # "a photo of a {object}" (a) vs this style's framing (b); None for photo
+
+
+@dataclass
+class StyleStudy(JsonRecord):
+    """P1 by render style (demo world): does the framing that goes with an image's look help?"""
+    clip: str  # which CLIP ("base", or the old design's, an ablation)
+    prompts: list[str]  # one per style: its framing with "a {object}"
+    prompt_styles: list[str]  # the style each prompt's framing goes with
+    rows: list[StyleRow]  # one per style present
+    matched_vs_mismatched: Difference  # per image: its style's framing (b) vs the mean of the others (a)
+    report_pairs: list[PromptTest]  # every pair of the report's prompts, all images
+    bare_vs_photo: PromptTest  # "{object}" (a) vs "a photo of a {object}." (b)
+    ensemble_vs_photo: PromptTest  # "a photo of a {object}." (a) vs the 80-template ensemble (b)
+    word_styles: dict[str, dict[str, list[float]]]  # prompt -> framing word -> share of its occurrences per style
+    styles: list[str]  # the style order of word_styles
+
+
 @dataclass
 class P1Summary(JsonRecord):
     """What the P1 notebook reports (figures/p1_summary.json)."""
@@ -208,6 +232,7 @@ class P1Summary(JsonRecord):
     negation: NegationStudy  # does the CLIP read "not"?
     frequency: FrequencyStudy | None = None  # prompts against the pretraining text (demo world)
     negation_experiment: list[NegationScores] | None = None  # base vs negation-tuned CLIP (demo world)
+    styles: list[StyleStudy] | None = None  # prompts by render style: the base CLIP, then ablations (demo world)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,9 +5,12 @@ phrasings.
 Real CLIP's zero-shot accuracy follows how often a concept or a phrasing occurs in its pretraining text
 (Udandarao et al. 2024; Parashar et al. 2024), and it ignores "not" because negation is rare there (0.70%
 of LAION-400M captions carry a negation word; Park et al. 2025). Here the text is known exactly: each
-training caption is a P2 description (`demo.make_captions`) put into one framing drawn with the
-probabilities below, and `PretrainingText` records what was drawn. P2's captions (the captioner's
-references) stay bare. No framing holds a negation word, so the demo CLIP, like real CLIP, never reads one.
+training image is drawn in a render style (`styles`), and its caption is a P2 description
+(`demo.make_captions`) put into a framing that, as in alt-text, goes with the image's look most of the
+time (`styles.MATCHED_SHARE`: "a sketch of ..." under sketches) and is otherwise drawn freely with the
+probabilities below. `PretrainingText` records what was drawn, style by framing. P2's captions (the
+captioner's references) stay bare. No framing holds a negation word, so the demo CLIP, like real CLIP,
+never reads one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import HW3Error
+from .styles import MATCHED_SHARE, STYLE_FRAMINGS, STYLES
 
 # (framing, probability): "{}" is the scene description. Common framings first, then rare ones; several
 # are the words of OpenAI's ImageNet templates ("a bright photo of", "art of", "itap of").
@@ -62,25 +66,57 @@ def draw_framings(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.choice(len(FRAMINGS), size=n, p=p / p.sum())
 
 
+def framings_for_styles(rng: np.random.Generator, styles: np.ndarray, matched: float = MATCHED_SHARE) -> np.ndarray:
+    """(n,) indices into FRAMINGS, one per caption of an image in style `styles[i]` (indices into
+    STYLES): the style's own framing with probability `matched`, else a free draw (`draw_framings`)."""
+    own = np.array([[f for f, _ in FRAMINGS].index(STYLE_FRAMINGS[s]) for s in STYLES])[np.asarray(styles)]
+    free = draw_framings(rng, len(own))
+    return np.where(rng.random(len(own)) < matched, own, free)
+
+
 @dataclass
 class PretrainingText:
-    """What the demo CLIP read: how often each framing was drawn, and every word's count."""
+    """What the demo CLIP read: how often each framing was drawn under each image style, and every
+    word's count."""
 
     framings: list[str]  # FRAMINGS' texts, in order
-    probabilities: list[float]  # their design probabilities
+    probabilities: list[float]  # their probabilities in a free draw
     counts: list[int]  # how many training captions each framing wrapped
     word_counts: dict[str, int]  # word -> occurrences in all training captions
     captions: int  # training captions in all
+    styles: list[str]  # image styles (styles.STYLES), in order
+    style_framing: list[list[int]]  # (styles, framings): captions of images in each style, by framing
 
     @classmethod
     def start(cls) -> PretrainingText:
-        return cls([f for f, _ in FRAMINGS], [p for _, p in FRAMINGS], [0] * len(FRAMINGS), {}, 0)
+        return cls([f for f, _ in FRAMINGS], [p for _, p in FRAMINGS], [0] * len(FRAMINGS), {}, 0,
+                   list(STYLES), [[0] * len(FRAMINGS) for _ in STYLES])
 
-    def add(self, text: str, framing: int) -> None:
+    def add(self, text: str, framing: int, style: int) -> None:
+        """One training caption `text`, framed by FRAMINGS[framing], under an image in STYLES[style]."""
         self.counts[framing] += 1
+        self.style_framing[style][framing] += 1
         self.captions += 1
         for w in words(text):
             self.word_counts[w] = self.word_counts.get(w, 0) + 1
+
+    def matched_share(self) -> float:
+        """Share of captions framed by their image's own style framing (styles.STYLE_FRAMINGS)."""
+        own = sum(self.style_framing[i][self.framings.index(STYLE_FRAMINGS[s])] for i, s in enumerate(self.styles)
+                  if STYLE_FRAMINGS.get(s) in self.framings)
+        return own / self.captions if self.captions else 0.0
+
+    def word_styles(self, template: str) -> dict[str, list[float]]:
+        """For each framing word of `template` (its `{object}` left out): the share of that word's
+        occurrences in the framings of the text that fell under each style (`styles` order); words no
+        framing holds are left out (description words occur under every style alike)."""
+        out = {}
+        for w in dict.fromkeys(words(template.replace("{object}", " "))):
+            per = np.array([sum(row[j] * words(f).count(w) for j, f in enumerate(self.framings))
+                            for row in self.style_framing], dtype=np.float64)
+            if per.sum() > 0:
+                out[w] = (per / per.sum()).round(4).tolist()
+        return out
 
     def frequency(self, framing: str) -> float:
         """Share of training captions in this framing (0 for one never drawn or not in the table)."""
@@ -103,24 +139,33 @@ class PretrainingText:
     def to_json(self) -> dict:
         return {"framings": [{"framing": f, "probability": p, "count": c}
                              for f, p, c in zip(self.framings, self.probabilities, self.counts, strict=True)],
-                "captions": self.captions, "word_counts": dict(sorted(self.word_counts.items()))}
+                "captions": self.captions, "word_counts": dict(sorted(self.word_counts.items())),
+                "styles": self.styles, "style_framing": self.style_framing}
 
     @classmethod
     def from_json(cls, raw, where: str) -> PretrainingText:
-        """Checked: every count a non-negative int, the framing counts summing to `captions`."""
+        """Checked: every count a non-negative int, the framing counts summing to `captions`, the style x
+        framing table (styles x framings) summing to the framing counts."""
         try:
             rows, captions, wc = raw["framings"], raw["captions"], raw["word_counts"]
             framings = [str(r["framing"]) for r in rows]
             probabilities = [float(r["probability"]) for r in rows]
             counts = [r["count"] for r in rows]
+            styles, table = [str(s) for s in raw["styles"]], raw["style_framing"]
+            cells = [c for row in table for c in row]
         except (KeyError, TypeError, ValueError) as e:
             raise HW3Error(f"{where}: not a pretraining-text record ({type(e).__name__}: {e})") from None
-        ints = [*counts, captions, *(wc.values() if isinstance(wc, dict) else [None])]
+        ints = [*counts, captions, *cells, *(wc.values() if isinstance(wc, dict) else [None])]
         if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in ints):
             raise HW3Error(f"{where}: counts must be non-negative integers")
         if sum(counts) != captions:
             raise HW3Error(f"{where}: framing counts sum to {sum(counts)}, not to captions = {captions}")
-        return cls(framings, probabilities, counts, {str(k): v for k, v in wc.items()}, captions)
+        if len(table) != len(styles) or any(len(row) != len(framings) for row in table):
+            raise HW3Error(f"{where}: style_framing must be {len(styles)} rows (styles) of {len(framings)} counts")
+        if [sum(col) for col in zip(*table, strict=True)] != counts:
+            raise HW3Error(f"{where}: style_framing columns do not sum to the framing counts")
+        return cls(framings, probabilities, counts, {str(k): v for k, v in wc.items()}, captions, styles,
+                   [list(row) for row in table])
 
 
 def read_pretraining_text(assets: str) -> PretrainingText | None:

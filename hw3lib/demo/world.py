@@ -11,7 +11,12 @@ size and layout are drawn independently and cannot be guessed from text statisti
 P1 is harder on purpose: its class is the shape alone (colour is random per image, so colour gives
 chance), and each image jitters the object's scale and adds clutter strokes and specks, stronger
 noise and sometimes an occluding bar (P1Difficulty). Objects stay on the grid: one pixel off it costs
-the demo CLIP ~15 points of shape accuracy, two pixels ~40 (README).
+the demo CLIP ~15 points of shape accuracy, two pixels ~40 (README). Each P1 image is then drawn in one
+render style (`styles`: photo-like, sketch, blurry, low resolution, dark, bright; styles.json records
+which), every style equally often within a class, so prompt effects can be measured per style.
+
+Counterfactual scenes (`render_objects`, `with_shape`) are drawn from a scene's boxes with one object's
+shape replaced: the negation-aware CLIP trains on them.
 
 Ground-truth objects go to side files (`boxes.json`: per image, each object's shape, colour, size and
 box) so captions and attention maps can be scored.
@@ -32,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..core.errors import HW3Error
 from ..core.files import atomic_write_json, output_lock
 from ..core.progress import progress as progress_bar
+from .styles import STYLE_FRAMINGS, STYLES, render_style
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "heart", "moon"]
 COLORS = {
@@ -74,8 +80,8 @@ class WorldSize:
 
 
 WORLD_SIZES = {
-    "small": WorldSize(p1_per_class=4, p2_train=120, p2_val=24, p2_side=96, captions_per_image=5),
-    "full": WorldSize(p1_per_class=50, p2_train=3000, p2_val=300, p2_side=96, captions_per_image=5),
+    "small": WorldSize(p1_per_class=6, p2_train=120, p2_val=24, p2_side=96, captions_per_image=5),
+    "full": WorldSize(p1_per_class=90, p2_train=3000, p2_val=300, p2_side=96, captions_per_image=5),
 }
 P3_COUNT = 5
 
@@ -179,7 +185,12 @@ def _paint(canvas: np.ndarray, rng: np.random.Generator, shape: str, color: str,
     alpha = np.asarray(_shape_mask(shape, px), dtype=np.float64)[..., None] / 255.0
     region = canvas[y0:y0 + px, x0:x0 + px]
     canvas[y0:y0 + px, x0:x0 + px] = region * (1 - alpha) + rgb[None, None] * alpha
-    ys, xs = np.nonzero(alpha[..., 0] > 0.5)
+    return _tight_box(alpha[..., 0], x0, y0)
+
+
+def _tight_box(alpha: np.ndarray, x0: int, y0: int) -> tuple[int, int, int, int]:
+    """The box (exclusive ends) of a mask's pixels over one half, the mask's top-left corner at (x0, y0)."""
+    ys, xs = np.nonzero(alpha > 0.5)
     return x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1
 
 
@@ -204,6 +215,32 @@ def draw_scene(rng: np.random.Generator, side: int, n_objects: int, shapes=None,
     img = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8), "RGB")
     img = img.filter(ImageFilter.GaussianBlur(radius=0.4))
     return img, objs
+
+
+def _origin(o: Obj, side: int) -> tuple[int, int, int]:
+    """The grid square an object was drawn in, (x0, y0, side in pixels), from its tight box: every
+    shape's box starts inside the square's first grid cell."""
+    cell = side // GRID
+    return o.box[0] // cell * cell, o.box[1] // cell * cell, SIZES[o.size] * cell
+
+
+def render_objects(rng: np.random.Generator, side: int, objs: list[Obj] | tuple[Obj, ...]) -> Image.Image:
+    """A fresh image of exactly these objects, each in its own grid square (a new background and colour
+    jitter from `rng`): how counterfactual scenes are drawn from boxes.json."""
+    canvas = _background(rng, side)
+    for o in objs:
+        _paint(canvas, rng, o.shape, o.color, *_origin(o, side))
+    img = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8), "RGB")
+    return img.filter(ImageFilter.GaussianBlur(radius=0.4))
+
+
+def with_shape(side: int, objs, k: int, shape: str) -> list[Obj]:
+    """The objects with object k drawn as `shape` instead (same colour, size and grid square); its box is
+    the one `render_objects` will draw."""
+    o = objs[k]
+    x0, y0, px = _origin(o, side)
+    box = _tight_box(np.asarray(_shape_mask(shape, px), dtype=np.float64) / 255.0, x0, y0)
+    return [*objs[:k], Obj(shape, o.color, o.size, box), *objs[k + 1:]]
 
 
 def draw_p1_scene(rng: np.random.Generator, side: int, shape: str, d: P1Difficulty = P1_DIFFICULTY
@@ -382,20 +419,24 @@ def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, pro
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
 
-    # P1: one shape per image in a random colour, made harder (draw_p1_scene); class = shape;
+    # P1: one shape per image in a random colour, made harder (draw_p1_scene), then drawn in a render
+    # style (every style equally often within each class, styles.json); class = shape;
     # names {class_id}_{image_id}.png
     p1 = tmp / "p1_data" / "val"
     p1.mkdir(parents=True)
     atomic_write_json(tmp / "p1_data" / "id2label.json", {str(i): s for i, s in enumerate(SHAPES)})
-    p1_boxes = {}
+    p1_boxes, p1_styles = {}, {}
     for cid, shape in enumerate(progress_bar(SHAPES, desc="demo p1", leave=False, shown=progress)):
         for k in range(ws.p1_per_class):
             rng = np.random.default_rng([seed, 0, cid, k])
             img, objs = draw_p1_scene(rng, ws.p2_side, shape)
+            style = STYLES[k % len(STYLES)]
             name = f"{cid}_{k * len(SHAPES) + cid + 400}.png"
-            img.save(p1 / name, format="PNG", optimize=False, compress_level=6)
+            render_style(img, style, rng).save(p1 / name, format="PNG", optimize=False, compress_level=6)
             p1_boxes[name] = [o.__dict__ | {"box": list(o.box)} for o in objs]
+            p1_styles[name] = style
     atomic_write_json(tmp / "p1_data" / "boxes.json", p1_boxes, indent=None)
+    atomic_write_json(tmp / "p1_data" / "styles.json", p1_styles, indent=None)
 
     p2_boxes: dict = {}
     _write_p2_split(tmp, "train", ws.p2_train, seed, ws, p2_boxes)
@@ -416,7 +457,8 @@ def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, pro
 
     atomic_write_json(tmp / "DEMO.json", {"generator": "hw3lib.demo.world", "seed": seed, "size": size,
                                           "shapes": SHAPES, "colors": list(COLORS), "p1_classes": SHAPES,
-                                          "grid": GRID, "p1_difficulty": asdict(P1_DIFFICULTY)})
+                                          "grid": GRID, "p1_difficulty": asdict(P1_DIFFICULTY),
+                                          "style_framings": STYLE_FRAMINGS})
     if root.exists():
         root.rmdir()
     tmp.rename(root)  # the tree appears complete or not at all
@@ -451,6 +493,19 @@ def read_boxes(path: str | Path) -> dict[str, tuple[Obj, ...]]:
     return out
 
 
+def read_styles(path: str | Path) -> dict[str, str]:
+    """P1's styles.json: image name -> one of styles.STYLES, checked."""
+    from ..core.files import read_json
+
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise HW3Error(f"{path}: expected an object mapping image names to styles")
+    for name, style in raw.items():
+        if style not in STYLES:
+            raise HW3Error(f"{path}: {name!r} has style {style!r}, not one of {', '.join(STYLES)}")
+    return dict(raw)
+
+
 def boxes_for(key: str, boxes: dict[str, tuple[Obj, ...]], split: str = "val", default=None) -> tuple[Obj, ...]:
     """The objects of the image named `key`, a file name or its stem (boxes.json names files as
     `split/name.ext`); `default` when it has none, or KeyError when no default is given."""
@@ -473,6 +528,7 @@ class DemoWorld:
     shapes: tuple[str, ...]  # shape words, also P1's classes
     colors: tuple[str, ...]  # colour words
     boxes: dict[str, dict[str, tuple[Obj, ...]]]  # part ("p1_data", "p2_data", "p3_data") -> image -> objects
+    p1_styles: dict[str, str]  # P1 image name -> its render style (styles.STYLES); empty for an older world
 
     @classmethod
     def load(cls, data_dir: str | Path) -> DemoWorld | None:
@@ -491,7 +547,9 @@ class DemoWorld:
                 raise HW3Error(f"{record}: field {key!r} should be a {kind.__name__}")
         boxes = {part: read_boxes(root / part / "boxes.json") for part in ("p1_data", "p2_data", "p3_data")
                  if (root / part / "boxes.json").is_file()}
-        return cls(root, raw["seed"], raw["size"], tuple(raw["shapes"]), tuple(raw["colors"]), boxes)
+        styles_file = root / "p1_data" / "styles.json"
+        p1_styles = read_styles(styles_file) if styles_file.is_file() else {}
+        return cls(root, raw["seed"], raw["size"], tuple(raw["shapes"]), tuple(raw["colors"]), boxes, p1_styles)
 
     def objects(self, part: str = "p2_data") -> dict[str, tuple[Obj, ...]]:
         """Image name -> objects of one part of the world (empty where the part has no boxes)."""

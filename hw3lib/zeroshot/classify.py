@@ -12,6 +12,7 @@ then a matrix product over cached, normalised features:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,12 @@ class ZeroShotStudy:
     def text_features(self, templates: list[str]) -> torch.Tensor:
         return text_features(self.clip, self.class_names, list(templates), self.device)
 
+    def with_clip(self, clip: ClipBundle) -> ZeroShotStudy:
+        """The same images and labels seen by another CLIP (its images encoded again; self if the same)."""
+        if clip is self.clip:
+            return self
+        return dataclasses.replace(self, image_features=encode_images(clip, self.paths, device=self.device), clip=clip)
+
     def logits(self, weights: torch.Tensor) -> torch.Tensor:
         """Cosine similarities (N, C) against classifier weights (C, D)."""
         return self.image_features @ weights.T
@@ -183,14 +190,15 @@ def top_probabilities(study: ZeroShotStudy, weights: torch.Tensor, indices: list
 
 
 def negation_study(study: ZeroShotStudy, positive: str, negated: str, n_boot: int = 2000,
-                   seed: int = 0) -> NegationStudy:
+                   seed: int = 0, features: torch.Tensor | None = None) -> NegationStudy:
     """Does the text tower read "not"? For a positive prompt and its negation:
     - per class, the cosine similarity of the two prompts' text embeddings (1.0: "not" is ignored);
     - how often the two prompts predict the same class for an image;
     - the accuracy of each prompt, and of the negated prompt read inverted (the class it scores *lowest*),
-      with 95% bootstrap intervals. If "not" were understood, the inverted reading would be the good one."""
+      with 95% bootstrap intervals. If "not" were understood, the inverted reading would be the good one.
+    `features` (2, C, D) replaces the two prompts' class embeddings (an inference-time negation rule)."""
     labels = study.require_labels()
-    feats = study.text_features([positive, negated])  # (2, C, D)
+    feats = study.text_features([positive, negated]) if features is None else features  # (2, C, D)
     cos = (feats[0] * feats[1]).sum(-1).numpy()  # (C,)
     pos_logits, neg_logits = study.logits(feats[0]), study.logits(feats[1])  # (N, C) each
     pos, neg, inv = pos_logits.argmax(1).numpy(), neg_logits.argmax(1).numpy(), neg_logits.argmin(1).numpy()

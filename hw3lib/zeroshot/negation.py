@@ -1,9 +1,9 @@
-"""Negation, NegationCLIP in miniature (Park et al. 2025) and a NegBench-style test (Alhamoud et al. 2025).
+"""Negation: the phrasings a negation-aware CLIP is trained on, a NegBench-style test (Alhamoud et al.
+2025), and an inference-time baseline.
 
-Captions that also state what a scene does not hold ("a red circle and no square", "there is no star"),
-built from the world's boxes, so that every negation is true: an absent object is a shape the image does
-not hold in any colour. `hw3 demo-models` fine-tunes the demo CLIP's text tower on them (the image tower
-frozen), and the P1 notebook compares the two CLIPs on:
+Captions that also state what a scene does not hold ("a red circle, but no square", "no star here"):
+`hw3 demo-models` fine-tunes the demo CLIP on them with counterfactual image pairs
+(`counterfactual`), and the P1 notebook compares the CLIPs on:
   - the multiple-choice test below: per val image, one true statement and three false ones;
   - image->text recall@1 on the val captions, so that the fix does not cost retrieval;
   - the P1 negation study ("This is not a photo of {object}" read inverted).
@@ -11,7 +11,6 @@ frozen), and the P1 notebook compares the two CLIPs on:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,11 +22,12 @@ from ..core.results import Accuracy, MultipleChoice, NegationScores
 from ..demo.world import DemoWorld, Obj
 from ..metrics.stats import bootstrap_ci
 
-# True statements about absent shapes for the fine-tune: "{d}" is the scene's description, "{a}" an absent
-# shape. None is a phrasing of the multiple-choice test below ("there is no ...", "... and no ..."), so the
-# test asks in words the fine-tune never used.
+# Negations for the fine-tune: "{d}" is the scene's description, "{a}" a shape (absent: a true negation).
+# None is a phrasing of the multiple-choice test below ("there is no ...", "... and no ..."), so the test
+# asks in words the fine-tune never used.
 NEGATIONS: tuple[str, ...] = ("{d}, but no {a}", "{d} without a {a}", "{d}, not a {a}", "{d}; the picture has no {a}",
                               "no {a} here", "this is not a {a}")
+STANDALONE: tuple[str, ...] = tuple(n for n in NEGATIONS if "{d}" not in n)  # negations without a description
 
 # The multiple-choice test. Each item has one true statement; which kind rotates over the images.
 # `x` names a present object ("red circle"), `y` an absent shape ("star"), `yc` an absent shape in a colour.
@@ -40,22 +40,6 @@ FALSE_CHOICES = ("there is no {xs}",  # negates an object the image holds
 
 def absent_shapes(present: set[str], shapes: list[str]) -> list[str]:
     return [s for s in shapes if s not in present]
-
-
-def negated_caption(description: str, present: set[str], shapes: list[str], rng: np.random.Generator) -> str:
-    """`description` with a true negation: a shape the scene does not hold, in one of NEGATIONS."""
-    absent = absent_shapes(present, shapes)
-    if not absent:
-        return description
-    a = absent[int(rng.integers(len(absent)))]
-    return NEGATIONS[int(rng.integers(len(NEGATIONS)))].format(d=description, a=a)
-
-
-def false_negation(description: str, present: set[str], rng: np.random.Generator) -> str:
-    """`description` with a false negation: a shape the scene holds, said to be absent (a hard negative)."""
-    names = sorted(present)
-    x = names[int(rng.integers(len(names)))]
-    return NEGATIONS[int(rng.integers(len(NEGATIONS)))].format(d=description, a=x)
 
 
 @dataclass(frozen=True)
@@ -110,6 +94,32 @@ def multiple_choice(image_features: torch.Tensor, choice_features: torch.Tensor,
     return MultipleChoice(acc(np.ones(len(items), bool)), by_type, len(items), 1.0 / len(items[0].choices))
 
 
+def negation_by_sign(text: str) -> list[tuple[float, str]]:
+    """An inference-time reading of negation: score("no X") := -score("X"). `text` as signed affirmative
+    parts: "a red circle and no star" -> [(+1, "a red circle"), (-1, "there is a star")], "there is no
+    star" -> [(-1, "there is a star")], "This is not a photo of circle" -> [(-1, "This is a photo of circle")]."""
+    if " and no " in text:
+        left, right = text.split(" and no ", 1)
+        return [(1.0, left), (-1.0, f"there is a {right}")]
+    if text.startswith("there is no "):
+        return [(-1.0, "there is a " + text[len("there is no "):])]
+    if " not " in text:
+        return [(-1.0, text.replace(" not ", " ", 1))]
+    return [(1.0, text)]
+
+
+def sign_text_features(clip, texts: list[str], device="cpu") -> torch.Tensor:
+    """(N, D): each text's signed sum of its affirmative parts' normalised features (`negation_by_sign`)."""
+    from ..models.clip import encode_texts
+
+    parts = [negation_by_sign(t) for t in texts]
+    flat = [p for ps in parts for _, p in ps]
+    feats = encode_texts(clip, flat, device=device)
+    signs = torch.tensor([s for ps in parts for s, _ in ps])
+    owner = torch.tensor([i for i, ps in enumerate(parts) for _ in ps])
+    return torch.zeros(len(texts), feats.shape[1]).index_add_(0, owner, signs[:, None] * feats)
+
+
 def recall_hits(image_features: torch.Tensor, text_features: torch.Tensor) -> np.ndarray:
     """(N,) bool: image i's most similar text is text i. Both (N, D), normalised."""
     return ((image_features @ text_features.T).argmax(dim=1) == torch.arange(len(image_features))).numpy()
@@ -124,29 +134,34 @@ def recall_at_1(image_features: torch.Tensor, text_features: torch.Tensor, n_boo
 
 def negation_scores(name: str, clip, p1_study, val_images: list, val_names: list[str], val_captions: list[str],
                     items: list[ChoiceItem], positive: str, negated: str, n_boot: int = 2000, seed: int = 0,
-                    device="cpu") -> NegationScores:
+                    device="cpu", by_sign: bool = False) -> NegationScores:
     """One CLIP on the experiment. `p1_study` is P1's ZeroShotStudy (its images are re-encoded unless it
     was built with this CLIP); `val_images`, `val_names`, `val_captions` are the P2 val images, their file
-    names and one caption each (for recall); `items` name their images."""
+    names and one caption each (for recall); `items` name their images. `by_sign` reads every negation
+    by the inference-time rule score("no X") := -score("X") (`negation_by_sign`), a sanity bound."""
     from ..models.clip import encode_images, encode_texts
     from .classify import negation_study
 
-    feats = p1_study.image_features if p1_study.clip is clip else encode_images(
-        clip, [open_image(p) for p in p1_study.paths], device=device)
-    study = dataclasses.replace(p1_study, image_features=feats, clip=clip)
+    study = p1_study.with_clip(clip)
     val = encode_images(clip, val_images, device=device)  # (N, D)
     row = {n: i for i, n in enumerate(val_names)}
-    choices = encode_texts(clip, [c for it in items for c in it.choices], device=device)
+    texts = [c for it in items for c in it.choices]
+    choices = sign_text_features(clip, texts, device) if by_sign else encode_texts(clip, texts, device=device)
     choices = choices.view(len(items), len(items[0].choices), -1)  # (M, K, D)
-    return NegationScores(name, negation_study(study, positive, negated, n_boot, seed),
+    signed = None
+    if by_sign:
+        pos = study.text_features([positive])[0]  # (C, D)
+        signed = torch.stack([pos, -pos])  # the negated prompt scored as minus the positive one
+    return NegationScores(name, negation_study(study, positive, negated, n_boot, seed, signed),
                           multiple_choice(val[[row[it.image] for it in items]], choices, items, n_boot, seed),
                           recall_at_1(val, encode_texts(clip, val_captions, device=device), n_boot, seed))
 
 
 def negation_benchmark(clips: dict, p1_study, world: DemoWorld, positive: str, negated: str, n_boot: int = 2000,
-                       seed: int = 0, device="cpu") -> list[NegationScores]:
+                       seed: int = 0, device="cpu", sign_baseline: str | None = None) -> list[NegationScores]:
     """Every CLIP of `clips` (name -> ClipBundle) on P1's negation study and, on the demo world's P2 val
-    split and its objects, the multiple-choice test and recall@1 (each image's first caption)."""
+    split and its objects, the multiple-choice test and recall@1 (each image's first caption). With
+    `sign_baseline` (a name of `clips`), that CLIP once more with negation read by sign (`negation_by_sign`)."""
     from ..core.data import read_caption_file
     from ..demo.world import boxes_for
 
@@ -157,5 +172,8 @@ def negation_benchmark(clips: dict, p1_study, world: DemoWorld, positive: str, n
     items = choice_items([boxes_for(n, boxes, "val", default=()) for n in names], names, shapes, colors, seed)
     images = [open_image(im.path) for im in val.images]
     captions = [val.captions[im.id][0] for im in val.images]
+    runs = [(name, clip, False) for name, clip in clips.items()]
+    if sign_baseline is not None:
+        runs.append((f"{sign_baseline}, negation by sign", clips[sign_baseline], True))
     return [negation_scores(name, clip, p1_study, images, names, captions, items, positive, negated, n_boot, seed,
-                            device) for name, clip in clips.items()]
+                            device, by_sign) for name, clip, by_sign in runs]
