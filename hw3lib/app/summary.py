@@ -369,12 +369,11 @@ def headline_lines(doc: dict) -> list[str]:
             st = summary.styles[0]
             lines.append(f"| P1 | image styles whose own framing beats 'a photo of' (paired 95% interval above 0) | "
                          f"{len(_clear(st))} of {sum(r.matched_vs_photo is not None for r in st.rows)} |")
-        if summary.negation_experiment:
-            lines.append("| P1 | negated prompt read inverted / multiple choice / recall@1: " + ", ".join(
-                sc.name for sc in summary.negation_experiment) + " | " + ", ".join(
-                f"{_pct(sc.negation.negated_inverted_accuracy.accuracy)} / {_pct(sc.choice.accuracy.accuracy)} / "
-                f"{_pct(sc.recall_at_1.accuracy)}" for sc in summary.negation_experiment) + " |")
-        elif summary.negation:
+        for sc in summary.negation_experiment or []:
+            lines.append(f"| P1 | {md_text(sc.name)} CLIP: negated prompt read inverted / multiple choice / recall@1 | "
+                         f"{_pct(sc.negation.negated_inverted_accuracy.accuracy)} / {_pct(sc.choice.accuracy.accuracy)} / "
+                         f"{_pct(sc.recall_at_1.accuracy)} |")
+        if summary.negation and not summary.negation_experiment:
             neg = summary.negation
             lines.append(f"| P1 | the negated prompt read inverted (chance {_pct(neg.chance)}) | "
                          f"{_pct(neg.negated_inverted_accuracy.accuracy)} |")
