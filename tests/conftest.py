@@ -1,4 +1,7 @@
+import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,20 @@ def _run_in_process(args: list[str], cwd):
         except SystemExit as e:  # argparse's usage errors and --help
             rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     return subprocess.CompletedProcess(["hw3", *args], rc, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(lock: str, path, *args):
+    """Another process holding `hw3lib.core.files.<lock>(path, *args)`: yields it once it holds the lock, and
+    kills it on leaving (the kernel then drops the dead holder's lock)."""
+    call = ", ".join(repr(str(a)) for a in (path, *args))
+    holder = subprocess.Popen([sys.executable, "-c", f"import time\nfrom hw3lib.core.files import {lock}\n"
+                               f"with {lock}({call}):\n    print('held', flush=True)\n    time.sleep(300)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .conftest import private_copies, run_cli
+from .conftest import lock_held_elsewhere, private_copies, run_cli
 from .test_reliability_cli import check_refused
 
 
@@ -223,26 +223,16 @@ def test_two_demo_data_at_once_leave_one_complete_world(tmp_path):
 
 
 def test_an_output_folder_held_by_another_process_is_refused_naming_it(tmp_path):
-    import subprocess
-    import sys
     import time
 
     from hw3lib.core.errors import HW3Error
     from hw3lib.core.files import output_lock
 
     out = tmp_path / "figures"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hw3lib.core.files import output_lock\n"
-                               f"with output_lock({str(out)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere("output_lock", out, "x") as holder:
         with pytest.raises(HW3Error, match=rf"being written by another hw3 attention \(pid {holder.pid}\)"):
             with output_lock(out, "hw3 attention"):
                 pass
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
     time.sleep(0.1)
     with output_lock(out, "hw3 attention"):  # the kernel dropped the dead holder's lock
         pass

@@ -7,16 +7,13 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from .conftest import ROOT, private_copies, run_cli
+from .conftest import ROOT, lock_held_elsewhere, private_copies, run_cli
 
 CONFIG = ROOT / "configs" / "demo" / "lora16.toml"
 
@@ -121,18 +118,11 @@ def test_no_overwrite_export_decoder_input(tmp_path):
 
 def test_a_second_train_into_a_locked_folder_refuses_and_a_killed_lock_holder_frees_it(world, tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hw3lib.core.files import run_lock\n"
-                               f"with run_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(300)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        args = ["train", CONFIG, "--data", world["data"] / "p2_data", "--out", out, "--assets", world["assets"],
-                "--max_steps=2", "--val_images=2", "--lora_r=2", "--device=cpu"]
+    args = ["train", CONFIG, "--data", world["data"] / "p2_data", "--out", out, "--assets", world["assets"],
+            "--max_steps=2", "--val_images=2", "--lora_r=2", "--device=cpu"]
+    with lock_held_elsewhere("run_lock", out) as holder:
         line = refused(run_cli(*args), "in use by another hw3 train", f"pid {holder.pid}")
         assert str(out) in line and not (out / "config.json").exists()
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     r = run_cli(*args)  # the kernel dropped the dead holder's lock
     assert r.returncode == 0, r.stderr[-2000:]
 

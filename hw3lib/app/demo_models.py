@@ -152,13 +152,13 @@ def _load_split_tensors(split, preprocess, desc) -> torch.Tensor:
     return torch.stack([preprocess(open_image(im.path)) for im in progress(split.images, desc=desc, leave=False)])
 
 
-def styled_training_images(split, preprocess, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """The CLIP's styled pretraining images: each training image drawn in a style (STYLES, with the shares
-    PRETRAINING_MIX), as model inputs (N, 3, H, W), and the style indices (N,)."""
-    styles = draw_styles(np.random.default_rng([seed, 30]), len(split.images), PRETRAINING_MIX)
-    x = torch.stack([preprocess(render_style(open_image(im.path), STYLES[int(k)], np.random.default_rng([seed, 31, i])))
-                     for i, (im, k) in enumerate(progress(list(zip(split.images, styles, strict=True)),
-                                                          desc="clip: loading and styling train images", leave=False))])
+def styled_training_images(images: list, preprocess, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The CLIP's styled pretraining images: each of the training images (PIL) drawn in a style (STYLES,
+    with the shares PRETRAINING_MIX), as model inputs (N, 3, H, W), and the style indices (N,)."""
+    styles = draw_styles(np.random.default_rng([seed, 30]), len(images), PRETRAINING_MIX)
+    x = torch.stack([preprocess(render_style(im, STYLES[int(k)], np.random.default_rng([seed, 31, i])))
+                     for i, (im, k) in enumerate(progress(list(zip(images, styles, strict=True)),
+                                                          desc="clip: styling train images", leave=False))])
     return x, styles
 
 
@@ -440,8 +440,10 @@ def _build(data_dir: Path, out_dir: Path, size: str, seed: int, force: bool) -> 
     torch.manual_seed(seed)
     bundle = load_clip(ClipSpec(CLIP_NAME, None, str(cfg_path)))
     boxes = world.objects("p2_data")
-    x_train = _load_split_tensors(train, bundle.preprocess, "clip: loading train images")  # (N, 3, H, W)
-    x_styled, styles = styled_training_images(train, bundle.preprocess, seed)  # (N, 3, H, W), (N,)
+    images = [open_image(im.path) for im in progress(train.images, desc="clip: loading train images", leave=False)]
+    x_train = torch.stack([bundle.preprocess(im) for im in images])  # (N, 3, H, W)
+    x_styled, styles = styled_training_images(images, bundle.preprocess, seed)  # (N, 3, H, W), (N,)
+    del images
     text, before_styles = train_clip(bundle, x_train, x_styled, styles, train, boxes, world, s, seed, log)
     del x_train, x_styled
     recall = clip_recall_at_1(bundle, val)

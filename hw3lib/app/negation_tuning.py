@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.images import open_image
 from ..core.progress import progress
 from ..demo.pretraining_text import FRAMINGS, frame, framings_for_styles
 from ..demo.styles import STYLES, render_style
@@ -84,7 +85,7 @@ def finetune_negation(bundle, train, boxes: dict, world: DemoWorld, styles: np.n
     """A copy of the CLIP fine-tuned with the counterfactual objective (6 texts per pair and step); `styles` (N,) are the training
     images' style indices. Logs each step's four losses in log["negation_loss"]."""
     model = copy.deepcopy(bundle.model)
-    side = int(model.visual.image_size[0]) if hasattr(model.visual, "image_size") else 96
+    side = open_image(train.images[0].path).size[0]  # every demo image has the same side
     pairs, pair_styles, p_x, q_x = training_pairs(train, boxes, world, side, styles, bundle.preprocess, seed)
     model.eval()  # no dropout in these towers; eval keeps the frozen trunk exactly as saved
     p_feat, q_feat = trunk_features(model.visual, p_x), trunk_features(model.visual, q_x)  # (M, W) each

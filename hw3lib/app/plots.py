@@ -242,7 +242,7 @@ def style_figure(studies: list[StyleStudy], title: str = "Prompts by image style
     fig.colorbar(im, ax=a)
     height = 0.8 / len(studies)
     for k, st in enumerate(studies):
-        rows = [r for r in st.rows if r.matched_vs_photo is not None]
+        rows = st.compared()
         diffs = [r.matched_vs_photo.difference for r in rows]
         ys = np.arange(len(rows)) + (k - (len(studies) - 1) / 2) * height
         b.barh(ys, np.array(diffs) * 100, height, xerr=np.array(_err(diffs, [r.matched_vs_photo.ci for r in rows])) * 100,

@@ -114,11 +114,6 @@ def _test(t: PromptTest) -> str:
             f"{_delta(x, 100, '+.1f', ' points')}, McNemar p = {x.p_value:.3g}")
 
 
-def _clear(st: StyleStudy) -> list[str]:
-    """Styles whose own framing beats 'a photo of' with the paired interval above 0."""
-    return [r.style for r in st.rows if r.matched_vs_photo and r.matched_vs_photo.ci.low > 0]
-
-
 def style_ablation_lines(studies: list[StyleStudy]) -> list[str]:
     if len(studies) < 2:
         return []
@@ -128,7 +123,7 @@ def style_ablation_lines(studies: list[StyleStudy]) -> list[str]:
              "| 80-template ensemble vs 'a photo of a {object}.' | smallest McNemar p, report's prompts |",
              "|---|---:|---:|---:|---:|---:|"]
     for st in studies:
-        lines.append(f"| {md_text(st.clip)} | {len(_clear(st))} of {sum(r.matched_vs_photo is not None for r in st.rows)} "
+        lines.append(f"| {md_text(st.clip)} | {len(st.clear_styles())} of {len(st.compared())} "
                      f"| {_delta(st.matched_vs_mismatched, 100, '+.1f', ' pts')} | {_delta(st.bare_vs_photo.test, 100, '+.1f', ' pts')} "
                      f"| {_delta(st.ensemble_vs_photo.test, 100, '+.1f', ' pts')} "
                      f"| {min(t.test.p_value for t in st.report_pairs):.3g} |")
@@ -148,10 +143,10 @@ def style_lines(st: StyleStudy) -> list[str]:
         cells = [f"**{a * 100:.1f}%**" if ps == r.style else f"{a * 100:.1f}%"
                  for a, ps in zip(r.accuracy, st.prompt_styles, strict=True)]
         lines.append(f"| {r.style} ({r.images}) | " + " | ".join(cells) + f" | {own} |")
-    clear = _clear(st)
+    clear = st.clear_styles()
     d = st.matched_vs_mismatched
     lines += ["", f"Styles whose own framing beats 'a photo of' with the interval clear of 0: {len(clear)} of "
-              f"{sum(r.matched_vs_photo is not None for r in st.rows)} ({', '.join(clear) or 'none'}). Per image, its "
+              f"{len(st.compared())} ({', '.join(clear) or 'none'}). Per image, its "
               f"style's framing minus the mean of the others: {_delta(d, 100, '+.1f', ' points')}.", "",
               "The report's prompts, each pair on all images:", ""]
     lines += [f"- {_test(t)}" for t in st.report_pairs]
@@ -368,7 +363,7 @@ def headline_lines(doc: dict) -> list[str]:
         if summary.styles:
             st = summary.styles[0]
             lines.append(f"| P1 | image styles whose own framing beats 'a photo of' (paired 95% interval above 0) | "
-                         f"{len(_clear(st))} of {sum(r.matched_vs_photo is not None for r in st.rows)} |")
+                         f"{len(st.clear_styles())} of {len(st.compared())} |")
         for sc in summary.negation_experiment or []:
             lines.append(f"| P1 | {md_text(sc.name)} CLIP: negated prompt read inverted / multiple choice / recall@1 | "
                          f"{_pct(sc.negation.negated_inverted_accuracy.accuracy)} / {_pct(sc.choice.accuracy.accuracy)} / "

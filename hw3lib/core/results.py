@@ -224,6 +224,14 @@ class StyleStudy(JsonRecord):
     word_styles: dict[str, dict[str, list[float]]]  # prompt -> framing word -> share of its occurrences per style
     styles: list[str]  # the style order of word_styles
 
+    def compared(self) -> list[StyleRow]:
+        """The styles whose own framing was compared with "a photo of" (every style but photo)."""
+        return [r for r in self.rows if r.matched_vs_photo is not None]
+
+    def clear_styles(self) -> list[str]:
+        """Styles whose own framing beats "a photo of" with the paired interval above 0."""
+        return [r.style for r in self.compared() if r.matched_vs_photo.ci.low > 0]
+
 
 @dataclass
 class P1Summary(JsonRecord):

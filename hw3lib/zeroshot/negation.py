@@ -132,18 +132,17 @@ def recall_at_1(image_features: torch.Tensor, text_features: torch.Tensor, n_boo
     return Accuracy(float(ok.mean()), bootstrap_ci(ok, n_boot=n_boot, seed=seed))
 
 
-def negation_scores(name: str, clip, p1_study, val_images: list, val_names: list[str], val_captions: list[str],
+def negation_scores(name: str, clip, p1_study, val: torch.Tensor, val_names: list[str], val_captions: list[str],
                     items: list[ChoiceItem], positive: str, negated: str, n_boot: int = 2000, seed: int = 0,
                     device="cpu", by_sign: bool = False) -> NegationScores:
     """One CLIP on the experiment. `p1_study` is P1's ZeroShotStudy (its images are re-encoded unless it
-    was built with this CLIP); `val_images`, `val_names`, `val_captions` are the P2 val images, their file
-    names and one caption each (for recall); `items` name their images. `by_sign` reads every negation
+    was built with this CLIP); `val` (N, D) are this CLIP's features of the P2 val images, `val_names`,
+    `val_captions` their file names and one caption each (for recall); `items` name their images. `by_sign` reads every negation
     by the inference-time rule score("no X") := -score("X") (`negation_by_sign`), a sanity bound."""
-    from ..models.clip import encode_images, encode_texts
+    from ..models.clip import encode_texts
     from .classify import negation_study
 
     study = p1_study.with_clip(clip)
-    val = encode_images(clip, val_images, device=device)  # (N, D)
     row = {n: i for i, n in enumerate(val_names)}
     texts = [c for it in items for c in it.choices]
     choices = sign_text_features(clip, texts, device) if by_sign else encode_texts(clip, texts, device=device)
@@ -164,6 +163,7 @@ def negation_benchmark(clips: dict, p1_study, world: DemoWorld, positive: str, n
     `sign_baseline` (a name of `clips`), that CLIP once more with negation read by sign (`negation_by_sign`)."""
     from ..core.data import read_caption_file
     from ..demo.world import boxes_for
+    from ..models.clip import encode_images
 
     p2_dir, shapes, colors = world.root / "p2_data", list(world.shapes), list(world.colors)
     val = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
@@ -175,5 +175,6 @@ def negation_benchmark(clips: dict, p1_study, world: DemoWorld, positive: str, n
     runs = [(name, clip, False) for name, clip in clips.items()]
     if sign_baseline is not None:
         runs.append((f"{sign_baseline}, negation by sign", clips[sign_baseline], True))
-    return [negation_scores(name, clip, p1_study, images, names, captions, items, positive, negated, n_boot, seed,
-                            device, by_sign) for name, clip, by_sign in runs]
+    features = {id(clip): encode_images(clip, images, device=device) for clip in clips.values()}  # (N, D) each
+    return [negation_scores(name, clip, p1_study, features[id(clip)], names, captions, items, positive, negated,
+                            n_boot, seed, device, by_sign) for name, clip, by_sign in runs]
