@@ -44,6 +44,7 @@ beams = 3  # beam width for the greedy-vs-beam comparison
 reference = "lora16"  # the report's setting: every variant is compared with it on the same images
 no_repeat_ngram_size = 0  # decoding of every caption: ban repeated n-grams (as in transformers; 0 turns it off)
 repetition_penalty = 1.0  # decoding of every caption: the repetition penalty of transformers (1 turns it off)
+mechanisms = True  # demo world: train the reference variant under the other recipes (the ablation rows)
 
 # %%
 from pathlib import Path
@@ -51,13 +52,23 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from hw3lib.app.pipeline import DECODING_GRID, compare_variants, default_tokenizer, training_curves
+from hw3lib.app.pipeline import (
+    DECODING_GRID,
+    Recipe,
+    caption_order_world,
+    compare_variants,
+    default_tokenizer,
+    probe_encoder,
+    training_curves,
+)
 from hw3lib.app.plots import (
     caption_examples_figure,
     greedy_vs_beam_figure,
     grounding_figure,
+    learning_curves_figure,
     paired_differences_figure,
     pareto_figure,
+    probe_figure,
     save,
     training_curves_figure,
     variants_figure,
@@ -72,7 +83,7 @@ from hw3lib.models.decoding import Controls
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
 device = str(resolve_device(device))
-overrides = {"max_steps": "12", "val_images": "8"} if smoke else {}
+overrides = {"max_steps": "12", "select_images": "8"} if smoke else {}
 if smoke:
     variants = variants[:2]
 configs = {v: Path(configs_dir) / f"{v}.toml" for v in variants}
@@ -81,15 +92,52 @@ world = DemoWorld.load(data_dir)  # None on real data: no object metrics
 print(f"CIDEr tokenizer: {default_tokenizer()}")
 
 # %% [markdown]
+# ## Diagnosis: can the objects be read off the frozen encoder?
+# A linear probe per question, fitted on training images and scored on the val images: which colour and
+# which shape sit under each object patch, and how many objects the image holds. If the probes fail, the
+# encoder is the bottleneck and no decoder recipe can fix it; if they succeed, the decoder loses what is there.
+
+# %%
+probe = []
+if world is not None:
+    probe = probe_encoder(assets, data_dir, world, n_fit=60 if smoke else 1000, device=device)
+    for r in probe:
+        print(f"{r.task:<32} {r.accuracy * 100:5.1f}%  (chance {r.chance * 100:.1f}%, {r.items} items)")
+    save(probe_figure(probe), figures / "p2_probe.png")
+
+# %% [markdown]
+# ## The recipe, and the rows that take one mechanism away
+# Every variant trains with the recipe of its config (`configs/demo`). The ablation rows train the report's
+# setting with one design choice changed, each compared with it on the same val images: the captions'
+# order (the world's first design named objects in the order they were drawn), attention supervision on
+# the phrases that name objects (Liu et al. 2017; boxes.json), and a coverage loss that needs no boxes
+# (See et al. 2017).
+
+# %%
+ablation = {}
+if world is not None and mechanisms:
+    drawn = caption_order_world(world, Path(runs_dir) / "worlds" / f"{'smoke' if smoke else run_group}-drawn",
+                                "drawn") / "p2_data"
+    ablation = {"first design: drawn order, cross-entropy only": Recipe(drawn, {"attention_supervision": "0"})}
+    if not smoke:
+        ablation |= {
+            "reading order, cross-entropy only": Recipe(p2, {"attention_supervision": "0"}),
+            "reading order + coverage loss (See et al.), no boxes": Recipe(p2, {"attention_supervision": "0",
+                                                                                "coverage": "see"}),
+            "drawn order + attention supervision": Recipe(drawn, {}),
+        }
+
+# %% [markdown]
 # ## Train (or reuse) every variant, caption the val split, evaluate
 
 # %%
 controls = Controls(no_repeat_ngram_size, repetition_penalty)
 result = compare_variants(configs, assets, p2, Path(runs_dir) / ("smoke" if smoke else run_group), overrides,
                           device=device, beams_best=beams, reference=reference, n_boot=300 if smoke else 2000,
-                          controls=controls, decoding_grid=DECODING_GRID, world=world)
+                          controls=controls, decoding_grid=DECODING_GRID, world=world, ablation=ablation)
 table = result.table
 table.tokenizer = default_tokenizer()
+table.probe = probe
 rows = table.rows
 display(Markdown("\n".join(p2_section(table))))
 
@@ -131,6 +179,41 @@ if any(r.objects for r in rows):
               f"{o['precision'].percent()}  repeats {o['repeats'].percent()}  CHAIR-s {o['chair_s'].percent()}  by objects "
               + " / ".join(t["exact"].percent() for _, t in sorted(r.objects_by_count.items())))
     save(grounding_figure(rows), figures / "p2_grounding.png")
+
+# %% [markdown]
+# ## What each mechanism bought (the report's setting under each recipe, paired on the same images)
+
+# %%
+for r in table.ablation:
+    o, d = r.objects or {}, r.vs_reference or {}
+    rel = r.relations.percent() if r.relations else "-"
+    print(f"{r.variant:<55} exact {o['exact'].percent()}  recall {o['recall'].percent()}  repeats "
+          f"{o['repeats'].percent()}  relations true {rel}  delta exact vs {table.reference} "
+          f"{d['exact'].difference * 100:+.1f} [{d['exact'].ci.low * 100:+.1f}, {d['exact'].ci.high * 100:+.1f}]")
+if table.ablation:
+    reference_row = next(r for r in rows if r.variant == table.reference)
+    save(variants_figure([reference_row, *table.ablation], title="The recipe and its ablations (greedy, 95% intervals)"),
+         figures / "p2_mechanisms.png")
+
+# %% [markdown]
+# ## Learning curves: scene named exactly and where attention points, against steps
+# Validations on the held-out training images that choose each run's checkpoint (no val image chooses it).
+# The middle panel is P3's pointing game during training: is the cross-attention's peak (mean over layers
+# and heads) inside the box of the object the caption names next, where it chooses it?
+
+# %%
+if any(p.exact is not None for c in table.curves.values() for p in c):
+    save(learning_curves_figure(table.curves), figures / "p2_learning_curves.png")
+
+# %% [markdown]
+# ## Relations: is "X to the left of Y" true of the image? (demo world)
+# Each relation a caption states between two objects it names is checked against boxes.json (as ARO's
+# VG-Relation checks a relation against the annotation).
+
+# %%
+for r in rows + table.ablation:
+    if r.relations:
+        print(f"{r.variant:<55} {r.relations.percent()} of {r.relations.total} checkable relations true")
 
 # %% [markdown]
 # ## Decoding controls against repetition (best variant, greedy)

@@ -47,7 +47,7 @@ def small_run(small_models, small_world, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "lora"
     train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, small_world / "p2_data", out,
-              {"max_steps": "30", "val_images": "4", "lora_r": "4", "device": "cpu", "val_every": "0"})
+              {"max_steps": "30", "select_images": "4", "lora_r": "4", "device": "cpu", "val_every": "0"})
     return out
 
 

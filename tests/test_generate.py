@@ -96,3 +96,31 @@ def test_beam_capture_follows_the_final_beam():
         ref = torch.stack([a[0] for a in atts], dim=0).permute(2, 0, 1, 3)
         # fp32 sums in another order (cached steps vs one pass) drift by ~3e-5 over 14 tokens
         torch.testing.assert_close(res.attentions[i], ref, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["lora", "prefix"])
+def test_coverage_decodes_alike_cached_uncached_and_teacher_forced(kind):
+    """The coverage mechanism keeps its state in the cache: one token at a time equals the whole caption
+    at once, for greedy and beam search; with its weights at 0 it is the model without it."""
+    plain_model = perturbed(kind, seed=2)
+    model = tiny.tiny_captioner(kind, seed=2, coverage_attention=True)
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in plain_model.named_parameters():
+            own[name].copy_(p)
+    model.eval()
+    eot, feats = model.decoder.config.vocab_size - 1, feats_for(model)
+    assert greedy(model, feats, eot, MAX).tokens == greedy(plain_model, feats, eot, MAX).tokens  # weights 0
+    with torch.no_grad():
+        for blk in model.decoder.h:
+            blk.crossattention.coverage.copy_(torch.tensor([-3.0, 2.0]))
+    cached = greedy(model, feats, eot, MAX, use_cache=True)
+    assert cached.tokens != greedy(plain_model, feats, eot, MAX).tokens  # the weights matter
+    assert cached.tokens == greedy(model, feats, eot, MAX, use_cache=False).tokens == teacher_forced_argmax(
+        model, feats, eot, MAX)
+    a = beam_search(model, feats, eot, beams=3, max_len=MAX, use_cache=True)
+    b = beam_search(model, feats, eot, beams=3, max_len=MAX, use_cache=False)
+    assert a.tokens == b.tokens
+    for i, (toks, fin, score) in enumerate(zip(a.tokens, a.finished, a.scores, strict=True)):
+        n = len(toks) + (1 if fin else 0)
+        assert score == pytest.approx(sequence_logprob(model, feats[i:i + 1], toks, eot, with_end=fin) / n, abs=1e-4)

@@ -97,6 +97,16 @@ def test_p2_notebook_smoke(small_models, small_world, tmp_path):
     summary = json.loads((fig / "p2_summary.json").read_text())
     assert [r["variant"] for r in summary["rows"]] == ["untrained", "none", "lora16"]
     assert summary["rows"][2]["trainable"] > summary["rows"][1]["trainable"] > 0
+    for f in ("p2_probe", "p2_mechanisms", "p2_learning_curves"):  # the diagnosis and the ablation
+        assert (fig / f"{f}.png").stat().st_size > 5000, f
+    assert [r["task"] for r in summary["probe"]] == ["patch colour", "patch shape", "object count (CLS token)",
+                                                     "object count (mean of patches)"]
+    (row,) = summary["ablation"]  # the smoke run's one ablation row: the first design
+    assert row["variant"].startswith("first design") and "exact" in row["vs_reference"]
+    assert set(summary["curves"]) == {"none", "lora16", row["variant"]}
+    assert all(p["exact"] is not None and p["pointing_next"] is not None for c in summary["curves"].values() for p in c)
+    drawn = json.loads((tmp_path / "runs" / "worlds" / "smoke-drawn" / "DEMO.json").read_text())
+    assert drawn["caption_order"] == "drawn" and drawn["seed"] == 7
 
 
 def test_p3_notebook_smoke(small_models, small_world, small_run, tmp_path):

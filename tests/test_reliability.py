@@ -33,7 +33,7 @@ def hw3(*args, fault=None, timeout=600):
 
 def train_args(small_models, small_world, out):
     return ["train", ROOT / "configs" / "demo" / "lora16.toml", "--assets", small_models, "--data",
-            small_world / "p2_data", "--out", out, "--max_steps=7", "--val_every=2", "--val_images=4",
+            small_world / "p2_data", "--out", out, "--max_steps=7", "--val_every=2", "--select_images=4",
             "--batch_size=16", "--lora_r=2", "--device=cpu"]
 
 

@@ -19,7 +19,7 @@ from .conftest import ROOT, private_copies, run_cli
 from .test_reliability_cli import check_refused, fingerprint, refused
 
 CONFIG = ROOT / "configs" / "demo" / "lora16.toml"
-TRAIN = ["--max_steps=4", "--val_every=2", "--val_images=4", "--batch_size=16", "--lora_r=2", "--device=cpu"]
+TRAIN = ["--max_steps=4", "--val_every=2", "--select_images=4", "--batch_size=16", "--lora_r=2", "--device=cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -387,3 +387,28 @@ def test_feature_cache_entries_that_lie_are_recomputed(tmp_path):
     again = FeatureCache(tmp_path / "cache", "enc")
     got = again.get(images, encode)
     assert calls == [5, 4] and all(torch.equal(t, torch.ones(3, 4)) for t in got)
+
+
+def test_feature_cache_keeps_entries_in_memory_within_its_budget(tmp_path):
+    """Entries read or written once are served from memory (the disk is not read again) up to the byte
+    budget; past it, from disk."""
+    from hw3lib.training.feature_cache import FeatureCache
+
+    images = []
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+        images.append(tmp_path / f"{i}.png")
+
+    def encode(paths):
+        return torch.arange(len(paths) * 12, dtype=torch.float).view(len(paths), 3, 4)
+
+    entry = 3 * 4 * 4  # bytes of one (3, 4) float32 entry
+    cache = FeatureCache(tmp_path / "cache", "enc", memory_bytes=2 * entry)
+    first = cache.get(images, encode)
+    for p in images:  # the disk copies go away: only the two remembered entries can still be served
+        cache._file(cache.key(p)).unlink()
+    calls = []
+    again = cache.get(images, lambda paths: calls.append(len(paths)) or encode(paths))
+    assert calls == [2]  # two from memory, two encoded again
+    assert all(torch.equal(a, b) for a, b in zip(first[:2], again[:2], strict=True))
+    assert cache._held == 2 * entry

@@ -119,7 +119,7 @@ def test_no_overwrite_export_decoder_input(tmp_path):
 def test_a_second_train_into_a_locked_folder_refuses_and_a_killed_lock_holder_frees_it(world, tmp_path):
     out = tmp_path / "run"
     args = ["train", CONFIG, "--data", world["data"] / "p2_data", "--out", out, "--assets", world["assets"],
-            "--max_steps=2", "--val_images=2", "--lora_r=2", "--device=cpu"]
+            "--max_steps=2", "--select_images=2", "--lora_r=2", "--device=cpu"]
     with lock_held_elsewhere("run_lock", out) as holder:
         line = refused(run_cli(*args), "in use by another hw3 train", f"pid {holder.pid}")
         assert str(out) in line and not (out / "config.json").exists()

@@ -33,7 +33,7 @@ def setup(small_models, small_world, tmp_path, kind="lora", **train_kw):
     tok = load_tokenizer(m)
     p2 = small_world / "p2_data"
     cfg = TrainConfig(**({"epochs": 2, "batch_size": 16, "lr": 2e-3, "warmup_steps": 2, "eta_min": 1e-5,
-                          "val_every": 4, "val_images": 8, "log_every": 1, "select_metric": "loss", "max_steps": 14}
+                          "val_every": 4, "select_images": 8, "log_every": 1, "select_metric": "loss", "max_steps": 14}
                          | train_kw))
     train = caption_data(read_caption_file(p2 / "train.json", p2 / "images" / "train"), tok, 40)
     val = caption_data(read_caption_file(p2 / "val.json", p2 / "images" / "val"), tok, 40)
@@ -145,7 +145,7 @@ def test_bad_config_files(tmp_path):
 
 def test_cli_train_and_budget(small_models, small_world, tmp_path):
     args = ["train", ROOT / "configs" / "demo" / "lora16.toml", "--assets", small_models, "--data",
-            small_world / "p2_data", "--out", tmp_path / "run", "--epochs=1", "--batch_size=32", "--val_images=6",
+            small_world / "p2_data", "--out", tmp_path / "run", "--epochs=1", "--batch_size=32", "--select_images=6",
             "--lora_r", "2", "--device", "cpu"]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -166,7 +166,7 @@ def test_ddp_two_processes_on_cpu(small_models, small_world, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            "-m", "hw3lib", "train", str(ROOT / "configs" / "demo" / "none.toml"), "--assets", str(small_models),
            "--data", str(small_world / "p2_data"), "--out", str(tmp_path / "ddp"), "--epochs=1",
-           "--batch_size=8", "--val_images=4", "--device=cpu"]
+           "--batch_size=8", "--select_images=4", "--device=cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = json.loads((tmp_path / "ddp" / "config.json").read_text())
@@ -174,3 +174,42 @@ def test_ddp_two_processes_on_cpu(small_models, small_world, tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["steps"] == 600 // (8 * 2)  # 600 pairs split across two ranks
     read_checkpoint(tmp_path / "ddp")
+
+
+def test_checkpoint_chosen_on_held_out_training_images_never_val(small_models, small_world, tmp_path):
+    """No val image is read by training: with the val images gone the run trains, validates on the
+    held-out training images (recorded, and never trained on), and logs the learning-curve measures;
+    attention supervision without boxes.json is refused before any work."""
+    import shutil
+
+    from hw3lib.app.pipeline import train_run
+    from hw3lib.training.selection import selection_split
+
+    data = shutil.copytree(small_world, tmp_path / "hw3_data")
+    shutil.rmtree(data / "p2_data" / "images" / "val")
+    out = tmp_path / "run"
+    train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, data / "p2_data", out,
+              {"max_steps": "4", "val_every": "2", "select_images": "10", "lora_r": "2", "device": "cpu",
+               "attention_supervision": "1.0", "coverage": "see"})
+    record = json.loads((out / "config.json").read_text())
+    cs = read_caption_file(data / "p2_data" / "train.json", data / "p2_data" / "images" / "train")
+    trained, held = selection_split(cs, 10)
+    assert sorted(record["validated_on"]) == sorted(im.file_name for im in held.images)
+    assert not {im.file_name for im in trained.images} & set(record["validated_on"])
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    checks = [e["validation"] for e in log if "validation" in e]
+    assert [v["step"] for v in checks] == [2, 4]
+    for v in checks:
+        assert {"cider", "exact", "recall", "repeats", "pointing_named", "pointing_next"} <= set(v)
+        assert 0 <= v["pointing_next"] <= 1
+    steps = [e for e in log if "loss" in e]
+    assert all({"ce", "coverage", "supervision"} <= set(e) for e in steps)
+    assert all(e["loss"] == pytest.approx(e["ce"] + e["coverage"] + e["supervision"], rel=1e-5) for e in steps)
+
+    (data / "p2_data" / "boxes.json").unlink()
+    (data / "DEMO.json").unlink()
+    with pytest.raises(HW3Error, match="attention_supervision=1.0 needs"):
+        train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, data / "p2_data", tmp_path / "run2",
+                  {"max_steps": "4", "select_images": "10", "lora_r": "2", "device": "cpu",
+                   "attention_supervision": "1.0"})
+    assert not (tmp_path / "run2").exists()

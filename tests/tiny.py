@@ -14,9 +14,12 @@ ENC_DIM = 16  # width of the random encoder tokens
 SMALL = {"lora_r": 4, "lora_alpha": 8.0, "adapter_dim": 8, "virtual_tokens": 3}  # PEFT settings at tiny size
 
 
-def tiny_decoder(seed: int = 0, cross_attention: bool = True) -> GPT2:
+def tiny_decoder(seed: int = 0, cross_attention: bool = True, coverage: bool = False) -> GPT2:
     torch.manual_seed(seed)
-    return GPT2(GPT2Config.tiny(cross_attention=cross_attention))
+    dec = GPT2(GPT2Config.tiny(cross_attention=cross_attention, coverage=coverage))
+    for blk in dec.h if coverage else []:
+        torch.nn.init.zeros_(blk.crossattention.coverage)
+    return dec
 
 
 def language_model_of(decoder: GPT2) -> GPT2:
@@ -28,7 +31,7 @@ def language_model_of(decoder: GPT2) -> GPT2:
 
 def tiny_captioner(kind: str = "lora", seed: int = 0, encoder=None, **kw) -> Captioner:
     """The untrained captioner on a tiny random decoder (no encoder: it reads (B, S, ENC_DIM) tokens)."""
-    dec = tiny_decoder(seed)
+    dec = tiny_decoder(seed, coverage=kw.get("coverage_attention", False))
     return Captioner(encoder, dec, CaptionerConfig(peft=kind, **(SMALL | kw)),
                      encoder_dim=None if encoder is not None else ENC_DIM)
 

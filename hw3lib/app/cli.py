@@ -31,7 +31,7 @@ def cmd_demo_data(args) -> int:
     from ..core.data import read_caption_file, read_p1_folder
     from ..demo.world import write_demo_world
 
-    root = write_demo_world(args.out_dir, seed=args.seed, size=args.size)
+    root = write_demo_world(args.out_dir, seed=args.seed, size=args.size, caption_order=args.caption_order)
     p1 = read_p1_folder(root / "p1_data" / "val", root / "p1_data" / "id2label.json")
     tr = read_caption_file(root / "p2_data" / "train.json", root / "p2_data" / "images" / "train")
     va = read_caption_file(root / "p2_data" / "val.json", root / "p2_data" / "images" / "val")
@@ -492,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out_dir", type=Path, help="the hw3_data/ folder to write")
     s.add_argument("--seed", type=_non_negative, default=0, help="random seed of the world")
     s.add_argument("--size", choices=["small", "full"], default="full", help="small: a few seconds, for tests")
+    s.add_argument("--caption-order", choices=["reading", "drawn"], default="reading",
+                   help="captions name a scene's objects left to right (reading), or in the order they were drawn "
+                        "(the first design, an ablation)")
     s.set_defaults(func=cmd_demo_data)
 
     s = _command(sub, "demo-models", "pretrain the demo world's tiny BPE, CLIP, ViT and GPT-2",

@@ -20,16 +20,18 @@ from ..core.device import resolve_device
 from ..core.distributed import processes
 from ..core.errors import HW3Error, first_line
 from ..core.files import atomic_write_json, read_json, run_lock
-from ..core.images import list_images
+from ..core.images import list_images, open_image
 from ..core.manifest import MANIFEST_PARTS, ClipSpec, DecoderSpec, check_files, load_manifest
 from ..core.precision import choose_precision, store_frozen
-from ..core.results import METRICS, VariantRow, VariantTable
-from ..demo.world import DemoWorld
+from ..core.results import METRICS, CurvePoint, Share, VariantRow, VariantTable
+from ..demo.world import DemoWorld, boxes_for, write_demo_world
 from ..metrics import stats
-from ..metrics.captions import cider, evaluate, java_available
+from ..metrics.captions import evaluate, java_available
 from ..metrics.grounding import grounding
 from ..metrics.objects import HEADLINE as OBJECT_HEADLINE
 from ..metrics.objects import object_counts
+from ..metrics.probe import encoder_probes
+from ..metrics.relations import relation_counts
 from ..models.captioner import (
     CaptionerConfig,
     build_captioner,
@@ -40,13 +42,14 @@ from ..models.captioner import (
     read_checkpoint,
 )
 from ..models.decoder_file import decoder_config
-from ..models.decoding import GREEDY, OFF, Controls, Decoding, caption_images, greedy
+from ..models.decoding import GREEDY, OFF, Controls, Decoding, caption_images
 from ..models.loading import encoder_data_config, encoder_transform, load_clip, load_tokenizer
 from ..models.memory import check_fits, plan_run, usable_gpu_bytes
 from ..training.config import load_config
 from ..training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint
-from ..training.loop import augmentation_transform, caption_data, fit, seed_everything
+from ..training.loop import Objects, augmentation_transform, caption_data, fit, image_side, seed_everything
 from ..training.runfolder import RunFolder, changed_inputs, input_fingerprint
+from ..training.selection import selection_split, selection_validator
 
 
 def manifest_for(assets, decoder=None, parts=MANIFEST_PARTS, clip_model=None, clip_pretrained=None):
@@ -75,6 +78,10 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
     cap_cfg, cfg = load_config(config, overrides)
     out, p2_dir = Path(out), Path(p2_dir)
     m = manifest_for(assets, parts=("encoder", "decoder", "tokenizer"))
+    objects = caption_objects(p2_dir, "train")
+    if cfg.attention_supervision > 0 and objects is None:
+        raise HW3Error(f"{p2_dir / 'boxes.json'}: attention_supervision={cfg.attention_supervision} needs the objects "
+                       "behind the captions (the demo world's boxes.json); set it to 0 for this data")
     inputs = input_fingerprint(m, p2_dir)
     if reuse and not force_new and (out / "summary.json").is_file() and (out / "config.json").is_file():
         done = read_json(out / "config.json")
@@ -89,7 +96,7 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
     with run_lock(out) if processes().master_process else contextlib.nullcontext():
         if force_new:
             RunFolder(out).clear()
-        return _train_locked(cap_cfg, cfg, m, p2_dir, out, inputs)
+        return _train_locked(cap_cfg, cfg, m, p2_dir, out, inputs, objects)
 
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -113,7 +120,7 @@ def join_process_group(backend: str, procs, timeout_s: int) -> None:
                        "to train in one process") from e
 
 
-def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict) -> dict:
+def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict, objects: Objects | None) -> dict:
     import torch.distributed as dist
 
     dev = resolve_device(cfg.device)
@@ -132,16 +139,16 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict) -> dic
                        f"(at most {block - 1} caption tokens + the start token)")
     plan_memory(m, cap_cfg, cfg, precision, dev, announce=rank0)
     tok = load_tokenizer(m)
-    train_cs = read_caption_file(p2_dir / "train.json", p2_dir / "images" / "train")
-    val_cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
-    if len(val_cs) == 0:
-        raise HW3Error(f"{p2_dir / 'val.json'}: the val split has no images (validation needs some)")
+    train_cs, select_cs = selection_split(read_caption_file(p2_dir / "train.json", p2_dir / "images" / "train"),
+                                          cfg.select_images)
     model = build_captioner(m, cap_cfg, dev, precision=precision)
     if rank0:
         print(f"captioner ({cap_cfg.peft}): {format_report(parameter_report(model))}", flush=True)
+        print(f"checkpoint chosen on {len(select_cs)} held-out training images (not trained on); no val image "
+              "chooses it", flush=True)
     check_budget(model, cfg.max_trainable)
-    train, val = caption_data(train_cs, tok, cfg.max_caption_tokens), caption_data(val_cs, tok, cfg.max_caption_tokens)
-    n_val = min(cfg.val_images, len(val.paths))
+    train = caption_data(train_cs, tok, cfg.max_caption_tokens, objects if cfg.attention_supervision > 0 else None)
+    select = caption_data(select_cs, tok, cfg.max_caption_tokens, objects)
     eval_tf = encoder_transform(model.encoder)
     cache = None
     if cfg.feature_cache:
@@ -150,17 +157,17 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict) -> dic
                                                        model.encoder_dtype()))
     train_tf = augmentation_transform(eval_tf, cfg.hflip, cfg.color_jitter) if cfg.augment else eval_tf
     train_src = FeatureSource(model, train.paths, train_tf, None if cfg.augment else cache, dev)
-    val_src = FeatureSource(model, val.paths, eval_tf, cache, dev)
+    select_src = FeatureSource(model, select.paths, eval_tf, cache, dev)
     if cache is not None and rank0:
         if not cfg.augment:
             train_src.fill()
-        val_src.fill(range(n_val))
+        select_src.fill()
     if dist.is_initialized():
         dist.barrier()
-    validator = cider_validator(val.paths[:n_val], val.references[:n_val], val_src, tok, cfg.max_caption_tokens,
-                                controls=cfg.controls)
+    validator = selection_validator(select, select_src, tok, cfg.max_caption_tokens, controls=cfg.controls,
+                                    objects=objects)
     try:
-        return fit(model, train, val, cfg, out, train_src, val_src, validator, precision=precision, inputs=inputs)
+        return fit(model, train, select, cfg, out, train_src, select_src, validator, precision=precision, inputs=inputs)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -181,23 +188,12 @@ def plan_memory(manifest, cap_cfg, train_cfg, precision, device, gpu_bytes: int 
     return plan
 
 
-def cider_validator(paths: list[Path], references: list[list[str]], features, tokenizer, max_len: int = 60,
-                    batch_size: int = 32, tokenizer_kind: str = "python", controls: Controls = OFF):
-    """A training-loop validator: greedy captions of `paths` (with the decoding `controls`) scored by
-    CIDEr-D against `references`. `features(indices) -> (B, S, E)` gives encoder tokens (e.g. a FeatureSource)."""
-    keys = [str(i) for i in range(len(paths))]
-
-    def validate(model) -> dict:
-        preds = {}
-        for i in range(0, len(paths), batch_size):
-            idx = list(range(i, min(i + batch_size, len(paths))))
-            out = greedy(model, features(idx), tokenizer.eot_id, max_len, controls=controls)
-            for j, toks in zip(idx, out.tokens, strict=True):
-                preds[keys[j]] = tokenizer.decode(toks).strip()
-        score, _ = cider(preds, dict(zip(keys, references, strict=True)), tokenizer_kind)
-        return {"cider": score, "example": preds[keys[0]]}
-
-    return validate
+def caption_objects(p2_dir, split: str) -> Objects | None:
+    """The objects behind a split's captions, where they are known (a demo world's p2_data); else None."""
+    world = DemoWorld.load(Path(p2_dir).parent)
+    if world is None or not world.objects("p2_data"):
+        return None
+    return Objects(world.objects("p2_data"), world.shapes, world.colors, split)
 
 
 def load_run(checkpoint, manifest, device="cpu", precision=None):
@@ -282,6 +278,7 @@ def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu
         boxes, shapes, colors = world.objects("p2_data"), list(world.shapes), list(world.colors)
         out["grounding"] = grounding(preds, boxes, shapes, colors)
         out["objects"] = object_counts(preds, boxes, shapes, colors)
+        out["relations"] = relation_counts(preds, boxes, shapes, colors)
     return out
 
 
@@ -294,6 +291,10 @@ def with_intervals(row: VariantRow, scored: dict, reference: dict | None, n_boot
         row.grounding = g.summary(n_boot=n_boot)
     if oc is not None:
         row.objects, row.objects_by_count = oc.summary(n_boot=n_boot), oc.by_object_count(n_boot=n_boot)
+    rc = scored.get("relations")
+    if rc is not None and rc.checkable.sum() > 0:
+        row.relations = Share(rc.accuracy, stats.bootstrap_ci(rc.true, rc.checkable, n_boot=n_boot), int(rc.true.sum()),
+                              int(rc.checkable.sum()))
     if reference is not None and reference is not scored:
         paired = {m: stats.paired_bootstrap(reference["per_image"][m], scored["per_image"][m], n_boot=n_boot)
                   for m in METRICS}
@@ -307,6 +308,9 @@ def with_intervals(row: VariantRow, scored: dict, reference: dict | None, n_boot
         if g is not None and rg is not None and g.share("mentions") is not None and rg.share("mentions") is not None:
             paired["mentions"] = stats.paired_bootstrap(rg.right["mentions"], g.right["mentions"], rg.total["mentions"],
                                                         g.total["mentions"], n_boot=n_boot)
+        rr = reference.get("relations")
+        if rc is not None and rr is not None and rc.checkable.sum() > 0 and rr.checkable.sum() > 0:
+            paired["relations"] = stats.paired_bootstrap(rr.true, rc.true, rr.checkable, rc.checkable, n_boot=n_boot)
         row.vs_reference = {m: d.reported() for m, d in paired.items()}
     return row
 
@@ -328,13 +332,16 @@ DECODING_GRID = {"off": OFF, "no-repeat 3-gram": Controls(3), "repetition penalt
 def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
                      device="cpu", beams_best: int = 3, max_len: int = 40, progress=True, reference: str | None = None,
                      n_boot: int = 2000, controls: Controls = OFF,
-                     decoding_grid: dict[str, Controls] | None = None, world: DemoWorld | None = None) -> Comparison:
+                     decoding_grid: dict[str, Controls] | None = None, world: DemoWorld | None = None,
+                     ablation: dict[str, Recipe] | None = None) -> Comparison:
     """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
     model, and greedy vs beam for the best variant. Every row carries bootstrap intervals, and paired
     differences against the `reference` variant (the report's setting). Every caption is decoded with
     `controls`; `decoding_grid` (name -> controls) also decodes the best variant greedily with each,
     compared with the first on the same images. On the demo world (`world`) captions are also scored
-    against its objects."""
+    against its objects. `ablation` (row name -> `Recipe`) trains the `reference` variant's config under
+    other recipes, each compared with the reference on the same images. Every run's validations on its
+    held-out training images are the table's learning curves."""
     m = manifest_for(assets)
     clip = load_clip(m.clip, device)
     p2_dir, runs_dir = Path(p2_dir), Path(runs_dir)
@@ -381,14 +388,61 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
             first = first or sc
             decoding.append(with_intervals(VariantRow(f"{best.variant}, {name}", sc["CIDEr"], sc["CLIPScore"], best.peft,
                                                       best.trainable, best.run), sc, first, n_boot))
-    table = VariantTable(rows, best, beam, reference if ref else None, decoding=decoding)
+    ablated = []
+    for i, (name, recipe) in enumerate((ablation or {}).items(), 1):
+        run = runs_dir / "ablation" / name
+        print(f"[recipe {i}/{len(ablation)}] {name}: training (or reusing) {run}", flush=True)
+        summary = train_run(variants[reference], assets, recipe.p2_dir, run, (overrides or {}) | recipe.overrides, device)
+        model = load_run(run, m, device)
+        preds = write_val_predictions(model, run, m, paths, device, max_len, progress, controls)
+        sc = score_predictions(preds, recipe.p2_dir, m, clip, device, world)
+        ablated.append(with_intervals(VariantRow(name, sc["CIDEr"], sc["CLIPScore"], model.config.peft,
+                                                 summary["parameters"]["trainable"], str(run)), sc, ref, n_boot))
+        preds_by[f"recipe: {name}"] = preds
+    curves = {r.variant: validation_curve(r.run) for r in rows + ablated if r.run}
+    table = VariantTable(rows, best, beam, reference if ref else None, decoding=decoding, ablation=ablated,
+                         curves=curves)
     return Comparison(table, preds_by, val.references(), {im.key: str(im.path) for im in val.images})
 
 
-def training_curves(run_dir) -> dict:
-    """Loss / learning-rate points and validation points of a run's log.jsonl."""
-    steps, losses, val_steps, val_cider, val_loss = [], [], [], [], []
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A row of the mechanism ablation: the reference variant trained on other captions or settings."""
+    p2_dir: Path  # the p2_data/ whose captions it trains on (images the same as the report's)
+    overrides: dict[str, str]  # [train] settings that differ from the variant's config
+
+
+def caption_order_world(world: DemoWorld, out_dir, order: str) -> Path:
+    """The demo world `world` written again with captions in another `order` (the same images and
+    objects), into `out_dir` unless it is there already; returns its hw3_data/ folder."""
+    out = Path(out_dir)
+    if not (out / "DEMO.json").is_file():
+        write_demo_world(out, seed=world.seed, size=world.size, progress=False, caption_order=order)
+    return out
+
+
+def probe_encoder(assets, data_dir, world: DemoWorld, n_fit: int = 1000, device="cpu") -> list:
+    """Linear probes of the frozen encoder's tokens (`metrics.probe`): fitted on the first `n_fit`
+    training images, scored on the val images."""
+    m = manifest_for(assets, parts=("encoder", "decoder", "tokenizer"))
+    model = load_run(None, m, device)
+    tf = encoder_transform(model.encoder)
+    boxes = world.objects("p2_data")
+    tokens, objects = [], []
+    for split, limit in (("train", n_fit), ("val", None)):
+        paths = list_images(Path(data_dir) / "p2_data" / "images" / split)[:limit]
+        feats = [model.encode(torch.stack([tf(open_image(p)) for p in paths[i:i + 64]]).to(device)).cpu()
+                 for i in range(0, len(paths), 64)]
+        tokens.append(torch.cat(feats))
+        objects.append([boxes_for(p.name, boxes, split) for p in paths])
+    side = image_side(paths[0])
+    return encoder_probes(tokens[0], objects[0], tokens[1], objects[1], side, world.shapes, world.colors)
+
+
+def run_log(run_dir) -> list[dict]:
+    """The entries of a run's log.jsonl."""
     log = Path(run_dir, "log.jsonl")
+    out = []
     for n, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
         try:
             e = json.loads(line)
@@ -396,6 +450,21 @@ def training_curves(run_dir) -> dict:
             raise HW3Error(f"{log}: line {n} is not JSON ({err.msg}); the run folder is damaged") from None
         if not isinstance(e, dict):
             raise HW3Error(f"{log}: line {n} is not a JSON object; the run folder is damaged")
+        out.append(e)
+    return out
+
+
+def validation_curve(run_dir) -> list[CurvePoint]:
+    """A run's validations on its held-out training images, in step order."""
+    fields = {f.name for f in dataclasses.fields(CurvePoint)}
+    return [CurvePoint(**{k: v for k, v in e["validation"].items() if k in fields})
+            for e in run_log(run_dir) if "validation" in e]
+
+
+def training_curves(run_dir) -> dict:
+    """Loss / learning-rate points and validation points of a run's log.jsonl."""
+    steps, losses, val_steps, val_cider, val_loss = [], [], [], [], []
+    for e in run_log(run_dir):
         if "loss" in e:
             steps.append(e["step"])
             losses.append(e["loss"])

@@ -13,11 +13,13 @@ import numpy as np
 
 from ..core.results import (
     METRICS,
+    CurvePoint,
     FrequencyStudy,
     Interval,
     Localisation,
     NegationScores,
     NegationStudy,
+    ProbeRow,
     PromptRow,
     Selection,
     StyleStudy,
@@ -541,5 +543,43 @@ def pointing_by_shape_figure(loc: Localisation, title: str = "Pointing game by s
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8, ncol=len(methods))
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves_figure(curves: dict[str, list[CurvePoint]],
+                           title: str = "Learning curves on held-out training images (greedy)"):
+    """Per run: scene named exactly, and the cross-attention's peak on the next object to be named
+    (the pointing game at the position that chooses it), against optimiser steps."""
+    panels = [("exact", "scene named exactly"), ("pointing_next", "attention peak on the next object"),
+              ("repeats", "captions repeating an object")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for name, points in curves.items():
+            pts = [(p.step, getattr(p, key)) for p in points if getattr(p, key) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1, label=textwrap.shorten(name, 45))
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def probe_figure(rows: list[ProbeRow], title: str = "Linear probes of the frozen encoder's tokens (val images)"):
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, [r.accuracy for r in rows], color="#4C72B0", label="probe")
+    ax.scatter([r.chance for r in rows], y, color="k", marker="|", s=200, label="chance (most frequent class)")
+    for yi, r in zip(y, rows, strict=True):
+        ax.text(r.accuracy, yi, f" {r.accuracy * 100:.1f}%", va="center", fontsize=8)
+    ax.set_yticks(y, [r.task for r in rows])
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

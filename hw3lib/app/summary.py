@@ -215,13 +215,14 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
                   "captions naming a (colour, shape) the image does not hold; repeats = captions naming a present "
                   "object more often than it is there.", "",
                   "| variant | PEFT | trainable | exact scene [95% CI] | object recall [95% CI] | precision | CHAIR-s "
-                  "| repeats | CIDEr [95% CI] | CLIPScore |", "|---|---|---:|---|---|---:|---:|---:|---|---:|"]
+                  "| repeats | relations true | CIDEr [95% CI] | CLIPScore |",
+                  "|---|---|---:|---|---|---:|---:|---:|---:|---|---:|"]
         for r in p2.rows:
             o = r.objects or {}
             lines.append("| " + " | ".join([
                 md_text(r.variant), md_text(r.peft), f"{r.trainable:,}", _share(o.get("exact")), _share(o.get("recall")),
                 _share(o.get("precision"), False), _share(o.get("chair_s"), False), _share(o.get("repeats"), False),
-                f"{r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]", f"{r.CLIPScore:.3f}"]) + " |")
+                _share(r.relations, False), f"{r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]", f"{r.CLIPScore:.3f}"]) + " |")
         counts = sorted({n for r in p2.rows for n in (r.objects_by_count or {})}, key=int)
         lines += ["", "Exact scene by the number of objects in the image (recall in brackets):", "",
                   "| variant | " + " | ".join(f"{n} object{'s' if n != '1' else ''} ({_images(p2, n)} images)"
@@ -265,6 +266,7 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
             lines.append(f"| {md_text(r.variant)} | {_share(o.get('exact'))} | {_share(o.get('recall'), False)} | "
                          f"{_share(o.get('repeats'), False)} | {_share(o.get('chair_s'), False)} | {r.CIDEr:.3f} | "
                          f"{_delta(d.get('exact'), 100, '+.1f', ' pts')} | {_delta(d.get('CIDEr'))} |")
+    lines += diagnosis_lines(p2) + ablation_lines(p2)
     b = p2.best
     lines += ["", f"Best by CIDEr: {b.variant} (CIDEr {b.CIDEr:.3f}, CLIPScore {b.CLIPScore:.3f}"
               + (f", exact scene {_share((b.objects or {}).get('exact'), False)})." if demo else ").")]
@@ -275,6 +277,48 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
                                            f"{_share((bm.objects or {}).get('repeats'), False)}" if demo else "")
                   + f"; beam minus greedy: CIDEr {_delta((bm.vs_reference or {}).get('CIDEr'))}."]
     return lines + [""]
+
+
+def diagnosis_lines(p2: VariantTable) -> list[str]:
+    """The linear probes of the encoder, and the last validation of every run (held-out training images)."""
+    lines = []
+    if p2.probe:
+        lines += ["", "Diagnosis 1, the encoder: linear probes of the frozen encoder's tokens, fitted on training "
+                  "images, scored on the val images (`metrics/probe.py`):", "",
+                  "| read off | accuracy | chance |", "|---|---:|---:|"]
+        lines += [f"| {md_text(r.task)} | {_pct(r.accuracy)} | {_pct(r.chance)} |" for r in p2.probe]
+    last = {name: c[-1] for name, c in p2.curves.items() if c and c[-1].exact is not None}
+    if last:
+        lines += ["", "Diagnosis 2, the decoder's attention, at the last validation of each run (held-out training "
+                  "images; every validation is in `figures/p2_learning_curves.png`): the cross-attention's peak (mean "
+                  "over layers and heads) inside the named object's box, over the phrase that names it and where the "
+                  "phrase begins (where the next object is chosen):", "",
+                  "| run | step | exact scene | attention on the named object | on the next object |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {md_text(name)} | {p.step} | {_pct(p.exact)} | {_pct(p.pointing_named)} | {_pct(p.pointing_next)} |"
+                  for name, p in last.items()]
+    return lines
+
+
+def ablation_lines(p2: VariantTable) -> list[str]:
+    """The reference variant under each recipe, against the recipe every variant trains with."""
+    if not p2.ablation:
+        return []
+    ref = next(r for r in p2.rows if r.variant == p2.reference)
+    lines = ["", f"What each mechanism bought: {p2.reference} trained under other recipes, minus {p2.reference} "
+             "with the report's recipe, on the same val images (paired bootstrap 95% intervals); relations = stated "
+             "relations between two named objects that are true of the image (`metrics/relations.py`):", "",
+             "| recipe | exact scene | 3-object scenes | object recall | repeats | CHAIR-s | relations true | "
+             "delta exact scene | delta recall |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in [ref, *p2.ablation]:
+        o, d = r.objects or {}, r.vs_reference or {}
+        name = f"{r.variant} (the recipe)" if r is ref else r.variant
+        lines.append(f"| {md_text(name)} | {_share(o.get('exact'), False)} | "
+                     f"{_share((r.objects_by_count or {}).get('3', {}).get('exact'), False)} | "
+                     f"{_share(o.get('recall'), False)} | {_share(o.get('repeats'), False)} | "
+                     f"{_share(o.get('chair_s'), False)} | {_share(r.relations, False)} | "
+                     f"{_delta(d.get('exact'), 100, '+.1f', ' pts')} | {_delta(d.get('recall'), 100, '+.1f', ' pts')} |")
+    return lines
 
 
 def _images(p2: VariantTable, n: str) -> int:

@@ -279,6 +279,7 @@ class VariantRow(JsonRecord):
     vs_reference: dict[str, Difference] | None = None  # metric, object metric or grounding kind -> paired difference
     objects: dict[str, Share] | None = None  # demo world: object metric (objects.METRICS) -> pooled value
     objects_by_count: dict[str, dict[str, Share]] | None = None  # "1", "2", "3" objects -> the same, on those images
+    relations: Share | None = None  # demo world: stated relations (checkable ones) that are true of the image
 
     def score(self, metric: str, n_objects: str | None = None) -> tuple[float | None, Interval | None]:
         """The value and interval of CIDEr, CLIPScore, an object metric ("exact", "recall", ...; on the
@@ -290,6 +291,27 @@ class VariantRow(JsonRecord):
         return (None, None) if g is None else (g.share, g.ci)
 
 
+@dataclass(frozen=True)
+class ProbeRow(JsonRecord):
+    """A linear probe of the frozen encoder's tokens (`metrics.probe`)."""
+    task: str  # what is read off: "patch colour", "patch shape", "object count (CLS token)", ...
+    accuracy: float  # on the scored items (other images than the probe was fitted on)
+    chance: float  # the most frequent class's share of the scored items
+    items: int  # scored items (patches or images)
+
+
+@dataclass(frozen=True)
+class CurvePoint(JsonRecord):
+    """One validation of a training run, on its held-out training images (`training.selection`)."""
+    step: int
+    cider: float | None = None
+    exact: float | None = None  # whole scene named exactly (demo world)
+    recall: float | None = None
+    repeats: float | None = None
+    pointing_named: float | None = None  # attention peak inside the named object's box, over its phrase
+    pointing_next: float | None = None  # the same where the phrase begins: the next object chosen
+
+
 @dataclass
 class VariantTable(JsonRecord):
     """P2's summary: every variant's row, the best one, beam search on it, the reference variant."""
@@ -299,6 +321,10 @@ class VariantTable(JsonRecord):
     reference: str | None  # the variant every row is compared with (the report's setting)
     tokenizer: str = "ptb"  # the CIDEr tokenizer
     decoding: list[VariantRow] = field(default_factory=list)  # the best variant under each decoding control
+    ablation: list[VariantRow] = field(default_factory=list)  # the reference PEFT under each recipe (mechanisms)
+    recipe: str | None = None  # the ablation row every variant trains with
+    curves: dict[str, list[CurvePoint]] = field(default_factory=dict)  # run (variant or ablation row) -> validations
+    probe: list[ProbeRow] = field(default_factory=list)  # linear probes of the frozen encoder
 
 
 # ----------------------------------------------------------------------------------------------

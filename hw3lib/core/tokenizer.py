@@ -48,6 +48,10 @@ class GPT2BPETokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_with_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, character span of each token in its text) for every text."""
+        return [(e.ids, list(e.offsets)) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids: Iterable[int], stop_at_eot: bool = False) -> str:
         """Text for `ids`. With `stop_at_eot`, everything from the first end token on is dropped."""
         ids = list(ids)

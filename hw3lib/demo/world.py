@@ -313,9 +313,24 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def make_captions(rng: np.random.Generator, objs: list[Obj], side: int, n: int) -> list[str]:
-    """`n` distinct captions for a scene, drawn from phrasings that mention every object."""
-    o = objs
+CAPTION_ORDERS = ("reading", "drawn")  # the order captions name a scene's objects in (DEMO.json "caption_order")
+
+
+def reading_order(objs: list[Obj]) -> list[Obj]:
+    """Objects left to right by their centres (top to bottom where two share a column)."""
+    return sorted(objs, key=lambda o: (o.center[0], o.center[1]))
+
+
+def make_captions(rng: np.random.Generator, objs: list[Obj], side: int, n: int, order: str = "reading") -> list[str]:
+    """`n` distinct captions for a scene, drawn from phrasings that mention every object. With
+    order="reading" every phrasing names the objects left to right (Vinyals et al. 2016: a fixed output
+    order is learned faster); with "drawn" they come in the order they were drawn, and two phrasings of
+    each pool name them in another order (the first design, kept as an ablation). The same draws of
+    `rng` either way."""
+    if order not in CAPTION_ORDERS:
+        raise ValueError(f"unknown caption order {order!r} (choose from {', '.join(CAPTION_ORDERS)})")
+    reading = order == "reading"
+    o = reading_order(objs) if reading else objs
     if len(o) == 1:
         a = o[0]
         pool = [
@@ -331,9 +346,11 @@ def make_captions(rng: np.random.Generator, objs: list[Obj], side: int, n: int) 
         a, b = o
         pool = [
             f"{_article(_np(a))} {_relation(a, b)} {_article(_np(b))}",
+            f"{_article(_np(a))} with {_article(_np(b))} {_relation(b, a)} it" if reading else
             f"{_article(_np(b))} {_relation(b, a)} {_article(_np(a))}",
             f"{_article(_np(a, False))} and {_article(_np(b, False))}",
             f"two shapes: {_article(_np(a))} and {_article(_np(b))}",
+            f"a picture of {_article(_np(a, False))} and {_article(_np(b, False))}" if reading else
             f"a picture of {_article(_np(b, False))} and {_article(_np(a, False))}",
             f"{_article(_np(a, False))} in the {_region(a, side)} and {_article(_np(b, False))} in the {_region(b, side)}",
             f"there is {_article(_np(a, False))} {_relation(a, b)} {_article(_np(b, False))}",
@@ -344,7 +361,10 @@ def make_captions(rng: np.random.Generator, objs: list[Obj], side: int, n: int) 
             f"{_article(_np(a))}, {_article(_np(b))} and {_article(_np(c))}",
             f"three shapes: {_article(_np(a, False))}, {_article(_np(b, False))} and {_article(_np(c, False))}",
             f"{_article(_np(a, False))} {_relation(a, b)} {_article(_np(b, False))}, with {_article(_np(c, False))}",
+            f"{_article(_np(a, False))} {_relation(a, b)} {_article(_np(b, False))} and {_article(_np(c, False))}"
+            if reading else
             f"{_article(_np(c, False))} {_relation(c, a)} {_article(_np(a, False))} and {_article(_np(b, False))}",
+            f"a picture of {_article(_np(a))}, {_article(_np(b))} and {_article(_np(c))}" if reading else
             f"a picture of {_article(_np(b))}, {_article(_np(c))} and {_article(_np(a))}",
             f"{_article(_np(a, False))}, {_article(_np(b, False))} and {_article(_np(c, False))} on a plain background",
             f"{_article(_np(a, False))}, and {_article(_np(b, False))} {_relation(b, c)} {_article(_np(c, False))}",
@@ -370,7 +390,7 @@ def _save_jpeg(img: Image.Image, path: Path) -> None:
     img.save(path, format="JPEG", quality=92, optimize=False, progressive=False, subsampling=0)
 
 
-def _write_p2_split(root: Path, split: str, count: int, seed: int, ws: WorldSize, boxes: dict) -> None:
+def _write_p2_split(root: Path, split: str, count: int, seed: int, ws: WorldSize, boxes: dict, order: str) -> None:
     split_id = {"train": 1, "val": 2}[split]
     out = root / "p2_data" / "images" / split
     out.mkdir(parents=True, exist_ok=True)
@@ -382,7 +402,7 @@ def _write_p2_split(root: Path, split: str, count: int, seed: int, ws: WorldSize
         iid, name = _p2_file_name(i, split_id * 1_000_000)
         _save_jpeg(img, out / name)
         images.append({"file_name": name, "id": iid})
-        for cap in make_captions(rng, objs, ws.p2_side, ws.captions_per_image):
+        for cap in make_captions(rng, objs, ws.p2_side, ws.captions_per_image, order):
             annotations.append({"caption": cap, "id": len(annotations) + split_id * 10_000_000, "image_id": iid})
         boxes[f"{split}/{name}"] = [o.__dict__ | {"box": list(o.box)} for o in objs]
     doc = {
@@ -394,23 +414,26 @@ def _write_p2_split(root: Path, split: str, count: int, seed: int, ws: WorldSize
     atomic_write_json(root / "p2_data" / f"{split}.json", doc, indent=None)
 
 
-def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", progress: bool = True) -> Path:
+def write_demo_world(out_dir: str | Path, seed: int = 0, size: str = "full", progress: bool = True,
+                     caption_order: str = "reading") -> Path:
     """Write a complete miniature `hw3_data/` into `out_dir` (created; must be empty or absent). The tree
     is written beside it and renamed into place: it appears complete or not at all, an interrupted run
     leaves no partial folder, and a second writer of the same folder refuses (`output_lock`)."""
     if size not in WORLD_SIZES:
         raise HW3Error(f"unknown demo size {size!r} (choose from {', '.join(WORLD_SIZES)})")
+    if caption_order not in CAPTION_ORDERS:
+        raise HW3Error(f"unknown caption order {caption_order!r} (choose from {', '.join(CAPTION_ORDERS)})")
     root = Path(out_dir)
     with output_lock(root, "hw3 demo-data"):
         tmp = root.with_name(f".{root.name}.partial")
         try:
-            return _write_world(root, tmp, seed, WORLD_SIZES[size], size, progress)
+            return _write_world(root, tmp, seed, WORLD_SIZES[size], size, progress, caption_order)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
 
-def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, progress: bool) -> Path:
+def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, progress: bool, order: str) -> Path:
     if root.exists() and not root.is_dir():
         raise HW3Error(f"{root}: exists and is a file, not a folder")
     if root.exists() and any(root.iterdir()):
@@ -439,8 +462,8 @@ def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, pro
     atomic_write_json(tmp / "p1_data" / "styles.json", p1_styles, indent=None)
 
     p2_boxes: dict = {}
-    _write_p2_split(tmp, "train", ws.p2_train, seed, ws, p2_boxes)
-    _write_p2_split(tmp, "val", ws.p2_val, seed, ws, p2_boxes)
+    _write_p2_split(tmp, "train", ws.p2_train, seed, ws, p2_boxes, order)
+    _write_p2_split(tmp, "val", ws.p2_val, seed, ws, p2_boxes, order)
     atomic_write_json(tmp / "p2_data" / "boxes.json", p2_boxes, indent=None)
 
     # P3: a handful of multi-object test images with descriptive names
@@ -458,7 +481,7 @@ def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, pro
     atomic_write_json(tmp / "DEMO.json", {"generator": "hw3lib.demo.world", "seed": seed, "size": size,
                                           "shapes": SHAPES, "colors": list(COLORS), "p1_classes": SHAPES,
                                           "grid": GRID, "p1_difficulty": asdict(P1_DIFFICULTY),
-                                          "style_framings": STYLE_FRAMINGS})
+                                          "style_framings": STYLE_FRAMINGS, "caption_order": order})
     if root.exists():
         root.rmdir()
     tmp.rename(root)  # the tree appears complete or not at all
@@ -529,6 +552,7 @@ class DemoWorld:
     colors: tuple[str, ...]  # colour words
     boxes: dict[str, dict[str, tuple[Obj, ...]]]  # part ("p1_data", "p2_data", "p3_data") -> image -> objects
     p1_styles: dict[str, str]  # P1 image name -> its render style (styles.STYLES); empty for an older world
+    caption_order: str = "drawn"  # the order P2's captions name objects in (CAPTION_ORDERS); older worlds: drawn
 
     @classmethod
     def load(cls, data_dir: str | Path) -> DemoWorld | None:
@@ -549,7 +573,10 @@ class DemoWorld:
                  if (root / part / "boxes.json").is_file()}
         styles_file = root / "p1_data" / "styles.json"
         p1_styles = read_styles(styles_file) if styles_file.is_file() else {}
-        return cls(root, raw["seed"], raw["size"], tuple(raw["shapes"]), tuple(raw["colors"]), boxes, p1_styles)
+        order = raw.get("caption_order", "drawn")
+        if order not in CAPTION_ORDERS:
+            raise HW3Error(f"{record}: field 'caption_order' = {order!r} (choose from {', '.join(CAPTION_ORDERS)})")
+        return cls(root, raw["seed"], raw["size"], tuple(raw["shapes"]), tuple(raw["colors"]), boxes, p1_styles, order)
 
     def objects(self, part: str = "p2_data") -> dict[str, tuple[Obj, ...]]:
         """Image name -> objects of one part of the world (empty where the part has no boxes)."""

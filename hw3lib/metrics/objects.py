@@ -21,6 +21,7 @@ Every one is a ratio of per-image sums, so `stats` bootstraps it over images.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.results import Share
-from ..demo.world import Obj, boxes_for
+from ..demo.world import SIZES, Obj, boxes_for
 from . import stats
 from .grounding import words
 
@@ -83,6 +84,32 @@ def mention_positions(w: list[str], shapes, colors) -> list[tuple[int, Mention]]
         elif i + 2 < len(w) and w[i + 1] in COLOURED and w[i + 2] in color_set:
             color = w[i + 2]
         out.append((i, Mention(word, color)))
+    return out
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """One phrase of a caption that names an object."""
+    chars: tuple[int, int]  # [start, end) in the caption's text
+    shape: str
+    color: str | None  # None: the shape is named without a colour
+    size: str | None  # None: no size word
+
+
+def phrases(caption: str, shapes: Sequence[str], colors: Sequence[str]) -> list[Phrase]:
+    """Every phrase naming an object, in caption order: the shape word with the size and colour words
+    in front of it, or with "coloured <colour>" behind it."""
+    spans = [(m.start(), m.end()) for m in re.finditer(r"[a-z]+", caption.lower())]
+    w = [caption[s:e].lower() for s, e in spans]
+    out = []
+    for i, m in mention_positions(w, shapes, colors):
+        start, end, size = i, i, None
+        while start > 0 and (w[start - 1] in colors or w[start - 1] in SIZES) and i - start < 2:
+            start -= 1
+            size = w[start] if w[start] in SIZES else size
+        if m.color is not None and i + 2 < len(w) and w[i + 1] in COLOURED and w[i + 2] == m.color:
+            end = i + 2  # "a large circle coloured red"
+        out.append(Phrase((spans[start][0], spans[end][1]), m.shape, m.color, size))
     return out
 
 

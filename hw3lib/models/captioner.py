@@ -54,6 +54,9 @@ class CaptionerConfig:
                                           description="adapters after")
     virtual_tokens: int = Field(10, ge=1, le=4096, description="prompt / prefix length")
     prefix_gate: bool = Field(True, description="zero-initialised per-head gates on prompt/prefix attention")
+    coverage_attention: bool = Field(False, description="cross-attention scores also see the attention each encoder "
+                                     "token had at earlier positions, with a trained per-head weight starting at 0 "
+                                     "(See et al. 2017's coverage mechanism)")
 
     @field_validator("peft")
     @classmethod
@@ -74,6 +77,9 @@ class Captioner(nn.Module):
         super().__init__()
         if not decoder.config.cross_attention:
             raise ValueError("the decoder needs cross-attention sub-layers (load_decoder(cross_attention=True))")
+        if decoder.config.coverage != cfg.coverage_attention:
+            raise ValueError(f"coverage_attention={cfg.coverage_attention} needs a decoder built with "
+                             f"coverage={cfg.coverage_attention} (load_decoder(coverage=...))")
         self.config = cfg
         self.encoder = encoder
         enc_dim = encoder_dim or encoder.num_features
@@ -253,7 +259,8 @@ def meta_captioner(manifest, cap_cfg):
     from .loading import create_encoder
 
     encoder = create_encoder(manifest.encoder, "meta")
-    cfg = decoder_config(manifest.decoder.weights, manifest.decoder.n_head, cross_attention=True)
+    cfg = decoder_config(manifest.decoder.weights, manifest.decoder.n_head, cross_attention=True,
+                         coverage=cap_cfg.coverage_attention)
     with torch.device("meta"):
         return Captioner(encoder, GPT2(cfg), cap_cfg)
 
@@ -279,6 +286,6 @@ def build_captioner(manifest, cfg: CaptionerConfig, device="cpu", with_encoder: 
     enc_dim = None
     if encoder is None:
         enc_dim = create_encoder(manifest.encoder, "meta").num_features
-    decoder = load_decoder_from_manifest(manifest, cross_attention=True)
+    decoder = load_decoder_from_manifest(manifest, cross_attention=True, coverage=cfg.coverage_attention)
     model = Captioner(encoder, decoder, cfg, encoder_dim=enc_dim).to(device)
     return store_frozen(model, precision) if precision is not None else model

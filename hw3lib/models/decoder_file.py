@@ -96,21 +96,25 @@ def _layer_count(sd: dict[str, torch.Tensor], source) -> int:
     return max(layers) + 1
 
 
-def decoder_config(path: str | os.PathLike, n_head: int | None = None, cross_attention: bool = False) -> GPT2Config:
+def decoder_config(path: str | os.PathLike, n_head: int | None = None, cross_attention: bool = False,
+                   coverage: bool = False) -> GPT2Config:
     """The configuration `load_decoder` would build, read off the file's tensor shapes alone."""
     path = Path(path)
     cfg = infer_config(normalise_gpt2_state_dict(read_state_dict(path, "decoder weights file", meta=True), path), path)
     cfg.n_head = n_head or cfg.n_head
     cfg.cross_attention = cross_attention or cfg.cross_attention
+    cfg.coverage = coverage and cfg.cross_attention
     return cfg
 
 
-def load_decoder(path: str | os.PathLike, n_head: int | None = None, cross_attention: bool = False) -> GPT2:
+def load_decoder(path: str | os.PathLike, n_head: int | None = None, cross_attention: bool = False,
+                 coverage: bool = False) -> GPT2:
     """Load a decoder weights file in the course format (GPT-2 small or any smaller shape).
 
     `n_head` overrides the inferred head count (the file does not store it). With `cross_attention`,
     fresh cross-attention sub-layers are added (the captioner initialises them); cross-attention
-    tensors present in the file are loaded.
+    tensors present in the file are loaded. With `coverage` the cross-attention also gets its coverage
+    weights (zero: no course file holds them).
     """
     path = Path(path)
     sd = normalise_gpt2_state_dict(read_state_dict(path, "decoder weights file"), path)
@@ -121,10 +125,13 @@ def load_decoder(path: str | os.PathLike, n_head: int | None = None, cross_atten
         raise HW3Error(f"{path}: width {cfg.n_embd} is not divisible by {cfg.n_head} heads")
     file_has_cross = cfg.cross_attention
     cfg.cross_attention = cross_attention or file_has_cross
+    cfg.coverage = coverage and cfg.cross_attention
     with empty_model():  # parameters on the meta device: the file's tensors become them
         model = GPT2(cfg)
     if cfg.cross_attention and not file_has_cross:
         sd |= fresh_cross_attention(model)
+    elif cfg.coverage:
+        sd |= {f"h.{i}.crossattention.coverage": torch.zeros(cfg.n_head) for i in range(cfg.n_layer)}
     return assign_weights(model, sd, path)
 
 

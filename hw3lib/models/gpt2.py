@@ -32,6 +32,7 @@ class GPT2Config:
     n_head: int = 12  # attention heads (self- and cross-attention alike)
     n_embd: int = 768  # model width
     cross_attention: bool = False  # add a cross-attention sub-layer to every block (the captioner)
+    coverage: bool = False  # cross-attention scores also see each encoder token's earlier attention (See et al.)
     layer_norm_epsilon: float = 1e-5  # GPT-2's LayerNorm epsilon
 
     @classmethod
@@ -46,7 +47,8 @@ class GPT2Config:
 
 
 class KVCache:
-    """One layer's self-attention keys and values, preallocated: (B, nh, capacity, hs) each.
+    """One layer's decoding state: self-attention keys and values, preallocated: (B, nh, capacity, hs)
+    each; and, under coverage, the attention each encoder token has had so far (B, nh, S).
 
     `append` writes new keys/values in place and returns views of everything so far, so a decoding
     step costs no concatenation. Rows can be reordered (beam search) or dropped (finished captions).
@@ -58,6 +60,7 @@ class KVCache:
         self.size = 0  # positions filled
         self.k: torch.Tensor | None = None  # (B, nh, capacity, hs)
         self.v: torch.Tensor | None = None
+        self.coverage: torch.Tensor | None = None  # (B, nh, S): cross-attention summed over positions so far
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, nh, T, hs = k.shape  # (B, nh, T, hs)
@@ -75,6 +78,8 @@ class KVCache:
         """Keep rows `index` (in that order): beam reordering or dropping finished rows."""
         if self.k is not None:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        if self.coverage is not None:
+            self.coverage = self.coverage.index_select(0, index)
 
 
 class SelfAttention(nn.Module):
@@ -141,6 +146,9 @@ class CrossAttention(nn.Module):
         self.q_attn = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.c_attn = nn.Linear(cfg.n_embd, 2 * cfg.n_embd)  # encoder tokens -> keys, values
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        # coverage (See et al. 2017, eq. 11): score_ti += w_h * c_ti, c_t = the attention token i had at
+        # the caption's earlier positions; one weight per head, 0 at first (the model is unchanged)
+        self.coverage = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.coverage else None
 
     def kv(self, enc):
         B, S, C = enc.shape  # (B, S, C) encoder tokens
@@ -148,14 +156,16 @@ class CrossAttention(nn.Module):
         return tuple(t.view(B, S, self.n_head, C // self.n_head).transpose(1, 2).contiguous()
                      for t in (k, v))  # (B, nh, S, hs)
 
-    def forward(self, x, kv, need_weights: bool = False):
+    def forward(self, x, kv, need_weights: bool = False, past: KVCache | None = None):
         R, T, C = x.shape  # (R, T, C): R = B images x G rows each
         k, v = kv  # (B, nh, S, hs)
         B, nh, hs = k.size(0), self.n_head, C // self.n_head
         G = R // B
         q = self.q_attn(x).view(B, G, T, nh, hs).permute(0, 3, 1, 2, 4).reshape(B, nh, G * T, hs)
-        if need_weights:  # explicit softmax so the maps can be returned
+        if need_weights or self.coverage is not None:  # explicit softmax so the maps can be returned
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, G*T, S)
+            if self.coverage is not None:
+                att = att + self.coverage.view(1, nh, 1, 1) * self._coverage(att.softmax(dim=-1), B, G, T, past)
             att = att.softmax(dim=-1)
             y = att @ v
             if G > 1:  # (R, nh, T, S); with G = 1 the very tensor y came from (gradient relevance needs it)
@@ -165,6 +175,25 @@ class CrossAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, G*T, hs)
         y = y.view(B, nh, G, T, hs).permute(0, 2, 3, 1, 4).reshape(R, T, C)
         return self.c_proj(y), att
+
+    @staticmethod
+    def _coverage(raw: torch.Tensor, B: int, G: int, T: int, past: KVCache | None) -> torch.Tensor:
+        """raw (B, nh, G*T, S): each position's attention before coverage -> the attention each encoder
+        token had at the row's earlier positions (B, nh, G*T, S): earlier positions of this call, plus
+        what `past` holds from earlier calls (updated in place: decoding one token at a time equals
+        the whole caption at once). Coverage sums this raw attention, so every position's is known in
+        one pass (See et al. sum the final attention, one position after another)."""
+        nh, S = raw.shape[1], raw.shape[-1]
+        raw = raw.view(B, nh, G, T, S)
+        before = raw.cumsum(dim=3) - raw  # (B, nh, G, T, S)
+        if past is not None:
+            if not isinstance(past, KVCache):
+                raise ValueError("coverage needs a KVCache to carry its state between decoding steps")
+            if past.coverage is not None:  # (R, nh, S) -> (B, nh, G, 1, S)
+                before = before + past.coverage.view(B, G, nh, S).permute(0, 2, 1, 3).unsqueeze(3)
+            total = raw.sum(dim=3).permute(0, 2, 1, 3).reshape(B * G, nh, S)
+            past.coverage = total if past.coverage is None else past.coverage + total
+        return before.view(B, nh, G * T, S)
 
 
 class MLP(nn.Module):
@@ -197,7 +226,7 @@ class Block(nn.Module):
         x = x + a
         att = None
         if cross_kv is not None:
-            c, att = self.crossattention(self.ln_cross_attn(x), cross_kv, need_weights)
+            c, att = self.crossattention(self.ln_cross_attn(x), cross_kv, need_weights, past)
             x = x + c
         x = x + self.mlp(self.ln_2(x))
         return x, present, att
@@ -301,4 +330,6 @@ def fresh_cross_attention(model: GPT2) -> dict[str, torch.Tensor]:
             m.apply(GPT2._init_weights)
         blk.ln_cross_attn.reset_parameters()
         nn.init.normal_(blk.crossattention.c_proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * model.config.n_layer))
+        if blk.crossattention.coverage is not None:
+            nn.init.zeros_(blk.crossattention.coverage)
     return {k: v for k, v in model.state_dict().items() if is_cross_attention_key(k)}

@@ -28,10 +28,10 @@ def load_tokenizer(m: Manifest):
     return load_gpt2_tokenizer(m.tokenizer.encoder_json, m.tokenizer.vocab_bpe, m.tokenizer.vocab_size)
 
 
-def load_decoder_from_manifest(m: Manifest, cross_attention: bool = False):
+def load_decoder_from_manifest(m: Manifest, cross_attention: bool = False, coverage: bool = False):
     from .decoder_file import load_decoder
 
-    return load_decoder(m.decoder.weights, n_head=m.decoder.n_head, cross_attention=cross_attention)
+    return load_decoder(m.decoder.weights, n_head=m.decoder.n_head, cross_attention=cross_attention, coverage=coverage)
 
 
 def register_clip_config(config_path: str | os.PathLike, name: str) -> None:

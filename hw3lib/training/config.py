@@ -43,13 +43,22 @@ class TrainConfig:
     max_trainable: int = Field(35_000_000, ge=1, le=10**12,
                                description="refuse to train above this many trainable parameters")
     val_every: int = Field(0, ge=0, le=BIG, description="optimiser steps between validations (0 = once per epoch)")
-    val_images: int = Field(100, ge=1, le=BIG, description="val images used for validation loss and metrics")
+    select_images: int = Field(100, ge=1, le=BIG, description="training images held out (never trained on) to "
+                               "validate on and choose the best checkpoint; no val image chooses it")
     select_metric: Literal["cider", "loss"] = Field(
         "cider", description="best checkpoint by: cider | loss (cider needs a validator)")
     no_repeat_ngram_size: int = Field(0, ge=0, le=BIG, description="validation and val_predictions captions: ban "
                                                                    "repeated n-grams (0 = off)")
     repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False, description="validation and val_predictions "
                                       "captions: transformers' penalty (1 = off)")
+    coverage: Literal["off", "see", "doubly-stochastic"] = Field(
+        "off", description="a loss on the cross-attention against repeats and omissions (no boxes needed): see "
+                           "(See et al. 2017: attention again where the caption looked) | doubly-stochastic (Xu et al. "
+                           "2015: every encoder token attended about once) | off")
+    coverage_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="weight of the coverage loss")
+    attention_supervision: float = Field(0.0, ge=0, allow_inf_nan=False, description="weight of attention "
+                                         "supervision: -log attention inside the named object's box at its phrase "
+                                         "(Liu et al. 2017; needs p2_data/boxes.json; 0 = off)")
     max_steps: int = Field(0, ge=0, le=BIG, description="stop after this many optimiser steps (0 = run all epochs)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="data order, initialisation of new modules")
     log_every: int = Field(10, ge=1, le=BIG, description="optimiser steps between log lines")

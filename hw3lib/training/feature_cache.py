@@ -47,9 +47,12 @@ def file_digest(path: str | os.PathLike) -> str:
 class FeatureCache:
     """Disk cache of encoder tokens keyed by (encoder fingerprint, image content)."""
 
-    def __init__(self, root: str | os.PathLike, fingerprint: str):
+    def __init__(self, root: str | os.PathLike, fingerprint: str, memory_bytes: int = 1 << 30):
         self.root = Path(root)
         self.fingerprint = fingerprint
+        self.memory_bytes = memory_bytes  # entries also kept in memory up to this many bytes (0 = none)
+        self._memory: dict[str, torch.Tensor] = {}
+        self._held = 0  # bytes held in memory
         self._keys: dict[Path, str] = {}
         self.hits = 0
         self.misses = 0
@@ -64,7 +67,21 @@ class FeatureCache:
     def _file(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
+    def _remember(self, key: str, tokens: torch.Tensor) -> None:
+        size = tokens.numel() * tokens.element_size()
+        if key not in self._memory and self._held + size <= self.memory_bytes:
+            self._memory[key] = tokens
+            self._held += size
+
     def _read(self, key: str) -> torch.Tensor | None:
+        if key in self._memory:  # read (and checked) from disk once already
+            return self._memory[key]
+        t = self._read_file(key)
+        if t is not None:
+            self._remember(key, t)
+        return t
+
+    def _read_file(self, key: str) -> torch.Tensor | None:
         from safetensors.torch import load_file
 
         f = self._file(key)
@@ -85,8 +102,10 @@ class FeatureCache:
         from safetensors.torch import save_file
 
         self.shape = tuple(tokens.shape)
+        tokens = tokens.detach().cpu().contiguous()
         with atomic_path(self._file(key)) as tmp:
-            save_file({"tokens": tokens.detach().cpu().contiguous()}, str(tmp))
+            save_file({"tokens": tokens}, str(tmp))
+        self._remember(key, tokens)
 
     def get(self, paths: list[Path], encode: Callable[[list[Path]], torch.Tensor], batch_size: int = 32,
             progress: bool = False) -> list[torch.Tensor]:

@@ -29,7 +29,10 @@ from ..core.files import fault_point
 from ..core.precision import Precision, choose_precision
 from ..core.progress import progress
 from ..core.tokenizer import teacher_forcing_batch
+from ..demo.world import Obj, boxes_for
 from ..models.captioner import Captioner, check_budget, format_report, parameter_report
+from . import attention_losses as att_losses
+from .attention_targets import CaptionGrounding, caption_targets
 from .config import TrainConfig
 from .feature_cache import FeatureSource
 from .runfolder import RunFolder, changed_inputs, config_key
@@ -44,14 +47,41 @@ class CaptionData:
     references: list[list[str]]  # their captions, as text
     pairs: list[tuple[int, list[int]]]  # (image index, caption token ids)
     eot: int  # start / end / pad token
+    grounding: CaptionGrounding | None = None  # the objects behind the captions, where boxes are known
 
 
-def caption_data(cs: CaptionSet, tokenizer, max_tokens: int) -> CaptionData:
+@dataclass(frozen=True)
+class Objects:
+    """What an image's objects are, for captions whose objects are known (the demo world's boxes.json)."""
+    boxes: dict[str, tuple[Obj, ...]]  # boxes.json: "split/name" -> objects
+    shapes: tuple[str, ...]  # the object words
+    colors: tuple[str, ...]
+    split: str  # the split the captions come from
+
+
+def caption_data(cs: CaptionSet, tokenizer, max_tokens: int, objects: Objects | None = None) -> CaptionData:
+    """Captions as token ids in the course's layout; with `objects`, also where each phrase naming an
+    object sits and which object it names (`attention_targets`)."""
     images = [im for im in cs.images if cs.captions.get(im.id)]
     caps = [(i, c) for i, im in enumerate(images) for c in cs.captions[im.id]]
-    ids = tokenizer.encode_batch([c for _, c in caps])
-    return CaptionData([im.path for im in images], [list(cs.captions[im.id]) for im in images],
-                       [(i, t[: max_tokens - 1]) for (i, _), t in zip(caps, ids, strict=True)], tokenizer.eot_id)
+    encoded = tokenizer.encode_with_offsets([c for _, c in caps])
+    data = CaptionData([im.path for im in images], [list(cs.captions[im.id]) for im in images],
+                       [(i, t[: max_tokens - 1]) for (i, _), (t, _) in zip(caps, encoded, strict=True)],
+                       tokenizer.eot_id)
+    if objects is not None:
+        objs = [boxes_for(im.path.name, objects.boxes, objects.split) for im in images]
+        targets = [caption_targets(c, offsets, objs[i], objects.shapes, objects.colors, max_tokens - 1)
+                   for (i, c), (_, offsets) in zip(caps, encoded, strict=True)]
+        data.grounding = CaptionGrounding(objs, [image_side(p) for p in data.paths], targets)
+    return data
+
+
+def image_side(path: Path) -> int:
+    """The longer side of an image, read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return max(im.size)
 
 
 def augmentation_transform(base, hflip: float, jitter: float):
@@ -84,6 +114,7 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def batch_loss(model, feats, pairs, eot, max_len, autocast) -> torch.Tensor:
+    """The captions' mean per-token cross-entropy under teacher forcing."""
     x, y = teacher_forcing_batch([t for _, t in pairs], eot, max_len)
     x, y = x.to(feats.device), y.to(feats.device)
     with autocast():
@@ -91,10 +122,40 @@ def batch_loss(model, feats, pairs, eot, max_len, autocast) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
 
 
+def needs_maps(cfg: TrainConfig) -> bool:
+    """Does the objective read the cross-attention (a coverage loss or attention supervision)?"""
+    return cfg.coverage != "off" or cfg.attention_supervision > 0
+
+
+def training_loss(model, feats, pairs, eot, cfg: TrainConfig, autocast, grounding: CaptionGrounding | None = None,
+                  captions: list[int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """`batch_loss` plus the attention terms `cfg` asks for (`attention_losses`), on the maps of the
+    same forward pass; `grounding` and the pairs' indices (`captions`) give the boxes supervision
+    needs. Returns (loss, each term's value)."""
+    if not needs_maps(cfg):
+        ce = batch_loss(model, feats, pairs, eot, cfg.max_caption_tokens, autocast)
+        return ce, {"ce": ce.item()}
+    x, y = teacher_forcing_batch([t for _, t in pairs], eot, cfg.max_caption_tokens)
+    x, y = x.to(feats.device), y.to(feats.device)
+    with autocast():
+        logits, atts = model(feats, x, need_weights=True)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+    att = att_losses.mean_map(atts)  # (B, T, S)
+    loss, parts = ce, {"ce": ce.item()}
+    if cfg.coverage != "off":
+        term = (att_losses.coverage if cfg.coverage == "see" else att_losses.doubly_stochastic)(att, y != -100)
+        loss, parts["coverage"] = loss + cfg.coverage_weight * term, term.item()
+    if cfg.attention_supervision > 0:
+        where, inside, _ = grounding.batch(captions, [p[0] for p in pairs], x.shape[1], att.shape[-1])
+        term = att_losses.supervision(att, where.to(att.device), inside.to(att.device))
+        loss, parts["supervision"] = loss + cfg.attention_supervision * term, term.item()
+    return loss, parts
+
+
 @torch.no_grad()
 def validation_loss(model, source: FeatureSource, data: CaptionData, cfg: TrainConfig, autocast) -> float:
     model.eval()
-    keep = set(range(min(cfg.val_images, len(data.paths))))
+    keep = set(range(min(cfg.select_images, len(data.paths))))
     pairs = [p for p in data.pairs if p[0] in keep]
     total, count = 0.0, 0
     for i in range(0, len(pairs), 64):
@@ -190,11 +251,16 @@ class Trainer:
         """One optimiser step over cfg.grad_accum micro-batches; returns its log entry."""
         cfg, state = self.cfg, self.state
         self.opt.zero_grad(set_to_none=True)
-        loss_sum = 0.0
+        loss_sum, terms = 0.0, {}
         for _ in range(cfg.grad_accum):
-            pairs = [self.train.pairs[i] for i in order[state["micro"]].tolist()]
+            captions = order[state["micro"]].tolist()
+            pairs = [self.train.pairs[i] for i in captions]
             feats = self.train_source([p[0] for p in pairs])
-            loss = batch_loss(self.net, feats, pairs, self.train.eot, cfg.max_caption_tokens, self.autocast) / cfg.grad_accum
+            loss, parts = training_loss(self.net, feats, pairs, self.train.eot, cfg, self.autocast, self.train.grounding,
+                                        captions)
+            loss = loss / cfg.grad_accum
+            for k, v in parts.items():
+                terms[k] = terms.get(k, 0.0) + v / cfg.grad_accum
             if not torch.isfinite(loss):
                 kept = self.folder.checkpoint("last")
                 raise HW3Error(f"non-finite loss ({loss.item()}) at step {state['step']}: training stopped; "
@@ -215,11 +281,12 @@ class Trainer:
             self.opt.step()
         state["step"] += 1
         fault_point("step")
+        terms = terms if len(terms) > 1 else {}  # the loss is the cross-entropy alone
         return {"step": state["step"], "epoch": state["epoch"], "loss": loss_sum, "lr": lr,
-                "grad_norm": None if gnorm is None else float(gnorm)}
+                "grad_norm": None if gnorm is None else float(gnorm)} | terms
 
     def validate(self) -> dict:
-        """val_loss on the first cfg.val_images val images, plus the validator's metrics (CIDEr)."""
+        """val_loss on the held-out images (the first cfg.select_images), plus the validator's metrics (CIDEr)."""
         result = {"step": self.state["step"], "epoch": self.state["epoch"]}
         if self.val is not None and self.val_source is not None:
             result["val_loss"] = validation_loss(self.model, self.val_source, self.val, self.cfg, self.autocast)
@@ -291,7 +358,8 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
     if resume:
         t.restore()
     folder.start({"captioner": asdict(model.config), "train": asdict(cfg), "parameters": t.report,
-                  "world_size": t.world, "precision": t.precision.describe(), "inputs": t.inputs}, t.state["step"])
+                  "world_size": t.world, "precision": t.precision.describe(), "inputs": t.inputs,
+                  "validated_on": [p.name for p in val.paths] if val is not None else []}, t.state["step"])
     model.train()
     if model.encoder is not None:
         model.encoder.eval()

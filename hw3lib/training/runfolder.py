@@ -46,6 +46,8 @@ def input_fingerprint(manifest, p2_dir) -> dict[str, str]:
 
     p2_dir = Path(p2_dir)
     out = {name: file_digest(require_file(p2_dir / name, "caption file")) for name in ("train.json", "val.json")}
+    if (p2_dir / "boxes.json").is_file():  # the objects behind the captions (attention supervision, curves)
+        out["boxes.json"] = file_digest(p2_dir / "boxes.json")
     out |= {f"tokenizer.{k}": file_digest(getattr(manifest.tokenizer, k)) for k in ("encoder_json", "vocab_bpe")}
     for label, path in (("decoder.weights", manifest.decoder.weights), ("encoder.checkpoint", manifest.encoder.checkpoint)):
         if path is not None:

@@ -1,0 +1,88 @@
+"""Linear probes on a frozen encoder's tokens: is what the captioner must say there to be read?
+
+If a linear read-out of the patch tokens cannot tell which colour and shape sit under each patch, or a
+read-out of the image's tokens cannot tell how many objects there are, no decoder can track the objects
+and the encoder is the bottleneck. If they can, the information is there and the decoder loses it.
+
+Each probe is a multinomial logistic regression (standardised features, full-batch Adam, weight decay)
+fitted on one set of images and scored on another; chance is the most frequent class's share of the
+scored items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..core.results import ProbeRow
+from ..demo.world import Obj
+from ..training.attention_targets import patch_grid
+
+BACKGROUND = -1
+
+
+def patch_labels(objects: Sequence[Obj], side: int, n_tokens: int, vocab: Sequence[str], attr: str) -> torch.Tensor:
+    """(patches,) long: the index in `vocab` of attribute `attr` ("color" / "shape") of the object whose
+    box holds each patch's centre; BACKGROUND where none does."""
+    _, g = patch_grid(n_tokens)
+    cell = side / g
+    out = torch.full((g * g,), BACKGROUND, dtype=torch.long)
+    for r in range(g):
+        for c in range(g):
+            x, y = (c + 0.5) * cell, (r + 0.5) * cell
+            for o in objects:
+                if o.box[0] <= x < o.box[2] and o.box[1] <= y < o.box[3]:
+                    out[r * g + c] = vocab.index(getattr(o, attr))
+    return out
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 300, lr: float = 0.05,
+              weight_decay: float = 1e-4, seed: int = 0):
+    """A linear classifier of features x (N, E) -> labels y (N,); returns predict(x) -> (N,) labels."""
+    g = torch.Generator().manual_seed(seed)
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    w = (torch.randn(x.shape[1], n_classes, generator=g) * 0.01).requires_grad_()
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+    z = (x - mean) / std
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(z @ w + b, y).backward()
+        opt.step()
+    w, b = w.detach(), b.detach()
+    return lambda q: (((q - mean) / std) @ w + b).argmax(dim=1)
+
+
+def probe(task: str, x_fit, y_fit, x_test, y_test, n_classes: int) -> ProbeRow:
+    predict = fit_probe(x_fit, y_fit, n_classes)
+    right = (predict(x_test) == y_test).float().mean().item()
+    chance = torch.bincount(y_test, minlength=n_classes).max().item() / len(y_test)
+    return ProbeRow(task, right, chance, len(y_test))
+
+
+def encoder_probes(fit_tokens: torch.Tensor, fit_objects: Sequence[Sequence[Obj]], test_tokens: torch.Tensor,
+                   test_objects: Sequence[Sequence[Obj]], side: int, shapes: Sequence[str], colors: Sequence[str]
+                   ) -> list[ProbeRow]:
+    """Probes of an encoder's tokens (N, S, E) on two sets of images with known objects: each object
+    patch's colour and shape, and the image's object count from the prefix (CLS) token and from the
+    mean of the patch tokens."""
+    n_tokens = fit_tokens.shape[1]
+    prefix, _ = patch_grid(n_tokens)
+    rows = []
+    for attr, vocab, name in (("color", list(colors), "patch colour"), ("shape", list(shapes), "patch shape")):
+        sets = []
+        for tokens, objects in ((fit_tokens, fit_objects), (test_tokens, test_objects)):
+            labels = torch.stack([patch_labels(o, side, n_tokens, vocab, attr) for o in objects])  # (N, P)
+            keep = labels != BACKGROUND
+            sets += [tokens[:, prefix:][keep].float(), labels[keep]]
+        rows.append(probe(name, *sets, len(vocab)))
+    counts = [torch.tensor([len(o) for o in objs]) for objs in (fit_objects, test_objects)]
+    n_classes = int(max(c.max() for c in counts)) + 1
+    if prefix:
+        rows.append(probe("object count (CLS token)", fit_tokens[:, 0].float(), counts[0], test_tokens[:, 0].float(),
+                          counts[1], n_classes))
+    rows.append(probe("object count (mean of patches)", fit_tokens[:, prefix:].float().mean(1), counts[0],
+                      test_tokens[:, prefix:].float().mean(1), counts[1], n_classes))
+    return rows

@@ -1,0 +1,129 @@
+"""Where each caption token should look: the encoder tokens under the box of the object its phrase names.
+
+Attention supervision (Liu et al. 2017, "Attention Correctness in Neural Image Captioning") and the
+pointing curve of training both need, for a caption and its image's objects:
+  - the phrases that name an object ("a small red circle", "a circle coloured red"), as token positions;
+  - which object each phrase names (colour and shape, then size where the phrase says it);
+  - the encoder tokens (patches) each object covers.
+
+Token positions follow the teacher-forcing layout (`tokenizer.teacher_forcing_batch`): the output at
+position j predicts caption token j, so the positions of a phrase's tokens are where the decoder decides
+to name that object; its first position is where it decides *which* object comes next.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..demo.world import Obj
+from ..metrics.objects import Phrase, phrases
+
+
+@dataclass(frozen=True)
+class PhraseTarget:
+    """Where a phrase sits in the caption's tokens, and the object it names."""
+    tokens: tuple[int, int]  # [start, end) token positions
+    obj: int  # index into the image's objects
+
+
+def assign(found: list[Phrase], objects: Sequence[Obj]) -> list[int | None]:
+    """The object each phrase names, each object named at most once: same shape, same colour where the
+    phrase gives one, same size where it gives one; among equals the first not yet taken. None when
+    no object is left that fits."""
+    taken: set[int] = set()
+    out: list[int | None] = []
+    for p in found:
+        fits = [k for k, o in enumerate(objects) if k not in taken and o.shape == p.shape
+                and p.color in (None, o.color) and p.size in (None, o.size)]
+        k = fits[0] if fits else None
+        if k is not None:
+            taken.add(k)
+        out.append(k)
+    return out
+
+
+def caption_targets(caption: str, offsets: Sequence[tuple[int, int]], objects: Sequence[Obj],
+                    shapes: Sequence[str], colors: Sequence[str], max_tokens: int | None = None) -> list[PhraseTarget]:
+    """Token positions of each phrase of `caption` (tokens given by their character `offsets`) and the
+    object it names; phrases cut off by `max_tokens` or naming no object are left out."""
+    found = phrases(caption, shapes, colors)
+    out = []
+    for p, k in zip(found, assign(found, objects), strict=True):
+        inside = [j for j, (s, e) in enumerate(offsets) if s < p.chars[1] and e > p.chars[0]
+                  and caption[s:e].strip()]
+        if k is None or not inside or (max_tokens is not None and inside[-1] >= max_tokens):
+            continue
+        out.append(PhraseTarget((inside[0], inside[-1] + 1), k))
+    return out
+
+
+def patch_grid(n_tokens: int) -> tuple[int, int]:
+    """(prefix tokens, grid side) of an encoder's token sequence: a square grid of patches behind a few
+    prefix tokens (CLS, registers): 65 -> (1, 8), 197 -> (1, 14), 64 -> (0, 8)."""
+    g = math.isqrt(n_tokens)
+    return n_tokens - g * g, g
+
+
+def object_masks(objects: Sequence[Obj], side: int, n_tokens: int) -> torch.Tensor:
+    """(n_objects, S) bool: the encoder tokens whose patch overlaps each object's box, for an image of
+    `side` pixels and S = `n_tokens` encoder tokens (prefix tokens first)."""
+    prefix, g = patch_grid(n_tokens)
+    cell = side / g
+    out = torch.zeros(len(objects), n_tokens, dtype=torch.bool)
+    for k, o in enumerate(objects):
+        x0, y0, x1, y1 = o.box
+        cols = range(int(x0 // cell), min(g, math.ceil(x1 / cell)))
+        rows = range(int(y0 // cell), min(g, math.ceil(y1 / cell)))
+        for r in rows:
+            for c in cols:
+                out[k, prefix + r * g + c] = True
+    return out
+
+
+def batch_targets(targets: Sequence[Sequence[PhraseTarget]], masks: Sequence[torch.Tensor], T: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a batch of captions (their phrase targets and their images' `object_masks`), padded to T
+    positions: where each position should look (B, T, S) bool, the positions inside a phrase (B, T)
+    and the first position of each phrase (B, T) - where the next object is chosen."""
+    S = masks[0].shape[1]
+    where = torch.zeros(len(targets), T, S, dtype=torch.bool)
+    inside = torch.zeros(len(targets), T, dtype=torch.bool)
+    first = torch.zeros(len(targets), T, dtype=torch.bool)
+    for b, (tg, m) in enumerate(zip(targets, masks, strict=True)):
+        for t in tg:
+            s, e = t.tokens[0], min(t.tokens[1], T)
+            if s >= T:
+                continue
+            where[b, s:e] = m[t.obj]
+            inside[b, s:e] = True
+            first[b, s] = True
+    return where, inside, first
+
+
+@dataclass
+class CaptionGrounding:
+    """The objects behind a set of captions: per image its objects and side, per caption its phrase
+    targets; object masks are made once per (image, encoder length)."""
+    objects: list[tuple[Obj, ...]]  # per image
+    sides: list[int]  # per image: its side in pixels (boxes are in pixels)
+    targets: list[list[PhraseTarget]]  # per caption, in the order of the captions
+    _masks: dict = None  # (image, S) -> (n_objects, S) bool
+
+    def masks(self, image: int, n_tokens: int) -> torch.Tensor:
+        if self._masks is None:
+            self._masks = {}
+        key = (image, n_tokens)
+        if key not in self._masks:
+            self._masks[key] = object_masks(self.objects[image], self.sides[image], n_tokens)
+        return self._masks[key]
+
+    def batch(self, captions: Sequence[int], images: Sequence[int], T: int, n_tokens: int):
+        """`batch_targets` for captions (their indices) of images (their indices)."""
+        return batch_targets([self.targets[c] for c in captions], [self.masks(i, n_tokens) for i in images], T)
+
+    def phrases(self) -> int:
+        return sum(len(t) for t in self.targets)
