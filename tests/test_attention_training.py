@@ -11,11 +11,11 @@ from hw3lib.core.data import CaptionSet, ImageRecord
 from hw3lib.core.errors import HW3Error
 from hw3lib.core.tokenizer import load_gpt2_tokenizer
 from hw3lib.demo.world import COLORS, SHAPES, Obj, draw_scene, make_captions, reading_order
-from hw3lib.metrics.objects import phrases
+from hw3lib.metrics.objects import object_masks, patch_grid, phrases
 from hw3lib.metrics.probe import encoder_probes, patch_labels
 from hw3lib.metrics.relations import check, relation_counts, stated_relations
 from hw3lib.training import attention_losses as L
-from hw3lib.training.attention_targets import assign, batch_targets, caption_targets, object_masks, patch_grid
+from hw3lib.training.attention_targets import assign, batch_targets, caption_targets
 from hw3lib.training.selection import selection_split
 
 COLOR_NAMES = list(COLORS)
@@ -261,3 +261,22 @@ def test_relations_checked_against_boxes():
                                                                        "val/c.jpg": objs}, SHAPES, COLOR_NAMES)
     assert counts.stated.tolist() == [1, 1, 1] and counts.checkable.tolist() == [1, 1, 0]
     assert counts.true.tolist() == [1, 0, 0] and counts.accuracy == 0.5
+
+
+def test_caption_order_is_checked_and_recorded(tmp_path, small_world):
+    from hw3lib.demo.world import DemoWorld, write_demo_world
+
+    with pytest.raises(HW3Error, match="unknown caption order 'random'"):
+        write_demo_world(tmp_path / "w", size="small", progress=False, caption_order="random")
+    assert not (tmp_path / "w").exists()
+    assert DemoWorld.load(small_world).caption_order == "reading"  # the default design
+    import json
+
+    record = json.loads((small_world / "DEMO.json").read_text())
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "DEMO.json").write_text(json.dumps({k: v for k, v in record.items() if k != "caption_order"}))
+    assert DemoWorld.load(old).caption_order == "drawn"  # a world written before the option: the first design
+    (old / "DEMO.json").write_text(json.dumps(record | {"caption_order": "sideways"}))
+    with pytest.raises(HW3Error, match="caption_order"):
+        DemoWorld.load(old)

@@ -93,7 +93,7 @@ def test_p2_notebook_smoke(small_models, small_world, tmp_path):
     assert inline_images(tmp_path / "p2_peft_captioning.ipynb") >= saved >= 5  # every saved figure also shown
     nb = nbformat.read(tmp_path / "p2_peft_captioning.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "[variant 1/2] none" in text and "[variant 2/2] lora16: CIDEr" in text  # progress per variant
+    assert "[train 1/3] none" in text and "[evaluate 2/3] lora16: CIDEr" in text  # progress per run
     summary = json.loads((fig / "p2_summary.json").read_text())
     assert [r["variant"] for r in summary["rows"]] == ["untrained", "none", "lora16"]
     assert summary["rows"][2]["trainable"] > summary["rows"][1]["trainable"] > 0

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -333,7 +334,7 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
                      device="cpu", beams_best: int = 3, max_len: int = 40, progress=True, reference: str | None = None,
                      n_boot: int = 2000, controls: Controls = OFF,
                      decoding_grid: dict[str, Controls] | None = None, world: DemoWorld | None = None,
-                     ablation: dict[str, Recipe] | None = None) -> Comparison:
+                     ablation: dict[str, Recipe] | None = None, processes: int = 1) -> Comparison:
     """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
     model, and greedy vs beam for the best variant. Every row carries bootstrap intervals, and paired
     differences against the `reference` variant (the report's setting). Every caption is decoded with
@@ -341,7 +342,8 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
     compared with the first on the same images. On the demo world (`world`) captions are also scored
     against its objects. `ablation` (row name -> `Recipe`) trains the `reference` variant's config under
     other recipes, each compared with the reference on the same images. Every run's validations on its
-    held-out training images are the table's learning curves."""
+    held-out training images are the table's learning curves. On the CPU, `processes` > 1 trains that
+    many runs at once (`train_jobs`)."""
     m = manifest_for(assets)
     clip = load_clip(m.clip, device)
     p2_dir, runs_dir = Path(p2_dir), Path(runs_dir)
@@ -352,22 +354,28 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
         preds = caption_folder(model, m, paths, Decoding(beams, max_len, controls=how), device, progress)
         return preds, score_predictions(preds, p2_dir, m, clip, device, world)
 
+    jobs = [TrainJob(name, str(config), p2_dir, runs_dir / name, dict(overrides or {}))
+            for name, config in variants.items()]
+    jobs += [TrainJob(name, str(variants[reference]), recipe.p2_dir, runs_dir / "ablation" / slug(name),
+                      dict(overrides or {}) | recipe.overrides) for name, recipe in (ablation or {}).items()]
+    summaries = train_jobs(jobs, assets, device, processes)
+
     preds, sc = caption_and_score(load_run(None, m, device))
     rows = [VariantRow("untrained", sc["CIDEr"], sc["CLIPScore"])]
     scored, preds_by = {"untrained": sc}, {"untrained": preds}
-    for i, (name, config) in enumerate(variants.items(), 1):
-        run = runs_dir / name
-        print(f"[variant {i}/{len(variants)}] {name}: training (or reusing) {run}", flush=True)
+    evaluated = []
+    for i, job in enumerate(jobs, 1):
         t0 = time.time()
-        summary = train_run(config, assets, p2_dir, run, overrides, device)
-        model = load_run(run, m, device)
-        preds = write_val_predictions(model, run, m, paths, device, max_len, progress, controls)
-        sc = score_predictions(preds, p2_dir, m, clip, device, world)
-        rows.append(VariantRow(name, sc["CIDEr"], sc["CLIPScore"], model.config.peft, summary["parameters"]["trainable"],
-                               str(run)))
-        print(f"[variant {i}/{len(variants)}] {name}: CIDEr {sc['CIDEr']:.3f} CLIPScore {sc['CLIPScore']:.3f} "
+        model = load_run(job.out, m, device)
+        preds = write_val_predictions(model, job.out, m, paths, device, max_len, progress, controls)
+        sc = score_predictions(preds, job.p2_dir, m, clip, device, world)
+        evaluated.append((VariantRow(job.name, sc["CIDEr"], sc["CLIPScore"], model.config.peft,
+                                     summaries[job.name]["parameters"]["trainable"], str(job.out)), sc))
+        print(f"[evaluate {i}/{len(jobs)}] {job.name}: CIDEr {sc['CIDEr']:.3f} CLIPScore {sc['CLIPScore']:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
-        scored[name], preds_by[name] = sc, preds
+        key = job.name if i <= len(variants) else f"recipe: {job.name}"
+        scored[key], preds_by[key] = sc, preds
+    rows += [r for r, _ in evaluated[:len(variants)]]
     ref = scored.get(reference) if reference else None
     rows = [with_intervals(r, scored[r.variant], ref, n_boot) for r in rows]
     trained = [r for r in rows if r.run]
@@ -388,21 +396,56 @@ def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, run
             first = first or sc
             decoding.append(with_intervals(VariantRow(f"{best.variant}, {name}", sc["CIDEr"], sc["CLIPScore"], best.peft,
                                                       best.trainable, best.run), sc, first, n_boot))
-    ablated = []
-    for i, (name, recipe) in enumerate((ablation or {}).items(), 1):
-        run = runs_dir / "ablation" / name
-        print(f"[recipe {i}/{len(ablation)}] {name}: training (or reusing) {run}", flush=True)
-        summary = train_run(variants[reference], assets, recipe.p2_dir, run, (overrides or {}) | recipe.overrides, device)
-        model = load_run(run, m, device)
-        preds = write_val_predictions(model, run, m, paths, device, max_len, progress, controls)
-        sc = score_predictions(preds, recipe.p2_dir, m, clip, device, world)
-        ablated.append(with_intervals(VariantRow(name, sc["CIDEr"], sc["CLIPScore"], model.config.peft,
-                                                 summary["parameters"]["trainable"], str(run)), sc, ref, n_boot))
-        preds_by[f"recipe: {name}"] = preds
+    ablated = [with_intervals(r, sc, ref, n_boot) for r, sc in evaluated[len(variants):]]
     curves = {r.variant: validation_curve(r.run) for r in rows + ablated if r.run}
     table = VariantTable(rows, best, beam, reference if ref else None, decoding=decoding, ablation=ablated,
                          curves=curves)
     return Comparison(table, preds_by, val.references(), {im.key: str(im.path) for im in val.images})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """One run of a comparison: `train_run(config, assets, p2_dir, out, overrides)`."""
+    name: str  # the row it makes
+    config: str  # TOML file
+    p2_dir: Path
+    out: Path  # run folder
+    overrides: dict[str, str]
+
+
+def slug(name: str) -> str:
+    """A folder name for a row name: lower-case letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1) -> dict[str, dict]:
+    """Train (or reuse) every job; its summary by name. With `processes` > 1 on the CPU, that many train
+    at once in their own processes, one thread each: the small matrices of a tiny decoder keep two
+    cores busier that way than one run with two threads (bench/bench_train_processes.py measures it). A run's
+    numbers depend on its thread count, so a comparison trains all of its runs the same way."""
+    def announce(i, job):
+        print(f"[train {i}/{len(jobs)}] {job.name}: training (or reusing) {job.out}", flush=True)
+
+    if processes <= 1 or resolve_device(device).type != "cpu":
+        out = {}
+        for i, job in enumerate(jobs, 1):
+            announce(i, job)
+            out[job.name] = train_run(job.config, assets, job.p2_dir, job.out, job.overrides, device)
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or kernel state
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_one_thread) as pool:
+        futures = {}
+        for i, job in enumerate(jobs, 1):
+            announce(i, job)
+            futures[job.name] = pool.submit(train_run, job.config, assets, job.p2_dir, job.out, job.overrides, device)
+        return {name: f.result() for name, f in futures.items()}
 
 
 @dataclasses.dataclass(frozen=True)

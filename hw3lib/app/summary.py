@@ -304,7 +304,7 @@ def ablation_lines(p2: VariantTable) -> list[str]:
     """The reference variant under each recipe, against the recipe every variant trains with."""
     if not p2.ablation:
         return []
-    ref = next(r for r in p2.rows if r.variant == p2.reference)
+    ref = p2.rows_by_name()[p2.reference]
     lines = ["", f"What each mechanism bought: {p2.reference} trained under other recipes, minus {p2.reference} "
              "with the report's recipe, on the same val images (paired bootstrap 95% intervals); relations = stated "
              "relations between two named objects that are true of the image (`metrics/relations.py`):", "",
@@ -417,10 +417,17 @@ def headline_lines(doc: dict) -> list[str]:
             lines.append(f"| P1 | the negated prompt read inverted (chance {_pct(neg.chance)}) | "
                          f"{_pct(neg.negated_inverted_accuracy.accuracy)} |")
     if "p2" in doc:
-        best = VariantTable.from_json(doc["p2"], "summary.json: p2").best
+        p2 = VariantTable.from_json(doc["p2"], "summary.json: p2")
+        best = p2.best
         exact, recall = best.score("exact")[0], best.score("recall")[0]
-        lines.append(f"| P2 | best variant ({best.variant}): scenes named exactly / object recall / CIDEr | "
-                     f"{_pct(exact)} / {_pct(recall)} / {best.CIDEr:.3f} |")
+        rel = best.relations.share if best.relations else None
+        lines.append(f"| P2 | best variant ({best.variant}): scenes named exactly / object recall / relations true / "
+                     f"CIDEr | {_pct(exact)} / {_pct(recall)} / {_pct(rel)} / {best.CIDEr:.3f} |")
+        first = next((r for r in p2.ablation if r.variant.startswith("first design")), None)
+        if first is not None and first.objects:
+            lines.append(f"| P2 | {md_text(p2.reference)}, scenes named exactly: the recipe / the first design "
+                         f"({md_text(first.variant.split(': ', 1)[-1])}) | "
+                         f"{_pct(p2.rows_by_name()[p2.reference].score('exact')[0])} / {_pct(first.score('exact')[0])} |")
     loc = doc.get("p3", {}).get("localisation")
     if loc:
         loc = Localisation.from_json(loc)

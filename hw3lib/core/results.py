@@ -326,6 +326,9 @@ class VariantTable(JsonRecord):
     curves: dict[str, list[CurvePoint]] = field(default_factory=dict)  # run (variant or ablation row) -> validations
     probe: list[ProbeRow] = field(default_factory=list)  # linear probes of the frozen encoder
 
+    def rows_by_name(self) -> dict[str, VariantRow]:
+        return {r.variant: r for r in self.rows}
+
 
 # ----------------------------------------------------------------------------------------------
 # P3

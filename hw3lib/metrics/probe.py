@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..core.results import ProbeRow
 from ..demo.world import Obj
-from ..training.attention_targets import patch_grid
+from .objects import patch_grid
 
 BACKGROUND = -1
 

@@ -13,14 +13,13 @@ to name that object; its first position is where it decides *which* object comes
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..demo.world import Obj
-from ..metrics.objects import Phrase, phrases
+from ..metrics.objects import Phrase, object_masks, phrases
 
 
 @dataclass(frozen=True)
@@ -58,29 +57,6 @@ def caption_targets(caption: str, offsets: Sequence[tuple[int, int]], objects: S
         if k is None or not inside or (max_tokens is not None and inside[-1] >= max_tokens):
             continue
         out.append(PhraseTarget((inside[0], inside[-1] + 1), k))
-    return out
-
-
-def patch_grid(n_tokens: int) -> tuple[int, int]:
-    """(prefix tokens, grid side) of an encoder's token sequence: a square grid of patches behind a few
-    prefix tokens (CLS, registers): 65 -> (1, 8), 197 -> (1, 14), 64 -> (0, 8)."""
-    g = math.isqrt(n_tokens)
-    return n_tokens - g * g, g
-
-
-def object_masks(objects: Sequence[Obj], side: int, n_tokens: int) -> torch.Tensor:
-    """(n_objects, S) bool: the encoder tokens whose patch overlaps each object's box, for an image of
-    `side` pixels and S = `n_tokens` encoder tokens (prefix tokens first)."""
-    prefix, g = patch_grid(n_tokens)
-    cell = side / g
-    out = torch.zeros(len(objects), n_tokens, dtype=torch.bool)
-    for k, o in enumerate(objects):
-        x0, y0, x1, y1 = o.box
-        cols = range(int(x0 // cell), min(g, math.ceil(x1 / cell)))
-        rows = range(int(y0 // cell), min(g, math.ceil(y1 / cell)))
-        for r in rows:
-            for c in cols:
-                out[k, prefix + r * g + c] = True
     return out
 
 
