@@ -554,11 +554,13 @@ def learning_curves_figure(curves: dict[str, list[CurvePoint]],
     panels = [("exact", "scene named exactly"), ("pointing_next", "attention peak on the next object"),
               ("repeats", "captions repeating an object")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(curves), 2)))
     for ax, (key, label) in zip(axes, panels, strict=True):
-        for name, points in curves.items():
+        for (name, points), color in zip(curves.items(), colors, strict=False):
             pts = [(p.step, getattr(p, key)) for p in points if getattr(p, key) is not None]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1, label=textwrap.shorten(name, 45))
+            if pts:  # a run validated once shows as one point at its last step
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=4, lw=1.2, color=color,
+                        label=textwrap.shorten(name, 45))
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(label)
         ax.set_ylim(0, 1)

@@ -97,6 +97,10 @@ class Phrase:
     color: str | None  # None: the shape is named without a colour
     size: str | None  # None: no size word
 
+    def fits(self, o: Obj) -> bool:
+        """Could this phrase name object `o` (its shape; its colour and size where the phrase says them)?"""
+        return o.shape == self.shape and self.color in (None, o.color) and self.size in (None, o.size)
+
 
 def phrases(caption: str, shapes: Sequence[str], colors: Sequence[str]) -> list[Phrase]:
     """Every phrase naming an object, in caption order: the shape word with the size and colour words

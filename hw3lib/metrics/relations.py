@@ -59,8 +59,7 @@ def holds(relation: str, a: Obj, b: Obj) -> bool:
 
 
 def _the_object(p: Phrase, objects: Sequence[Obj]) -> int | None:
-    fits = [k for k, o in enumerate(objects) if o.shape == p.shape and p.color in (None, o.color)
-            and p.size in (None, o.size)]
+    fits = [k for k, o in enumerate(objects) if p.fits(o)]
     return fits[0] if len(fits) == 1 else None
 
 

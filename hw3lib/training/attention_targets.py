@@ -36,8 +36,7 @@ def assign(found: list[Phrase], objects: Sequence[Obj]) -> list[int | None]:
     taken: set[int] = set()
     out: list[int | None] = []
     for p in found:
-        fits = [k for k, o in enumerate(objects) if k not in taken and o.shape == p.shape
-                and p.color in (None, o.color) and p.size in (None, o.size)]
+        fits = [k for k, o in enumerate(objects) if k not in taken and p.fits(o)]
         k = fits[0] if fits else None
         if k is not None:
             taken.add(k)
