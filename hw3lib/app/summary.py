@@ -202,6 +202,11 @@ def _share(x: Share | None, ci: bool = True) -> str:
     return f"{x.percent()} [{_ci(x.ci)}]" if ci else x.percent()
 
 
+def _of(x: Share | None) -> str:
+    """A share with its counts: "40.5% (17/42)"."""
+    return "-" if x is None or x.share is None else f"{x.percent()} ({x.right}/{x.total})"
+
+
 def p2_section(doc: dict | VariantTable) -> list[str]:
     p2 = doc if isinstance(doc, VariantTable) else VariantTable.from_json(doc)
     demo = any(r.objects for r in p2.rows)
@@ -215,14 +220,14 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
                   "captions naming a (colour, shape) the image does not hold; repeats = captions naming a present "
                   "object more often than it is there.", "",
                   "| variant | PEFT | trainable | exact scene [95% CI] | object recall [95% CI] | precision | CHAIR-s "
-                  "| repeats | relations true | CIDEr [95% CI] | CLIPScore |",
+                  "| repeats | relations true (of checkable) | CIDEr [95% CI] | CLIPScore |",
                   "|---|---|---:|---|---|---:|---:|---:|---:|---|---:|"]
         for r in p2.rows:
             o = r.objects or {}
             lines.append("| " + " | ".join([
                 md_text(r.variant), md_text(r.peft), f"{r.trainable:,}", _share(o.get("exact")), _share(o.get("recall")),
                 _share(o.get("precision"), False), _share(o.get("chair_s"), False), _share(o.get("repeats"), False),
-                _share(r.relations, False), f"{r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]", f"{r.CLIPScore:.3f}"]) + " |")
+                _of(r.relations), f"{r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]", f"{r.CLIPScore:.3f}"]) + " |")
         counts = sorted({n for r in p2.rows for n in (r.objects_by_count or {})}, key=int)
         lines += ["", "Exact scene by the number of objects in the image (recall in brackets):", "",
                   "| variant | " + " | ".join(f"{n} object{'s' if n != '1' else ''} ({_images(p2, n)} images)"
@@ -316,7 +321,7 @@ def ablation_lines(p2: VariantTable) -> list[str]:
         lines.append(f"| {md_text(name)} | {_share(o.get('exact'), False)} | "
                      f"{_share((r.objects_by_count or {}).get('3', {}).get('exact'), False)} | "
                      f"{_share(o.get('recall'), False)} | {_share(o.get('repeats'), False)} | "
-                     f"{_share(o.get('chair_s'), False)} | {_share(r.relations, False)} | "
+                     f"{_share(o.get('chair_s'), False)} | {_of(r.relations)} | "
                      f"{_delta(d.get('exact'), 100, '+.1f', ' pts')} | {_delta(d.get('recall'), 100, '+.1f', ' pts')} |")
     return lines
 
