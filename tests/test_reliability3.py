@@ -188,6 +188,7 @@ def hw3_env(*args, fault=None, errno=0):
 @pytest.mark.slow
 def test_a_killed_run_refuses_to_resume_over_changed_data_and_force_new_starts_over(world, tmp_path):
     data = shutil.copytree(world["data"] / "p2_data", tmp_path / "p2_data")
+    shutil.copy(world["data"] / "DEMO.json", tmp_path / "DEMO.json")  # the objects' words: supervision needs them
     run = tmp_path / "run"
     args = ["train", CONFIG, "--data", data, "--out", run, "--assets", world["assets"], *TRAIN]
     assert hw3_env(*args, fault="step:3").returncode == -9  # killed after a save at step 2

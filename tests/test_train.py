@@ -172,21 +172,22 @@ def test_ddp_two_processes_on_cpu(small_models, small_world, tmp_path):
     cfg = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert cfg["world_size"] == 2
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["steps"] == 600 // (8 * 2)  # 600 pairs split across two ranks
+    assert summary["steps"] == (600 - 4 * 5) // (8 * 2)  # 600 pairs less the 4 held-out images', over two ranks
     read_checkpoint(tmp_path / "ddp")
 
 
 def test_checkpoint_chosen_on_held_out_training_images_never_val(small_models, small_world, tmp_path):
-    """No val image is read by training: with the val images gone the run trains, validates on the
-    held-out training images (recorded, and never trained on), and logs the learning-curve measures;
-    attention supervision without boxes.json is refused before any work."""
+    """No val image is read by training: with every val image emptied (unreadable) the run trains,
+    validates on the held-out training images (recorded, and never trained on), and logs the
+    learning-curve measures; attention supervision without boxes.json is refused before any work."""
     import shutil
 
     from hw3lib.app.pipeline import train_run
     from hw3lib.training.selection import selection_split
 
     data = shutil.copytree(small_world, tmp_path / "hw3_data")
-    shutil.rmtree(data / "p2_data" / "images" / "val")
+    for image in (data / "p2_data" / "images" / "val").iterdir():
+        image.write_bytes(b"")
     out = tmp_path / "run"
     train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, data / "p2_data", out,
               {"max_steps": "4", "val_every": "2", "select_images": "10", "lora_r": "2", "device": "cpu",

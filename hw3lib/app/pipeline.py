@@ -79,11 +79,14 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
     cap_cfg, cfg = load_config(config, overrides)
     out, p2_dir = Path(out), Path(p2_dir)
     m = manifest_for(assets, parts=("encoder", "decoder", "tokenizer"))
+    inputs = input_fingerprint(m, p2_dir)  # also: the caption files exist
+    if len(read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")) == 0:
+        raise HW3Error(f"{p2_dir / 'val.json'}: the val split has no images (hw3 train captions it with the best "
+                       "checkpoint, which held-out training images choose)")
     objects = caption_objects(p2_dir, "train")
     if cfg.attention_supervision > 0 and objects is None:
         raise HW3Error(f"{p2_dir / 'boxes.json'}: attention_supervision={cfg.attention_supervision} needs the objects "
                        "behind the captions (the demo world's boxes.json); set it to 0 for this data")
-    inputs = input_fingerprint(m, p2_dir)
     if reuse and not force_new and (out / "summary.json").is_file() and (out / "config.json").is_file():
         done = read_json(out / "config.json")
         if done.get("captioner") != asdict(cap_cfg) or done.get("train") != asdict(cfg):
