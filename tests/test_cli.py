@@ -147,9 +147,12 @@ def test_caption_single_images_to_stdout(small_models, small_world, small_run, t
     one_error_line(run_cli("caption", small_world / "p2_data" / "val.json", "-", *common), "not an image file")
     r = run_cli("caption", *images, "-", *common, "--no-repeat-ngram-size", "2", "--repetition-penalty", "1.5")
     assert r.returncode == 0, r.stderr
+    from hw3lib.models.loading import load_tokenizer
+
+    tok = load_tokenizer(load_manifest(small_models))
     for caption in dict(line.split("\t") for line in r.stdout.splitlines()).values():
-        w = caption.split()
-        assert len(set(zip(w, w[1:], strict=False))) == len(w) - 1, caption  # no word pair twice
+        ids = tok.encode(caption)  # the ban is on tokens: " a" mid-caption is not the first word's "a"
+        assert len(set(zip(ids, ids[1:], strict=False))) == len(ids) - 1, caption  # no token pair twice
     for bad, name in ((["--no-repeat-ngram-size", "-1"], "no_repeat_ngram_size"),
                       (["--repetition-penalty", "0"], "repetition_penalty")):
         one_error_line(run_cli("caption", *images, "-", *common, *bad), name)
