@@ -14,7 +14,7 @@ to name that object; its first position is where it decides *which* object comes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -86,11 +86,9 @@ class CaptionGrounding:
     objects: list[tuple[Obj, ...]]  # per image
     sides: list[int]  # per image: its side in pixels (boxes are in pixels)
     targets: list[list[PhraseTarget]]  # per caption, in the order of the captions
-    _masks: dict = None  # (image, S) -> (n_objects, S) bool
+    _masks: dict = field(default_factory=dict)  # (image, S) -> (n_objects, S) bool
 
     def masks(self, image: int, n_tokens: int) -> torch.Tensor:
-        if self._masks is None:
-            self._masks = {}
         key = (image, n_tokens)
         if key not in self._masks:
             self._masks[key] = object_masks(self.objects[image], self.sides[image], n_tokens)

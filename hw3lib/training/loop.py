@@ -113,13 +113,19 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cosine_lr(step, total, cfg.lr, cfg.warmup_steps, cfg.eta_min)
 
 
-def batch_loss(model, feats, pairs, eot, max_len, autocast) -> torch.Tensor:
-    """The captions' mean per-token cross-entropy under teacher forcing."""
+def _teacher_forced(model, feats, pairs, eot, max_len, autocast, need_weights: bool = False):
+    """(mean per-token cross-entropy, targets (B, T), per-layer cross-attention or None)."""
     x, y = teacher_forcing_batch([t for _, t in pairs], eot, max_len)
     x, y = x.to(feats.device), y.to(feats.device)
     with autocast():
-        logits = model(feats, x)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+        out = model(feats, x, need_weights=need_weights)
+    logits, atts = out if need_weights else (out, None)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100), y, atts
+
+
+def batch_loss(model, feats, pairs, eot, max_len, autocast) -> torch.Tensor:
+    """The captions' mean per-token cross-entropy under teacher forcing."""
+    return _teacher_forced(model, feats, pairs, eot, max_len, autocast)[0]
 
 
 def needs_maps(cfg: TrainConfig) -> bool:
@@ -132,21 +138,16 @@ def training_loss(model, feats, pairs, eot, cfg: TrainConfig, autocast, groundin
     """`batch_loss` plus the attention terms `cfg` asks for (`attention_losses`), on the maps of the
     same forward pass; `grounding` and the pairs' indices (`captions`) give the boxes supervision
     needs. Returns (loss, each term's value)."""
-    if not needs_maps(cfg):
-        ce = batch_loss(model, feats, pairs, eot, cfg.max_caption_tokens, autocast)
-        return ce, {"ce": ce.item()}
-    x, y = teacher_forcing_batch([t for _, t in pairs], eot, cfg.max_caption_tokens)
-    x, y = x.to(feats.device), y.to(feats.device)
-    with autocast():
-        logits, atts = model(feats, x, need_weights=True)
-    ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
-    att = att_losses.mean_map(atts)  # (B, T, S)
+    ce, y, atts = _teacher_forced(model, feats, pairs, eot, cfg.max_caption_tokens, autocast, needs_maps(cfg))
     loss, parts = ce, {"ce": ce.item()}
+    if atts is None:
+        return loss, parts
+    att = att_losses.mean_map(atts)  # (B, T, S)
     if cfg.coverage != "off":
         term = (att_losses.coverage if cfg.coverage == "see" else att_losses.doubly_stochastic)(att, y != -100)
         loss, parts["coverage"] = loss + cfg.coverage_weight * term, term.item()
     if cfg.attention_supervision > 0:
-        where, inside, _ = grounding.batch(captions, [p[0] for p in pairs], x.shape[1], att.shape[-1])
+        where, inside, _ = grounding.batch(captions, [p[0] for p in pairs], y.shape[1], att.shape[-1])
         term = att_losses.supervision(att, where.to(att.device), inside.to(att.device))
         loss, parts["supervision"] = loss + cfg.attention_supervision * term, term.item()
     return loss, parts

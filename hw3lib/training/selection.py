@@ -55,8 +55,13 @@ def attention_pointing(model, data: CaptionData, features, batch_size: int = 64)
         named.append(att_losses.points_inside(att, where, inside))
         nxt.append(att_losses.points_inside(att, where, first))
         mass.append(att_losses.box_mass(att, where, inside))
-    share = lambda parts: float(torch.cat(parts).float().mean()) if sum(len(p) for p in parts) else float("nan")  # noqa: E731
-    return {"pointing_named": share(named), "pointing_next": share(nxt), "box_mass": share(mass)}
+    return {"pointing_named": _mean(named), "pointing_next": _mean(nxt), "box_mass": _mean(mass)}
+
+
+def _mean(parts: list[torch.Tensor]) -> float:
+    """The mean of every value in `parts` (NaN when there are none)."""
+    values = torch.cat(parts).float()
+    return float(values.mean()) if len(values) else float("nan")
 
 
 def selection_validator(data: CaptionData, features, tokenizer, max_len: int = 60, batch_size: int = 32,
