@@ -11,6 +11,12 @@ DEMO_SIZE ?= full
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2  # pytest-xdist processes (this machine has 2 cores); 0 runs in one process
 
+# Paths a user gives (DATA, ASSETS) are data, never shell or make code: kept out of the recipes'
+# environment (make would expand them there) and passed as the text typed, single-quoted.
+unexport DATA ASSETS
+raw = $(if $(filter command environment override,$(firstword $(origin $(1)))),$(value $(1)),$($(1)))
+shq = '$(subst ','\'',$(call raw,$(1)))'
+
 .PHONY: all venv report demo lab test lint bench gpu-smoke browser screenshot clean
 
 all: report
@@ -35,17 +41,17 @@ demo: $(DEMO)/hw3_data/DEMO.json
 	$(HW3) demo-models $(DEMO)/hw3_data $(DEMO)/models --size $(DEMO_SIZE) --seed 0
 
 # The main job. With DATA/ASSETS pointing at a real hw3_data/ and a real manifest the demo is skipped
-# and the report's own configs (configs/report_*.toml) are trained instead of the demo twins.
+# and the report's own configs (configs/report_*.toml) are trained instead of the demo twins (the report
+# tells a demo world by its DEMO.json). figures/ is replaced whole when every notebook has finished.
 report: venv
-	@if [ "$(DATA)" = "$(DEMO)/hw3_data" ]; then $(MAKE) --no-print-directory demo; fi
-	TQDM_MININTERVAL=5 $(PY) -m hw3lib.app.report --data $(DATA) --assets $(ASSETS) \
-		$(if $(filter $(DEMO)/hw3_data,$(DATA)),,--real)
+	@if [ $(call shq,DATA) = "$(DEMO)/hw3_data" ]; then $(MAKE) --no-print-directory demo; fi
+	TQDM_MININTERVAL=5 $(PY) -m hw3lib.app.report --data=$(call shq,DATA) --assets=$(call shq,ASSETS)
 
 # JupyterLab on notebooks/ with the project's kernel ("Python (hw3lib)"), the demo built first.
 # LAB_ARGS passes options through, e.g. make lab LAB_ARGS="--port 8890 --no-browser".
 LAB_ARGS ?=
 lab: venv
-	@if [ "$(DATA)" = "$(DEMO)/hw3_data" ]; then $(MAKE) --no-print-directory demo; fi
+	@if [ $(call shq,DATA) = "$(DEMO)/hw3_data" ]; then $(MAKE) --no-print-directory demo; fi
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 \
 		--MappingKernelManager.default_kernel_name=hw3lib $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
@@ -73,7 +79,7 @@ gpu-smoke: venv
 # its best P2 variant (after make report) on the P3 images.
 screenshot: venv browser
 	@test -f figures/p2_summary.json || { echo "error: figures/p2_summary.json not found: run make report first"; exit 2; }
-	HW3_EXPLORER_ASSETS=$(abspath $(ASSETS)) HW3_EXPLORER_IMAGES=$(abspath $(DATA))/p3_data/images \
+	HW3_EXPLORER_ASSETS="$$(realpath -- $(call shq,ASSETS))" HW3_EXPLORER_IMAGES="$$(realpath -- $(call shq,DATA))/p3_data/images" \
 		HW3_EXPLORER_RUN=$(abspath build/runs/demo)/$$($(PY) -c "import json; print(json.load(open('figures/p2_summary.json'))['best']['variant'])") \
 		HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_lab_browser.py
 	cp build/screenshots/explorer.png docs/explorer.png

@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["bench_zeroshot.py", "bench_train.py", "bench_train_processes.py", "bench_decode.py", "bench_load.py", "bench_memory.py"]
+BENCHES = ["bench_zeroshot.py", "bench_train.py", "bench_train_processes.py", "bench_decode.py", "bench_load.py", "bench_memory.py",
+           "bench_weights_digest.py"]
 
 
 def main():

@@ -395,17 +395,3 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_pa
     atomic_write_text(tmp_path / "pred.json", "{}")  # the next write of pred.json clears its stale temporaries
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["pred.json", live.name])
     assert remove_stale_temporaries(tmp_path) == 0
-
-
-def test_prune_stale_keeps_this_runs_files(tmp_path):
-    import time
-
-    from hw3lib.app.report import prune_stale
-
-    (tmp_path / "p3_old_world.png").write_text("old")
-    (tmp_path / "notes.txt").write_text("not the report's")
-    os.utime(tmp_path / "p3_old_world.png", (1, 1))
-    since = time.time()
-    (tmp_path / "p1_new.png").write_text("new")
-    assert prune_stale(tmp_path, since) == ["p1_new.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "p1_new.png"]

@@ -55,6 +55,8 @@ def _device(name: str) -> str:
 
 
 def cmd_zeroshot(args) -> int:
+    import numpy as np
+
     from ..core.data import read_p1_folder
     from ..core.files import require_dir, require_file
     from ..core.images import check_images
@@ -78,10 +80,16 @@ def cmd_zeroshot(args) -> int:
     pred = study.predict(_weights(study, templates))
     write_predictions_csv(args.out_csv, study.paths, [study.class_ids[i] for i in pred])
     msg = f"wrote {args.out_csv}: {len(pred)} images, {len(templates)} template(s)"
-    if study.labels is not None:
-        correct = pred == study.labels
+    known = {s.path: s.class_id for s in ds.samples if s.class_id is not None}
+    index = {cid: i for i, cid in enumerate(study.class_ids)}
+    have = [i for i, p in enumerate(study.paths) if p in known]  # images whose names carry a label
+    if have:
+        labels = np.array([index[known[study.paths[i]]] for i in have])
+        correct = pred[have] == labels
         lo, hi = bootstrap_ci(correct)
-        msg += f"; accuracy {accuracy(pred, study.labels):.4f} (95% CI {lo:.4f}-{hi:.4f})"
+        msg += f"; accuracy {accuracy(pred[have], labels):.4f} (95% CI {lo:.4f}-{hi:.4f})"
+        if len(have) < len(pred):
+            msg += f" over the {len(have)} of {len(pred)} images named {{class_id}}_{{image_id}}"
     print(msg)
     return 0
 
@@ -368,6 +376,11 @@ class _Parser(argparse.ArgumentParser):
     (a function) adds text to the description when help is shown, so building the parser stays cheap."""
 
     more_help = None
+    _args: list[str] = []  # the arguments this parser was last given (for `error`)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def format_help(self):
         if self.more_help is not None:
@@ -375,8 +388,23 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
     def error(self, message):
+        dashed = self._dashed_path()
+        if dashed is not None:  # argparse took a path for an option and says something else went wrong
+            message = (f"{dashed} was read as an option; a path that begins with '-' is written "
+                       f"./{dashed}")
         print(f"error: {self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
         sys.exit(2)
+
+    def _dashed_path(self) -> str | None:
+        """The first argument that begins with one '-' and is none of this parser's options (nor a number),
+        e.g. a folder named -data: argparse reads it as an unknown option."""
+        for a in self._args:
+            if a.startswith("-") and not a.startswith("--") and len(a) > 2 and a[:2] not in self._option_string_actions:
+                try:
+                    float(a)
+                except ValueError:
+                    return a
+        return None
 
 
 def _int_at_least(lo: int):

@@ -45,7 +45,14 @@ import torch.nn.functional as F
 
 from ..core.data import read_caption_file
 from ..core.errors import HW3Error
-from ..core.files import atomic_path, atomic_write_json, output_lock, require_dir
+from ..core.files import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    output_lock,
+    require_dir,
+    staged_folder,
+)
 from ..core.images import open_image
 from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec
 from ..core.progress import progress
@@ -401,25 +408,31 @@ def save_encoder(model, out_dir: Path) -> None:
 
 
 def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, force: bool = False) -> Path:
-    """Train the demo world's models into `out_dir` (cached by a fingerprint of their inputs); a second
-    writer of the same folder refuses (`output_lock`). Returns the assets manifest."""
+    """Train the demo world's models into `out_dir` (cached by a fingerprint of their inputs). The models are
+    written into a folder beside it and swapped in whole (`staged_folder`): an interrupted or failed build
+    leaves the folder as it was; a second writer of the same folder refuses (`output_lock`). Returns the
+    assets manifest."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
     with output_lock(out_dir, "hw3 demo-models"):
-        return _build(Path(data_dir), Path(out_dir), size, seed, force)
+        p2 = require_dir(data_dir / "p2_data", "p2_data folder")
+        world = DemoWorld.load(data_dir)
+        if world is None or not world.objects("p2_data"):
+            raise HW3Error(f"{data_dir}: not a demo world (no DEMO.json and p2_data/boxes.json); demo-models trains "
+                           "on a world that hw3 demo-data wrote")
+        s = DemoModelSettings.for_size(size)
+        fp = _fingerprint(data_dir, size, seed, s)
+        stamp = out_dir / "fingerprint.txt"
+        if not force and (out_dir / "assets.json").is_file() and stamp.is_file() and stamp.read_text().strip() == fp:
+            print(f"demo models up to date in {out_dir} (cached)")
+            return out_dir / "assets.json"
+        with staged_folder(out_dir) as staging:
+            _build(p2, world, staging, s, size, seed)
+            atomic_write_text(staging / "fingerprint.txt", fp + "\n")
+        return out_dir / "assets.json"
 
 
-def _build(data_dir: Path, out_dir: Path, size: str, seed: int, force: bool) -> Path:
-    p2 = require_dir(data_dir / "p2_data", "p2_data folder")
-    world = DemoWorld.load(data_dir)
-    if world is None or not world.objects("p2_data"):
-        raise HW3Error(f"{data_dir}: not a demo world (no DEMO.json and p2_data/boxes.json); demo-models trains on "
-                       "a world that hw3 demo-data wrote")
-    s = DemoModelSettings.for_size(size)
-    fp = _fingerprint(data_dir, size, seed, s)
+def _build(p2: Path, world: DemoWorld, out_dir: Path, s: DemoModelSettings, size: str, seed: int) -> None:
     manifest_path = out_dir / "assets.json"
-    stamp = out_dir / "fingerprint.txt"
-    if not force and manifest_path.is_file() and stamp.is_file() and stamp.read_text().strip() == fp:
-        print(f"demo models up to date in {out_dir} (cached)")
-        return manifest_path
     t0 = time.time()
     torch.manual_seed(seed)
     train = read_caption_file(p2 / "train.json", p2 / "images" / "train")
@@ -483,10 +496,8 @@ def _build(data_dir: Path, out_dir: Path, size: str, seed: int, force: bool) -> 
         Manifest(clip=ClipSpec(CLIP_NAME, "clip_unstyled/open_clip_model.safetensors", f"clip_unstyled/{CLIP_NAME}.json"),
                  encoder=None, decoder=None, tokenizer=None).save(out_dir / UNSTYLED_MANIFEST)
     manifest.save(manifest_path)
-    stamp.write_text(fp + "\n")
     z = log["clip_zero_shot"]["probe"]
     print(f"CLIP recall@1 (val, {len(val.images)} images): {recall:.3f} (chance {1 / len(val.images):.3f}); "
           f"zero-shot on {z['n']} single-object scenes: shape {z['shape_accuracy']:.1%}, colour "
           f"{z['color_accuracy']:.1%}; decoder perplexity (val): {ppl:.2f} (vocab {tok.vocab_size}); {log['seconds']} s")
-    return manifest_path
 

@@ -158,7 +158,7 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict, object
     if cfg.feature_cache:
         root = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / "feature-cache"
         cache = FeatureCache(root, encoder_fingerprint(m.encoder, encoder_data_config(model.encoder),
-                                                       model.encoder_dtype()))
+                                                       model.encoder_dtype(), digests=root / "weights-digests.json"))
     train_tf = augmentation_transform(eval_tf, cfg.hflip, cfg.color_jitter) if cfg.augment else eval_tf
     train_src = FeatureSource(model, train.paths, train_tf, None if cfg.augment else cache, dev)
     select_src = FeatureSource(model, select.paths, eval_tf, cache, dev)
@@ -210,7 +210,7 @@ def load_run(checkpoint, manifest, device="cpu", precision=None):
     check_checkpoint_size(manifest, cfg, tensors, checkpoint)
     model = build_captioner(manifest, cfg, device, precision=precision)
     have = asdict(model.decoder.config)
-    differ = [f"{k} {info['decoder'][k]} in the checkpoint, {have[k]} from {manifest.source}"
+    differ = [f"{k} {info['decoder'][k]} in the checkpoint, {have[k]} in {manifest.decoder.weights}"
               for k in ("n_layer", "n_head", "n_embd", "vocab_size") if k in info["decoder"] and info["decoder"][k] != have[k]]
     if differ:
         raise HW3Error(f"{checkpoint}: trained with another decoder ({'; '.join(differ)})")
@@ -460,9 +460,16 @@ class Recipe:
 
 def caption_order_world(world: DemoWorld, out_dir, order: str) -> Path:
     """The demo world `world` written again with captions in another `order` (the same images and
-    objects), into `out_dir` unless it is there already; returns its hw3_data/ folder."""
+    objects), into `out_dir` unless it is there already; returns its hw3_data/ folder. A folder there that
+    is another world's (its objects differ: the orders share every random draw) is written anew."""
+    import shutil
+
     out = Path(out_dir)
-    if not (out / "DEMO.json").is_file():
+    mine = (out / "DEMO.json").is_file() and (out / "p2_data" / "boxes.json").is_file() and \
+        (out / "p2_data" / "boxes.json").read_bytes() == (world.root / "p2_data" / "boxes.json").read_bytes()
+    if not mine:
+        if out.exists():
+            shutil.rmtree(out)
         write_demo_world(out, seed=world.seed, size=world.size, progress=False, caption_order=order)
     return out
 

@@ -2,20 +2,23 @@
 papermill (from their jupytext sources; executed copies in notebooks/executed/, git-ignored), every
 figure into `figures/`, then `figures/summary.md` and its JSON twin with the key numbers.
 
-Demo world (default) or real data: `--data /path/to/hw3_data --assets assets.json --real` uses the
-report's configs (configs/report_*.toml) instead of the demo twins.
+The report is a transaction: everything is written into folders beside `figures/` and the HTML report
+(`.NAME.partial`) and swapped in whole once every notebook has finished; an interrupted or failed run
+leaves the previous report untouched. A demo world (a DEMO.json in --data) trains the demo twins of the
+report's configs; real data trains configs/report_*.toml.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
 from ..core.errors import HW3Error, error_line
-from ..core.files import atomic_write_text, output_lock, read_json
+from ..core.files import atomic_write_text, output_lock, read_json, staged_folder
 from ..core.results import VariantTable
 from .summary import refresh_quotes, write_summary
 
@@ -55,8 +58,12 @@ def run_notebook(root: Path, name: str, parameters: dict, out_dir: Path, kernel:
         papermill.execute_notebook(str(staged), str(executed), parameters=parameters, kernel_name=kernel,
                                    cwd=str(root / "notebooks"), progress_bar=False,
                                    stdout_file=sys.stdout, stderr_file=sys.stderr)
-    except papermill.PapermillExecutionError as e:
-        raise HW3Error(f"{name}: cell {e.exec_count} failed: {e.ename}: {e.evalue} (see {executed})") from e
+    except Exception as e:
+        if _stopping:  # the kernel was killed by Ctrl-C or SIGTERM (`_quiet_interrupts`)
+            raise KeyboardInterrupt from None
+        if isinstance(e, papermill.PapermillExecutionError):
+            raise HW3Error(f"{name}: cell {e.exec_count} failed: {e.ename}: {e.evalue} (see {executed})") from e
+        raise
     finally:
         staged.unlink(missing_ok=True)
     return executed
@@ -68,10 +75,12 @@ KEY_FIGURES = ("p1_prompt_table.png", "p1_negation.png", "p1_frequency.png", "p1
                "p2_paired_differences.png", "p3_ring_heart_ring_2.png", "p3_localisation.png")
 
 
-def export_html(executed: list[Path], figures: Path, out_dir: Path, files: list[str] | None = None) -> Path:
+def export_html(executed: list[Path], figures: Path, out_dir: Path, files: list[str] | None = None,
+                figures_link: str | None = None) -> Path:
     """The report as one page, `index.html`: summary.md's tables, the key figures inline, then links to
     the executed notebooks as HTML (every output and figure inline) and to every figure this run wrote
-    (`files`; default: what is in `figures`). Readable in a browser without a kernel. Returns the index."""
+    (`files`; default: what is in `figures`). Readable in a browser without a kernel. `figures_link`: how
+    the page reaches the figures (default: `figures` relative to `out_dir`). Returns the index."""
     import html
     import os
 
@@ -85,7 +94,7 @@ def export_html(executed: list[Path], figures: Path, out_dir: Path, files: list[
         body, _ = exporter.from_filename(str(nb))
         atomic_write_text(out_dir / f"{nb.stem}.html", body)
         links.append(f'<li><a href="{nb.stem}.html">{html.escape(nb.stem)}</a></li>')
-    rel = os.path.relpath(figures, out_dir)
+    rel = figures_link or os.path.relpath(figures, out_dir)
     names = sorted(files) if files is not None else sorted(f.name for f in figures.iterdir())
     names = [n for n in names if (figures / n).is_file() and Path(n).suffix in (".png", ".html", ".md", ".json")]
     summary = (figures / "summary.md").read_text(encoding="utf-8") if (figures / "summary.md").is_file() else ""
@@ -113,22 +122,21 @@ notebooks (every output inline) and every figure.</p>
 OWNED = ("p1_*", "p2_*", "p3_*", "summary.md", "summary.json")  # what the report writes in figures/
 
 
-def prune_stale(figures: Path, since: float) -> list[str]:
-    """Remove the report's own files in `figures` that this run did not write (older than `since`:
-    figures of an older demo world); returns the names of those it did write."""
-    kept = []
-    for pattern in OWNED:
-        for f in figures.glob(pattern):
-            if f.is_file() and f.stat().st_mtime < since:
-                f.unlink()
-            elif f.is_file():
-                kept.append(f.name)
-    return sorted(kept)
+def carry_over(old: Path, new: Path) -> None:
+    """Copy into the staged figures `new` the files of `old` that are not the report's own (OWNED): a
+    user's own files in the figures folder outlive the swap."""
+    import shutil
+
+    if not old.is_dir():
+        return
+    for f in sorted(old.iterdir()):
+        if f.is_file() and not any(f.match(p) for p in OWNED) and not (new / f.name).exists():
+            shutil.copy2(f, new / f.name)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hw3lib.app.report", description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="an hw3_data/ folder")
+    p.add_argument("--data", type=Path, required=True, help="an hw3_data/ folder (a demo world has a DEMO.json)")
     p.add_argument("--assets", required=True, help="assets.json (or 'real')")
     p.add_argument("--project", type=Path, default=Path("."), help="the hw3lib checkout (notebooks/, configs/)")
     p.add_argument("--figures", type=Path, default=None, help="default: PROJECT/figures")
@@ -136,58 +144,160 @@ def main(argv=None) -> int:
     p.add_argument("--html", type=Path, default=None,
                    help="folder for the HTML copy of the executed notebooks and its index.html (default: "
                    "PROJECT/build/report)")
-    p.add_argument("--real", action="store_true", help="real data: the report's configs, not the demo twins")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     try:
-        if not args.data.is_dir():
-            raise HW3Error(f"{args.data}: data folder not found")
-        root = project_root(args.project)
-        figures, runs = args.figures or root / "figures", args.runs or root / "build" / "runs"
-        html_dir = args.html or root / "build" / "report"
-        check_report_paths(args, {"--figures": figures, "--runs": runs, "--html": html_dir,
-                                  "notebooks/executed": root / "notebooks" / "executed"})
-        require_kernel()
-        assets = str(Path(args.assets).resolve()) if args.assets != "real" else "real"
-        common = {"data_dir": str(args.data.resolve()), "assets": assets, "device": args.device,
-                  "figures_dir": str(figures.resolve())}
-        # runs inside the project are named relative to notebooks/ (papermill's working folder), so that
-        # no machine path reaches figures/p2_summary.json and summary.json
-        p2 = {"runs_dir": notebook_relative(root, runs), "run_group": "real" if args.real else "demo",
-              "configs_dir": str(root / "configs" / ("" if args.real else "demo")),
-              "variants": REAL_VARIANTS if args.real else DEMO_VARIANTS,
-              "reference": "report_lora16" if args.real else "lora16"}  # the report's setting
-        with output_lock(figures, "python -m hw3lib.app.report"):  # one report at a time per figures/ folder
-            return _run(args, root, figures, html_dir, common, p2)
+        with _quiet_interrupts():
+            return _main(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: figures/ and the HTML report are as they were before this run", file=sys.stderr)
         return 130
     except Exception as e:  # one line, as the hw3 commands
         print(f"error: {error_line(e, 'python -m hw3lib.app.report')}", file=sys.stderr)
         return 2
 
 
-def _run(args, root: Path, figures: Path, html_dir: Path, common: dict, p2: dict) -> int:
-    """The three notebooks, then the summary, the quoted numbers and the index page."""
-    assets = common["assets"]
-    t_all, done = time.time(), []
+def _main(args) -> int:
+    from ..demo.world import DemoWorld
+
+    if not args.data.is_dir():
+        raise HW3Error(f"{args.data}: data folder not found")
+    root = project_root(args.project)
+    figures, runs = args.figures or root / "figures", args.runs or root / "build" / "runs"
+    html_dir = args.html or root / "build" / "report"
+    check_report_paths(args, {"--figures": figures, "--runs": runs, "--html": html_dir,
+                              "notebooks/executed": root / "notebooks" / "executed"})
+    require_kernel()
+    demo = DemoWorld.load(args.data) is not None  # the one place the report tells the demo from real data
+    assets = str(Path(args.assets).resolve()) if args.assets != "real" else "real"
+    common = {"data_dir": str(args.data.resolve()), "assets": assets, "device": args.device}
+    group = "demo" if demo else "real"
+    # runs inside the project are named relative to notebooks/ (papermill's working folder), so that
+    # no machine path reaches figures/p2_summary.json and summary.json
+    p2 = {"runs_dir": notebook_relative(root, runs), "run_group": group,
+          "configs_dir": str(root / "configs" / ("demo" if demo else "")),
+          "variants": DEMO_VARIANTS if demo else REAL_VARIANTS,
+          "reference": "lora16" if demo else "report_lora16"}  # the report's setting
+    with output_lock(figures, "python -m hw3lib.app.report"):  # one report at a time per figures/ folder
+        own_runs(runs, group, args.data, assets)
+        with staged_folder(figures) as stage, staged_folder(html_dir) as stage_html:
+            written = _run(root, stage, common | {"figures_dir": str(stage.resolve())}, p2)
+            doc = write_summary(stage, Path(assets).parent if assets != "real" else None, written)
+            written = written + ["summary.md", "summary.json"]
+            index = export_html(_executed(root), stage, stage_html, written,
+                                os.path.relpath(figures.resolve(), html_dir.resolve()))
+            carry_over(figures, stage)
+        # both swapped in: the report is whole
+        if demo and args.figures is None:  # the demo's numbers, as README and docs/ quote them
+            for path in refresh_quotes([root / "README.md", *sorted((root / "docs").glob("*.md"))], doc):
+                print(f"[report] numbers quoted in {path.relative_to(root)} updated from summary.json")
+    print(f"[report] figures and {figures / 'summary.md'} written ({len(written)} files)")
+    print(f"[report] browsable report: {html_dir / index.name}")
+    return 0
+
+
+def _executed(root: Path) -> list[Path]:
+    return [root / "notebooks" / "executed" / f"{n}.ipynb" for n in NOTEBOOKS]
+
+
+def _run(root: Path, figures: Path, params: dict, p2: dict) -> list[str]:
+    """The three notebooks, writing into `figures` (the staged folder); the names of the files written."""
+    t_all = time.time()
     for i, name in enumerate(NOTEBOOKS, 1):
         extra = {NOTEBOOKS[1]: p2}.get(name, {})
         if name == NOTEBOOKS[2]:  # P3 looks at P2's best run
             extra = {"checkpoint": VariantTable.from_json(read_json(figures / "p2_summary.json")).best.run}
         t0 = time.time()
         print(f"[report {i}/3] {name} ...", flush=True)
-        done.append(run_notebook(root, name, common | extra, root / "notebooks" / "executed"))
+        run_notebook(root, name, params | extra, root / "notebooks" / "executed")
         print(f"[report {i}/3] {name} done in {time.time() - t0:.0f} s", flush=True)
-    written = prune_stale(figures, t_all)
-    doc = write_summary(figures, Path(assets).parent if assets != "real" else None, written)
-    if not args.real and args.figures is None:  # the demo's numbers, as README and docs/ quote them
-        for path in refresh_quotes([root / "README.md", *sorted((root / "docs").glob("*.md"))], doc):
-            print(f"[report] numbers quoted in {path.relative_to(root)} updated from summary.json")
-    index = export_html(done, figures, html_dir, written + ["summary.md", "summary.json"])
-    print(f"[report] figures and {figures / 'summary.md'} written in {time.time() - t_all:.0f} s")
-    print(f"[report] browsable report: {index}")
-    return 0
+    print(f"[report] notebooks done in {time.time() - t_all:.0f} s", flush=True)
+    return sorted(f.name for f in figures.iterdir() if f.is_file())
+
+
+def own_runs(runs: Path, group: str, data: Path, assets: str) -> None:
+    """The report trains into `runs/GROUP` (and writes the drawn-order world under `runs/worlds`), a cache
+    it owns. It reuses or resumes what is there only when it can prove the runs are of these inputs: the
+    inputs recorded in `runs/GROUP/INPUTS.json` (or, for a folder from before that file, in its finished
+    reference run) equal the data's and the models' now. Otherwise the folder is runs of another world or
+    of other models: it is removed, and everything trains afresh."""
+    import shutil
+
+    from ..core.files import atomic_write_json
+    from ..training.runfolder import changed_inputs, input_fingerprint
+    from .pipeline import manifest_for
+
+    if assets == "real":
+        return  # real weights from the hub: nothing here records which; hw3 train refuses changed inputs itself
+    folder = runs / group
+    now = input_fingerprint(manifest_for(assets, parts=("encoder", "decoder", "tokenizer")), data / "p2_data")
+    stamp = folder / "INPUTS.json"
+    recorded = read_json(stamp) if stamp.is_file() else _reference_inputs(folder)
+    if folder.exists() and any(folder.iterdir()) and (recorded is None or changed_inputs(recorded, now)):
+        why = ", ".join(changed_inputs(recorded, now)) if recorded is not None else "no record of their inputs"
+        print(f"[report] {folder}: runs of other inputs ({why[:200]}): removed, training afresh", flush=True)
+        shutil.rmtree(folder)
+        for world in (runs / "worlds").glob(f"{group}-*"):
+            shutil.rmtree(world)
+    atomic_write_json(stamp, now)
+
+
+def _reference_inputs(folder: Path) -> dict | None:
+    """The inputs a finished run under `folder` recorded (config.json), if any run finished there."""
+    for config in sorted(folder.glob("*/config.json")):
+        try:
+            inputs = read_json(config).get("inputs")
+        except (HW3Error, AttributeError):
+            continue
+        if isinstance(inputs, dict):
+            return inputs
+    return None
+
+
+_stopping = False  # set by the first Ctrl-C or SIGTERM
+
+
+@contextlib.contextmanager
+def _quiet_interrupts():
+    """Ctrl-C (SIGINT) or SIGTERM stops the report with one line. The notebooks' kernel runs in a session of
+    its own (jupyter_client), so the terminal's Ctrl-C reaches only this process; were it left to papermill,
+    it would interrupt the kernel and print the cell's traceback and every training worker's. Instead the
+    kernel's whole process group is killed (its workers write atomically: nothing half-written stays), and
+    the notebook that was running ends as an interrupt (`run_notebook`)."""
+    import signal
+
+    def stop(signum, frame):
+        global _stopping
+        first, _stopping = not _stopping, True
+        if not _kill_kernels() and first:
+            raise KeyboardInterrupt  # no kernel running: stop here
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _kill_kernels() -> bool:
+    """SIGKILL the process group of every child process (the Jupyter kernels, each a session leader, and
+    what they started); whether there was one."""
+    import logging
+    import signal
+
+    import psutil
+
+    children = psutil.Process().children()
+    if children:
+        logging.disable(logging.CRITICAL)  # papermill's and nbclient's "kernel died" messages
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(child.pid) == child.pid:
+                os.killpg(child.pid, signal.SIGKILL)
+            else:
+                child.kill()
+    return bool(children)
 
 
 def notebook_relative(root: Path, path: Path) -> str:

@@ -76,6 +76,13 @@ def read_p1_folder(image_dir: str | Path, id2label_path: str | Path, labelled: b
     files = list_images(image_dir)
     if labelled is None:
         labelled = all(P1_NAME.match(p.name) for p in files)
+        odd = [p.name for p in files if not P1_NAME.match(p.name)]
+        if odd and len(odd) < len(files):  # a labelled folder with some names that carry no label
+            import warnings
+
+            warnings.warn(f"{image_dir}: {len(odd)} of {len(files)} images are not named {{class_id}}_{{image_id}} "
+                          f"and have no label ({', '.join(odd[:3])}{', ...' if len(odd) > 3 else ''}); accuracy "
+                          f"counts the {len(files) - len(odd)} that are", stacklevel=2)
     samples = []
     for p in files:
         m = P1_NAME.match(p.name)

@@ -10,12 +10,13 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import HW3Error
+from .errors import HW3Error, first_line
 
 # ----------------------------------------------------------------------------------------------
 # fault points, for the reliability suite: the library calls `fault_point(name)` where a crash would
@@ -80,7 +81,9 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`.
 
     On any exception the temporary file is removed, so readers only ever see the old file or the
-    complete new one - never half of it, even after SIGKILL (the rename is the commit point).
+    complete new one - never half of it, even after SIGKILL (the rename is the commit point). A full disk
+    or another I/O fault becomes an HW3Error naming `path`, whatever the writing library raised it as
+    (an OSError from Python, a SafetensorError, torch.save's RuntimeError).
     """
     path = Path(path)
     try:
@@ -91,21 +94,54 @@ def atomic_path(path: str | os.PathLike):
         raise HW3Error(f"{path}: cannot write ({e.strerror or e.__class__.__name__})") from e
     os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        fault_point(f"write:{path.name}")
-        os.replace(tmp, path)
-    except OSError as e:  # disk full, I/O error, read-only: name the file; the old one is untouched
+        with writing(path, "; the previous file, if any, is unchanged"):
+            yield Path(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+            fault_point(f"write:{path.name}")
+            os.replace(tmp, path)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise HW3Error(f"{path}: cannot write ({e.strerror or e.__class__.__name__}); the previous file, if any, "
-                       "is unchanged") from e
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, after: str = ""):
+    """Inside the block something writes `path`: an I/O fault becomes one HW3Error naming it ("PATH:
+    cannot write (why)AFTER"). Libraries report a full disk in their own types (safetensors'
+    SafetensorError, torch.save's "unexpected pos" RuntimeError, PIL's OSError without a file name), so
+    an exception that is no OSError counts as a full disk when it says so or when the file system holding
+    `path` has no room left; any other exception passes unchanged (a bug stays visible)."""
+    try:
+        yield
+    except HW3Error:
         raise
+    except OSError as e:
+        raise HW3Error(f"{path}: cannot write ({e.strerror or first_line(e)}){after}") from e
+    except Exception as e:
+        if not (_says_disk_full(e) or disk_full(Path(path).parent)):
+            raise
+        raise HW3Error(f"{path}: cannot write (no space left on device){after}") from e
+
+
+def _says_disk_full(e: BaseException) -> bool:
+    text = str(e).lower()
+    return any(s in text for s in ("no space left", "disk quota", "enospc", "edquot"))
+
+
+def disk_full(folder: str | os.PathLike, room: int = 1 << 20) -> bool:
+    """Whether the file system holding `folder` (or its nearest existing parent) has less than `room`
+    bytes left for this user (root may use the reserved blocks)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return free * st.f_frsize < room
 
 
 def _umask() -> int:
@@ -251,8 +287,8 @@ def _exclusive(lock_file: Path, busy: str):
             raise HW3Error(busy.format(pid=f.read().strip() or "?")) from None
         f.seek(0)
         f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+        with contextlib.suppress(OSError):  # the pid only helps the message; on a full disk the lock still holds
+            os.write(f.fileno(), str(os.getpid()).encode())
         yield
     finally:
         f.close()
@@ -280,3 +316,73 @@ def output_lock(path: str | os.PathLike, command: str):
     with _exclusive(path.parent / f".{path.name}.lock", f"{path}: being written by another {command} (pid {{pid}}); "
                     "wait for it or choose another folder"):
         yield path
+
+
+# ----------------------------------------------------------------------------------------------
+# whole folders: written beside their place, then swapped in
+
+
+def swap_in(staged: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the folder `staged` at `target` and remove what was there. Where the kernel offers it (Linux's
+    renameat2 with RENAME_EXCHANGE) the two trade places in one step, so a reader sees the old folder or
+    the new one, never a mix or nothing; elsewhere two renames, the old folder kept as `.NAME.old` between
+    them (`recover_swap` puts it back after a crash there)."""
+    staged, target = Path(staged), Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if not target.exists():
+        os.rename(staged, target)
+    elif _exchange(staged, target):
+        shutil.rmtree(staged)  # now the old folder
+    else:
+        os.rename(target, old)
+        os.rename(staged, target)
+        shutil.rmtree(old)
+
+
+def recover_swap(target: str | os.PathLike) -> None:
+    """After a crash between `swap_in`'s two renames: the old folder back at `target`."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        os.rename(old, target)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False  # a file system or kernel without it
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | os.PathLike):
+    """Yield an empty folder beside `target` (`.NAME.partial`) to write in; when the block ends without
+    an exception it replaces `target` whole (`swap_in`), otherwise it is removed and `target` is left as it
+    was. Call it holding `output_lock(target, ...)`: a `.partial` left by a killed writer is removed first."""
+    target = Path(target)
+    recover_swap(target)
+    staging = target.with_name(f".{target.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    with writing(staging):
+        staging.mkdir(parents=True)
+    try:
+        yield staging
+        with writing(target):
+            swap_in(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

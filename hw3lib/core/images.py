@@ -23,12 +23,32 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name; errors if there are none."""
+    """Image files directly inside `folder`, sorted by name; errors if there are none. Links with an image
+    name that loop or lead nowhere are skipped with a warning naming them."""
     folder = require_dir(folder, "image folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    named = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = [p for p in named if p.is_file()]
+    dead = [p for p in named if p.is_symlink() and not p.exists()]
+    if dead:
+        import warnings
+
+        loops = [p.name for p in dead if _loops(p)]
+        warnings.warn(f"{folder}: skipped {len(dead)} link(s) that {'loop' if loops else 'lead nowhere'}"
+                      f"{' or lead nowhere' if loops and len(loops) < len(dead) else ''}: "
+                      f"{', '.join(p.name for p in dead[:5])}{', ...' if len(dead) > 5 else ''}", stacklevel=2)
     if not files:
         raise HW3Error(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
     return files
+
+
+def _loops(path: Path) -> bool:
+    import errno
+
+    try:
+        path.stat()
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def image_paths(items) -> list[Path]:

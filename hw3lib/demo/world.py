@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..core.errors import HW3Error
-from ..core.files import atomic_write_json, output_lock
+from ..core.files import atomic_write_json, output_lock, writing
 from ..core.progress import progress as progress_bar
 from .styles import STYLE_FRAMINGS, STYLES, render_style
 
@@ -387,7 +387,8 @@ def _p2_file_name(i: int, split_offset: int) -> tuple[int, str]:
 
 
 def _save_jpeg(img: Image.Image, path: Path) -> None:
-    img.save(path, format="JPEG", quality=92, optimize=False, progressive=False, subsampling=0)
+    with writing(path):  # a full disk names the file
+        img.save(path, format="JPEG", quality=92, optimize=False, progressive=False, subsampling=0)
 
 
 def _write_p2_split(root: Path, split: str, count: int, seed: int, ws: WorldSize, boxes: dict, order: str) -> None:
@@ -455,7 +456,8 @@ def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, pro
             img, objs = draw_p1_scene(rng, ws.p2_side, shape)
             style = STYLES[k % len(STYLES)]
             name = f"{cid}_{k * len(SHAPES) + cid + 400}.png"
-            render_style(img, style, rng).save(p1 / name, format="PNG", optimize=False, compress_level=6)
+            with writing(p1 / name):
+                render_style(img, style, rng).save(p1 / name, format="PNG", optimize=False, compress_level=6)
             p1_boxes[name] = [o.__dict__ | {"box": list(o.box)} for o in objs]
             p1_styles[name] = style
     atomic_write_json(tmp / "p1_data" / "boxes.json", p1_boxes, indent=None)

@@ -37,23 +37,36 @@ CHECKPOINT_FORMAT = "hw3lib-captioner-1"
 Module = Annotated[str, StringConstraints(min_length=1)]  # a decoder module name, e.g. "attn.c_attn"
 
 
+def _for(*kinds: str) -> dict:
+    """A [captioner] setting that only the PEFT kinds `kinds` read (`kinds_of`)."""
+    return {"peft_kinds": list(kinds)}
+
+
 @pydantic_dataclass(config=ConfigDict(strict=True, extra="forbid"))
 class CaptionerConfig:
     """The [captioner] table: which PEFT kind wraps the decoder, and its sizes. Checked wherever the values
     come from (TOML, --key=value, checkpoint metadata); `hw3 train --help` lists the descriptions."""
     peft: str = Field("lora", description=" | ".join(PEFT_KINDS))
-    lora_r: int = Field(16, ge=1, le=4096, description="LoRA / DoRA rank")
-    lora_alpha: float = Field(32.0, gt=0, allow_inf_nan=False, description="LoRA scale numerator (scale = alpha / r)")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_r: int = Field(16, ge=1, le=4096, description="LoRA / DoRA rank", json_schema_extra=_for("lora", "dora"))
+    lora_alpha: float = Field(32.0, gt=0, allow_inf_nan=False, description="LoRA scale numerator (scale = alpha / r)",
+                              json_schema_extra=_for("lora", "dora"))
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input",
+                                json_schema_extra=_for("lora", "dora"))
     lora_targets: list[Module] = Field(default_factory=lambda: ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
-                                       description="LoRA/DoRA modules")
-    ia3_targets: list[Module] = Field(default_factory=lambda: ["attn.c_attn", "mlp.c_proj"], description="(IA)^3 modules")
-    ia3_feedforward: list[Module] = Field(default_factory=lambda: ["mlp.c_proj"], description="scaled on their input")
-    adapter_dim: int = Field(64, ge=1, le=65536, description="bottleneck width of the adapters")
+                                       min_length=1, description="LoRA/DoRA modules",
+                                       json_schema_extra=_for("lora", "dora"))
+    ia3_targets: list[Module] = Field(default_factory=lambda: ["attn.c_attn", "mlp.c_proj"], min_length=1,
+                                      description="(IA)^3 modules", json_schema_extra=_for("ia3"))
+    ia3_feedforward: list[Module] = Field(default_factory=lambda: ["mlp.c_proj"], description="scaled on their input",
+                                          json_schema_extra=_for("ia3"))
+    adapter_dim: int = Field(64, ge=1, le=65536, description="bottleneck width of the adapters",
+                             json_schema_extra=_for("adapter"))
     adapter_targets: list[Module] = Field(default_factory=lambda: ["attn.c_proj", "crossattention.c_proj"],
-                                          description="adapters after")
-    virtual_tokens: int = Field(10, ge=1, le=4096, description="prompt / prefix length")
-    prefix_gate: bool = Field(True, description="zero-initialised per-head gates on prompt/prefix attention")
+                                          min_length=1, description="adapters after", json_schema_extra=_for("adapter"))
+    virtual_tokens: int = Field(10, ge=1, le=4096, description="prompt / prefix length",
+                                json_schema_extra=_for("prompt", "prefix"))
+    prefix_gate: bool = Field(True, description="zero-initialised per-head gates on prompt/prefix attention",
+                              json_schema_extra=_for("prompt", "prefix"))
     coverage_attention: bool = Field(False, description="cross-attention scores also see the attention each encoder "
                                      "token had at earlier positions, with a trained per-head weight starting at 0 "
                                      "(See et al. 2017's coverage mechanism)")
@@ -64,6 +77,12 @@ class CaptionerConfig:
         if v not in PEFT_KINDS:
             raise ValueError(f"unknown peft kind {v!r} (choose from {', '.join(PEFT_KINDS)})")
         return v
+
+
+def kinds_of(setting: str) -> list[str] | None:
+    """The PEFT kinds that read a [captioner] setting (None: every kind)."""
+    extra = CaptionerConfig.__pydantic_fields__[setting].json_schema_extra
+    return list(extra["peft_kinds"]) if isinstance(extra, dict) else None
 
 
 class Projection(nn.Linear):

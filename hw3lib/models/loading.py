@@ -29,9 +29,22 @@ def load_tokenizer(m: Manifest):
 
 
 def load_decoder_from_manifest(m: Manifest, cross_attention: bool = False, coverage: bool = False):
+    """The decoder of a manifest, checked against its tokenizer: one vocabulary for both."""
     from .decoder_file import load_decoder
 
-    return load_decoder(m.decoder.weights, n_head=m.decoder.n_head, cross_attention=cross_attention, coverage=coverage)
+    model = load_decoder(m.decoder.weights, n_head=m.decoder.n_head, cross_attention=cross_attention,
+                         coverage=coverage)
+    if m.tokenizer is not None:
+        tokens = m.tokenizer.vocab_size
+        if tokens is None:
+            from ..core.files import read_json
+
+            encoder = read_json(m.tokenizer.encoder_json)
+            tokens = len(encoder) if isinstance(encoder, dict) else None
+        if tokens is not None and model.config.vocab_size != tokens:
+            raise HW3Error(f"{m.decoder.weights}: decoder with a vocabulary of {model.config.vocab_size} tokens, but the "
+                           f"tokenizer ({m.tokenizer.encoder_json}) has {tokens}: they must come from one model")
+    return model
 
 
 def register_clip_config(config_path: str | os.PathLike, name: str) -> None:

@@ -90,10 +90,11 @@ def default_of(cls, key: str):
     return cls.__pydantic_fields__[key].get_default(call_default_factory=True)
 
 
-def _coerce(cls, key: str, value):
-    """A TOML value or a --key=value string as the type of the setting's default."""
+def _coerce(cls, key: str, value, text: bool, source: str = "setting"):
+    """A setting's value as the type of its default. `text`: a --key=value string, read as that type;
+    a TOML value must have the type already (a TOML string is no int), except an integer for a float."""
     kind = type(default_of(cls, key))
-    if isinstance(value, str) and kind is not str:
+    if text and isinstance(value, str) and kind is not str:
         try:
             if kind is bool:
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -103,12 +104,33 @@ def _coerce(cls, key: str, value):
                 return [v.strip() for v in value.split(",") if v.strip()]
             return kind(float(value)) if kind is int and "e" in value.lower() else kind(value)
         except (ValueError, OverflowError) as e:
-            raise HW3Error(f"setting {key}: {value!r} is not a valid {kind.__name__}") from e
+            raise HW3Error(f"{source}: {key}={value!r} is not a valid {kind.__name__}") from e
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is not type(value) and not (kind is list and isinstance(value, list)):
-        raise HW3Error(f"setting {key}: expected {kind.__name__}, got {type(value).__name__} ({value!r})")
+        shown = "a string" if isinstance(value, str) else type(value).__name__
+        raise HW3Error(f"{source}: {key} expects {_toml_type(kind)}, got {shown} ({value!r})")
     return value
+
+
+def _toml_type(kind: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}.get(
+        kind, kind.__name__)
+
+
+def _other_kinds(values: dict, where: dict) -> None:
+    """Refuse [captioner] settings that the chosen PEFT kind does not read (they would be ignored)."""
+    from ..models.captioner import PEFT_KINDS, kinds_of
+
+    peft = values.get("peft", default_of(CaptionerConfig, "peft"))
+    if peft not in PEFT_KINDS:
+        return  # the kind itself is refused, with the kinds there are
+    stray = [k for k in values if (kinds_of(k) or [peft]).count(peft) == 0]
+    if stray:
+        k = stray[0]
+        raise HW3Error(f"{where[k]}: {', '.join(stray)} {'is a setting' if len(stray) == 1 else 'are settings'} of "
+                       f"peft {' / '.join(kinds_of(k))}, not of peft = {peft!r} (remove "
+                       f"{'it' if len(stray) == 1 else 'them'}; it would be ignored)")
 
 
 def settings_table() -> list[tuple[str, str, str, object, str]]:
@@ -123,11 +145,15 @@ def settings_table() -> list[tuple[str, str, str, object, str]]:
 
 
 def config_toml(cap: CaptionerConfig, tr: TrainConfig) -> str:
-    """A resolved configuration as a TOML file that `load_config` reads back to the same values."""
+    """A resolved configuration as a TOML file that `load_config` reads back to the same values (the
+    [captioner] settings that its PEFT kind reads; the others keep their defaults)."""
+    from ..models.captioner import kinds_of
+
     out = []
     for table, cfg in (("captioner", cap), ("train", tr)):
         out.append(f"[{table}]")
-        out += [f"{f.name} = {json.dumps(getattr(cfg, f.name))}" for f in fields(cfg)]
+        out += [f"{f.name} = {json.dumps(getattr(cfg, f.name))}" for f in fields(cfg)
+                if cfg is tr or cap.peft in (kinds_of(f.name) or [cap.peft])]
         out.append("")
     return "\n".join(out)
 
@@ -136,17 +162,7 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, str] | None
                 ) -> tuple[CaptionerConfig, TrainConfig]:
     """Read a TOML config ([captioner] + [train]) and apply `key=value` overrides; unknown keys,
     wrong types and out-of-range values are errors naming the key."""
-    import tomllib
-
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise HW3Error(f"{path}: config file not found")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise HW3Error(f"{path}: invalid TOML ({e})") from e
+    raw = _read_toml(Path(path)) if path is not None else {}
     unknown_tables = set(raw) - {"captioner", "train"}
     if unknown_tables:
         raise HW3Error(f"{path}: unknown table(s) {', '.join(sorted(unknown_tables))} (use [captioner] and [train])")
@@ -159,18 +175,42 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, str] | None
         unknown = set(values[table]) - names[table]
         if unknown:
             raise HW3Error(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(unknown))}")
+    where = {k: f"{path} [{t}]" for t in values for k in values[t]}
     for key, value in (overrides or {}).items():
         table = next((t for t in names if key in names[t]), None)
         if table is None:
             raise HW3Error(f"unknown setting --{key} (not a [captioner] or [train] key)")
         values[table][key] = value
-    cap = {k: _coerce(CaptionerConfig, k, v) for k, v in values["captioner"].items()}
-    tr = {k: _coerce(TrainConfig, k, v) for k, v in values["train"].items()}
+        where[key] = f"--{key}"
+    _other_kinds(values["captioner"], where)
+    given = set(overrides or {})
+    cap = {k: _coerce(CaptionerConfig, k, v, k in given, where[k]) for k, v in values["captioner"].items()}
+    tr = {k: _coerce(TrainConfig, k, v, k in given, where[k]) for k, v in values["train"].items()}
     try:
         captioner = CaptionerConfig(**cap)
     except ValidationError as e:
-        raise invalid(e, "invalid captioner setting") from e
+        raise invalid(e, f"{path}: invalid captioner setting" if path else "invalid captioner setting") from e
     try:
         return captioner, TrainConfig(**tr)
     except ValidationError as e:
-        raise invalid(e, "invalid training setting") from e
+        raise invalid(e, f"{path}: invalid training setting" if path else "invalid training setting") from e
+
+
+def _read_toml(path: Path) -> dict:
+    """A TOML file's tables; every failure one HW3Error naming the file (a byte-order mark by name)."""
+    import tomllib
+
+    if not path.is_file():
+        raise HW3Error(f"{path}: config file not found")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise HW3Error(f"{path}: starts with a UTF-8 byte-order mark (BOM), which TOML does not allow; save the "
+                       "file as UTF-8 without BOM")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise HW3Error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise HW3Error(f"{path}: invalid TOML ({e})") from e
+    except RecursionError as e:
+        raise HW3Error(f"{path}: TOML nested too deeply to read") from e

@@ -2,9 +2,11 @@
 
 Each image's encoder tokens (S, E) are stored as one safetensors file under
 `root/<key[:2]>/<key>.safetensors`, where key = sha256(encoder fingerprint, image bytes). The encoder
-fingerprint covers the timm model name, its architecture overrides, its weights (hub tag, or the
-checkpoint's name, size and modification time) and its preprocessing config, so changing any of them
-misses the cache instead of serving stale features. Writes are atomic; a damaged entry is recomputed.
+fingerprint covers the timm model name, its architecture overrides, its weights (hub tag, or the sha256
+of the checkpoint's content: `weights_digest`) and its preprocessing config, so changing any of them
+misses the cache instead of serving stale features - also for a file copied over the old one with its
+name, size and modification time (`cp -p`, `rsync -a`, `tar`). Writes are atomic; a damaged entry is
+recomputed.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from ..core.images import open_image
 from ..core.progress import progress as progress_bar
 
 
-def encoder_fingerprint(spec, data_config: dict, dtype=None) -> str:
-    """The identity of an encoder's tokens: architecture, weights, preprocessing, and the dtype its
-    weights are stored in when that is not fp32 (half-precision tokens differ from fp32 ones)."""
+def encoder_fingerprint(spec, data_config: dict, dtype=None, digests: str | os.PathLike | None = None) -> str:
+    """The identity of an encoder's tokens: architecture, weights (by content), preprocessing, and the dtype
+    its weights are stored in when that is not fp32 (half-precision tokens differ from fp32 ones). `digests`:
+    the JSON file that remembers weights digests (`weights_digest`)."""
     weights = {"hub_tag": spec.hub_tag}
     if spec.checkpoint:
-        st = os.stat(spec.checkpoint)
-        weights = {"file": Path(spec.checkpoint).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        weights = {"sha256": weights_digest(spec.checkpoint, digests)}
     doc = {"model": spec.model, "kwargs": spec.model_kwargs, "weights": weights,
            "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}}
     if dtype is not None and dtype != torch.float32:
@@ -39,9 +41,43 @@ def encoder_fingerprint(spec, data_config: dict, dtype=None) -> str:
 def file_digest(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(8 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """What changes whenever a file's content may have: device, inode, size, modification and status-change
+    times. The status-change time (ctime) is set by the kernel on every write, rename into place or
+    metadata change, and no copying tool (`cp -p`, `rsync -a`, `tar`, `touch -r`) can set it back."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def weights_digest(path: str | os.PathLike, memo: str | os.PathLike | None = None) -> str:
+    """The sha256 of a weights file's content. Hashing reads the whole file once (a few seconds for a
+    ViT-g checkpoint: `bench/bench_weights_digest.py`); with `memo`, a JSON file of
+    {resolved path: [file_identity, sha256]}, a file whose identity is unchanged is not read again."""
+    from ..core.files import atomic_write_json
+
+    path = Path(path).resolve()
+    ident = file_identity(path)
+    known: dict = {}
+    if memo is not None and Path(memo).is_file():
+        try:
+            known = json.loads(Path(memo).read_text(encoding="utf-8"))
+        except (ValueError, OSError, RecursionError):
+            known = {}  # a damaged memo is rebuilt, never trusted
+        if not isinstance(known, dict):
+            known = {}
+    entry = known.get(str(path))
+    if isinstance(entry, list) and len(entry) == 2 and entry[0] == ident and isinstance(entry[1], str):
+        return entry[1]
+    digest = file_digest(path)
+    if memo is not None and file_identity(path) == ident:  # unchanged while it was read
+        known[str(path)] = [ident, digest]
+        atomic_write_json(memo, known)
+    return digest
 
 
 class FeatureCache:
