@@ -17,7 +17,7 @@ unexport DATA ASSETS
 raw = $(if $(filter command environment override,$(firstword $(origin $(1)))),$(value $(1)),$($(1)))
 shq = '$(subst ','\'',$(call raw,$(1)))'
 
-.PHONY: all venv report demo lab test lint bench gpu-smoke browser screenshot clean
+.PHONY: all venv report demo lab test test-fast lint bench gpu-smoke browser screenshot clean
 
 all: report
 
@@ -32,8 +32,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The demo world and its models (both cached: rebuilt only when missing or out of date).
-$(DEMO)/hw3_data/DEMO.json: hw3lib/demo/world.py | $(VENV)/.installed
+# The demo world and its models (both cached: rebuilt only when missing or out of date). The world is a
+# function of the files below; the models' fingerprint covers their data, settings and code (SHAPED_BY).
+$(DEMO)/hw3_data/DEMO.json: hw3lib/demo/world.py hw3lib/demo/styles.py | $(VENV)/.installed
 	rm -rf $(DEMO)/hw3_data
 	$(HW3) demo-data $(DEMO)/hw3_data --size $(DEMO_SIZE) --seed 0
 
@@ -65,6 +66,11 @@ browser:
 
 test: venv browser
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+# The tests that need no trained demo model, notebook or browser (tests/conftest.py marks the others).
+test-fast: venv
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal \
+		-m "not trained and not notebook" $(PYTEST_ARGS)
 
 # Every benchmark; results go to build/bench/results.md (quoted in the README).
 bench: venv demo

@@ -11,6 +11,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would flood the captured output
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Tiers (timm's way): most tests run on tiny random models in milliseconds. A test that needs the models
+# the suite trains once (small_models and what builds on them) is marked `trained`, one that runs a
+# notebook or a browser `notebook`; `make test-fast` leaves both out, `make test` runs everything.
+TRAINED_FIXTURES = {"small_models", "small_run"}
+NOTEBOOK_MODULES = {"test_notebooks", "test_lab_browser"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "trained: needs the demo models the suite trains once (not in make test-fast)")
+    config.addinivalue_line("markers", "notebook: runs a notebook or a browser (not in make test-fast)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.trained)
+        if item.module.__name__.rsplit(".", 1)[-1] in NOTEBOOK_MODULES:
+            item.add_marker(pytest.mark.notebook)
 GPT2_FILES = ROOT / "tests" / "data" / "gpt2"  # the real GPT-2 BPE files, shipped as test data
 
 

@@ -65,3 +65,20 @@ def test_the_ablation_clip_is_the_old_design(small_world, small_models, tmp_path
     a = load_file(small_models.parent / "clip_unstyled" / "open_clip_model.safetensors")
     b = load_file(old / "clip" / "open_clip_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_models_cache_follows_the_code_that_shapes_them(small_world, tmp_path, monkeypatch):
+    """No version to bump by hand: editing a file in SHAPED_BY changes the fingerprint, so make demo rebuilds."""
+    import sys
+
+    from hw3lib.app import demo_models
+
+    (tmp_path / "shaping_module.py").write_text("RECIPE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(demo_models, "SHAPED_BY", demo_models.SHAPED_BY + ("shaping_module",))
+    s = demo_models.DemoModelSettings.for_size("small")
+    before = demo_models._fingerprint(small_world, "small", 0, s)
+    assert demo_models._fingerprint(small_world, "small", 0, s) == before
+    (tmp_path / "shaping_module.py").write_text("RECIPE = 2\n")
+    assert demo_models._fingerprint(small_world, "small", 0, s) != before
+    sys.modules.pop("shaping_module", None)

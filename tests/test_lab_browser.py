@@ -95,7 +95,6 @@ def explorer_inputs(request) -> tuple[str, str, str]:
 
 
 def test_attention_explorer_in_jupyterlab(lab, request, tmp_path):
-    t0 = time.time()
     root, url, token = lab
     assets, run, images = explorer_inputs(request)
     nb = nbformat.v4.new_notebook()
@@ -144,4 +143,3 @@ def test_attention_explorer_in_jupyterlab(lab, request, tmp_path):
         raise
     finally:
         drv.quit()
-    assert time.time() - t0 < 120

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -243,10 +242,8 @@ def bad_cases(w, tmp):
 def test_bad_arguments_give_one_line(world, tmp_path, case):
     (tmp_path / "afile").write_text("x")
     args, needle = bad_cases(world, tmp_path)[case]
-    t0 = time.time()
     check_refused(args, [world["data"] / "p2_data", world["assets"], world["decoder"]], needle)
     assert not (tmp_path / "run" / "config.json").exists()
-    assert time.time() - t0 < 120
 
 
 def test_empty_val_split_and_bad_config_table_and_manifest_type(world, tmp_path):

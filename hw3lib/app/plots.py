@@ -428,7 +428,7 @@ def training_curves_figure(curves: dict[str, dict], title: str = "Training curve
     axes[0].set_ylabel("training loss (teacher forcing)")
     axes[0].set_yscale("log")
     axes[1].set_xlabel("optimiser step")
-    axes[1].set_ylabel("val CIDEr (subset, greedy)")
+    axes[1].set_ylabel("held-out CIDEr (training images\nnot trained on, greedy)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -60,8 +60,8 @@ SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled, for anti-aliased edge
 @dataclass(frozen=True)
 class P1Difficulty:
     scale_jitter: float = 0.05  # object side = its grid size x uniform(1 - j, 1 + j)
-    offset: int = 0  # pixels off the patch grid (uniform -offset..offset); the demo CLIP loses ~15-25
-    #                  points of shape accuracy per pixel (README), so P1 keeps objects on the grid
+    offset: int = 0  # pixels off the patch grid (uniform -offset..offset); the demo CLIP reads shape worse
+    #                  off the grid, so P1 keeps objects on it
     clutter: int = 3  # at most this many distractor strokes and specks (uniform 0..clutter)
     noise: tuple[float, float] = (6.0, 20.0)  # pixel noise sigma (uniform)
     occlusion: float = 0.35  # chance of a bar across a quarter of the object
