@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python (hw3lib)
 #     language: python
@@ -63,6 +63,7 @@ from hw3lib.app.pipeline import (
     training_curves,
 )
 from hw3lib.app.plots import (
+    anatomy_figure,
     caption_examples_figure,
     greedy_vs_beam_figure,
     grounding_figure,
@@ -170,7 +171,9 @@ save(pareto_figure(rows), figures / "p2_pareto.png")
 # %% [markdown]
 # ## Objects: does each caption name every object once, and nothing else? (demo world)
 # Exact scene, by the number of objects in the image, and what goes wrong: objects left out, present
-# objects named twice, absent objects named (CHAIR-s).
+# objects named twice, absent objects named (CHAIR-s); then the failure anatomy, which puts each caption
+# in one kind: exact, too few objects, too many, the right count with one named twice, or the right count
+# with a colour or shape wrong.
 
 # %%
 if any(r.objects for r in rows):
@@ -180,6 +183,7 @@ if any(r.objects for r in rows):
               f"{o['precision'].percent()}  repeats {o['repeats'].percent()}  CHAIR-s {o['chair_s'].percent()}  by objects "
               + " / ".join(t["exact"].percent() for _, t in sorted(r.objects_by_count.items())))
     save(grounding_figure(rows), figures / "p2_grounding.png")
+    save(anatomy_figure(rows), figures / "p2_anatomy.png")
 
 # %% [markdown]
 # ## What each mechanism bought (the report's setting under each recipe, paired on the same images)

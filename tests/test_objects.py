@@ -74,3 +74,38 @@ def test_pooled_metrics_and_breakdown_by_object_count():
     assert set(by) == {"1", "2", "3"} and by["1"]["exact"].share == 1.0 and by["3"]["exact"].share == 0.0
     assert by["2"]["recall"].share == pytest.approx(1 / 2) and by["3"]["repeats"].share == 1.0
     assert s["recall"].ci.low <= s["recall"].share <= s["recall"].ci.high
+
+
+RED_CIRCLE_BLUE_SQUARE = [obj("circle", "red"), obj("square", "blue")]
+
+
+@pytest.mark.parametrize(("caption", "kind"), [
+    ("a red circle and a blue square", "exact"),
+    ("a blue square and a large circle coloured red", "exact"),
+    ("a red circle", "too_few"),
+    ("a shape on a plain background", "too_few"),
+    ("a red circle, a blue square and a green heart", "too_many"),
+    ("a red circle, a blue square and a red circle", "too_many"),  # a repeat on top of the whole scene
+    ("a red circle and a red circle", "repeat_right_count"),  # the square left out for a second circle
+    ("a blue circle and a red square", "swapped"),  # colours swapped between the objects
+    ("a red circle and a green square", "swapped"),  # one colour wrong
+])
+def test_the_failure_anatomy_on_hand_made_captions(caption, kind):
+    from hw3lib.metrics.objects import failure_kind
+
+    assert failure_kind(score_caption(mentions(caption, SHAPES, C), RED_CIRCLE_BLUE_SQUARE)) == kind
+
+
+def test_the_anatomy_partitions_the_captions_of_each_scene_size():
+    from hw3lib.metrics.objects import ANATOMY
+
+    boxes = {"val/a.jpg": RED_CIRCLE_BLUE_SQUARE, "val/b.jpg": RED_CIRCLE_BLUE_SQUARE, "val/c.jpg": [obj("star", "red")],
+             "val/d.jpg": RING_HEART_RING}
+    preds = {"a": "a red circle", "b": "a red circle and a red circle", "c": "a red star",
+             "d": "a green ring, a blue heart and a purple ring"}
+    by = object_counts(preds, boxes, SHAPES, C).by_object_count(n_boot=50)
+    assert {n: {k: by[n][k].right for k in ANATOMY} for n in by} == {
+        "1": {"exact": 1, "too_few": 0, "too_many": 0, "repeat_right_count": 0, "swapped": 0},
+        "2": {"exact": 0, "too_few": 1, "too_many": 0, "repeat_right_count": 1, "swapped": 0},
+        "3": {"exact": 1, "too_few": 0, "too_many": 0, "repeat_right_count": 0, "swapped": 0}}
+    assert all(sum(by[n][k].share for k in ANATOMY) == pytest.approx(1.0) for n in by)

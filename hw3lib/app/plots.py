@@ -395,6 +395,39 @@ def grounding_figure(rows: list[VariantRow], title: str = "Do captions name ever
     return fig
 
 
+ANATOMY_LABELS = {"exact": "exact", "too_few": "too few objects", "too_many": "too many objects",
+                  "repeat_right_count": "right count, one named twice", "swapped": "right count, a colour or shape wrong"}
+
+
+def anatomy_figure(rows: list[VariantRow], title: str = "How captions fail, by the number of objects (demo world)"):
+    """One panel per scene size (1, 2, 3 objects): per variant, its captions of that size split into the
+    failure anatomy's kinds (`objects.ANATOMY`, which sum to one), as a stacked horizontal bar."""
+    from ..metrics.objects import ANATOMY
+
+    rows = [r for r in rows if r.objects_by_count and any("too_few" in v for v in r.objects_by_count.values())]
+    counts = sorted({n for r in rows for n in r.objects_by_count}, key=int)
+    fig, axes = plt.subplots(1, len(counts), figsize=(4.2 * len(counts), 0.45 * len(rows) + 1.6), sharey=True,
+                             squeeze=False)
+    colors = dict(zip(ANATOMY, ["#55A868", "#8C8C8C", "#DD8452", "#C44E52", "#8172B2"], strict=True))
+    y = np.arange(len(rows))
+    for ax, n in zip(axes[0], counts, strict=True):
+        left = np.zeros(len(rows))
+        for kind in ANATOMY:
+            vals = np.array([(r.score(kind, n)[0] or 0.0) for r in rows])
+            ax.barh(y, vals, left=left, color=colors[kind], label=ANATOMY_LABELS[kind])
+            left += vals
+        ax.set_title(f"{n} object{'s' * (n != '1')}", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of captions")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_yticks(y, [r.variant for r in rows], fontsize=8)
+    axes[0][0].invert_yaxis()
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def pareto_figure(rows: list[VariantRow], title: str = "Trainable parameters vs caption quality"):
     """Two panels: parameters (log) against CIDEr and against CLIPScore, Pareto front joined."""
     rows = [r for r in rows if r.trainable > 0]

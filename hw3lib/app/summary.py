@@ -237,6 +237,7 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
             lines.append(f"| {md_text(r.variant)} | " + " | ".join(
                 f"{_share(by.get(n, {}).get('exact'), False)} ({_share(by.get(n, {}).get('recall'), False)})"
                 for n in counts) + " |")
+        lines += anatomy_lines(p2, counts)
         lines += ["", "Word-level grounding, which cannot see repeats or omissions (a repeated mention counts as "
                   "right, an object left out is not counted): the share of (colour, shape) mentions whose type the "
                   "image holds, and of shape and colour words.", "",
@@ -323,6 +324,26 @@ def ablation_lines(p2: VariantTable) -> list[str]:
                      f"{_share(o.get('recall'), False)} | {_share(o.get('repeats'), False)} | "
                      f"{_share(o.get('chair_s'), False)} | {_of(r.relations)} | "
                      f"{_delta(d.get('exact'), 100, '+.1f', ' pts')} | {_delta(d.get('recall'), 100, '+.1f', ' pts')} |")
+    return lines
+
+
+def anatomy_lines(p2: VariantTable, counts: list[str]) -> list[str]:
+    """The failure anatomy (`objects.failure_kind`) per variant and scene size; nothing for an older table."""
+    from ..metrics.objects import ANATOMY
+
+    rows = [r for r in p2.rows if any("too_few" in v for v in (r.objects_by_count or {}).values())]
+    if not rows:
+        return []
+    lines = ["", "How the captions fail, by the number of objects in the image (shares of that scene size's "
+             "captions; the five sum to 100%): too few or too many objects named; the right number with one "
+             "object named twice (and another missed); the right number, none twice, with a colour or shape the "
+             "image does not hold (`figures/p2_anatomy.png`):", "",
+             "| variant | objects | exact | too few | too many | right count, one named twice | right count, a colour "
+             "or shape wrong |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        for n in counts:
+            by = r.objects_by_count.get(n, {})
+            lines.append(f"| {md_text(r.variant)} | {n} | " + " | ".join(_of(by.get(k)) for k in ANATOMY) + " |")
     return lines
 
 

@@ -17,6 +17,11 @@ Per set of captions: precision = matched / mentions, recall = matched / objects,
 hallucinated / mentions and CHAIR-s = captions with a hallucination / captions (Rohrbach et al. 2018,
 with (colour, shape) as the object type), and the share of captions that repeat a present object.
 Every one is a ratio of per-image sums, so `stats` bootstraps it over images.
+
+The failure anatomy sorts every caption into one of `ANATOMY` (they partition the captions): exact; too
+few mentions for the image's objects; too many; the right number with an object named twice (and so
+another missed); the right number, none repeated, with a colour or shape that the image does not hold
+(attributes swapped between objects, or one object named wrong).
 """
 
 from __future__ import annotations
@@ -45,7 +50,13 @@ METRICS = {
     "chair_i": ("hallucinated", "mentions"),
     "chair_s": ("hallucinating", "images"),
     "repeats": ("repeating", "images"),  # captions that repeat a present object
+    # the failure anatomy (`failure_kind`): with "exact", shares of the captions that sum to one
+    "too_few": ("too_few", "images"),
+    "too_many": ("too_many", "images"),
+    "repeat_right_count": ("repeat_right_count", "images"),
+    "swapped": ("swapped", "images"),
 }
+ANATOMY = ("exact", "too_few", "too_many", "repeat_right_count", "swapped")  # the kinds of `failure_kind`
 HEADLINE = ("exact", "recall", "precision", "chair_s", "repeats")  # the P2 table's columns
 
 
@@ -168,6 +179,16 @@ def match(found: list[Mention], objects: Sequence[Obj]) -> list[str]:
     return fate
 
 
+def failure_kind(s: CaptionObjects) -> str:
+    """Which of `ANATOMY` a caption is: exact, or how it fails (the count first, then what is wrong at the
+    right count)."""
+    if s.exact:
+        return "exact"
+    if s.mentions != s.objects:
+        return "too_few" if s.mentions < s.objects else "too_many"
+    return "repeat_right_count" if s.repeated else "swapped"
+
+
 def score_caption(found: list[Mention], objects: Sequence[Obj]) -> CaptionObjects:
     """Mentions against the image's objects as multisets (`match`)."""
     fate = match(found, objects)
@@ -213,10 +234,11 @@ def object_counts(predictions: dict[str, str], boxes: Mapping[str, Sequence[Obj]
         objs = boxes_for(k, boxes, split)
         s = score_caption(mentions(predictions[k], shapes, colors), objs)
         n_obj.append(len(objs))
-        per.append({"exact": int(s.exact), "images": 1, "matched": s.matched, "objects": s.objects,
+        kind = failure_kind(s)
+        per.append({"images": 1, "matched": s.matched, "objects": s.objects,
                     "mentions": s.mentions, "matched2": 2 * s.matched, "mentions_objects": s.mentions + s.objects,
                     "hallucinated": s.hallucinated, "hallucinating": int(s.hallucinated > 0),
-                    "repeating": int(s.repeated > 0)})
+                    "repeating": int(s.repeated > 0)} | {k: int(kind == k) for k in ANATOMY})
     names = {n for pair in METRICS.values() for n in pair}
     return ObjectCounts(keys, {n: np.array([p[n] for p in per], dtype=np.int64) for n in names},
                         np.array(n_obj, dtype=np.int64))
