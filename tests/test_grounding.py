@@ -20,6 +20,8 @@ OBJECTS = (Obj("circle", "red", "small", (0, 0, 10, 10)), Obj("star", "blue", "l
     ("Red Circle, BLUE star", (2, 2), (2, 2), (2, 2)),  # case and punctuation do not matter
     ("a reddish circles", (0, 0), (0, 0), (0, 0)),  # only whole words count
     ("", (0, 0), (0, 0), (0, 0)),
+    # the world's "coloured" phrasing is a mention too (the reading objects.py uses; grounding once missed it)
+    ("a large circle coloured red and a small star coloured red", (1, 2), (2, 2), (2, 2)),
 ])
 def test_ground_caption(caption, mentions, shapes, colors):
     g = ground_caption(caption, OBJECTS, SHAPES, list(COLORS))

@@ -4,8 +4,9 @@ CIDEr rewards n-grams shared with the references, so a captioner that gets every
 template right but names the wrong shapes still scores well. Grounding asks the boxes instead
 (`boxes.json`: per image, each object's `shape`, `color` and `box`):
 
-- a *mention* is a colour word directly followed by a shape word ("red circle", also inside "a small red
-  circle"); it is right when the image holds an object of that colour and that shape;
+- a *mention* is a shape word named with its colour, in every phrasing the captions use ("a small red
+  circle", "a large circle coloured red": `objects.mention_positions`, the one reading of them); it is right
+  when the image holds an object of that colour and that shape;
 - a *shape word* is right when the image holds an object of that shape; a *colour word* likewise.
 
 Scores are pooled shares over images (right / total), and per-image counts are kept so that `stats`
@@ -14,7 +15,6 @@ can bootstrap them over images.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +23,7 @@ import numpy as np
 from ..core.results import Interval, Share
 from ..demo.world import Obj, boxes_for
 from . import stats
+from .objects import mention_positions, words
 
 KINDS = ("mentions", "shapes", "colors")  # what is counted
 
@@ -33,11 +34,6 @@ class ImageGrounding:
     total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # words found
 
 
-def words(caption: str) -> list[str]:
-    """Lower-case word tokens (letters only), the unit every count is made of."""
-    return re.findall(r"[a-z]+", caption.lower())
-
-
 def ground_caption(caption: str, objects: Sequence[Obj], shapes: list[str], colors: list[str]) -> ImageGrounding:
     """Counts for one caption against the objects of its image."""
     have_shapes = {o.shape for o in objects}
@@ -46,16 +42,17 @@ def ground_caption(caption: str, objects: Sequence[Obj], shapes: list[str], colo
     shape_set, color_set = set(shapes), set(colors)
     g = ImageGrounding()
     w = words(caption)
-    for i, word in enumerate(w):
+    for word in w:
         if word in shape_set:
             g.total["shapes"] += 1
             g.right["shapes"] += word in have_shapes
-            if i > 0 and w[i - 1] in color_set:
-                g.total["mentions"] += 1
-                g.right["mentions"] += (w[i - 1], word) in have_pairs
         if word in color_set:
             g.total["colors"] += 1
             g.right["colors"] += word in have_colors
+    for _, m in mention_positions(w, shapes, colors):
+        if m.color is not None:
+            g.total["mentions"] += 1
+            g.right["mentions"] += (m.color, m.shape) in have_pairs
     return g
 
 

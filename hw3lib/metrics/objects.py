@@ -38,7 +38,6 @@ import torch
 from ..core.results import Share
 from ..demo.world import SIZES, Obj, boxes_for
 from . import stats
-from .grounding import words
 
 COLOURED = ("coloured", "colored")  # "a large circle coloured red"
 # metric -> (numerator, denominator) of the per-image counts; every metric is sum(num) / sum(den)
@@ -82,6 +81,11 @@ class CaptionObjects:
     @property
     def exact(self) -> bool:
         return self.matched == self.objects == self.mentions
+
+
+def words(caption: str) -> list[str]:
+    """Lower-case word tokens (letters only), the unit every count is made of."""
+    return re.findall(r"[a-z]+", caption.lower())
 
 
 def mention_positions(w: list[str], shapes, colors) -> list[tuple[int, Mention]]:
