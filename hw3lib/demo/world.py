@@ -3,15 +3,14 @@
 P2 / P3 images hold one to three simple objects (shape x colour x size x position) on a noisy gradient
 background. Objects sit on the demo ViT's patch grid (GRID x GRID cells of `side / GRID` pixels, each
 object 2 or 3 cells wide): a ViT learns shape from patches whose contents repeat, and off the grid the
-tiny demo CLIP needs far more steps than a CPU report allows (measured: 32% shape accuracy after 300
-supervised steps off the grid, 73% after 150 on it). Captions name the objects, their attributes and
+tiny demo CLIP needs far more steps than a CPU report allows. Captions name the objects, their attributes and
 their spatial relations in several phrasings, so a captioner must look at the image: colour, shape,
 size and layout are drawn independently and cannot be guessed from text statistics alone.
 
 P1 is harder on purpose: its class is the shape alone (colour is random per image, so colour gives
 chance), and each image jitters the object's scale and adds clutter strokes and specks, stronger
-noise and sometimes an occluding bar (P1Difficulty). Objects stay on the grid: one pixel off it costs
-the demo CLIP ~15 points of shape accuracy, two pixels ~40 (README). Each P1 image is then drawn in one
+noise and sometimes an occluding bar (P1Difficulty). Objects stay on the grid, where the demo CLIP
+reads shape best. Each P1 image is then drawn in one
 render style (`styles`: photo-like, sketch, blurry, low resolution, dark, bright; styles.json records
 which), every style equally often within a class, so prompt effects can be measured per style.
 
@@ -296,12 +295,16 @@ def _region(o: Obj, side: int) -> str:
     return f"{row} {col}".strip() or "centre"
 
 
+# the words captions use for where one object is relative to another (metrics/relations.py reads them)
+RELATION_WORDS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+
+
 def _relation(a: Obj, b: Obj) -> str:
-    """Where `a` is relative to `b`."""
+    """Where `a` is relative to `b`, in words (`RELATION_WORDS`)."""
     dx, dy = a.center[0] - b.center[0], a.center[1] - b.center[1]
     if abs(dx) >= abs(dy):
-        return "to the left of" if dx < 0 else "to the right of"
-    return "above" if dy < 0 else "below"
+        return RELATION_WORDS["left" if dx < 0 else "right"]
+    return RELATION_WORDS["above" if dy < 0 else "below"]
 
 
 def _np(o: Obj, size: bool = True) -> str:

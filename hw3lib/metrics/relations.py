@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..demo.world import Obj, boxes_for
+from ..demo.world import RELATION_WORDS, Obj, boxes_for
 from .objects import Phrase, phrases
 
-RELATIONS = {"to the left of": "left", "to the right of": "right", "above": "above", "below": "below"}
+RELATIONS = {words: side for side, words in RELATION_WORDS.items()}  # "to the left of" -> "left", as captions say it
 _PATTERN = re.compile(r"\b(" + "|".join(RELATIONS) + r")\b(\s+it\b)?")
 
 
