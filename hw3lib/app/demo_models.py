@@ -59,7 +59,7 @@ from ..core.progress import progress
 from ..core.tokenizer import teacher_forcing_batch, train_bpe
 from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame, framings_for_styles
 from ..demo.styles import PRETRAINING_MIX, STYLES, draw_styles, render_style
-from ..demo.world import DemoWorld, boxes_for
+from ..demo.world import SINGLE_OBJECT, DemoWorld, boxes_for
 from ..models.clip import encode_text_trimmed
 from ..models.decoder_file import save_decoder
 from ..models.gpt2 import GPT2, GPT2Config
@@ -293,14 +293,16 @@ def clip_recall_at_1(bundle, split) -> float:
 @torch.no_grad()
 def attribute_zero_shot(bundle, images, shape_labels, color_labels, shapes: list[str], colors: list[str]) -> dict:
     """Zero-shot shape and colour accuracy. Each class's text embedding averages the caption phrase
-    "a single {colour} {shape}" over the other attribute (the shape "circle" is every colour of circle)."""
+    "a single {colour} {shape}" (the world's `SINGLE_OBJECT` phrasing) over the other attribute (the shape
+    "circle" is every colour of circle)."""
     from ..models.clip import encode_images
     from ..zeroshot.classify import ensemble, text_features
 
     feats = encode_images(bundle, images)  # (N, D)
-    per = text_features(bundle, [f"{c} {sh}" for c in colors for sh in shapes], ["a single {object}"])[0]
+    per = text_features(bundle, [f"{c} {sh}" for c in colors for sh in shapes], [SINGLE_OBJECT])[0]
     per = per.view(len(colors), len(shapes), -1)  # (colours, shapes, D)
-    out = {"n": len(images), "template": "a single {colour} {shape}, averaged over the other attribute"}
+    out = {"n": len(images), "template": f"{SINGLE_OBJECT.format(object='{colour} {shape}')}, averaged over the other "
+                                         "attribute"}
     for name, weights, labels in (("shape", ensemble(per), shape_labels), ("color", ensemble(per.transpose(0, 1)), color_labels)):
         out[f"{name}_accuracy"] = float(((feats @ weights.T).argmax(1).numpy() == np.asarray(labels)).mean())
     return out

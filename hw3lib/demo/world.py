@@ -295,6 +295,8 @@ def _region(o: Obj, side: int) -> str:
     return f"{row} {col}".strip() or "centre"
 
 
+# a one-object caption phrasing that is also the demo CLIP's zero-shot template (app/demo_models.py)
+SINGLE_OBJECT = "a single {object}"
 # the words captions use for where one object is relative to another (metrics/relations.py reads them)
 RELATION_WORDS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 
@@ -341,7 +343,7 @@ def make_captions(rng: np.random.Generator, objs: list[Obj], side: int, n: int, 
             f"{_article(_np(a, False))} in the {_region(a, side)} of the picture",
             f"a picture of one {_np(a)}",
             f"there is {_article(_np(a))} in the {_region(a, side)}",
-            f"a single {a.color} {a.shape}",
+            SINGLE_OBJECT.format(object=f"{a.color} {a.shape}"),
             f"{_article(a.size)} {a.shape} coloured {a.color}",
             f"one {a.color} {a.shape} near the {_region(a, side)}",
         ]
