@@ -139,3 +139,24 @@ def test_wrong_nouns_are_repeats_and_absent_types():
     assert [t for t, _, _ in got] == [10, 14]
     assert got[0][1] == [(20, 0, 28, 8)] and got[0][2] == [(0, 0, 8, 8), (10, 0, 18, 8)]  # named type / others
     assert got[1][1] == [] and len(got[1][2]) == 3
+
+
+def test_noun_boxes_read_every_phrasing_of_a_colour():
+    """P3's localisation reads mentions as the object metrics do: "a circle coloured red" narrows to the red
+    circle, as "a red circle" does; a colour the image lacks for that shape leaves every circle."""
+    from pathlib import Path
+
+    from hw3lib.attention.maps import CaptionAttention, _noun_boxes
+    from hw3lib.demo.world import COLORS, SHAPES
+
+    objects = [Obj("circle", "red", "small", (0, 0, 10, 10)), Obj("circle", "blue", "small", (20, 0, 30, 10))]
+
+    def boxes(caption):
+        texts = [f" {w}" for w in caption.split()]
+        ca = CaptionAttention(Path("x.png"), caption, list(range(len(texts))), texts, torch.zeros(0), torch.zeros(0),
+                              torch.zeros(0), (1, 1), 1, 0)
+        return _noun_boxes(ca, objects, list(SHAPES), list(COLORS))
+
+    assert boxes("a red circle") == [(2, "circle", [(0, 0, 10, 10)])]
+    assert boxes("a small circle coloured red") == [(2, "circle", [(0, 0, 10, 10)])]
+    assert boxes("a green circle") == [(2, "circle", [(0, 0, 10, 10), (20, 0, 30, 10)])]

@@ -233,17 +233,17 @@ def display_maps(ca: CaptionAttention, maps: torch.Tensor, size: tuple[int, int]
 
 def _noun_boxes(ca: CaptionAttention, objects: Sequence[Obj], shapes: list[str], colors: list[str]):
     """(token index, shape, boxes of objects it can name) for tokens that spell a shape noun present
-    in the image. A colour word just before it narrows the boxes to objects of that colour."""
-    words = [t.strip().lower() for t in ca.token_texts]
+    in the image. The colour the caption gives it (before it, or "coloured <colour>" after it: the one
+    reading of mentions, `objects.mention_positions`) narrows the boxes to objects of that colour."""
+    from ..metrics.objects import mention_positions
+
     out = []
-    for i, w in enumerate(words):
-        if w in shapes:
-            cands = [o for o in objects if o.shape == w]
-            prev = words[i - 1] if i > 0 else ""
-            if prev in colors:
-                cands = [o for o in cands if o.color == prev] or cands
-            if cands:
-                out.append((i, w, [o.box for o in cands]))
+    for i, m in mention_positions([t.strip().lower() for t in ca.token_texts], shapes, colors):
+        cands = [o for o in objects if o.shape == m.shape]
+        if m.color is not None:
+            cands = [o for o in cands if o.color == m.color] or cands
+        if cands:
+            out.append((i, m.shape, [o.box for o in cands]))
     return out
 
 
