@@ -134,3 +134,49 @@ def test_every_module_is_documented():
     assert listed == modules, f"missing from the doc: {sorted(modules - listed)}; gone: {sorted(listed - modules)}"
     assert {m.split("/")[0] for m in modules} == {p for layer in LAYERS for p in layer}
     assert not {m.split("/")[1] for m in modules} & set(sys.stdlib_module_names) - {"cli"}
+
+
+# -- one reader of the caption grammar ------------------------------------------------------------------
+
+MENTION_READER = ("hw3lib/metrics/objects.py", {"mention_positions", "phrases"})  # the one place mentions are read
+
+
+def mention_readers(source: str, name: str = "<module>") -> list[str]:
+    """Functions that read mentions themselves: they look at a word's neighbour (`w[i - 1]`, `w[i + 2]`)
+    and test words against the shape or colour vocabulary (`... in shapes`, `in color_set`)."""
+    out = []
+    for fn in ast.walk(ast.parse(source, name)):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        neighbour = any(isinstance(n, ast.Subscript) and isinstance(n.slice, ast.BinOp)
+                        and isinstance(n.slice.op, ast.Add | ast.Sub) and isinstance(n.slice.right, ast.Constant)
+                        for n in ast.walk(fn))
+        vocabulary = any(isinstance(n, ast.Compare) and any(isinstance(op, ast.In) for op in n.ops)
+                         and any("shape" in ast.unparse(c) or "colo" in ast.unparse(c) for c in n.comparators)
+                         for n in ast.walk(fn))
+        if neighbour and vocabulary:
+            out.append(fn.name)
+    return out
+
+
+def test_the_check_finds_a_second_mention_reader():
+    hand_made = '''
+def colour_of(words, i, colors):
+    return words[i - 1] if i > 0 and words[i - 1] in colors else None
+
+def count_shapes(words, shapes):
+    return sum(w in shapes for w in words)  # counting words is not reading mentions
+'''
+    assert mention_readers(hand_made) == ["colour_of"]
+
+
+def test_mentions_are_read_in_one_place():
+    found = {}
+    for path in sorted((ROOT / "hw3lib").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        names = set(mention_readers(path.read_text(), rel))
+        if rel == MENTION_READER[0]:
+            names -= MENTION_READER[1]
+        if names:
+            found[rel] = sorted(names)
+    assert not found, f"mentions read outside {MENTION_READER[0]} (call objects.mention_positions): {found}"
