@@ -181,10 +181,11 @@ def _main(args) -> int:
     with output_lock(figures, "python -m hw3lib.app.report"):  # one report at a time per figures/ folder
         own_runs(runs, group, args.data, assets)
         with staged_folder(figures) as stage, staged_folder(html_dir) as stage_html:
-            written = _run(root, stage, common | {"figures_dir": str(stage.resolve())}, p2)
+            executed = _run(root, stage, common | {"figures_dir": str(stage.resolve())}, p2)
+            written = sorted(f.name for f in stage.iterdir() if f.is_file())
             doc = write_summary(stage, Path(assets).parent if assets != "real" else None, written)
             written = written + ["summary.md", "summary.json"]
-            index = export_html(_executed(root), stage, stage_html, written,
+            index = export_html(executed, stage, stage_html, written,
                                 os.path.relpath(figures.resolve(), html_dir.resolve()))
             carry_over(figures, stage)
         # both swapped in: the report is whole
@@ -196,23 +197,19 @@ def _main(args) -> int:
     return 0
 
 
-def _executed(root: Path) -> list[Path]:
-    return [root / "notebooks" / "executed" / f"{n}.ipynb" for n in NOTEBOOKS]
-
-
-def _run(root: Path, figures: Path, params: dict, p2: dict) -> list[str]:
-    """The three notebooks, writing into `figures` (the staged folder); the names of the files written."""
-    t_all = time.time()
+def _run(root: Path, figures: Path, params: dict, p2: dict) -> list[Path]:
+    """The three notebooks, writing into `figures` (the staged folder); the executed notebooks."""
+    t_all, done = time.time(), []
     for i, name in enumerate(NOTEBOOKS, 1):
         extra = {NOTEBOOKS[1]: p2}.get(name, {})
         if name == NOTEBOOKS[2]:  # P3 looks at P2's best run
             extra = {"checkpoint": VariantTable.from_json(read_json(figures / "p2_summary.json")).best.run}
         t0 = time.time()
         print(f"[report {i}/3] {name} ...", flush=True)
-        run_notebook(root, name, params | extra, root / "notebooks" / "executed")
+        done.append(run_notebook(root, name, params | extra, root / "notebooks" / "executed"))
         print(f"[report {i}/3] {name} done in {time.time() - t0:.0f} s", flush=True)
     print(f"[report] notebooks done in {time.time() - t_all:.0f} s", flush=True)
-    return sorted(f.name for f in figures.iterdir() if f.is_file())
+    return done
 
 
 def own_runs(runs: Path, group: str, data: Path, assets: str) -> None:
