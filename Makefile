@@ -34,7 +34,7 @@ venv: $(VENV)/.installed
 
 # The demo world and its models (both cached: rebuilt only when missing or out of date). The world is a
 # function of the files below; the models' fingerprint covers their data, settings and code (SHAPED_BY).
-$(DEMO)/hw3_data/DEMO.json: hw3lib/demo/world.py hw3lib/demo/styles.py | $(VENV)/.installed
+$(DEMO)/hw3_data/DEMO.json: hw3lib/demo/world.py hw3lib/demo/styles.py hw3lib/demo/phrasing.py | $(VENV)/.installed
 	rm -rf $(DEMO)/hw3_data
 	$(HW3) demo-data $(DEMO)/hw3_data --size $(DEMO_SIZE) --seed 0
 

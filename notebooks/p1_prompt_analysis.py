@@ -40,7 +40,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hw3lib.app.demo_models import NEGATION_MANIFEST, UNSTYLED_MANIFEST
 from hw3lib.app.plots import (
     confusion_figure,
     frequency_figure,
@@ -61,6 +60,7 @@ from hw3lib.core.results import P1Summary
 from hw3lib.demo.pretraining_text import read_pretraining_text
 from hw3lib.demo.world import DemoWorld
 from hw3lib.models.loading import load_clip
+from hw3lib.pretraining import NEGATION_MANIFEST, UNSTYLED_MANIFEST
 from hw3lib.zeroshot.classify import (
     ZeroShotStudy,
     confusion_matrix,

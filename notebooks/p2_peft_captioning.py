@@ -53,15 +53,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from hw3lib.app.pipeline import (
-    DECODING_GRID,
-    Recipe,
-    caption_order_world,
-    compare_variants,
-    default_tokenizer,
-    probe_encoder,
-    training_curves,
-)
 from hw3lib.app.plots import (
     anatomy_figure,
     caption_examples_figure,
@@ -76,6 +67,15 @@ from hw3lib.app.plots import (
     variants_figure,
 )
 from hw3lib.app.summary import p2_section
+from hw3lib.captioning import (
+    DECODING_GRID,
+    Recipe,
+    caption_order_world,
+    compare_variants,
+    default_tokenizer,
+    probe_encoder,
+    training_curves,
+)
 from hw3lib.core.device import resolve_device
 from hw3lib.core.files import atomic_write_json
 from hw3lib.core.images import open_image

@@ -40,7 +40,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from hw3lib.app.pipeline import clipscore_extremes, load_run, manifest_for
 from hw3lib.app.plots import (
     layer_head_figure,
     localisation_figure,
@@ -51,6 +50,7 @@ from hw3lib.app.plots import (
 from hw3lib.app.summary import p3_section
 from hw3lib.attention.maps import capture, display_maps, localisation, method_maps
 from hw3lib.attention.viewer import METHODS, AttentionExplorer, html_viewer
+from hw3lib.captioning import clipscore_extremes, load_run, manifest_for
 from hw3lib.core.device import resolve_device
 from hw3lib.core.files import atomic_write_json, atomic_write_text
 from hw3lib.core.images import list_images, open_image

@@ -54,7 +54,7 @@ def small_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_models(small_world, tmp_path_factory):
     """The small demo models trained on `small_world`; returns the assets.json path."""
-    from hw3lib.app.demo_models import build_demo_models
+    from hw3lib.pretraining.demo_models import build_demo_models
 
     return build_demo_models(small_world, tmp_path_factory.mktemp("models"), size="small", seed=0)
 
@@ -62,7 +62,7 @@ def small_models(small_world, tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_run(small_models, small_world, tmp_path_factory):
     """A briefly trained LoRA captioner on the small world (run folder)."""
-    from hw3lib.app.pipeline import train_run
+    from hw3lib.captioning.runs import train_run
 
     out = tmp_path_factory.mktemp("runs") / "lora"
     train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, small_world / "p2_data", out,

@@ -8,8 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Highest first. A layer may import the layers below it; the packages of one layer are independent
-# of each other (P1, P3 and training share the models and metrics, never one another).
-LAYERS = (("app",), ("zeroshot", "attention", "training"), ("metrics",), ("models",), ("demo",), ("core",))
+# of each other (P1, P2 and P3 share training, the models and metrics, never one another).
+LAYERS = (("app",), ("pretraining",), ("zeroshot", "captioning", "attention"), ("training",), ("metrics",), ("models",),
+          ("demo",), ("core",))
 
 
 def imports_of(path: Path, module: str) -> set[str]:
@@ -138,7 +139,7 @@ def test_every_module_is_documented():
 
 # -- one reader of the caption grammar ------------------------------------------------------------------
 
-MENTION_READER = ("hw3lib/metrics/objects.py", {"mention_positions", "phrases"})  # the one place mentions are read
+MENTION_READER = ("hw3lib/demo/phrasing.py", {"mention_positions", "phrases"})  # the one place mentions are read
 
 
 def mention_readers(source: str, name: str = "<module>") -> list[str]:
@@ -179,4 +180,42 @@ def test_mentions_are_read_in_one_place():
             names -= MENTION_READER[1]
         if names:
             found[rel] = sorted(names)
-    assert not found, f"mentions read outside {MENTION_READER[0]} (call objects.mention_positions): {found}"
+    assert not found, f"mentions read outside {MENTION_READER[0]} (call demo.phrasing.mention_positions): {found}"
+
+
+def grammar_literals(source: str, name: str = "<module>") -> list[str]:
+    """String constants of a module that spell a piece of the caption grammar: a relation's words, the
+    "coloured" form (each must come from `demo.phrasing`)."""
+    from hw3lib.demo import phrasing
+
+    pieces = set(phrasing.RELATION_WORDS.values()) | set(phrasing.COLOURED)
+    pieces -= {"above", "below"}  # plain words that also mean other things (figure placement)
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                any(p in node.value for p in pieces) and len(node.value) < 80 and "\n" not in node.value:
+            found.append(node.value)
+    return found
+
+
+def test_the_check_finds_a_second_grammar_writer():
+    hand_made = '''
+def caption(a, b):
+    return f"{a} to the left of {b}"  # an f-string keeps its text in Constant parts
+
+TEMPLATE = "{shape} coloured {colour}"
+NOTE = "a caption names each object once"
+'''
+    assert sorted(grammar_literals(hand_made)) == [" to the left of ", "{shape} coloured {colour}"]
+
+
+def test_the_grammar_is_written_in_one_place():
+    """No module other than demo/phrasing.py spells a relation or "coloured" in a short string (a docstring explaining the grammar is longer and is allowed)."""
+    found = {}
+    for path in sorted((ROOT / "hw3lib").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel != "hw3lib/demo/phrasing.py":
+            lits = grammar_literals(path.read_text(), rel)
+            if lits:
+                found[rel] = lits
+    assert not found, f"caption grammar written outside hw3lib/demo/phrasing.py: {found}"

@@ -10,8 +10,9 @@ import torch
 from hw3lib.core.data import CaptionSet, ImageRecord
 from hw3lib.core.errors import HW3Error
 from hw3lib.core.tokenizer import load_gpt2_tokenizer
+from hw3lib.demo.phrasing import phrases
 from hw3lib.demo.world import COLORS, SHAPES, Obj, draw_scene, make_captions, reading_order
-from hw3lib.metrics.objects import object_masks, patch_grid, phrases
+from hw3lib.metrics.objects import object_masks, patch_grid
 from hw3lib.metrics.probe import encoder_probes, patch_labels
 from hw3lib.metrics.relations import check, relation_counts, stated_relations
 from hw3lib.training import attention_losses as L

@@ -5,7 +5,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from hw3lib.app.demo_models import build_demo_models
+from hw3lib.pretraining.demo_models import build_demo_models
 
 from .conftest import run_cli
 
@@ -55,7 +55,7 @@ def test_the_ablation_clip_is_the_old_design(small_world, small_models, tmp_path
     """clip_unstyled/ holds exactly the CLIP that the recipe without a style phase trains."""
     import dataclasses
 
-    from hw3lib.app import demo_models
+    from hw3lib.pretraining import demo_models
 
     small = demo_models.DemoModelSettings.for_size("small")
     monkeypatch.setattr(demo_models.DemoModelSettings, "for_size",
@@ -71,7 +71,7 @@ def test_the_models_cache_follows_the_code_that_shapes_them(small_world, tmp_pat
     """No version to bump by hand: editing a file in SHAPED_BY changes the fingerprint, so make demo rebuilds."""
     import sys
 
-    from hw3lib.app import demo_models
+    from hw3lib.pretraining import demo_models
 
     (tmp_path / "shaping_module.py").write_text("RECIPE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -25,7 +25,7 @@ NOTEBOOK = """\
 from hw3lib.models.loading import encoder_transform, load_tokenizer
 from hw3lib.attention.maps import capture
 from hw3lib.core.images import list_images
-from hw3lib.app.pipeline import load_run, manifest_for
+from hw3lib.captioning.runs import load_run, manifest_for
 from hw3lib.attention.viewer import AttentionExplorer
 
 m = manifest_for({assets!r})

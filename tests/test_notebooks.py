@@ -127,7 +127,8 @@ def test_p3_notebook_smoke(small_models, small_world, small_run, tmp_path):
 def test_clipscore_extremes_are_the_max_and_min_of_scores_computed_one_by_one(small_models, small_world, small_run):
     """The extremes P3 shows are the best and worst captions by CLIPScore, recomputed here image by image
     (batch 1) against the evaluator's batched scores."""
-    from hw3lib.app.pipeline import clipscore_extremes, load_run, manifest_for
+    from hw3lib.captioning.runs import load_run, manifest_for
+    from hw3lib.captioning.scoring import clipscore_extremes
     from hw3lib.metrics.captions import clip_scores
     from hw3lib.models.loading import load_clip
 

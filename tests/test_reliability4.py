@@ -353,7 +353,7 @@ def test_sigterm_during_the_java_tokenizer_leaves_no_process_and_no_captions(tmp
 
 
 def test_a_damaged_log_line_is_one_line_naming_the_file(tmp_path):
-    from hw3lib.app.pipeline import training_curves
+    from hw3lib.captioning.runs import training_curves
     from hw3lib.core.errors import HW3Error
 
     (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n')

@@ -421,7 +421,7 @@ def test_runs_of_another_world_are_not_reused(world, tmp_path, capsys):
 
 
 def test_the_drawn_order_world_of_another_world_is_written_anew(small_world, tmp_path):
-    from hw3lib.app.pipeline import caption_order_world
+    from hw3lib.captioning.study import caption_order_world
     from hw3lib.demo.world import DemoWorld, write_demo_world
 
     other = write_demo_world(tmp_path / "drawn", seed=8, size="small", progress=False, caption_order="drawn")

@@ -182,7 +182,7 @@ def test_checkpoint_chosen_on_held_out_training_images_never_val(small_models, s
     learning-curve measures; attention supervision without boxes.json is refused before any work."""
     import shutil
 
-    from hw3lib.app.pipeline import train_run
+    from hw3lib.captioning.runs import train_run
     from hw3lib.training.selection import selection_split
 
     data = shutil.copytree(small_world, tmp_path / "hw3_data")

@@ -41,7 +41,7 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_demo_models(args) -> int:
-    from .demo_models import build_demo_models
+    from ..pretraining.demo_models import build_demo_models
 
     manifest = build_demo_models(args.data_dir, args.out_dir, size=args.size, seed=args.seed, force=args.force)
     print(f"assets manifest: {manifest}")
@@ -57,13 +57,13 @@ def _device(name: str) -> str:
 def cmd_zeroshot(args) -> int:
     import numpy as np
 
+    from ..captioning.runs import manifest_for
     from ..core.data import read_p1_folder
     from ..core.files import require_dir, require_file
     from ..core.images import check_images
     from ..models.loading import load_clip
     from ..zeroshot.classify import ZeroShotStudy, accuracy, bootstrap_ci, write_predictions_csv
     from ..zeroshot.templates import PHOTO, check_template, template_set
-    from .pipeline import manifest_for
 
     templates = [check_template(t) for t in args.template] if args.template else []
     if args.templates:
@@ -101,7 +101,7 @@ def _weights(study, templates):
 
 
 def cmd_train(args) -> int:
-    from .pipeline import train_run
+    from ..captioning.runs import train_run
 
     if args.print_config:
         from ..core.device import resolve_device
@@ -117,9 +117,9 @@ def cmd_train(args) -> int:
     missing = [opt for opt, value in (("--data", args.data), ("--out", args.out)) if value is None]
     if missing:
         raise HW3Error(f"hw3 train: {' and '.join(missing)} required (except with --print-config or --plan)")
+    from ..captioning.runs import load_run, manifest_for, write_val_predictions
     from ..core.data import read_caption_file
     from ..training.config import load_config
-    from .pipeline import load_run, manifest_for, write_val_predictions
 
     train_run(args.config, args.assets, args.data, args.out, args.overrides, reuse=False, force_new=args.force_new)
     tr = load_config(args.config, args.overrides)[1]
@@ -135,11 +135,11 @@ def _plan(args) -> int:
     """hw3 train --plan / --plan-gpu: the precision and the memory plan, and whether it fits."""
     import torch
 
+    from ..captioning.runs import manifest_for, plan_memory
     from ..core.device import resolve_device
     from ..core.precision import choose_precision, gpu_precision
     from ..models.memory import GiB
     from ..training.config import load_config
-    from .pipeline import manifest_for, plan_memory
 
     cap, tr = load_config(args.config, args.overrides)
     m = manifest_for(args.assets, parts=("decoder",))  # the encoder's architecture is all the plan needs
@@ -184,9 +184,9 @@ def cmd_caption(args) -> int:
                        "pass --untrained to caption with the untrained model")
     if args.checkpoint is not None and not args.checkpoint.exists():
         raise HW3Error(f"--checkpoint {args.checkpoint}: no such run folder or checkpoint file")
+    from ..captioning.runs import caption_folder, load_run, manifest_for
     from ..core.precision import choose_precision
     from ..models.decoding import Decoding
-    from .pipeline import caption_folder, load_run, manifest_for
 
     m = manifest_for(args.assets, decoder=args.decoder_weights, parts=("encoder", "decoder", "tokenizer"))
     device = _device(args.device)
@@ -219,8 +219,8 @@ def cmd_evaluate(args) -> int:
     instances = instance_categories(args.instances) if args.instances else None
     clip = None
     if not args.no_clip:
+        from ..captioning.runs import manifest_for
         from ..core.images import check_images
-        from .pipeline import manifest_for
 
         check_images([im.path for im in cs.images if im.path is not None])  # every header, before the model
 
@@ -254,10 +254,10 @@ def cmd_evaluate(args) -> int:
 def cmd_attention(args) -> int:
     from ..attention.maps import capture, check_layers_heads, display_maps, method_maps
     from ..attention.viewer import html_viewer
+    from ..captioning.runs import load_run, manifest_for
     from ..core.files import atomic_write_text, output_lock
     from ..core.images import check_images, image_paths, open_image, unique_stems
     from ..models.loading import encoder_transform, load_tokenizer
-    from .pipeline import load_run, manifest_for
     from .plots import save, token_maps_figure
 
     paths = check_images(unique_stems(image_paths(args.images)))  # every header, before any model

@@ -220,9 +220,9 @@ def own_runs(runs: Path, group: str, data: Path, assets: str) -> None:
     of other models: it is removed, and everything trains afresh."""
     import shutil
 
+    from ..captioning.runs import manifest_for
     from ..core.files import atomic_write_json
     from ..training.runfolder import changed_inputs, input_fingerprint
-    from .pipeline import manifest_for
 
     if assets == "real":
         return  # real weights from the hub: nothing here records which; hw3 train refuses changed inputs itself

@@ -34,6 +34,7 @@ from ..core.errors import HW3Error
 from ..core.images import open_image
 from ..core.progress import progress
 from ..core.results import Localisation
+from ..demo.phrasing import token_mentions
 from ..demo.world import Obj, boxes_for
 from ..metrics import stats
 from ..models.decoding import OFF, Controls, beam_search
@@ -232,13 +233,11 @@ def display_maps(ca: CaptionAttention, maps: torch.Tensor, size: tuple[int, int]
 
 
 def _noun_boxes(ca: CaptionAttention, objects: Sequence[Obj], shapes: list[str], colors: list[str]):
-    """(token index, shape, boxes of objects it can name) for tokens that spell a shape noun present
+    """(token index, shape, boxes of objects it can name) for the tokens that end a shape noun present
     in the image. The colour the caption gives it (before it, or "coloured <colour>" after it: the one
-    reading of mentions, `objects.mention_positions`) narrows the boxes to objects of that colour."""
-    from ..metrics.objects import mention_positions
-
+    reading of mentions, `demo.phrasing`) narrows the boxes to objects of that colour."""
     out = []
-    for i, m in mention_positions([t.strip().lower() for t in ca.token_texts], shapes, colors):
+    for i, m in token_mentions(ca.token_texts, shapes, colors):
         cands = [o for o in objects if o.shape == m.shape]
         if m.color is not None:
             cands = [o for o in cands if o.color == m.color] or cands
@@ -251,9 +250,9 @@ def _wrong_nouns(ca: CaptionAttention, objects: Sequence[Obj], colors: list[str]
     """(token index, boxes of objects of the word's type, boxes of the image's other objects) for the
     shape nouns whose mention is wrong: a repeat of an object already named, or a type the image does
     not hold (`objects.match`)."""
-    from ..metrics.objects import match, mention_positions
+    from ..metrics.objects import match
 
-    found = mention_positions([t.strip().lower() for t in ca.token_texts], shapes, colors)
+    found = token_mentions(ca.token_texts, shapes, colors)
     out = []
     for (i, m), fate in zip(found, match([m for _, m in found], objects), strict=True):
         if fate != "matched":

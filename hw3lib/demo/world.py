@@ -4,7 +4,7 @@ P2 / P3 images hold one to three simple objects (shape x colour x size x positio
 background. Objects sit on the demo ViT's patch grid (GRID x GRID cells of `side / GRID` pixels, each
 object 2 or 3 cells wide): a ViT learns shape from patches whose contents repeat, and off the grid the
 tiny demo CLIP needs far more steps than a CPU report allows. Captions name the objects, their attributes and
-their spatial relations in several phrasings, so a captioner must look at the image: colour, shape,
+their spatial relations in several phrasings (their grammar: `phrasing`), so a captioner must look at the image: colour, shape,
 size and layout are drawn independently and cannot be guessed from text statistics alone.
 
 P1 is harder on purpose: its class is the shape alone (colour is random per image, so colour gives
@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..core.errors import HW3Error
 from ..core.files import atomic_write_json, output_lock, writing
 from ..core.progress import progress as progress_bar
+from .phrasing import GRAMMAR, SIZE_WORDS, caption_pool
 from .styles import STYLE_FRAMINGS, STYLES, render_style
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "heart", "moon"]
@@ -52,7 +53,7 @@ COLORS = {
     "brown": (125, 75, 35),
 }
 GRID = 8  # P2 / P3 objects sit on a GRID x GRID lattice: the demo ViT's patches (96 px / 12 px)
-SIZES = {"small": 2, "large": 3}  # P2 / P3 object side in grid cells
+SIZES = dict(zip(SIZE_WORDS, (2, 3), strict=True))  # P2 / P3 object side in grid cells, by its word
 SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled, for anti-aliased edges
 
 
@@ -288,36 +289,6 @@ def _occlude(draw: ImageDraw.ImageDraw, rng: np.random.Generator, box) -> None:
 # captions
 
 
-def _region(o: Obj, side: int) -> str:
-    cx, cy = o.center
-    col = "left" if cx < side / 3 else "right" if cx > 2 * side / 3 else ""
-    row = "top" if cy < side / 3 else "bottom" if cy > 2 * side / 3 else ""
-    return f"{row} {col}".strip() or "centre"
-
-
-# a one-object caption phrasing that is also the demo CLIP's zero-shot template (app/demo_models.py)
-SINGLE_OBJECT = "a single {object}"
-# the words captions use for where one object is relative to another (metrics/relations.py reads them)
-RELATION_WORDS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
-
-
-def _relation(a: Obj, b: Obj) -> str:
-    """Where `a` is relative to `b`, in words (`RELATION_WORDS`)."""
-    dx, dy = a.center[0] - b.center[0], a.center[1] - b.center[1]
-    if abs(dx) >= abs(dy):
-        return RELATION_WORDS["left" if dx < 0 else "right"]
-    return RELATION_WORDS["above" if dy < 0 else "below"]
-
-
-def _np(o: Obj, size: bool = True) -> str:
-    words = ([o.size] if size else []) + [o.color, o.shape]
-    return " ".join(words)
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
 CAPTION_ORDERS = ("reading", "drawn")  # the order captions name a scene's objects in (DEMO.json "caption_order")
 
 
@@ -335,45 +306,7 @@ def make_captions(rng: np.random.Generator, objs: list[Obj], side: int, n: int, 
     if order not in CAPTION_ORDERS:
         raise ValueError(f"unknown caption order {order!r} (choose from {', '.join(CAPTION_ORDERS)})")
     reading = order == "reading"
-    o = reading_order(objs) if reading else objs
-    if len(o) == 1:
-        a = o[0]
-        pool = [
-            f"{_article(_np(a))} on a plain background",
-            f"{_article(_np(a, False))} in the {_region(a, side)} of the picture",
-            f"a picture of one {_np(a)}",
-            f"there is {_article(_np(a))} in the {_region(a, side)}",
-            SINGLE_OBJECT.format(object=f"{a.color} {a.shape}"),
-            f"{_article(a.size)} {a.shape} coloured {a.color}",
-            f"one {a.color} {a.shape} near the {_region(a, side)}",
-        ]
-    elif len(o) == 2:
-        a, b = o
-        pool = [
-            f"{_article(_np(a))} {_relation(a, b)} {_article(_np(b))}",
-            f"{_article(_np(a))} with {_article(_np(b))} {_relation(b, a)} it" if reading else
-            f"{_article(_np(b))} {_relation(b, a)} {_article(_np(a))}",
-            f"{_article(_np(a, False))} and {_article(_np(b, False))}",
-            f"two shapes: {_article(_np(a))} and {_article(_np(b))}",
-            f"a picture of {_article(_np(a, False))} and {_article(_np(b, False))}" if reading else
-            f"a picture of {_article(_np(b, False))} and {_article(_np(a, False))}",
-            f"{_article(_np(a, False))} in the {_region(a, side)} and {_article(_np(b, False))} in the {_region(b, side)}",
-            f"there is {_article(_np(a, False))} {_relation(a, b)} {_article(_np(b, False))}",
-        ]
-    else:
-        a, b, c = o
-        pool = [
-            f"{_article(_np(a))}, {_article(_np(b))} and {_article(_np(c))}",
-            f"three shapes: {_article(_np(a, False))}, {_article(_np(b, False))} and {_article(_np(c, False))}",
-            f"{_article(_np(a, False))} {_relation(a, b)} {_article(_np(b, False))}, with {_article(_np(c, False))}",
-            f"{_article(_np(a, False))} {_relation(a, b)} {_article(_np(b, False))} and {_article(_np(c, False))}"
-            if reading else
-            f"{_article(_np(c, False))} {_relation(c, a)} {_article(_np(a, False))} and {_article(_np(b, False))}",
-            f"a picture of {_article(_np(a))}, {_article(_np(b))} and {_article(_np(c))}" if reading else
-            f"a picture of {_article(_np(b))}, {_article(_np(c))} and {_article(_np(a))}",
-            f"{_article(_np(a, False))}, {_article(_np(b, False))} and {_article(_np(c, False))} on a plain background",
-            f"{_article(_np(a, False))}, and {_article(_np(b, False))} {_relation(b, c)} {_article(_np(c, False))}",
-        ]
+    pool = caption_pool(reading_order(objs) if reading else objs, side, reading)
     idx = rng.permutation(len(pool))[:n]
     return [pool[i] for i in sorted(idx)]
 
@@ -488,7 +421,8 @@ def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, pro
     atomic_write_json(tmp / "DEMO.json", {"generator": "hw3lib.demo.world", "seed": seed, "size": size,
                                           "shapes": SHAPES, "colors": list(COLORS), "p1_classes": SHAPES,
                                           "grid": GRID, "p1_difficulty": asdict(P1_DIFFICULTY),
-                                          "style_framings": STYLE_FRAMINGS, "caption_order": order})
+                                          "style_framings": STYLE_FRAMINGS, "caption_order": order,
+                                          "grammar": GRAMMAR})
     if root.exists():
         root.rmdir()
     tmp.rename(root)  # the tree appears complete or not at all
@@ -583,6 +517,9 @@ class DemoWorld:
         order = raw.get("caption_order", "drawn")
         if order not in CAPTION_ORDERS:
             raise HW3Error(f"{record}: field 'caption_order' = {order!r} (choose from {', '.join(CAPTION_ORDERS)})")
+        if raw.get("grammar", GRAMMAR) != GRAMMAR:
+            raise HW3Error(f"{record}: its captions were written by another caption grammar ({raw['grammar']!r}; this "
+                           f"hw3lib reads {GRAMMAR!r}): write the world again (make demo, or hw3 demo-data)")
         return cls(root, raw["seed"], raw["size"], tuple(raw["shapes"]), tuple(raw["colors"]), boxes, p1_styles, order)
 
     def objects(self, part: str = "p2_data") -> dict[str, tuple[Obj, ...]]:

@@ -5,7 +5,7 @@ template right but names the wrong shapes still scores well. Grounding asks the 
 (`boxes.json`: per image, each object's `shape`, `color` and `box`):
 
 - a *mention* is a shape word named with its colour, in every phrasing the captions use ("a small red
-  circle", "a large circle coloured red": `objects.mention_positions`, the one reading of them); it is right
+  circle", "a large circle coloured red": `demo.phrasing`, the one reading of them); it is right
   when the image holds an object of that colour and that shape;
 - a *shape word* is right when the image holds an object of that shape; a *colour word* likewise.
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.results import Interval, Share
+from ..demo.phrasing import mention_positions, words
 from ..demo.world import Obj, boxes_for
 from . import stats
-from .objects import mention_positions, words
 
 KINDS = ("mentions", "shapes", "colors")  # what is counted
 

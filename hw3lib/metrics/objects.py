@@ -27,7 +27,6 @@ another missed); the right number, none repeated, with a colour or shape that th
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,10 +35,10 @@ import numpy as np
 import torch
 
 from ..core.results import Share
-from ..demo.world import SIZES, Obj, boxes_for
+from ..demo.phrasing import Mention, mentions
+from ..demo.world import Obj, boxes_for
 from . import stats
 
-COLOURED = ("coloured", "colored")  # "a large circle coloured red"
 # metric -> (numerator, denominator) of the per-image counts; every metric is sum(num) / sum(den)
 METRICS = {
     "exact": ("exact", "images"),  # whole scene named exactly
@@ -60,12 +59,6 @@ HEADLINE = ("exact", "recall", "precision", "chair_s", "repeats")  # the P2 tabl
 
 
 @dataclass(frozen=True)
-class Mention:
-    shape: str
-    color: str | None  # None: the shape is named without a colour
-
-
-@dataclass(frozen=True)
 class CaptionObjects:
     """One caption against its image."""
     mentions: int
@@ -81,57 +74,6 @@ class CaptionObjects:
     @property
     def exact(self) -> bool:
         return self.matched == self.objects == self.mentions
-
-
-def words(caption: str) -> list[str]:
-    """Lower-case word tokens (letters only), the unit every count is made of."""
-    return re.findall(r"[a-z]+", caption.lower())
-
-
-def mention_positions(w: list[str], shapes, colors) -> list[tuple[int, Mention]]:
-    """(index of the shape word, mention) for every object a word sequence names, in order."""
-    shape_set, color_set = set(shapes), set(colors)
-    out = []
-    for i, word in enumerate(w):
-        if word not in shape_set:
-            continue
-        color = None
-        if i > 0 and w[i - 1] in color_set:
-            color = w[i - 1]
-        elif i + 2 < len(w) and w[i + 1] in COLOURED and w[i + 2] in color_set:
-            color = w[i + 2]
-        out.append((i, Mention(word, color)))
-    return out
-
-
-@dataclass(frozen=True)
-class Phrase:
-    """One phrase of a caption that names an object."""
-    chars: tuple[int, int]  # [start, end) in the caption's text
-    shape: str
-    color: str | None  # None: the shape is named without a colour
-    size: str | None  # None: no size word
-
-    def fits(self, o: Obj) -> bool:
-        """Could this phrase name object `o` (its shape; its colour and size where the phrase says them)?"""
-        return o.shape == self.shape and self.color in (None, o.color) and self.size in (None, o.size)
-
-
-def phrases(caption: str, shapes: Sequence[str], colors: Sequence[str]) -> list[Phrase]:
-    """Every phrase naming an object, in caption order: the shape word with the size and colour words
-    in front of it, or with "coloured <colour>" behind it."""
-    spans = [(m.start(), m.end()) for m in re.finditer(r"[a-z]+", caption.lower())]
-    w = [caption[s:e].lower() for s, e in spans]
-    out = []
-    for i, m in mention_positions(w, shapes, colors):
-        start, end, size = i, i, None
-        while start > 0 and (w[start - 1] in colors or w[start - 1] in SIZES) and i - start < 2:
-            start -= 1
-            size = w[start] if w[start] in SIZES else size
-        if m.color is not None and i + 2 < len(w) and w[i + 1] in COLOURED and w[i + 2] == m.color:
-            end = i + 2  # "a large circle coloured red"
-        out.append(Phrase((spans[start][0], spans[end][1]), m.shape, m.color, size))
-    return out
 
 
 def patch_grid(n_tokens: int) -> tuple[int, int]:
@@ -155,11 +97,6 @@ def object_masks(objects: Sequence[Obj], side: int, n_tokens: int) -> torch.Tens
             for c in cols:
                 out[k, prefix + r * g + c] = True
     return out
-
-
-def mentions(caption: str, shapes, colors) -> list[Mention]:
-    """Every object a caption names, in order."""
-    return [m for _, m in mention_positions(words(caption), shapes, colors)]
 
 
 def match(found: list[Mention], objects: Sequence[Obj]) -> list[str]:

@@ -13,49 +13,13 @@ two objects the phrase fits) are counted apart, not as false.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..demo.world import RELATION_WORDS, Obj, boxes_for
-from .objects import Phrase, phrases
-
-RELATIONS = {words: side for side, words in RELATION_WORDS.items()}  # "to the left of" -> "left", as captions say it
-_PATTERN = re.compile(r"\b(" + "|".join(RELATIONS) + r")\b(\s+it\b)?")
-
-
-@dataclass(frozen=True)
-class Relation:
-    subject: Phrase
-    relation: str  # left | right | above | below
-    object: Phrase
-
-
-def stated_relations(caption: str, shapes: Sequence[str], colors: Sequence[str]) -> list[Relation]:
-    """Every relation a caption states between two phrases naming objects, in order."""
-    text = caption.lower()
-    found = phrases(text, shapes, colors)
-    out = []
-    for m in _PATTERN.finditer(text):
-        before = [k for k, p in enumerate(found) if p.chars[1] <= m.start()]
-        if not before:
-            continue
-        subject = before[-1]
-        if m.group(2):  # "... with Y above it": it = the phrase before Y
-            obj = before[-2] if len(before) > 1 else None
-        else:
-            obj = next((k for k, p in enumerate(found) if p.chars[0] >= m.end()), None)
-        if obj is not None:
-            out.append(Relation(found[subject], RELATIONS[m.group(1)], found[obj]))
-    return out
-
-
-def holds(relation: str, a: Obj, b: Obj) -> bool:
-    """Is `a` on that side of `b` (by box centres)?"""
-    (ax, ay), (bx, by) = a.center, b.center
-    return {"left": ax < bx, "right": ax > bx, "above": ay < by, "below": ay > by}[relation]
+from ..demo.phrasing import Phrase, Relation, holds, stated_relations
+from ..demo.world import Obj, boxes_for
 
 
 def _the_object(p: Phrase, objects: Sequence[Obj]) -> int | None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..demo.phrasing import Phrase, phrases
 from ..demo.world import Obj
-from ..metrics.objects import Phrase, object_masks, phrases
+from ..metrics.objects import object_masks
 
 
 @dataclass(frozen=True)

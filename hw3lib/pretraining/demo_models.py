@@ -57,9 +57,10 @@ from ..core.images import open_image
 from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec
 from ..core.progress import progress
 from ..core.tokenizer import teacher_forcing_batch, train_bpe
+from ..demo.phrasing import SINGLE_OBJECT
 from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame, framings_for_styles
 from ..demo.styles import PRETRAINING_MIX, STYLES, draw_styles, render_style
-from ..demo.world import SINGLE_OBJECT, DemoWorld, boxes_for
+from ..demo.world import DemoWorld, boxes_for
 from ..models.clip import encode_text_trimmed
 from ..models.decoder_file import save_decoder
 from ..models.gpt2 import GPT2, GPT2Config
@@ -72,8 +73,8 @@ CLIP_NAME = "hw3-tiny-clip"
 NEGATION_MANIFEST = "assets_negation.json"  # the negation-aware CLIP's manifest (a CLIP section only)
 UNSTYLED_MANIFEST = "assets_unstyled.json"  # the CLIP before its style phase (the old design; a CLIP section only)
 # the code that shapes the models: a change to any of these files rebuilds them (no version to bump by hand)
-SHAPED_BY = ("hw3lib.app.demo_models", "hw3lib.app.negation_tuning", "hw3lib.demo.pretraining_text",
-             "hw3lib.demo.styles", "hw3lib.demo.world", "hw3lib.zeroshot.counterfactual", "hw3lib.zeroshot.negation",
+SHAPED_BY = ("hw3lib.pretraining.demo_models", "hw3lib.pretraining.negation_tuning", "hw3lib.demo.pretraining_text",
+             "hw3lib.demo.styles", "hw3lib.demo.world", "hw3lib.demo.phrasing", "hw3lib.zeroshot.counterfactual", "hw3lib.zeroshot.negation",
              "hw3lib.core.tokenizer", "hw3lib.models.clip", "hw3lib.models.decoder_file", "hw3lib.models.gpt2",
              "hw3lib.models.loading", "hw3lib.training.loop")
 
@@ -293,7 +294,7 @@ def clip_recall_at_1(bundle, split) -> float:
 @torch.no_grad()
 def attribute_zero_shot(bundle, images, shape_labels, color_labels, shapes: list[str], colors: list[str]) -> dict:
     """Zero-shot shape and colour accuracy. Each class's text embedding averages the caption phrase
-    "a single {colour} {shape}" (the world's `SINGLE_OBJECT` phrasing) over the other attribute (the shape
+    "a single {colour} {shape}" (`phrasing.SINGLE_OBJECT`, one of the captions' phrasings) over the other attribute (the shape
     "circle" is every colour of circle)."""
     from ..models.clip import encode_images
     from ..zeroshot.classify import ensemble, text_features

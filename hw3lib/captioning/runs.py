@@ -1,6 +1,5 @@
-"""Whole P2 steps as library calls, shared by the `hw3` commands and the notebooks: train a run from a
-config (cached), caption images with a run, evaluate predictions, and the PEFT comparison.
-"""
+"""One captioner run: its manifest, training (or reuse) into a run folder, loading it back, captioning
+images with it, and reading its log (the learning curves)."""
 
 from __future__ import annotations
 
@@ -9,11 +8,9 @@ import dataclasses
 import json
 import os
 import re
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..core.data import read_caption_file
@@ -21,18 +18,10 @@ from ..core.device import resolve_device
 from ..core.distributed import processes
 from ..core.errors import HW3Error, first_line
 from ..core.files import atomic_write_json, read_json, run_lock
-from ..core.images import list_images, open_image
 from ..core.manifest import MANIFEST_PARTS, ClipSpec, DecoderSpec, check_files, load_manifest
 from ..core.precision import choose_precision, store_frozen
-from ..core.results import METRICS, CurvePoint, Share, VariantRow, VariantTable
-from ..demo.world import DemoWorld, boxes_for, write_demo_world
-from ..metrics import stats
-from ..metrics.captions import evaluate, java_available
-from ..metrics.grounding import grounding
-from ..metrics.objects import HEADLINE as OBJECT_HEADLINE
-from ..metrics.objects import object_counts
-from ..metrics.probe import encoder_probes
-from ..metrics.relations import relation_counts
+from ..core.results import CurvePoint
+from ..demo.world import DemoWorld
 from ..models.captioner import (
     CaptionerConfig,
     build_captioner,
@@ -44,11 +33,11 @@ from ..models.captioner import (
 )
 from ..models.decoder_file import decoder_config
 from ..models.decoding import GREEDY, OFF, Controls, Decoding, caption_images
-from ..models.loading import encoder_data_config, encoder_transform, load_clip, load_tokenizer
+from ..models.loading import encoder_data_config, encoder_transform, load_tokenizer
 from ..models.memory import check_fits, plan_run, usable_gpu_bytes
 from ..training.config import load_config
 from ..training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint
-from ..training.loop import Objects, augmentation_transform, caption_data, fit, image_side, seed_everything
+from ..training.loop import Objects, augmentation_transform, caption_data, fit, seed_everything
 from ..training.runfolder import RunFolder, changed_inputs, input_fingerprint
 from ..training.selection import selection_split, selection_validator
 
@@ -242,170 +231,6 @@ def write_val_predictions(model, run, manifest, paths, device="cpu", max_len=40,
     return preds
 
 
-def default_tokenizer() -> str:
-    """The course's PTB tokenizer where Java is installed, else the Java-free equivalent."""
-    return "ptb" if java_available() else "python"
-
-
-def evaluate_predictions(preds, p2_dir, split="val", manifest=None, device="cpu", tokenizer=None, clip=None) -> dict:
-    p2_dir = Path(p2_dir)
-    cs = read_caption_file(p2_dir / f"{split}.json", p2_dir / "images" / split)
-    if clip is None and manifest is not None:
-        clip = load_clip(manifest.clip, device)
-    return evaluate(preds, cs, clip, tokenizer or default_tokenizer(), device=device)
-
-
-def clipscore_extremes(model, manifest, p2_dir, limit: int | None = None, device="cpu", clip=None,
-                       controls: Controls = OFF) -> dict:
-    """Caption the val images (the first `limit` by name), score the captions as the course's evaluator
-    does, and name the best and the worst caption by CLIPScore: {"predictions", "per_image", "paths",
-    "top-1", "last-1"} (the last two are prediction keys)."""
-    p2_dir = Path(p2_dir)
-    paths = list_images(p2_dir / "images" / "val")[:limit]
-    preds = caption_folder(model, manifest, paths, Decoding(controls=controls), device, progress=False)
-    cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val").subset(preds)
-    scores = evaluate(preds, cs, clip or load_clip(manifest.clip, device), default_tokenizer(), device=device)
-    ranked = sorted(scores["per_image"], key=lambda k: scores["per_image"][k]["CLIPScore"])
-    return {"predictions": preds, "per_image": scores["per_image"], "paths": {p.stem: p for p in paths},
-            "top-1": ranked[-1], "last-1": ranked[0]}
-
-
-def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu", world: DemoWorld | None = None) -> dict:
-    """Everything P2 reports about one set of val captions: CIDEr-D and CLIPScore (the course
-    evaluator), per-image arrays in sorted key order for the intervals, and grounding where the
-    demo world's objects are known (`world`)."""
-    res = evaluate_predictions(preds, p2_dir, manifest=manifest, device=device, clip=clip)
-    keys = sorted(res["per_image"])
-    out = {"CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"],
-           "per_image": {m: np.array([res["per_image"][k][m] for k in keys]) for m in METRICS}}
-    if world is not None:
-        boxes, shapes, colors = world.objects("p2_data"), list(world.shapes), list(world.colors)
-        out["grounding"] = grounding(preds, boxes, shapes, colors)
-        out["objects"] = object_counts(preds, boxes, shapes, colors)
-        out["relations"] = relation_counts(preds, boxes, shapes, colors)
-    return out
-
-
-def with_intervals(row: VariantRow, scored: dict, reference: dict | None, n_boot: int = 2000) -> VariantRow:
-    """`row` with 95% bootstrap intervals over images (CIDEr, CLIPScore, grounding shares) and, when a
-    reference variant's scores are given, paired bootstrap differences against it on the same images."""
-    row = dataclasses.replace(row, ci={m: stats.bootstrap_ci(scored["per_image"][m], n_boot=n_boot) for m in METRICS})
-    g, oc = scored.get("grounding"), scored.get("objects")
-    if g is not None:
-        row.grounding = g.summary(n_boot=n_boot)
-    if oc is not None:
-        row.objects, row.objects_by_count = oc.summary(n_boot=n_boot), oc.by_object_count(n_boot=n_boot)
-    rc = scored.get("relations")
-    if rc is not None and rc.checkable.sum() > 0:
-        row.relations = Share(rc.accuracy, stats.bootstrap_ci(rc.true, rc.checkable, n_boot=n_boot), int(rc.true.sum()),
-                              int(rc.checkable.sum()))
-    if reference is not None and reference is not scored:
-        paired = {m: stats.paired_bootstrap(reference["per_image"][m], scored["per_image"][m], n_boot=n_boot)
-                  for m in METRICS}
-        ro = reference.get("objects")
-        if oc is not None and ro is not None:
-            for m in OBJECT_HEADLINE:
-                (na, da), (nb, db) = ro.ratio(m), oc.ratio(m)
-                if da.sum() > 0 and db.sum() > 0:  # (a model that names nothing has no precision)
-                    paired[m] = stats.paired_bootstrap(na, nb, da, db, n_boot=n_boot)
-        rg = reference.get("grounding")
-        if g is not None and rg is not None and g.share("mentions") is not None and rg.share("mentions") is not None:
-            paired["mentions"] = stats.paired_bootstrap(rg.right["mentions"], g.right["mentions"], rg.total["mentions"],
-                                                        g.total["mentions"], n_boot=n_boot)
-        rr = reference.get("relations")
-        if rc is not None and rr is not None and rc.checkable.sum() > 0 and rr.checkable.sum() > 0:
-            paired["relations"] = stats.paired_bootstrap(rr.true, rc.true, rr.checkable, rc.checkable, n_boot=n_boot)
-        row.vs_reference = {m: d.reported() for m, d in paired.items()}
-    return row
-
-
-@dataclasses.dataclass
-class Comparison:
-    """What `compare_variants` found: the P2 table, and the captions behind it."""
-    table: VariantTable  # every row, the best, beam search on it, the reference
-    predictions: dict[str, dict[str, str]]  # row name -> {image key: caption}
-    references: dict[str, list[str]]  # image key -> reference captions
-    paths: dict[str, str]  # image key -> image file
-
-
-# the decoding controls P2 compares on the best variant (greedy): transformers' semantics
-DECODING_GRID = {"off": OFF, "no-repeat 3-gram": Controls(3), "repetition penalty 1.3": Controls(0, 1.3),
-                 "both": Controls(3, 1.3)}
-
-
-def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
-                     device="cpu", beams_best: int = 3, max_len: int = 40, progress=True, reference: str | None = None,
-                     n_boot: int = 2000, controls: Controls = OFF,
-                     decoding_grid: dict[str, Controls] | None = None, world: DemoWorld | None = None,
-                     ablation: dict[str, Recipe] | None = None, processes: int = 1) -> Comparison:
-    """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
-    model, and greedy vs beam for the best variant. Every row carries bootstrap intervals, and paired
-    differences against the `reference` variant (the report's setting). Every caption is decoded with
-    `controls`; `decoding_grid` (name -> controls) also decodes the best variant greedily with each,
-    compared with the first on the same images. On the demo world (`world`) captions are also scored
-    against its objects. `ablation` (row name -> `Recipe`) trains the `reference` variant's config under
-    other recipes, each compared with the reference on the same images. Every run's validations on its
-    held-out training images are the table's learning curves. On the CPU, `processes` > 1 trains that
-    many runs at once (`train_jobs`)."""
-    m = manifest_for(assets)
-    clip = load_clip(m.clip, device)
-    p2_dir, runs_dir = Path(p2_dir), Path(runs_dir)
-    val = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
-    paths = [im.path for im in val.images]
-
-    def caption_and_score(model, beams=1, how=controls):
-        preds = caption_folder(model, m, paths, Decoding(beams, max_len, controls=how), device, progress)
-        return preds, score_predictions(preds, p2_dir, m, clip, device, world)
-
-    jobs = [TrainJob(name, str(config), p2_dir, runs_dir / name, dict(overrides or {}))
-            for name, config in variants.items()]
-    jobs += [TrainJob(name, str(variants[reference]), recipe.p2_dir, runs_dir / "ablation" / slug(name),
-                      dict(overrides or {}) | recipe.overrides) for name, recipe in (ablation or {}).items()]
-    summaries = train_jobs(jobs, assets, device, processes)
-
-    preds, sc = caption_and_score(load_run(None, m, device))
-    rows = [VariantRow("untrained", sc["CIDEr"], sc["CLIPScore"])]
-    scored, preds_by = {"untrained": sc}, {"untrained": preds}
-    evaluated = []
-    for i, job in enumerate(jobs, 1):
-        t0 = time.time()
-        model = load_run(job.out, m, device)
-        preds = write_val_predictions(model, job.out, m, paths, device, max_len, progress, controls)
-        sc = score_predictions(preds, job.p2_dir, m, clip, device, world)
-        evaluated.append((VariantRow(job.name, sc["CIDEr"], sc["CLIPScore"], model.config.peft,
-                                     summaries[job.name]["parameters"]["trainable"], str(job.out)), sc))
-        print(f"[evaluate {i}/{len(jobs)}] {job.name}: CIDEr {sc['CIDEr']:.3f} CLIPScore {sc['CLIPScore']:.3f} "
-              f"({time.time() - t0:.0f} s)", flush=True)
-        key = job.name if i <= len(variants) else f"recipe: {job.name}"
-        scored[key], preds_by[key] = sc, preds
-    rows += [r for r, _ in evaluated[:len(variants)]]
-    ref = scored.get(reference) if reference else None
-    rows = [with_intervals(r, scored[r.variant], ref, n_boot) for r in rows]
-    trained = [r for r in rows if r.run]
-    best = max(trained, key=lambda r: r.CIDEr) if trained else None
-    beam = None
-    if best is not None and beams_best > 1:
-        preds, sc = caption_and_score(load_run(best.run, m, device), beams_best)
-        beam = with_intervals(VariantRow(best.variant, sc["CIDEr"], sc["CLIPScore"], best.peft, best.trainable, best.run,
-                                         beams_best), sc, scored[best.variant], n_boot)
-        preds_by[f"{best.variant} (beam {beams_best})"] = preds
-    decoding = []
-    if best is not None and decoding_grid:
-        model, first = load_run(best.run, m, device), None
-        for name, how in decoding_grid.items():
-            # the best variant's own greedy captions were decoded with `controls` already
-            preds, sc = (preds_by[best.variant], scored[best.variant]) if how == controls else caption_and_score(
-                model, 1, how)
-            first = first or sc
-            decoding.append(with_intervals(VariantRow(f"{best.variant}, {name}", sc["CIDEr"], sc["CLIPScore"], best.peft,
-                                                      best.trainable, best.run), sc, first, n_boot))
-    ablated = [with_intervals(r, sc, ref, n_boot) for r, sc in evaluated[len(variants):]]
-    curves = {r.variant: validation_curve(r.run) for r in rows + ablated if r.run}
-    table = VariantTable(rows, best, beam, reference if ref else None, decoding=decoding, ablation=ablated,
-                         curves=curves)
-    return Comparison(table, preds_by, val.references(), {im.key: str(im.path) for im in val.images})
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainJob:
     """One run of a comparison: `train_run(config, assets, p2_dir, out, overrides)`."""
@@ -449,47 +274,6 @@ def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1) -
             announce(i, job)
             futures[job.name] = pool.submit(train_run, job.config, assets, job.p2_dir, job.out, job.overrides, device)
         return {name: f.result() for name, f in futures.items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A row of the mechanism ablation: the reference variant trained on other captions or settings."""
-    p2_dir: Path  # the p2_data/ whose captions it trains on (images the same as the report's)
-    overrides: dict[str, str]  # [train] settings that differ from the variant's config
-
-
-def caption_order_world(world: DemoWorld, out_dir, order: str) -> Path:
-    """The demo world `world` written again with captions in another `order` (the same images and
-    objects), into `out_dir` unless it is there already; returns its hw3_data/ folder. A folder there that
-    is another world's (its objects differ: the orders share every random draw) is written anew."""
-    import shutil
-
-    out = Path(out_dir)
-    mine = (out / "DEMO.json").is_file() and (out / "p2_data" / "boxes.json").is_file() and \
-        (out / "p2_data" / "boxes.json").read_bytes() == (world.root / "p2_data" / "boxes.json").read_bytes()
-    if not mine:
-        if out.exists():
-            shutil.rmtree(out)
-        write_demo_world(out, seed=world.seed, size=world.size, progress=False, caption_order=order)
-    return out
-
-
-def probe_encoder(assets, data_dir, world: DemoWorld, n_fit: int = 1000, device="cpu") -> list:
-    """Linear probes of the frozen encoder's tokens (`metrics.probe`): fitted on the first `n_fit`
-    training images, scored on the val images."""
-    m = manifest_for(assets, parts=("encoder", "decoder", "tokenizer"))
-    model = load_run(None, m, device)
-    tf = encoder_transform(model.encoder)
-    boxes = world.objects("p2_data")
-    tokens, objects = [], []
-    for split, limit in (("train", n_fit), ("val", None)):
-        paths = list_images(Path(data_dir) / "p2_data" / "images" / split)[:limit]
-        feats = [model.encode(torch.stack([tf(open_image(p)) for p in paths[i:i + 64]]).to(device)).cpu()
-                 for i in range(0, len(paths), 64)]
-        tokens.append(torch.cat(feats))
-        objects.append([boxes_for(p.name, boxes, split) for p in paths])
-    side = image_side(paths[0])
-    return encoder_probes(tokens[0], objects[0], tokens[1], objects[1], side, world.shapes, world.colors)
 
 
 def run_log(run_dir) -> list[dict]:

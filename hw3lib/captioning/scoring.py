@@ -1,0 +1,121 @@
+"""Scores of one set of val captions: the course evaluator (CIDEr-D, CLIPScore), the objects they name on
+the demo world, bootstrap intervals and paired differences; the encoder probes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.data import read_caption_file
+from ..core.images import list_images, open_image
+from ..core.results import METRICS, Share, VariantRow
+from ..demo.world import DemoWorld, boxes_for
+from ..metrics import stats
+from ..metrics.captions import evaluate, java_available
+from ..metrics.grounding import grounding
+from ..metrics.objects import HEADLINE as OBJECT_HEADLINE
+from ..metrics.objects import object_counts
+from ..metrics.probe import encoder_probes
+from ..metrics.relations import relation_counts
+from ..models.decoding import OFF, Controls, Decoding
+from ..models.loading import encoder_transform, load_clip
+from ..training.loop import image_side
+from .runs import caption_folder, load_run, manifest_for
+
+
+def default_tokenizer() -> str:
+    """The course's PTB tokenizer where Java is installed, else the Java-free equivalent."""
+    return "ptb" if java_available() else "python"
+
+
+def evaluate_predictions(preds, p2_dir, split="val", manifest=None, device="cpu", tokenizer=None, clip=None) -> dict:
+    p2_dir = Path(p2_dir)
+    cs = read_caption_file(p2_dir / f"{split}.json", p2_dir / "images" / split)
+    if clip is None and manifest is not None:
+        clip = load_clip(manifest.clip, device)
+    return evaluate(preds, cs, clip, tokenizer or default_tokenizer(), device=device)
+
+
+def clipscore_extremes(model, manifest, p2_dir, limit: int | None = None, device="cpu", clip=None,
+                       controls: Controls = OFF) -> dict:
+    """Caption the val images (the first `limit` by name), score the captions as the course's evaluator
+    does, and name the best and the worst caption by CLIPScore: {"predictions", "per_image", "paths",
+    "top-1", "last-1"} (the last two are prediction keys)."""
+    p2_dir = Path(p2_dir)
+    paths = list_images(p2_dir / "images" / "val")[:limit]
+    preds = caption_folder(model, manifest, paths, Decoding(controls=controls), device, progress=False)
+    cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val").subset(preds)
+    scores = evaluate(preds, cs, clip or load_clip(manifest.clip, device), default_tokenizer(), device=device)
+    ranked = sorted(scores["per_image"], key=lambda k: scores["per_image"][k]["CLIPScore"])
+    return {"predictions": preds, "per_image": scores["per_image"], "paths": {p.stem: p for p in paths},
+            "top-1": ranked[-1], "last-1": ranked[0]}
+
+
+def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu", world: DemoWorld | None = None) -> dict:
+    """Everything P2 reports about one set of val captions: CIDEr-D and CLIPScore (the course
+    evaluator), per-image arrays in sorted key order for the intervals, and grounding where the
+    demo world's objects are known (`world`)."""
+    res = evaluate_predictions(preds, p2_dir, manifest=manifest, device=device, clip=clip)
+    keys = sorted(res["per_image"])
+    out = {"CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"],
+           "per_image": {m: np.array([res["per_image"][k][m] for k in keys]) for m in METRICS}}
+    if world is not None:
+        boxes, shapes, colors = world.objects("p2_data"), list(world.shapes), list(world.colors)
+        out["grounding"] = grounding(preds, boxes, shapes, colors)
+        out["objects"] = object_counts(preds, boxes, shapes, colors)
+        out["relations"] = relation_counts(preds, boxes, shapes, colors)
+    return out
+
+
+def with_intervals(row: VariantRow, scored: dict, reference: dict | None, n_boot: int = 2000) -> VariantRow:
+    """`row` with 95% bootstrap intervals over images (CIDEr, CLIPScore, grounding shares) and, when a
+    reference variant's scores are given, paired bootstrap differences against it on the same images."""
+    row = dataclasses.replace(row, ci={m: stats.bootstrap_ci(scored["per_image"][m], n_boot=n_boot) for m in METRICS})
+    g, oc = scored.get("grounding"), scored.get("objects")
+    if g is not None:
+        row.grounding = g.summary(n_boot=n_boot)
+    if oc is not None:
+        row.objects, row.objects_by_count = oc.summary(n_boot=n_boot), oc.by_object_count(n_boot=n_boot)
+    rc = scored.get("relations")
+    if rc is not None and rc.checkable.sum() > 0:
+        row.relations = Share(rc.accuracy, stats.bootstrap_ci(rc.true, rc.checkable, n_boot=n_boot), int(rc.true.sum()),
+                              int(rc.checkable.sum()))
+    if reference is not None and reference is not scored:
+        paired = {m: stats.paired_bootstrap(reference["per_image"][m], scored["per_image"][m], n_boot=n_boot)
+                  for m in METRICS}
+        ro = reference.get("objects")
+        if oc is not None and ro is not None:
+            for m in OBJECT_HEADLINE:
+                (na, da), (nb, db) = ro.ratio(m), oc.ratio(m)
+                if da.sum() > 0 and db.sum() > 0:  # (a model that names nothing has no precision)
+                    paired[m] = stats.paired_bootstrap(na, nb, da, db, n_boot=n_boot)
+        rg = reference.get("grounding")
+        if g is not None and rg is not None and g.share("mentions") is not None and rg.share("mentions") is not None:
+            paired["mentions"] = stats.paired_bootstrap(rg.right["mentions"], g.right["mentions"], rg.total["mentions"],
+                                                        g.total["mentions"], n_boot=n_boot)
+        rr = reference.get("relations")
+        if rc is not None and rr is not None and rc.checkable.sum() > 0 and rr.checkable.sum() > 0:
+            paired["relations"] = stats.paired_bootstrap(rr.true, rc.true, rr.checkable, rc.checkable, n_boot=n_boot)
+        row.vs_reference = {m: d.reported() for m, d in paired.items()}
+    return row
+
+
+def probe_encoder(assets, data_dir, world: DemoWorld, n_fit: int = 1000, device="cpu") -> list:
+    """Linear probes of the frozen encoder's tokens (`metrics.probe`): fitted on the first `n_fit`
+    training images, scored on the val images."""
+    m = manifest_for(assets, parts=("encoder", "decoder", "tokenizer"))
+    model = load_run(None, m, device)
+    tf = encoder_transform(model.encoder)
+    boxes = world.objects("p2_data")
+    tokens, objects = [], []
+    for split, limit in (("train", n_fit), ("val", None)):
+        paths = list_images(Path(data_dir) / "p2_data" / "images" / split)[:limit]
+        feats = [model.encode(torch.stack([tf(open_image(p)) for p in paths[i:i + 64]]).to(device)).cpu()
+                 for i in range(0, len(paths), 64)]
+        tokens.append(torch.cat(feats))
+        objects.append([boxes_for(p.name, boxes, split) for p in paths])
+    side = image_side(paths[0])
+    return encoder_probes(tokens[0], objects[0], tokens[1], objects[1], side, world.shapes, world.colors)
