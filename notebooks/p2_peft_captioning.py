@@ -202,8 +202,9 @@ if table.ablation:
 # %% [markdown]
 # ## Learning curves: scene named exactly and where attention points, against steps
 # Validations on the held-out training images that choose each run's checkpoint (no val image chooses it).
-# The middle panel is P3's pointing game during training: is the cross-attention's peak (mean over layers
-# and heads) inside the box of the object the caption names next, where it chooses it?
+# The middle panel is the pointing game P3 plays (one function, `hw3lib/core/patches.py`), during training
+# and teacher-forced: is the most attended patch of the cross-attention (mean over layers and heads) one
+# the object the caption names next covers, where it chooses it?
 
 # %%
 if any(p.exact is not None for c in table.curves.values() for p in c):

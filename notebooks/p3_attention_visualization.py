@@ -110,8 +110,9 @@ for label, key in extremes.items():
 
 # %% [markdown]
 # ## Do the maps find the named object? (demo world: pointing game and deletion)
-# For every shape noun in a caption, the pointing game asks whether the map's peak falls inside the
-# box of an object of that shape (and colour, when a colour word precedes it), within half a patch.
+# For every shape noun in a caption, the pointing game asks whether the map's most attended patch is one
+# that an object of that shape (and colour, where the caption gives one) covers (`hw3lib/core/patches.py`,
+# the rule the P2 learning curves use too).
 # Deletion blanks the most-attended patches and tracks the token's probability. Random maps give
 # the baseline; intervals resample images, and each method is compared with random maps on the same
 # nouns (paired bootstrap). Only nouns that name an object of the image are scored.
@@ -121,8 +122,7 @@ loc = None
 if world is not None:
     n = 24 if smoke else localisation_images
     caps = capture(model, tok, transform, list_images(p2 / "images" / "val")[:n], device=device, controls=controls)
-    loc = localisation(model, caps, world.objects("p2_data"), list(world.shapes), list(world.colors), deletion=not smoke,
-                       n_boot=300 if smoke else 2000)
+    loc = localisation(model, caps, world, deletion=not smoke, n_boot=300 if smoke else 2000)
     print(f"{loc.nouns} object nouns in {loc.images} captions")
     display(Markdown("\n".join(p3_section(P3Summary({}, {}, loc)))))
     if loc.nouns:

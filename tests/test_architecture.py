@@ -219,3 +219,48 @@ def test_the_grammar_is_written_in_one_place():
             if lits:
                 found[rel] = lits
     assert not found, f"caption grammar written outside hw3lib/demo/phrasing.py: {found}"
+
+
+# -- one pointing game ------------------------------------------------------------------------------------
+
+POINTING = ("hw3lib/core/patches.py", {"points_at"})  # the one place a map's peak is checked against an object
+
+
+def pointing_functions(source: str, name: str = "<module>") -> list[str]:
+    """Functions that play the pointing game themselves: they take a peak (`argmax`, `unravel_index`) and
+    look at boxes or masks (a name with "box", "cover", "where" or "mask" in it) in the same body."""
+    out = []
+    for fn in ast.walk(ast.parse(source, name)):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        names = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)} | {a.arg for a in ast.walk(fn)
+                                                                           if isinstance(a, ast.arg)}
+        calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+                 for n in ast.walk(fn) if isinstance(n, ast.Call)}
+        if calls & {"argmax", "unravel_index"} and any(k in n for n in names for k in ("box", "cover", "where", "mask")):
+            out.append(fn.name)
+    return out
+
+
+def test_the_check_finds_a_second_pointing_function():
+    hand_made = '''
+def hit(heat, boxes):
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return any(x0 <= x < x1 and y0 <= y < y1 for x0, y0, x1, y1 in boxes)
+
+def best_class(logits):
+    return logits.argmax(-1)  # a peak, but no object
+'''
+    assert pointing_functions(hand_made) == ["hit"]
+
+
+def test_pointing_is_played_in_one_place():
+    found = {}
+    for path in sorted((ROOT / "hw3lib").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        names = set(pointing_functions(path.read_text(), rel))
+        if rel == POINTING[0]:
+            names -= POINTING[1]
+        if names:
+            found[rel] = sorted(names)
+    assert not found, f"the pointing game played outside {POINTING[0]} (call patches.points_at): {found}"

@@ -2,7 +2,6 @@
 HTML viewer in headless Chromium, and the attention CLI."""
 
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,6 @@ from hw3lib.attention.maps import (
     capture,
     method_maps,
     patch_distribution,
-    pointing_hit,
     select,
     to_grid,
     upsample,
@@ -64,14 +62,6 @@ def test_raw_attention_sums_to_one_before_dropping_cls(captured):
     _, cas = captured
     for ca in cas:
         torch.testing.assert_close(ca.attention.sum(-1), torch.ones(ca.attention.shape[:-1]), atol=1e-5, rtol=0)
-
-
-def test_pointing_game():
-    heat = np.zeros((96, 96))
-    heat[40, 60] = 1
-    assert pointing_hit(heat, [(50, 30, 70, 50)], tolerance=0)
-    assert not pointing_hit(heat, [(0, 0, 20, 20)], tolerance=0)
-    assert pointing_hit(heat, [(62, 30, 80, 50)], tolerance=6)  # just outside, within tolerance
 
 
 def test_html_viewer_in_headless_chromium(captured, tmp_path):

@@ -9,10 +9,10 @@ import torch
 
 from hw3lib.core.data import CaptionSet, ImageRecord
 from hw3lib.core.errors import HW3Error
+from hw3lib.core.patches import PatchGrid
 from hw3lib.core.tokenizer import load_gpt2_tokenizer
 from hw3lib.demo.phrasing import phrases
 from hw3lib.demo.world import COLORS, SHAPES, Obj, draw_scene, make_captions, reading_order
-from hw3lib.metrics.objects import object_masks, patch_grid
 from hw3lib.metrics.probe import encoder_probes, patch_labels
 from hw3lib.metrics.relations import check, relation_counts, stated_relations
 from hw3lib.training import attention_losses as L
@@ -59,7 +59,12 @@ def test_supervision_is_minus_log_mass_in_the_box():
     assert L.supervision(att, where, torch.tensor([[False, True]])).item() == pytest.approx(-math.log(0.8), abs=1e-5)
     zero = L.supervision(att.requires_grad_(), where, torch.zeros(1, 2, dtype=torch.bool))
     assert zero.item() == 0.0 and zero.requires_grad  # no phrase: nothing to learn, but a graph
-    assert L.points_inside(att, where, inside).tolist() == [True, True]
+    assert L.points_inside(att, where, inside, prefix=0).tolist() == [True, True]
+    # behind one prefix token (CLS) the game is played on the patches: row 2's top patch is token 2
+    assert L.points_inside(att, where, inside, prefix=1).tolist() == [True, True]
+    cls_top = rows([0.6, 0.1, 0.3]), torch.tensor([[[False, False, True]]]), torch.tensor([[True]])
+    assert L.points_inside(*cls_top, prefix=1).tolist() == [True]  # CLS's 0.6 is not a place in the image
+    assert L.points_inside(*cls_top, prefix=0).tolist() == [False]
     assert L.box_mass(att, where, inside).tolist() == pytest.approx([0.75, 0.8])
 
 
@@ -125,9 +130,8 @@ def test_caption_targets_on_gpt2_tokens(gpt2_files):
 
 
 def test_object_masks_and_patch_grid():
-    assert patch_grid(65) == (1, 8) and patch_grid(197) == (1, 14) and patch_grid(64) == (0, 8)
-    m = object_masks([obj("circle", "red", "small", (0, 0, 24, 24)), obj("star", "red", "large", (50, 86, 62, 96))],
-                     96, 65)
+    assert [(g.prefix, g.rows) for g in map(PatchGrid.of_tokens, (65, 197, 64))] == [(1, 8), (1, 14), (0, 8)]
+    m = PatchGrid.of_tokens(65).token_masks([(0, 0, 24, 24), (50, 86, 62, 96)], (96, 96))
     assert m.shape == (2, 65)
     assert m[0].nonzero().flatten().tolist() == [1, 2, 9, 10]  # cells (0,0) (0,1) (1,0) (1,1), after CLS
     assert m[1].nonzero().flatten().tolist() == [1 + 7 * 8 + 4, 1 + 7 * 8 + 5]  # x 50..62 -> cols 4, 5; y -> row 7

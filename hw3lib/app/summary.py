@@ -296,9 +296,11 @@ def diagnosis_lines(p2: VariantTable) -> list[str]:
     last = {name: c[-1] for name, c in p2.curves.items() if c and c[-1].exact is not None}
     if last:
         lines += ["", "Diagnosis 2, the decoder's attention, at the last validation of each run (held-out training "
-                  "images; every validation is in `figures/p2_learning_curves.png`): the cross-attention's peak (mean "
-                  "over layers and heads) inside the named object's box, over the phrase that names it and where the "
-                  "phrase begins (where the next object is chosen):", "",
+                  "images; every validation is in `figures/p2_learning_curves.png`): the pointing game (the rule P3 "
+                  "plays, `core/patches.py`) on the cross-attention averaged over all layers and heads, teacher-forced: "
+                  "is its most attended patch one the named object covers, over the phrase that names it and where "
+                  "the phrase begins (where the next object is chosen)? P3's numbers below read the last layer's "
+                  "attention on generated captions, at the noun:", "",
                   "| run | step | exact scene | attention on the named object | on the next object |",
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| {md_text(name)} | {p.step} | {_pct(p.exact)} | {_pct(p.pointing_named)} | {_pct(p.pointing_next)} |"
@@ -362,8 +364,9 @@ def p3_section(doc: dict | P3Summary) -> list[str]:
     lines += [f"- {md_text(k)}: {md_text(v.image)} (CLIPScore {v.CLIPScore:.3f}): {md_text(v.caption)}" for k, v in p3.extremes.items()]
     loc = p3.localisation
     if loc and loc.nouns:
-        lines += ["", f"Localisation of object nouns ({loc.nouns} nouns that name an object of the image; 95% "
-                  "intervals over images; delta: paired bootstrap against random maps):", "",
+        lines += ["", f"Localisation of object nouns ({loc.nouns} nouns that name an object of the image; the "
+                  "pointing game: is the map's most attended patch one the object covers; 95% intervals over images; "
+                  "delta: paired bootstrap against random maps):", "",
                   "| method | pointing game [95% CI] | delta vs random | deletion score (lower is better) |",
                   "|---|---|---|---:|"]
         for m, v in loc.pointing.items():

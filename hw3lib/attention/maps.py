@@ -14,14 +14,14 @@ encoder's patch grid (prefix tokens such as CLS dropped, rows renormalised to su
              that term mostly re-weights tokens, not patches).
 
 Localisation on the demo world (its boxes): for object-noun tokens, the pointing game (is the map's
-peak inside the named object's box, within a tolerance) and a deletion score (the token's probability
+most attended patch one the named object covers: `core.patches`, the rule the training curves use too) and a deletion score (the token's probability
 as the most-attended patches are blanked, area under that curve: lower = the map found what matters),
 each against a random map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +32,11 @@ from PIL import Image
 
 from ..core.errors import HW3Error
 from ..core.images import open_image
+from ..core.patches import PatchGrid, points_at
 from ..core.progress import progress
 from ..core.results import Localisation
 from ..demo.phrasing import token_mentions
-from ..demo.world import Obj, boxes_for
+from ..demo.world import DemoWorld, Obj, boxes_for
 from ..metrics import stats
 from ..models.decoding import OFF, Controls, beam_search
 
@@ -61,18 +62,12 @@ class CaptionAttention:
     extra: dict = field(default_factory=dict)
 
 
-def patch_layout(encoder) -> tuple[tuple[int, int], int]:
-    """(grid rows, cols) and the number of prefix tokens of a timm ViT."""
-    grid = tuple(encoder.patch_embed.grid_size)
-    return (int(grid[0]), int(grid[1])), int(getattr(encoder, "num_prefix_tokens", 1))
-
-
 @torch.no_grad()
 def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 60, device="cpu",
             controls: Controls = OFF) -> list[CaptionAttention]:
     """Caption images with attention capture on (greedy, or beam search following the final beam), with
     the decoding `controls`."""
-    grid, n_prefix = patch_layout(model.encoder)
+    layout = PatchGrid.of_encoder(model.encoder)
     out = []
     for p in progress(paths, desc="attention capture", leave=False, shown=len(paths) >= 2):
         x = transform(open_image(p))[None].to(device)
@@ -81,7 +76,8 @@ def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 6
         ids = res.tokens[0] + ([tokenizer.eot_id] if res.finished[0] else [])
         texts = [tokenizer.id_to_token_text(i) for i in ids]
         out.append(CaptionAttention(Path(p), tokenizer.decode(res.tokens[0]).strip(), ids, texts,
-                                    res.attentions[0].float(), feats[0].cpu(), x[0].cpu(), grid, n_prefix,
+                                    res.attentions[0].float(), feats[0].cpu(), x[0].cpu(),
+                                    (layout.rows, layout.cols), layout.prefix,
                                     tokenizer.eot_id))
     return out
 
@@ -261,9 +257,12 @@ def _wrong_nouns(ca: CaptionAttention, objects: Sequence[Obj], colors: list[str]
     return out
 
 
-def pointing_hit(heat: np.ndarray, boxes, tolerance: float) -> bool:
-    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return any(x0 - tolerance <= x < x1 + tolerance and y0 - tolerance <= y < y1 + tolerance for x0, y0, x1, y1 in boxes)
+def _covers(grid: PatchGrid, boxes, size: tuple[int, int]) -> torch.Tensor:
+    """(P,) bool: the patches any of `boxes` covers (`PatchGrid.covered`)."""
+    out = np.zeros(grid.patches, dtype=bool)
+    for b in boxes:
+        out |= grid.covered(b, size)
+    return torch.from_numpy(out)
 
 
 @torch.no_grad()
@@ -286,71 +285,91 @@ def deletion_auc(model, ca: CaptionAttention, t: int, patch_map: np.ndarray, fra
     return float(np.mean(probs))
 
 
-def localisation(model, captures: list[CaptionAttention], boxes: Mapping[str, Sequence[Obj]], shapes, colors,
-                 methods=METHODS, tolerance_patches: float = 0.5, seed: int = 0,
+@dataclass
+class _Tally:
+    """What `localisation` counts as it goes over the captions."""
+    names: tuple[str, ...]  # the methods and "random"
+    shapes: list[str]
+    hits: dict = field(default_factory=dict)  # method -> per image, nouns the map points at
+    dels: dict = field(default_factory=dict)  # method -> deletion score per noun
+    counts: list = field(default_factory=list)  # per image, nouns scored
+    by_shape: dict = field(default_factory=dict)  # shape -> {method: hits, "nouns": n}
+    wrong: dict = field(default_factory=dict)  # method -> {"named" | "other" | "none": wrong nouns}
+    n_wrong: int = 0
+    per_head: object = 0.0  # (L, H) hits of each raw layer and head
+
+    def __post_init__(self):
+        self.hits = {m: [] for m in self.names}
+        self.dels = {m: [] for m in self.names}
+        self.by_shape = {sh: {m: 0 for m in (*self.names, "nouns")} for sh in self.shapes}
+        self.wrong = {m: {"named": 0, "other": 0, "none": 0} for m in self.names if m != "random"}
+
+
+def localisation(model, captures: list[CaptionAttention], world: DemoWorld, methods=METHODS, seed: int = 0,
                  deletion: bool = True, n_boot: int = 2000) -> Localisation:
-    """Pointing game and deletion score per method, a random-map baseline, pointing accuracy per shape
-    and per (layer, head) of raw attention. Intervals resample images (stats.bootstrap_ci), and each
-    method is compared with random maps on the same nouns (paired bootstrap)."""
+    """The pointing game (`patches.points_at`, on patches) and the deletion score per method on the nouns
+    of captions of the demo world's P2 images, a random-map baseline, pointing per shape and per (layer,
+    head) of raw attention, and where the maps of wrong nouns peak. Intervals resample images
+    (stats.bootstrap_ci), and each method is compared with random maps on the same nouns (paired bootstrap)."""
     rng = np.random.default_rng(seed)
-    names = (*methods, "random")
-    hits = {m: [] for m in names}  # per image: nouns the map points at
-    dels = {m: [] for m in names}
-    counts, by_shape = [], {sh: {m: 0 for m in (*names, "nouns")} for sh in shapes}
-    wrong = {m: {"named": 0, "other": 0, "none": 0} for m in methods}  # where a wrong word's map peaks
-    n_wrong = 0
-    per_head = 0.0  # (L, H) hits once a caption names an object
+    boxes, shapes, colors = world.objects("p2_data"), list(world.shapes), list(world.colors)
+    tally = _Tally((*methods, "random"), shapes)
     for ca in progress(captures, desc="localisation", leave=False, shown=len(captures) >= 2):
         objects = boxes_for(ca.path.name, boxes, default=[])
-        nouns = _noun_boxes(ca, objects, shapes, colors)
-        bad = _wrong_nouns(ca, objects, colors, shapes)
-        if not nouns and not bad:
-            continue
-        im = open_image(ca.path)
-        size = (im.height, im.width)
-        tol = tolerance_patches * size[1] / ca.grid[1]
-        maps = {m: method_maps(model, ca, m) for m in methods}
-        for t, named, other in bad:
-            n_wrong += 1
-            for m in methods:
-                heat = upsample(to_grid(maps[m][t:t + 1], ca.grid), size).numpy()[0]
-                where = ("named" if pointing_hit(heat, named, tol) else "other" if pointing_hit(heat, other, tol)
-                         else "none")
-                wrong[m][where] += 1
-        if not nouns:
-            continue
-        maps["random"] = torch.from_numpy(rng.random((len(ca.token_ids), ca.grid[0] * ca.grid[1]))).float()
-        ups = {m: upsample(to_grid(v, ca.grid), size).numpy() for m, v in maps.items()}
-        counts.append(len(nouns))
-        for m in names:
-            hit = [pointing_hit(ups[m][t], bxs, tol) for t, _, bxs in nouns]
-            hits[m].append(sum(hit))
-            for (_, shape, _), h in zip(nouns, hit, strict=True):
-                by_shape[shape][m] += h
-            if deletion:
-                dels[m] += [deletion_auc(model, ca, t, maps[m][t].numpy()) for t, _, _ in nouns]
-        for _, shape, _ in nouns:
-            by_shape[shape]["nouns"] += 1
-        per_head = per_head + _pointing_per_head(ca, nouns, size, tol)
-    n = int(sum(counts))
+        nouns, bad = _noun_boxes(ca, objects, shapes, colors), _wrong_nouns(ca, objects, colors, shapes)
+        if nouns or bad:
+            _score_caption(model, ca, nouns, bad, methods, rng, deletion, tally)
+    return _localisation_record(tally, methods, seed, n_boot)
+
+
+def _score_caption(model, ca: CaptionAttention, nouns, bad, methods, rng, deletion: bool, t: _Tally) -> None:
+    """Add one caption's nouns (and wrong nouns) to the tally."""
+    im = open_image(ca.path)
+    size, grid = (im.height, im.width), PatchGrid(*ca.grid, ca.n_prefix)
+    maps = {m: method_maps(model, ca, m) for m in methods}  # (T, P) each
+    for tok, named, other in bad:
+        t.n_wrong += 1
+        for m in methods:
+            where = ("named" if points_at(maps[m][tok], _covers(grid, named, size)) else
+                     "other" if points_at(maps[m][tok], _covers(grid, other, size)) else "none")
+            t.wrong[m][where] += 1
+    if not nouns:
+        return
+    maps["random"] = torch.from_numpy(rng.random((len(ca.token_ids), grid.patches))).float()
+    t.counts.append(len(nouns))
+    covers = [_covers(grid, bxs, size) for _, _, bxs in nouns]
+    for m in t.names:
+        hit = [bool(points_at(maps[m][tok], cov)) for (tok, _, _), cov in zip(nouns, covers, strict=True)]
+        t.hits[m].append(sum(hit))
+        for (_, shape, _), h in zip(nouns, hit, strict=True):
+            t.by_shape[shape][m] += h
+        if deletion:
+            t.dels[m] += [deletion_auc(model, ca, tok, maps[m][tok].numpy()) for tok, _, _ in nouns]
+    for _, shape, _ in nouns:
+        t.by_shape[shape]["nouns"] += 1
+    t.per_head = t.per_head + _pointing_per_head(ca, nouns, covers)
+
+
+def _localisation_record(t: _Tally, methods, seed: int, n_boot: int) -> Localisation:
+    n = int(sum(t.counts))
     if n == 0:
-        return Localisation(0, 0, dict.fromkeys(names), {}, {}, {}, None, None, n_wrong,
-                            _wrong_shares(wrong, n_wrong))
-    total = np.array(counts)
-    right = {m: np.array(v) for m, v in hits.items()}
+        return Localisation(0, 0, dict.fromkeys(t.names), {}, {}, {}, None, None, t.n_wrong,
+                            _wrong_shares(t.wrong, t.n_wrong))
+    total = np.array(t.counts)
+    right = {m: np.array(v) for m, v in t.hits.items()}
     return Localisation(
         nouns=n,
-        images=len(counts),
+        images=len(t.counts),
         pointing={m: float(v.sum() / n) for m, v in right.items()},
         pointing_ci={m: stats.bootstrap_ci(v, total, n_boot=n_boot, seed=seed) for m, v in right.items()},
         vs_random={m: stats.paired_bootstrap(right["random"], right[m], total, total, n_boot=n_boot,
                                              seed=seed).reported() for m in methods},
         pointing_by_shape={sh: {k: (v / d["nouns"] if k != "nouns" and d["nouns"] else v) for k, v in d.items()}
-                           for sh, d in by_shape.items()},
-        deletion_auc={m: float(np.mean(v)) for m, v in dels.items()} if deletion else None,
-        pointing_per_layer_head=(per_head / n).tolist(),
-        wrong_nouns=n_wrong,
-        wrong_words=_wrong_shares(wrong, n_wrong),
+                           for sh, d in t.by_shape.items()},
+        deletion_auc={m: float(np.mean(v)) for m, v in t.dels.items()} if t.dels["random"] else None,
+        pointing_per_layer_head=(t.per_head / n).tolist(),
+        wrong_nouns=t.n_wrong,
+        wrong_words=_wrong_shares(t.wrong, t.n_wrong),
     )
 
 
@@ -358,13 +377,12 @@ def _wrong_shares(wrong: dict[str, dict[str, int]], n: int) -> dict[str, dict[st
     return {m: {k: v / n for k, v in d.items()} for m, d in wrong.items()} if n else None
 
 
-def _pointing_per_head(ca: CaptionAttention, nouns, size, tol) -> np.ndarray:
+def _pointing_per_head(ca: CaptionAttention, nouns, covers: list[torch.Tensor]) -> np.ndarray:
     """(L, H) pointing hits of every single layer and head's raw attention over one caption's nouns."""
     L, H = ca.attention.shape[1:3]
     raw = patch_distribution(ca.attention.flatten(1, 2).permute(1, 0, 2).reshape(L * H * len(ca.token_ids), -1),
                              ca.n_prefix).reshape(L, H, len(ca.token_ids), -1)
     out = np.zeros((L, H))
-    for t, _, bxs in nouns:
-        heat = upsample(to_grid(raw[:, :, t].reshape(L * H, -1), ca.grid), size).numpy()  # (L*H, h, w)
-        out += np.array([pointing_hit(h, bxs, tol) for h in heat]).reshape(L, H)
+    for (t, _, _), cov in zip(nouns, covers, strict=True):
+        out += points_at(raw[:, :, t], cov).numpy()
     return out

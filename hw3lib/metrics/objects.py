@@ -26,13 +26,11 @@ another missed); the right number, none repeated, with a colour or shape that th
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..core.results import Share
 from ..demo.phrasing import Mention, mentions
@@ -74,29 +72,6 @@ class CaptionObjects:
     @property
     def exact(self) -> bool:
         return self.matched == self.objects == self.mentions
-
-
-def patch_grid(n_tokens: int) -> tuple[int, int]:
-    """(prefix tokens, grid side) of an encoder's token sequence: a square grid of patches behind a few
-    prefix tokens (CLS, registers): 65 -> (1, 8), 197 -> (1, 14), 64 -> (0, 8)."""
-    g = math.isqrt(n_tokens)
-    return n_tokens - g * g, g
-
-
-def object_masks(objects: Sequence[Obj], side: int, n_tokens: int) -> torch.Tensor:
-    """(n_objects, S) bool: the encoder tokens whose patch overlaps each object's box, for an image of
-    `side` pixels and S = `n_tokens` encoder tokens (prefix tokens first)."""
-    prefix, g = patch_grid(n_tokens)
-    cell = side / g
-    out = torch.zeros(len(objects), n_tokens, dtype=torch.bool)
-    for k, o in enumerate(objects):
-        x0, y0, x1, y1 = o.box
-        cols = range(int(x0 // cell), min(g, math.ceil(x1 / cell)))
-        rows = range(int(y0 // cell), min(g, math.ceil(y1 / cell)))
-        for r in rows:
-            for c in cols:
-                out[k, prefix + r * g + c] = True
-    return out
 
 
 def match(found: list[Mention], objects: Sequence[Obj]) -> list[str]:

@@ -16,25 +16,20 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..core.patches import PatchGrid
 from ..core.results import ProbeRow
 from ..demo.world import Obj
-from .objects import patch_grid
 
 BACKGROUND = -1
 
 
 def patch_labels(objects: Sequence[Obj], side: int, n_tokens: int, vocab: Sequence[str], attr: str) -> torch.Tensor:
-    """(patches,) long: the index in `vocab` of attribute `attr` ("color" / "shape") of the object whose
-    box holds each patch's centre; BACKGROUND where none does."""
-    _, g = patch_grid(n_tokens)
-    cell = side / g
-    out = torch.full((g * g,), BACKGROUND, dtype=torch.long)
-    for r in range(g):
-        for c in range(g):
-            x, y = (c + 0.5) * cell, (r + 0.5) * cell
-            for o in objects:
-                if o.box[0] <= x < o.box[2] and o.box[1] <= y < o.box[3]:
-                    out[r * g + c] = vocab.index(getattr(o, attr))
+    """(patches,) long: the index in `vocab` of attribute `attr` ("color" / "shape") of the object that
+    covers each patch (`PatchGrid.covered`; the last one where two do); BACKGROUND where none does."""
+    grid = PatchGrid.of_tokens(n_tokens)
+    out = torch.full((grid.patches,), BACKGROUND, dtype=torch.long)
+    for o in objects:
+        out[torch.from_numpy(grid.covered(o.box, (side, side)))] = vocab.index(getattr(o, attr))
     return out
 
 
@@ -69,7 +64,7 @@ def encoder_probes(fit_tokens: torch.Tensor, fit_objects: Sequence[Sequence[Obj]
     patch's colour and shape, and the image's object count from the prefix (CLS) token and from the
     mean of the patch tokens."""
     n_tokens = fit_tokens.shape[1]
-    prefix, _ = patch_grid(n_tokens)
+    prefix = PatchGrid.of_tokens(n_tokens).prefix
     rows = []
     for attr, vocab, name in (("color", list(colors), "patch colour"), ("shape", list(shapes), "patch shape")):
         sets = []

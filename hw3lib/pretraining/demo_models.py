@@ -55,6 +55,7 @@ from ..core.files import (
 )
 from ..core.images import open_image
 from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec
+from ..core.patches import PatchGrid
 from ..core.progress import progress
 from ..core.tokenizer import teacher_forcing_batch, train_bpe
 from ..demo.phrasing import SINGLE_OBJECT
@@ -75,7 +76,7 @@ UNSTYLED_MANIFEST = "assets_unstyled.json"  # the CLIP before its style phase (t
 # the code that shapes the models: a change to any of these files rebuilds them (no version to bump by hand)
 SHAPED_BY = ("hw3lib.pretraining.demo_models", "hw3lib.pretraining.negation_tuning", "hw3lib.demo.pretraining_text",
              "hw3lib.demo.styles", "hw3lib.demo.world", "hw3lib.demo.phrasing", "hw3lib.zeroshot.counterfactual", "hw3lib.zeroshot.negation",
-             "hw3lib.core.tokenizer", "hw3lib.models.clip", "hw3lib.models.decoder_file", "hw3lib.models.gpt2",
+             "hw3lib.core.tokenizer", "hw3lib.core.patches", "hw3lib.models.clip", "hw3lib.models.decoder_file", "hw3lib.models.gpt2",
              "hw3lib.models.loading", "hw3lib.training.loop")
 
 
@@ -182,19 +183,17 @@ def styled_training_images(images: list, preprocess, seed: int) -> tuple[torch.T
 # CLIP
 
 
-def object_targets(split, boxes: dict, split_name: str, grid: int, shapes: list[str], colors: list[str]):
-    """Per image, up to K objects as patch-pooling weights (N, K, grid*grid) summing to 1 over each
-    object's box (patch centres inside it), and shape / colour labels (N, K), -100 where no object."""
+def object_targets(split, boxes: dict, split_name: str, grid: PatchGrid, shapes: list[str], colors: list[str]):
+    """Per image, up to K objects as patch-pooling weights (N, K, patches) summing to 1 over the patches
+    each object covers (`PatchGrid.covered`), and shape / colour labels (N, K), -100 where no object."""
     n_max = max(len(boxes_for(im.path.name, boxes, split_name)) for im in split.images)
-    weights = torch.zeros(len(split.images), n_max, grid * grid)
+    weights = torch.zeros(len(split.images), n_max, grid.patches)
     shape_y = torch.full((len(split.images), n_max), -100)
     color_y = torch.full((len(split.images), n_max), -100)
     side = open_image(split.images[0].path).size[0]  # every demo image has the same side
-    centres = (np.arange(grid) + 0.5) * side / grid
     for i, im in enumerate(split.images):
         for k, o in enumerate(boxes_for(im.path.name, boxes, split_name)):
-            x0, y0, x1, y1 = o.box
-            inside = np.outer((centres >= y0) & (centres < y1), (centres >= x0) & (centres < x1)).flatten()
+            inside = grid.covered(o.box, (side, side))
             if inside.any():
                 weights[i, k] = torch.from_numpy(inside / inside.sum()).float()
                 shape_y[i, k], color_y[i, k] = shapes.index(o.shape), colors.index(o.color)
@@ -220,7 +219,7 @@ def train_clip(bundle, x_train, x_styled, styles, train, boxes: dict, world: Dem
     design, kept as an ablation; None without a style phase)."""
     model, tokenizer = bundle.model, bundle.tokenizer
     shapes, colors = list(world.shapes), list(world.colors)
-    grid = s.image_size // s.patch_size
+    grid = PatchGrid(s.image_size // s.patch_size, s.image_size // s.patch_size)  # the ViT being trained
     text = PretrainingText.start()
     pool, shape_y, color_y = object_targets(train, boxes, "train", grid, shapes, colors)
     heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(s.vision_width, len(shapes)),

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core.patches import points_at
+
 EPS = 1e-6
 
 
@@ -58,7 +60,7 @@ def box_mass(att: torch.Tensor, where: torch.Tensor, at: torch.Tensor) -> torch.
     return (att * where).sum(dim=-1)[at]
 
 
-def points_inside(att: torch.Tensor, where: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Pointing game at each position of `at`: is the most attended encoder token inside the box? -> (n,) bool."""
-    top = att.argmax(dim=-1, keepdim=True)  # (B, T, 1)
-    return where.gather(-1, top).squeeze(-1)[at]
+def points_inside(att: torch.Tensor, where: torch.Tensor, at: torch.Tensor, prefix: int) -> torch.Tensor:
+    """The pointing game (`patches.points_at`, P3's too) at each position of `at` (B, T) bool: is the most
+    attended patch one the object covers? att, where (B, T, S) over `prefix` + patch tokens -> (n,) bool."""
+    return points_at(att[..., prefix:], where[..., prefix:])[at]

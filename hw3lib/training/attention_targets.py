@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.patches import PatchGrid
 from ..demo.phrasing import Phrase, phrases
 from ..demo.world import Obj
-from ..metrics.objects import object_masks
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def caption_targets(caption: str, offsets: Sequence[tuple[int, int]], objects: S
 
 def batch_targets(targets: Sequence[Sequence[PhraseTarget]], masks: Sequence[torch.Tensor], T: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For a batch of captions (their phrase targets and their images' `object_masks`), padded to T
+    """For a batch of captions (their phrase targets and their images' object masks (`PatchGrid.token_masks`)), padded to T
     positions: where each position should look (B, T, S) bool, the positions inside a phrase (B, T)
     and the first position of each phrase (B, T) - where the next object is chosen."""
     S = masks[0].shape[1]
@@ -92,7 +92,9 @@ class CaptionGrounding:
     def masks(self, image: int, n_tokens: int) -> torch.Tensor:
         key = (image, n_tokens)
         if key not in self._masks:
-            self._masks[key] = object_masks(self.objects[image], self.sides[image], n_tokens)
+            side = self.sides[image]
+            self._masks[key] = PatchGrid.of_tokens(n_tokens).token_masks([o.box for o in self.objects[image]],
+                                                                         (side, side))
         return self._masks[key]
 
     def batch(self, captions: Sequence[int], images: Sequence[int], T: int, n_tokens: int):

@@ -13,6 +13,7 @@ import torch
 
 from ..core.data import CaptionSet
 from ..core.errors import HW3Error
+from ..core.patches import PatchGrid
 from ..core.tokenizer import teacher_forcing_batch
 from ..metrics.captions import cider
 from ..metrics.objects import object_counts
@@ -35,8 +36,9 @@ def selection_split(cs: CaptionSet, n: int) -> tuple[CaptionSet, CaptionSet]:
 
 @torch.no_grad()
 def attention_pointing(model, data: CaptionData, features, batch_size: int = 64) -> dict[str, float]:
-    """Teacher-forced on each image's first caption: is the most attended encoder token (cross-attention
-    averaged over layers and heads) inside the named object's box - at every position of the phrase
+    """Teacher-forced on each image's first caption, the pointing game (`patches.points_at`, as P3 plays it)
+    on the cross-attention averaged over layers and heads: is its most attended patch one the named object
+    covers - at every position of the phrase
     naming it (`pointing_named`), and where the phrase begins, i.e. where the next object is chosen
     (`pointing_next`)? Plus the mean attention mass inside the box over the phrase (`box_mass`)."""
     first_caption = {}
@@ -52,8 +54,9 @@ def attention_pointing(model, data: CaptionData, features, batch_size: int = 64)
         _, atts = model(feats, x.to(feats.device), need_weights=True)
         att = att_losses.mean_map(atts).cpu()  # (B, T, S)
         where, inside, first = data.grounding.batch(chunk, [p[0] for p in pairs], x.shape[1], att.shape[-1])
-        named.append(att_losses.points_inside(att, where, inside))
-        nxt.append(att_losses.points_inside(att, where, first))
+        prefix = PatchGrid.of_tokens(att.shape[-1]).prefix
+        named.append(att_losses.points_inside(att, where, inside, prefix))
+        nxt.append(att_losses.points_inside(att, where, first, prefix))
         mass.append(att_losses.box_mass(att, where, inside))
     return {"pointing_named": _mean(named), "pointing_next": _mean(nxt), "box_mass": _mean(mass)}
 
