@@ -69,6 +69,7 @@ from hw3lib.app.plots import (
 from hw3lib.app.summary import p2_section
 from hw3lib.captioning import (
     DECODING_GRID,
+    ComparisonSpec,
     Recipe,
     caption_order_world,
     compare_variants,
@@ -133,10 +134,10 @@ if world is not None and mechanisms:
 
 # %%
 controls = Controls(no_repeat_ngram_size, repetition_penalty)
-result = compare_variants(configs, assets, p2, Path(runs_dir) / ("smoke" if smoke else run_group), overrides,
-                          device=device, beams_best=beams, reference=reference, n_boot=300 if smoke else 2000,
-                          controls=controls, decoding_grid=DECODING_GRID, world=world, ablation=ablation,
-                          processes=train_processes)
+spec = ComparisonSpec(configs, assets, p2, Path(runs_dir) / ("smoke" if smoke else run_group), reference, overrides,
+                      ablation, controls, DECODING_GRID, beams, world=world, n_boot=300 if smoke else 2000,
+                      processes=train_processes)
+result = compare_variants(spec, device=device)
 table = result.table
 table.tokenizer = default_tokenizer()
 table.probe = probe

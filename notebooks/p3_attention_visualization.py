@@ -98,12 +98,12 @@ atomic_write_text(figures / "p3_viewer.html",
 # %%
 p2 = data / "p2_data"
 ext = clipscore_extremes(model, m, p2, limit=8 if smoke else None, device=device, controls=controls)
-preds, scores, by_key = ext["predictions"], ext["per_image"], ext["paths"]
-extremes = {label: ext[label] for label in ("top-1", "last-1")}
+preds, scores, by_key = ext.predictions, ext.clipscores, ext.paths
+extremes = {"top-1": ext.top, "last-1": ext.last}
 for label, key in extremes.items():
     ca = capture(model, tok, transform, [by_key[key]], device=device, controls=controls)[0]
     maps = method_maps(model, ca, "raw", layers, heads)
-    title = f"{label} by CLIPScore: {by_key[key].name}, CLIPScore = {scores[key]['CLIPScore']:.3f}"
+    title = f"{label} by CLIPScore: {by_key[key].name}, CLIPScore = {scores[key]:.3f}"
     save(token_maps_figure(open_image(ca.path), ca.caption, ca.token_texts, display_maps(ca, maps), title=title),
          figures / f"p3_{label}.png")
     print(title, "-", ca.caption)
@@ -132,7 +132,7 @@ if world is not None:
 else:
     print("real data: localisation is scored on the demo world only (its objects are known)")
 summary = P3Summary({ca.path.name: ca.caption for ca in p3},
-                    {k: Extreme(by_key[v].name, scores[v]["CLIPScore"], preds[v]) for k, v in extremes.items()},
+                    {k: Extreme(by_key[v].name, scores[v], preds[v]) for k, v in extremes.items()},
                     loc, layers, heads)
 atomic_write_json(figures / "p3_summary.json", summary.to_json())
 plt.close("all")

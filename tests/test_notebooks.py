@@ -135,12 +135,12 @@ def test_clipscore_extremes_are_the_max_and_min_of_scores_computed_one_by_one(sm
     m = manifest_for(small_models)
     clip = load_clip(m.clip)
     ext = clipscore_extremes(load_run(small_run, m), m, small_world / "p2_data", limit=8, clip=clip)
-    one = {k: float(clip_scores(clip, [ext["paths"][k]], [c], batch_size=1).clipscore[0])
-           for k, c in ext["predictions"].items()}
+    one = {k: float(clip_scores(clip, [ext.paths[k]], [c], batch_size=1).clipscore[0])
+           for k, c in ext.predictions.items()}
     assert len(one) == 8 and len(set(one.values())) > 1, "the test needs captions that score differently"
-    assert ext["top-1"] == max(one, key=one.get) and ext["last-1"] == min(one, key=one.get)
+    assert ext.top == max(one, key=one.get) and ext.last == min(one, key=one.get)
     for k, score in one.items():
-        assert ext["per_image"][k]["CLIPScore"] == pytest.approx(score, abs=1e-5)
+        assert ext.clipscores[k] == pytest.approx(score, abs=1e-5)
 
 
 def test_p1_notebook_skips_the_demo_sections_for_a_clip_of_unknown_text(small_models, small_world, tmp_path):

@@ -67,7 +67,7 @@ def test_resume_equals_uninterrupted(small_models, small_world, tmp_path):
     model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path)  # a fresh process, in effect
     summary = fit(model, train, val, cfg, tmp_path / "b", src, vsrc)
     resumed = model.trainable_state_dict()
-    assert summary["steps"] == 14 and resumed.keys() == reference.keys()
+    assert summary.steps == 14 and resumed.keys() == reference.keys()
     for k in reference:
         assert torch.equal(resumed[k], reference[k]), k
     log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]

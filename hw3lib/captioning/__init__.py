@@ -20,6 +20,8 @@ from .runs import (
     write_val_predictions,
 )
 from .scoring import (
+    Extremes,
+    Scores,
     clipscore_extremes,
     default_tokenizer,
     evaluate_predictions,
@@ -27,12 +29,12 @@ from .scoring import (
     score_predictions,
     with_intervals,
 )
-from .study import DECODING_GRID, Comparison, Recipe, caption_order_world, compare_variants
+from .study import DECODING_GRID, Comparison, ComparisonSpec, Recipe, caption_order_world, compare_variants
 
 __all__ = [
-    "Comparison", "DECODING_GRID", "Recipe", "TrainJob", "caption_folder", "caption_objects",
-    "caption_order_world", "clipscore_extremes", "compare_variants", "default_tokenizer",
-    "evaluate_predictions", "load_run", "manifest_for", "plan_memory", "probe_encoder", "run_log",
-    "score_predictions", "slug", "store_all", "train_jobs", "train_run", "training_curves",
-    "validation_curve", "with_intervals", "write_val_predictions",
+    "Comparison", "ComparisonSpec", "DECODING_GRID", "Extremes", "Recipe", "Scores", "TrainJob",
+    "caption_folder", "caption_objects", "caption_order_world", "clipscore_extremes", "compare_variants",
+    "default_tokenizer", "evaluate_predictions", "load_run", "manifest_for", "plan_memory",
+    "probe_encoder", "run_log", "score_predictions", "slug", "store_all", "train_jobs", "train_run",
+    "training_curves", "validation_curve", "with_intervals", "write_val_predictions",
 ]

@@ -20,7 +20,7 @@ from ..core.errors import HW3Error, first_line
 from ..core.files import atomic_write_json, read_json, run_lock
 from ..core.manifest import MANIFEST_PARTS, ClipSpec, DecoderSpec, check_files, load_manifest
 from ..core.precision import choose_precision, store_frozen
-from ..core.results import CurvePoint
+from ..core.results import CurvePoint, RunSummary, Validation
 from ..demo.world import DemoWorld
 from ..models.captioner import (
     CaptionerConfig,
@@ -57,7 +57,7 @@ def manifest_for(assets, decoder=None, parts=MANIFEST_PARTS, clip_model=None, cl
 
 
 def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device: str | None = None,
-              reuse: bool = True, force_new: bool = False) -> dict:
+              reuse: bool = True, force_new: bool = False) -> RunSummary:
     """Train the captioner of `config` on `p2_dir` into `out`. With `reuse`, a finished run with the
     same configuration and inputs is not trained again (its summary is returned); an interrupted one
     resumes, unless its inputs changed (refused). `force_new` discards what the folder holds first.
@@ -85,7 +85,7 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
         if changed:
             raise HW3Error(f"{out}: holds a finished run of other inputs ({', '.join(changed)} changed; remove that "
                            "folder to retrain, or choose another)")
-        return read_json(out / "summary.json")
+        return RunSummary.from_json(read_json(out / "summary.json"), str(out / "summary.json"))
     with run_lock(out) if processes().master_process else contextlib.nullcontext():
         if force_new:
             RunFolder(out).clear()
@@ -250,7 +250,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1) -> dict[str, dict]:
+def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1) -> dict[str, RunSummary]:
     """Train (or reuse) every job; its summary by name. With `processes` > 1 on the CPU, that many train
     at once in their own processes, one thread each: the small matrices of a tiny decoder keep two
     cores busier that way than one run with two threads (bench/bench_train_processes.py measures it). A run's
@@ -293,8 +293,8 @@ def run_log(run_dir) -> list[dict]:
 
 def validation_curve(run_dir) -> list[CurvePoint]:
     """A run's validations on its held-out training images, in step order."""
-    fields = {f.name for f in dataclasses.fields(CurvePoint)}
-    return [CurvePoint(**{k: v for k, v in e["validation"].items() if k in fields})
+    log = Path(run_dir, "log.jsonl")
+    return [Validation.from_json(e["validation"], f"{log}: a validation").curve_point()
             for e in run_log(run_dir) if "validation" in e]
 
 

@@ -4,6 +4,7 @@ the demo world, bootstrap intervals and paired differences; the encoder probes."
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,11 @@ from ..core.results import METRICS, Share, VariantRow
 from ..demo.world import DemoWorld, boxes_for
 from ..metrics import stats
 from ..metrics.captions import evaluate, java_available
-from ..metrics.grounding import grounding
+from ..metrics.grounding import Grounding, grounding
 from ..metrics.objects import HEADLINE as OBJECT_HEADLINE
-from ..metrics.objects import object_counts
+from ..metrics.objects import ObjectCounts, object_counts
 from ..metrics.probe import encoder_probes
-from ..metrics.relations import relation_counts
+from ..metrics.relations import RelationCounts, relation_counts
 from ..models.decoding import OFF, Controls, Decoding
 from ..models.loading import encoder_transform, load_clip
 from ..training.loop import image_side
@@ -39,64 +40,82 @@ def evaluate_predictions(preds, p2_dir, split="val", manifest=None, device="cpu"
     return evaluate(preds, cs, clip, tokenizer or default_tokenizer(), device=device)
 
 
+@dataclass(frozen=True)
+class Extremes:
+    """Val captions scored by the course evaluator, with the best and the worst by CLIPScore."""
+    predictions: dict[str, str]  # image key -> caption
+    clipscores: dict[str, float]  # image key -> its CLIPScore
+    paths: dict[str, Path]  # image key -> image file
+    top: str  # the key of the highest CLIPScore ("top-1")
+    last: str  # and of the lowest ("last-1")
+
+
 def clipscore_extremes(model, manifest, p2_dir, limit: int | None = None, device="cpu", clip=None,
-                       controls: Controls = OFF) -> dict:
+                       controls: Controls = OFF) -> Extremes:
     """Caption the val images (the first `limit` by name), score the captions as the course's evaluator
-    does, and name the best and the worst caption by CLIPScore: {"predictions", "per_image", "paths",
-    "top-1", "last-1"} (the last two are prediction keys)."""
+    does, and name the best and the worst caption by CLIPScore."""
     p2_dir = Path(p2_dir)
     paths = list_images(p2_dir / "images" / "val")[:limit]
     preds = caption_folder(model, manifest, paths, Decoding(controls=controls), device, progress=False)
     cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val").subset(preds)
     scores = evaluate(preds, cs, clip or load_clip(manifest.clip, device), default_tokenizer(), device=device)
-    ranked = sorted(scores["per_image"], key=lambda k: scores["per_image"][k]["CLIPScore"])
-    return {"predictions": preds, "per_image": scores["per_image"], "paths": {p.stem: p for p in paths},
-            "top-1": ranked[-1], "last-1": ranked[0]}
+    clipscores = {k: v["CLIPScore"] for k, v in scores["per_image"].items()}
+    ranked = sorted(clipscores, key=clipscores.__getitem__)
+    return Extremes(preds, clipscores, {p.stem: p for p in paths}, ranked[-1], ranked[0])
 
 
-def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu", world: DemoWorld | None = None) -> dict:
-    """Everything P2 reports about one set of val captions: CIDEr-D and CLIPScore (the course
-    evaluator), per-image arrays in sorted key order for the intervals, and grounding where the
-    demo world's objects are known (`world`)."""
+@dataclass(frozen=True)
+class Scores:
+    """Everything P2 reports about one set of val captions."""
+    CIDEr: float  # CIDEr-D (the course evaluator)
+    CLIPScore: float
+    per_image: dict[str, np.ndarray]  # metric of METRICS -> (N,) per image, in sorted key order
+    grounding: Grounding | None = None  # the demo world's objects (None on real data)
+    objects: ObjectCounts | None = None
+    relations: RelationCounts | None = None
+
+
+def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu", world: DemoWorld | None = None
+                      ) -> Scores:
+    """Score one set of val captions: the course evaluator, per-image arrays for the intervals, and the
+    object metrics where the demo world's objects are known (`world`)."""
     res = evaluate_predictions(preds, p2_dir, manifest=manifest, device=device, clip=clip)
     keys = sorted(res["per_image"])
-    out = {"CIDEr": res["CIDEr"], "CLIPScore": res["CLIPScore"],
-           "per_image": {m: np.array([res["per_image"][k][m] for k in keys]) for m in METRICS}}
-    if world is not None:
-        boxes, shapes, colors = world.objects("p2_data"), list(world.shapes), list(world.colors)
-        out["grounding"] = grounding(preds, boxes, shapes, colors)
-        out["objects"] = object_counts(preds, boxes, shapes, colors)
-        out["relations"] = relation_counts(preds, boxes, shapes, colors)
-    return out
+    per_image = {m: np.array([res["per_image"][k][m] for k in keys]) for m in METRICS}
+    if world is None:
+        return Scores(res["CIDEr"], res["CLIPScore"], per_image)
+    boxes, shapes, colors = world.objects("p2_data"), list(world.shapes), list(world.colors)
+    return Scores(res["CIDEr"], res["CLIPScore"], per_image, grounding(preds, boxes, shapes, colors),
+                  object_counts(preds, boxes, shapes, colors), relation_counts(preds, boxes, shapes, colors))
 
 
-def with_intervals(row: VariantRow, scored: dict, reference: dict | None, n_boot: int = 2000) -> VariantRow:
+def with_intervals(row: VariantRow, scored: Scores, reference: Scores | None, n_boot: int = 2000) -> VariantRow:
     """`row` with 95% bootstrap intervals over images (CIDEr, CLIPScore, grounding shares) and, when a
     reference variant's scores are given, paired bootstrap differences against it on the same images."""
-    row = dataclasses.replace(row, ci={m: stats.bootstrap_ci(scored["per_image"][m], n_boot=n_boot) for m in METRICS})
-    g, oc = scored.get("grounding"), scored.get("objects")
+    row = dataclasses.replace(row, ci={m: stats.bootstrap_ci(scored.per_image[m], n_boot=n_boot) for m in METRICS})
+    g, oc = scored.grounding, scored.objects
     if g is not None:
         row.grounding = g.summary(n_boot=n_boot)
     if oc is not None:
         row.objects, row.objects_by_count = oc.summary(n_boot=n_boot), oc.by_object_count(n_boot=n_boot)
-    rc = scored.get("relations")
+    rc = scored.relations
     if rc is not None and rc.checkable.sum() > 0:
         row.relations = Share(rc.accuracy, stats.bootstrap_ci(rc.true, rc.checkable, n_boot=n_boot), int(rc.true.sum()),
                               int(rc.checkable.sum()))
     if reference is not None and reference is not scored:
-        paired = {m: stats.paired_bootstrap(reference["per_image"][m], scored["per_image"][m], n_boot=n_boot)
+        paired = {m: stats.paired_bootstrap(reference.per_image[m], scored.per_image[m], n_boot=n_boot)
                   for m in METRICS}
-        ro = reference.get("objects")
+        ro = reference.objects
         if oc is not None and ro is not None:
             for m in OBJECT_HEADLINE:
                 (na, da), (nb, db) = ro.ratio(m), oc.ratio(m)
                 if da.sum() > 0 and db.sum() > 0:  # (a model that names nothing has no precision)
                     paired[m] = stats.paired_bootstrap(na, nb, da, db, n_boot=n_boot)
-        rg = reference.get("grounding")
+        rg = reference.grounding
         if g is not None and rg is not None and g.share("mentions") is not None and rg.share("mentions") is not None:
             paired["mentions"] = stats.paired_bootstrap(rg.right["mentions"], g.right["mentions"], rg.total["mentions"],
                                                         g.total["mentions"], n_boot=n_boot)
-        rr = reference.get("relations")
+        rr = reference.relations
         if rc is not None and rr is not None and rc.checkable.sum() > 0 and rr.checkable.sum() > 0:
             paired["relations"] = stats.paired_bootstrap(rr.true, rc.true, rr.checkable, rc.checkable, n_boot=n_boot)
         row.vs_reference = {m: d.reported() for m, d in paired.items()}

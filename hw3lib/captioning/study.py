@@ -4,7 +4,6 @@ reference variant compared under other recipes and decoding controls (`compare_v
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from .runs import (
     validation_curve,
     write_val_predictions,
 )
-from .scoring import score_predictions, with_intervals
+from .scoring import Scores, score_predictions, with_intervals
 
 
 @dataclasses.dataclass
@@ -40,84 +39,115 @@ DECODING_GRID = {"off": OFF, "no-repeat 3-gram": Controls(3), "repetition penalt
                  "both": Controls(3, 1.3)}
 
 
-def compare_variants(variants: dict[str, str | os.PathLike], assets, p2_dir, runs_dir, overrides=None,
-                     device="cpu", beams_best: int = 3, max_len: int = 40, progress=True, reference: str | None = None,
-                     n_boot: int = 2000, controls: Controls = OFF,
-                     decoding_grid: dict[str, Controls] | None = None, world: DemoWorld | None = None,
-                     ablation: dict[str, Recipe] | None = None, processes: int = 1) -> Comparison:
-    """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
-    model, and greedy vs beam for the best variant. Every row carries bootstrap intervals, and paired
-    differences against the `reference` variant (the report's setting). Every caption is decoded with
-    `controls`; `decoding_grid` (name -> controls) also decodes the best variant greedily with each,
-    compared with the first on the same images. On the demo world (`world`) captions are also scored
-    against its objects. `ablation` (row name -> `Recipe`) trains the `reference` variant's config under
-    other recipes, each compared with the reference on the same images. Every run's validations on its
-    held-out training images are the table's learning curves. On the CPU, `processes` > 1 trains that
-    many runs at once (`train_jobs`)."""
-    m = manifest_for(assets)
-    clip = load_clip(m.clip, device)
-    p2_dir, runs_dir = Path(p2_dir), Path(runs_dir)
-    val = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val")
-    paths = [im.path for im in val.images]
-
-    def caption_and_score(model, beams=1, how=controls):
-        preds = caption_folder(model, m, paths, Decoding(beams, max_len, controls=how), device, progress)
-        return preds, score_predictions(preds, p2_dir, m, clip, device, world)
-
-    jobs = [TrainJob(name, str(config), p2_dir, runs_dir / name, dict(overrides or {}))
-            for name, config in variants.items()]
-    jobs += [TrainJob(name, str(variants[reference]), recipe.p2_dir, runs_dir / "ablation" / slug(name),
-                      dict(overrides or {}) | recipe.overrides) for name, recipe in (ablation or {}).items()]
-    summaries = train_jobs(jobs, assets, device, processes)
-
-    preds, sc = caption_and_score(load_run(None, m, device))
-    rows = [VariantRow("untrained", sc["CIDEr"], sc["CLIPScore"])]
-    scored, preds_by = {"untrained": sc}, {"untrained": preds}
-    evaluated = []
-    for i, job in enumerate(jobs, 1):
-        t0 = time.time()
-        model = load_run(job.out, m, device)
-        preds = write_val_predictions(model, job.out, m, paths, device, max_len, progress, controls)
-        sc = score_predictions(preds, job.p2_dir, m, clip, device, world)
-        evaluated.append((VariantRow(job.name, sc["CIDEr"], sc["CLIPScore"], model.config.peft,
-                                     summaries[job.name]["parameters"]["trainable"], str(job.out)), sc))
-        print(f"[evaluate {i}/{len(jobs)}] {job.name}: CIDEr {sc['CIDEr']:.3f} CLIPScore {sc['CLIPScore']:.3f} "
-              f"({time.time() - t0:.0f} s)", flush=True)
-        key = job.name if i <= len(variants) else f"recipe: {job.name}"
-        scored[key], preds_by[key] = sc, preds
-    rows += [r for r, _ in evaluated[:len(variants)]]
-    ref = scored.get(reference) if reference else None
-    rows = [with_intervals(r, scored[r.variant], ref, n_boot) for r in rows]
-    trained = [r for r in rows if r.run]
-    best = max(trained, key=lambda r: r.CIDEr) if trained else None
-    beam = None
-    if best is not None and beams_best > 1:
-        preds, sc = caption_and_score(load_run(best.run, m, device), beams_best)
-        beam = with_intervals(VariantRow(best.variant, sc["CIDEr"], sc["CLIPScore"], best.peft, best.trainable, best.run,
-                                         beams_best), sc, scored[best.variant], n_boot)
-        preds_by[f"{best.variant} (beam {beams_best})"] = preds
-    decoding = []
-    if best is not None and decoding_grid:
-        model, first = load_run(best.run, m, device), None
-        for name, how in decoding_grid.items():
-            # the best variant's own greedy captions were decoded with `controls` already
-            preds, sc = (preds_by[best.variant], scored[best.variant]) if how == controls else caption_and_score(
-                model, 1, how)
-            first = first or sc
-            decoding.append(with_intervals(VariantRow(f"{best.variant}, {name}", sc["CIDEr"], sc["CLIPScore"], best.peft,
-                                                      best.trainable, best.run), sc, first, n_boot))
-    ablated = [with_intervals(r, sc, ref, n_boot) for r, sc in evaluated[len(variants):]]
-    curves = {r.variant: validation_curve(r.run) for r in rows + ablated if r.run}
-    table = VariantTable(rows, best, beam, reference if ref else None, decoding=decoding, ablation=ablated,
-                         curves=curves)
-    return Comparison(table, preds_by, val.references(), {im.key: str(im.path) for im in val.images})
-
-
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """A row of the mechanism ablation: the reference variant trained on other captions or settings."""
     p2_dir: Path  # the p2_data/ whose captions it trains on (images the same as the report's)
     overrides: dict[str, str]  # [train] settings that differ from the variant's config
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonSpec:
+    """What `compare_variants` trains, decodes and scores."""
+    variants: dict[str, str]  # row name -> its TOML config
+    assets: str  # the asset manifest (a path, or "real")
+    p2_dir: Path  # p2_data/: train.json, val.json, images/
+    runs_dir: Path  # one run folder per row (reused when finished)
+    reference: str | None = None  # the report's setting: every row is compared with it on the same images
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)  # [train] settings of every run
+    ablation: dict[str, Recipe] = dataclasses.field(default_factory=dict)  # row -> the reference under a recipe
+    controls: Controls = OFF  # decoding controls of every caption
+    decoding_grid: dict[str, Controls] = dataclasses.field(default_factory=dict)  # the best variant decoded so
+    beams_best: int = 3  # beam width for the best variant (1: no beam row)
+    max_len: int = 40  # caption tokens at most
+    world: DemoWorld | None = None  # the demo world (its objects score the captions); None on real data
+    n_boot: int = 2000  # bootstrap resamples of every interval
+    processes: int = 1  # runs trained at once on the CPU (`train_jobs`)
+
+    def jobs(self) -> list[TrainJob]:
+        """Every variant's run, then the reference variant's under each recipe of the ablation."""
+        out = [TrainJob(name, str(config), self.p2_dir, self.runs_dir / name, dict(self.overrides))
+               for name, config in self.variants.items()]
+        return out + [TrainJob(name, str(self.variants[self.reference]), recipe.p2_dir,
+                               self.runs_dir / "ablation" / slug(name), dict(self.overrides) | recipe.overrides)
+                      for name, recipe in self.ablation.items()]
+
+
+@dataclasses.dataclass
+class _Captioner:
+    """Captions the val images and scores them, one way for every row."""
+    spec: ComparisonSpec
+    manifest: object
+    clip: object
+    paths: list
+    device: str
+    progress: bool
+
+    def __call__(self, model, beams: int = 1, how: Controls | None = None) -> tuple[dict[str, str], Scores]:
+        s = self.spec
+        how = s.controls if how is None else how
+        preds = caption_folder(model, self.manifest, self.paths, Decoding(beams, s.max_len, controls=how), self.device,
+                               self.progress)
+        return preds, score_predictions(preds, s.p2_dir, self.manifest, self.clip, self.device, s.world)
+
+
+def compare_variants(spec: ComparisonSpec, device="cpu", progress=True) -> Comparison:
+    """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
+    model, greedy vs beam for the best variant, the decoding grid on it, and the reference variant under
+    each recipe of the ablation. Every row carries bootstrap intervals, and paired differences against
+    the reference (or, for the decoding grid and beam, against the best variant's greedy captions).
+    Every run's validations on its held-out training images are the table's learning curves."""
+    m = manifest_for(spec.assets)
+    val = read_caption_file(spec.p2_dir / "val.json", spec.p2_dir / "images" / "val")
+    run = _Captioner(spec, m, load_clip(m.clip, device), [im.path for im in val.images], device, progress)
+    jobs = spec.jobs()
+    summaries = train_jobs(jobs, spec.assets, device, spec.processes)
+    preds, sc = run(load_run(None, m, device))
+    scored, preds_by = {"untrained": sc}, {"untrained": preds}
+    evaluated = []
+    for i, job in enumerate(jobs, 1):
+        t0 = time.time()
+        model = load_run(job.out, m, device)
+        preds = write_val_predictions(model, job.out, m, run.paths, device, spec.max_len, progress, spec.controls)
+        sc = score_predictions(preds, job.p2_dir, m, run.clip, device, spec.world)
+        evaluated.append((VariantRow(job.name, sc.CIDEr, sc.CLIPScore, model.config.peft,
+                                     summaries[job.name].trainable, str(job.out)), sc))
+        print(f"[evaluate {i}/{len(jobs)}] {job.name}: CIDEr {sc.CIDEr:.3f} CLIPScore {sc.CLIPScore:.3f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+        key = job.name if i <= len(spec.variants) else f"recipe: {job.name}"
+        scored[key], preds_by[key] = sc, preds
+    table = _table(spec, run, scored, preds_by, evaluated)
+    return Comparison(table, preds_by, val.references(), {im.key: str(im.path) for im in val.images})
+
+
+def _table(spec: ComparisonSpec, run: _Captioner, scored: dict[str, Scores], preds_by: dict, evaluated: list
+           ) -> VariantTable:
+    """The P2 table from the scored rows: intervals, the best variant, its beam and decoding-grid rows,
+    the ablation and the learning curves."""
+    n = len(spec.variants)
+    ref = scored.get(spec.reference) if spec.reference else None
+    rows = [VariantRow("untrained", scored["untrained"].CIDEr, scored["untrained"].CLIPScore)]
+    rows = [with_intervals(r, scored[r.variant], ref, spec.n_boot) for r in rows + [r for r, _ in evaluated[:n]]]
+    trained = [r for r in rows if r.run]
+    best = max(trained, key=lambda r: r.CIDEr) if trained else None
+    beam, decoding = None, []
+    if best is not None and spec.beams_best > 1:
+        preds, sc = run(load_run(best.run, run.manifest, run.device), spec.beams_best)
+        beam = with_intervals(VariantRow(best.variant, sc.CIDEr, sc.CLIPScore, best.peft, best.trainable, best.run,
+                                         spec.beams_best), sc, scored[best.variant], spec.n_boot)
+        preds_by[f"{best.variant} (beam {spec.beams_best})"] = preds
+    if best is not None and spec.decoding_grid:
+        model, first = load_run(best.run, run.manifest, run.device), None
+        for name, how in spec.decoding_grid.items():
+            # the best variant's own greedy captions were decoded with `controls` already
+            sc = scored[best.variant] if how == spec.controls else run(model, 1, how)[1]
+            first = first or sc
+            decoding.append(with_intervals(VariantRow(f"{best.variant}, {name}", sc.CIDEr, sc.CLIPScore, best.peft,
+                                                      best.trainable, best.run), sc, first, spec.n_boot))
+    ablated = [with_intervals(r, sc, ref, spec.n_boot) for r, sc in evaluated[n:]]
+    curves = {r.variant: validation_curve(r.run) for r in rows + ablated if r.run}
+    return VariantTable(rows, best, beam, spec.reference if ref else None, decoding=decoding, ablation=ablated,
+                        curves=curves)
 
 
 def caption_order_world(world: DemoWorld, out_dir, order: str) -> Path:

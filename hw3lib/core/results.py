@@ -9,7 +9,7 @@ from dataclasses import field
 from functools import cache
 from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError, model_serializer, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_serializer, model_validator
 from pydantic.dataclasses import dataclass
 
 from .errors import HW3Error
@@ -310,6 +310,41 @@ class CurvePoint(JsonRecord):
     repeats: float | None = None
     pointing_named: float | None = None  # attention peak inside the named object's box, over its phrase
     pointing_next: float | None = None  # the same where the phrase begins: the next object chosen
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Validation(JsonRecord):
+    """One validation as a run's log.jsonl records it (`training.selection.selection_validator`); a field
+    that is not one of these is refused, by name."""
+    step: int
+    epoch: int
+    val_loss: float | None = None  # teacher-forced loss on the held-out images (when `select_by = val_loss`)
+    cider: float | None = None
+    example: str | None = None  # the first held-out image's caption
+    exact: float | None = None  # the object metrics (demo world)
+    recall: float | None = None
+    repeats: float | None = None
+    pointing_named: float | None = None  # the pointing game over the phrase naming an object
+    pointing_next: float | None = None  # and where the phrase begins
+    box_mass: float | None = None  # attention mass inside the named object's box
+
+    def curve_point(self) -> CurvePoint:
+        return CurvePoint(self.step, self.cider, self.exact, self.recall, self.repeats, self.pointing_named,
+                          self.pointing_next)
+
+
+@dataclass(frozen=True)
+class RunSummary(JsonRecord):
+    """A finished training run: its summary.json (`training.loop.fit`)."""
+    steps: int  # optimiser steps taken
+    best: float | None  # the best validation score (the checkpoint kept), None without validation
+    best_step: int | None  # the step that made it
+    parameters: dict[str, int]  # "trainable", "frozen" and the trainable ones per component
+    seconds: float  # training time of the last session (a resumed run counts from its restart)
+
+    @property
+    def trainable(self) -> int:
+        return self.parameters["trainable"]
 
 
 @dataclass

@@ -28,6 +28,7 @@ from ..core.errors import HW3Error
 from ..core.files import fault_point
 from ..core.precision import Precision, choose_precision
 from ..core.progress import progress
+from ..core.results import RunSummary
 from ..core.tokenizer import teacher_forcing_batch
 from ..demo.world import Obj, boxes_for
 from ..models.captioner import Captioner, check_budget, format_report, parameter_report
@@ -352,7 +353,7 @@ class Trainer:
 def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: TrainConfig, run_dir: str | os.PathLike,
         train_source: FeatureSource, val_source: FeatureSource | None = None,
         validator: Callable[[Captioner], dict] | None = None, resume: bool = True,
-        precision: Precision | None = None, inputs: dict | None = None) -> dict:
+        precision: Precision | None = None, inputs: dict | None = None) -> RunSummary:
     """Train `model` in place; returns the final summary. Rank 0 writes every file."""
     folder = RunFolder(run_dir, writer=processes().master_process)
     t = Trainer(model, train, val, cfg, folder, train_source, val_source, validator, precision, inputs)
@@ -374,9 +375,8 @@ def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: Trai
     finally:
         bar.close()
     s = t.state
-    summary = {"steps": s["step"], "best": s["best"], "best_step": s["best_step"], "parameters": t.report,
-               "seconds": round(time.time() - t0, 1)}
-    folder.finish(summary)
+    summary = RunSummary(s["step"], s["best"], s["best_step"], t.report, round(time.time() - t0, 1))
+    folder.finish(summary.to_json())
     if t.master_process:
         print(f"done: {s['step']} steps; best {t.metric} {s['best']} at step {s['best_step']}; "
               f"{format_report(t.report)}", flush=True)
