@@ -72,9 +72,10 @@ test-fast: venv
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal \
 		-m "not trained and not notebook" $(PYTEST_ARGS)
 
-# Every benchmark; results go to build/bench/results.md (quoted in the README).
+# Every benchmark, one at a time: build/bench/results.{json,md}, kept as docs/benchmarks.json, whose numbers
+# docs/benchmarks.md quotes in its generated block (tests/test_docs.py keeps the two equal).
 bench: venv demo
-	$(PY) bench/run_all.py --out build/bench
+	$(PY) bench/run_all.py --out build/bench --record docs/benchmarks.json --doc docs/benchmarks.md
 
 # The real-size GPU check (ViT-g + GPT-2 small + LoRA r=16, random weights, offline): run once on a CUDA
 # machine and record its `name: value` lines with the card's name (README, "GPU smoke test").

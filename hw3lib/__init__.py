@@ -7,6 +7,8 @@ are the same names for IDEs and type checkers, which do not run `__getattr__`.
 
 from typing import TYPE_CHECKING
 
+from .core.lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -31,9 +33,4 @@ if TYPE_CHECKING:  # the names `__getattr__` serves, spelled out for static tool
     from .models.decoder_file import load_decoder
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'hw3lib' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {name: module.removeprefix("hw3lib.") for name, module in _EXPORTS.items()})

@@ -40,7 +40,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hw3lib.app.plots import (
+from hw3lib.app import (
     confusion_figure,
     frequency_figure,
     negation_experiment_figure,
@@ -52,28 +52,24 @@ from hw3lib.app.plots import (
     style_figure,
     top_probabilities_figure,
 )
-from hw3lib.core.device import resolve_device
-from hw3lib.core.files import atomic_write_json
-from hw3lib.core.images import open_image
-from hw3lib.core.manifest import load_manifest
-from hw3lib.core.results import P1Summary
-from hw3lib.demo.pretraining_text import read_pretraining_text
-from hw3lib.demo.world import DemoWorld
-from hw3lib.models.loading import load_clip
-from hw3lib.pretraining import NEGATION_MANIFEST, UNSTYLED_MANIFEST
-from hw3lib.zeroshot.classify import (
+from hw3lib.core import P1Summary, load_manifest, open_image, resolve_device
+from hw3lib.demo import NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoModels, DemoWorld
+from hw3lib.models import load_clip
+from hw3lib.zeroshot import (
+    PHOTO,
+    REPORT,
     ZeroShotStudy,
     confusion_matrix,
     ensemble,
     frequency_study,
+    negation_benchmark,
     negation_study,
     per_class_accuracy,
     prompt_study,
+    style_study,
+    template_set,
     top_probabilities,
 )
-from hw3lib.zeroshot.negation import negation_benchmark
-from hw3lib.zeroshot.styles import style_study
-from hw3lib.zeroshot.templates import PHOTO, REPORT, template_set
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
@@ -168,7 +164,8 @@ save(negation_figure(neg), figures / "p1_negation.png")
 # frequency of their words. Real CLIP's pretraining text is not known, so on real assets this skips.
 
 # %%
-text = read_pretraining_text(assets)
+models = DemoModels.load(assets)  # None for real assets: the one place that tells them apart
+text = models.pretraining_text() if models else None
 freq = None
 if text is None:
     print("skipped: the frequency study needs the demo world's known pretraining text (metrics.json beside "
@@ -203,8 +200,8 @@ if world is None or not world.p1_styles:
 else:
     image_styles = [world.p1_styles[p.name] for p in study.paths]
     clips = {"base": clip}
-    unstyled_manifest = Path(assets).parent / UNSTYLED_MANIFEST
-    if unstyled_manifest.is_file():  # the CLIP before its style phase: the old design, as an ablation
+    unstyled_manifest = models.manifest(UNSTYLED_MANIFEST) if models else None
+    if unstyled_manifest is not None:  # the CLIP before its style phase: the old design, as an ablation
         clips["old design (no styled images; framings independent of the image)"] = load_clip(
             load_manifest(unstyled_manifest).clip, device)
     styles = [style_study(study.with_clip(c), image_styles, list(REPORT), PHOTO[0], list(template_set("openai80")),
@@ -242,9 +239,9 @@ else:
 # recall@1. The main prompt table above stays on the base CLIP.
 
 # %%
-negation_manifest = None if assets == "real" else Path(assets).parent / NEGATION_MANIFEST
+negation_manifest = models.manifest(NEGATION_MANIFEST) if models else None
 experiment = None
-if world is None or negation_manifest is None or not negation_manifest.is_file():
+if world is None or negation_manifest is None:
     print("skipped: the negation experiment needs the demo world (its boxes.json and the negation-tuned CLIP "
           "that hw3 demo-models writes)")
 else:
@@ -264,5 +261,5 @@ else:
 # %%
 brief = replace(result, selection=replace(sel, per_template_accuracy=None))  # the summary leaves it out
 summary = P1Summary(brief, neg, freq, experiment, styles)
-atomic_write_json(figures / "p1_summary.json", summary.to_json())
+summary.save(figures / "p1_summary.json")
 plt.close("all")

@@ -53,12 +53,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from hw3lib.app.plots import (
+from hw3lib.app import (
     anatomy_figure,
     caption_examples_figure,
     greedy_vs_beam_figure,
     grounding_figure,
     learning_curves_figure,
+    p2_section,
     paired_differences_figure,
     pareto_figure,
     probe_figure,
@@ -66,7 +67,6 @@ from hw3lib.app.plots import (
     training_curves_figure,
     variants_figure,
 )
-from hw3lib.app.summary import p2_section
 from hw3lib.captioning import (
     DECODING_GRID,
     ComparisonSpec,
@@ -77,11 +77,9 @@ from hw3lib.captioning import (
     probe_encoder,
     training_curves,
 )
-from hw3lib.core.device import resolve_device
-from hw3lib.core.files import atomic_write_json
-from hw3lib.core.images import open_image
-from hw3lib.demo.world import DemoWorld
-from hw3lib.models.decoding import Controls
+from hw3lib.core import open_image, resolve_device
+from hw3lib.demo import DemoWorld
+from hw3lib.models import Controls
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
@@ -265,5 +263,5 @@ shown = ["untrained", best.variant] + ([f"{best.variant} (beam {beams})"] if tab
 images = [open_image(result.paths[k]) for k in keys]
 caps = [{name: result.predictions[name][k] for name in shown} for k in keys]
 save(caption_examples_figure(images, caps, [result.references[k][0] for k in keys]), figures / "p2_examples.png")
-atomic_write_json(figures / "p2_summary.json", table.to_json())
+table.save(figures / "p2_summary.json")
 plt.close("all")

@@ -40,24 +40,33 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from hw3lib.app.plots import (
+from hw3lib.app import (
     layer_head_figure,
     localisation_figure,
+    p3_section,
     pointing_by_shape_figure,
     save,
     token_maps_figure,
 )
-from hw3lib.app.summary import p3_section
-from hw3lib.attention.maps import capture, display_maps, localisation, method_maps
-from hw3lib.attention.viewer import METHODS, AttentionExplorer, html_viewer
+from hw3lib.attention import (
+    METHODS,
+    AttentionExplorer,
+    capture,
+    display_maps,
+    localisation,
+    method_maps,
+    save_viewer,
+)
 from hw3lib.captioning import clipscore_extremes, load_run, manifest_for
-from hw3lib.core.device import resolve_device
-from hw3lib.core.files import atomic_write_json, atomic_write_text
-from hw3lib.core.images import list_images, open_image
-from hw3lib.core.results import Extreme, P3Summary
-from hw3lib.demo.world import DemoWorld
-from hw3lib.models.decoding import Controls
-from hw3lib.models.loading import encoder_transform, load_tokenizer
+from hw3lib.core import (
+    Extreme,
+    P3Summary,
+    list_images,
+    open_image,
+    resolve_device,
+)
+from hw3lib.demo import DemoWorld
+from hw3lib.models import Controls, encoder_transform, load_tokenizer
 
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
@@ -89,8 +98,7 @@ for ca in p3:
 AttentionExplorer(model, p3)
 
 # %%
-atomic_write_text(figures / "p3_viewer.html",
-                  html_viewer([(ca, {k: method_maps(model, ca, k, layers, heads) for k in METHODS}) for ca in p3]))
+save_viewer(figures / "p3_viewer.html", [(ca, {k: method_maps(model, ca, k, layers, heads) for k in METHODS}) for ca in p3])
 
 # %% [markdown]
 # ## Top-1 and last-1 val images by CLIPScore
@@ -134,5 +142,5 @@ else:
 summary = P3Summary({ca.path.name: ca.caption for ca in p3},
                     {k: Extreme(by_key[v].name, scores[v], preds[v]) for k, v in extremes.items()},
                     loc, layers, heads)
-atomic_write_json(figures / "p3_summary.json", summary.to_json())
+summary.save(figures / "p3_summary.json")
 plt.close("all")

@@ -302,3 +302,42 @@ def test_no_function_grows_past_the_limits():
              for n in oversized(path.read_text(), str(path))}
     assert found <= OVER, f"over {MAX_LINES} lines or {MAX_PARAMS} parameters: {sorted(found - OVER)}"
     assert not OVER - found, f"no longer over the limits (take them off OVER): {sorted(OVER - found)}"
+
+
+# -- what each package offers ------------------------------------------------------------------------------
+
+PACKAGES = sorted(p for layer in LAYERS for p in layer)
+
+
+def test_every_package_says_what_it_offers():
+    """Each subpackage's `__init__` lists its public names (`__all__`), each one resolves, and importing the
+    package imports none of its modules (they load on first use)."""
+    import importlib
+    import subprocess
+    import sys
+
+    for pkg in PACKAGES:
+        mod = importlib.import_module(f"hw3lib.{pkg}")
+        assert mod.__all__ and mod.__all__ == sorted(mod.__all__), pkg
+        for name in mod.__all__:
+            assert getattr(mod, name) is not None, f"hw3lib.{pkg}.{name}"
+    code = ("import sys, hw3lib.core, hw3lib.models, hw3lib.app; "
+            "print(sorted(m for m in sys.modules if m.count('.') == 2 and m.startswith('hw3lib.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['hw3lib.core.lazy']", loaded
+
+
+def test_notebooks_import_packages_and_no_plumbing():
+    """The notebooks import what the packages offer (`from hw3lib.PKG import ...`, names in its `__all__`),
+    never a module inside a package, and no file-writing plumbing (records and figures save themselves)."""
+    import importlib
+
+    for nb in sorted((ROOT / "notebooks").glob("*.py")):
+        for node in ast.walk(ast.parse(nb.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hw3lib"):
+                parts = node.module.split(".")
+                assert len(parts) == 2, f"{nb.name}: imports the module {node.module} (import from hw3lib.{parts[1]})"
+                offered = importlib.import_module(node.module).__all__
+                names = [a.name for a in node.names]
+                assert set(names) <= set(offered), f"{nb.name}: {sorted(set(names) - set(offered))} not in {node.module}"
+                assert not any(n.startswith("atomic_") for n in names), f"{nb.name}: {names}"

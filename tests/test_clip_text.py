@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from hw3lib.core.errors import HW3Error
+from hw3lib.demo.models_record import DemoModels
 from hw3lib.demo.pretraining_text import (
     FRAMINGS,
     UNSEEN_FRAMINGS,
     PretrainingText,
     draw_framings,
     frame,
-    read_pretraining_text,
     words,
 )
 from hw3lib.zeroshot.negation import NEGATIONS
@@ -81,22 +81,22 @@ def test_trained_record_matches_the_text(small_models):
     """The record written by demo-models is what was read: counts sum to the captions, the framings'
     own words are counted exactly as often as the framings holding them were drawn (descriptions never
     hold "photo", "image", "itap", ...), and no negation word was read."""
-    text = read_pretraining_text(str(small_models))
+    text = DemoModels.load(small_models).pretraining_text()
     assert text is not None and text.captions == sum(text.counts) > 0
     for f in text.framings:
         for w in set(words(f)) - {"a", "of", "an", "this", "is"}:
             expect = sum(cc for ff, cc in zip(text.framings, text.counts, strict=True) if w in words(ff))
             assert text.word_counts.get(w, 0) == expect, (w, f)
     assert not {"no", "not", "without"} & set(text.word_counts)
-    assert read_pretraining_text("real") is None
+    assert DemoModels.load("real") is None
 
 
 def test_no_record_for_a_manifest_without_demo_metrics(tmp_path):
     (tmp_path / "assets.json").write_text("{}")
-    assert read_pretraining_text(str(tmp_path / "assets.json")) is None
+    assert DemoModels.load(tmp_path / "assets.json") is None
     (tmp_path / "metrics.json").write_text(json.dumps({"clip_text": {"framings": "x"}}))
-    with pytest.raises(HW3Error, match="metrics.json"):
-        read_pretraining_text(str(tmp_path / "assets.json"))
+    with pytest.raises(HW3Error, match=r"metrics.json: .*size"):  # the record's first missing field, named
+        DemoModels.load(tmp_path / "assets.json")
 
 
 def test_words():

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..core.errors import HW3Error, error_line
 from ..core.files import atomic_write_text, output_lock, read_json, staged_folder
 from ..core.results import VariantTable
+from ..demo.models_record import DemoModels
 from .summary import refresh_quotes, write_summary
 
 NOTEBOOKS = ("p1_prompt_analysis", "p2_peft_captioning", "p3_attention_visualization")
@@ -183,7 +184,7 @@ def _main(args) -> int:
         with staged_folder(figures) as stage, staged_folder(html_dir) as stage_html:
             executed = _run(root, stage, common | {"figures_dir": str(stage.resolve())}, p2)
             written = sorted(f.name for f in stage.iterdir() if f.is_file())
-            doc = write_summary(stage, Path(assets).parent if assets != "real" else None, written)
+            doc = write_summary(stage, DemoModels.load(assets), written)
             written = written + ["summary.md", "summary.json"]
             index = export_html(executed, stage, stage_html, written,
                                 os.path.relpath(figures.resolve(), html_dir.resolve()))

@@ -138,6 +138,13 @@ def script_json(obj) -> str:
             .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
+def save_viewer(path, items: list[tuple[CaptionAttention, torch.Tensor | dict[str, torch.Tensor]]], **kwargs) -> None:
+    """`html_viewer`'s page written to `path` atomically."""
+    from ..core.files import atomic_write_text
+
+    atomic_write_text(path, html_viewer(items, **kwargs))
+
+
 def html_viewer(items: list[tuple[CaptionAttention, torch.Tensor | dict[str, torch.Tensor]]],
                 title: str = "hw3lib attention viewer", size: int = 256) -> str:
     """A standalone HTML page (no kernel, no network): per image a slider and play button stepping

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..core.data import read_caption_file
+from ..core.errors import HW3Error
 from ..core.results import VariantRow, VariantTable
 from ..demo.world import DemoWorld, write_demo_world
 from ..models.decoding import OFF, Controls, Decoding
@@ -157,8 +158,11 @@ def caption_order_world(world: DemoWorld, out_dir, order: str) -> Path:
     import shutil
 
     out = Path(out_dir)
-    mine = (out / "DEMO.json").is_file() and (out / "p2_data" / "boxes.json").is_file() and \
-        (out / "p2_data" / "boxes.json").read_bytes() == (world.root / "p2_data" / "boxes.json").read_bytes()
+    try:
+        there = DemoWorld.load(out)  # None: no world there; an error: one another grammar wrote
+    except HW3Error:
+        there = None
+    mine = there is not None and there.caption_order == order and there.objects("p2_data") == world.objects("p2_data")
     if not mine:
         if out.exists():
             shutil.rmtree(out)

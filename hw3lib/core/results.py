@@ -33,6 +33,12 @@ class JsonRecord:
     def to_json(self) -> Any:
         return _adapter(type(self)).dump_python(self, mode="json")
 
+    def save(self, path) -> None:
+        """Write the JSON form to `path` atomically (the previous file, if any, stays whole on a crash)."""
+        from .files import atomic_write_json
+
+        atomic_write_json(path, self.to_json())
+
     @classmethod
     def from_json(cls, data, source: str = "results"):
         """The record `data` describes; an HW3Error naming `source` and the field when it does not fit."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -166,19 +165,3 @@ class PretrainingText:
             raise HW3Error(f"{where}: style_framing columns do not sum to the framing counts")
         return cls(framings, probabilities, counts, {str(k): v for k, v in wc.items()}, captions, styles,
                    [list(row) for row in table])
-
-
-def read_pretraining_text(assets: str) -> PretrainingText | None:
-    """The record of what the demo CLIP read (`clip_text` in the metrics.json beside a demo manifest), or
-    None where it is not known: real CLIP, or a manifest without demo metrics."""
-    from ..core.files import read_json
-
-    if assets == "real":
-        return None
-    metrics = Path(assets).parent / "metrics.json"
-    if not metrics.is_file():
-        return None
-    raw = read_json(metrics)
-    if not isinstance(raw, dict) or "clip_text" not in raw:
-        return None
-    return PretrainingText.from_json(raw["clip_text"], f"{metrics}: clip_text")

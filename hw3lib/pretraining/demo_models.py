@@ -58,6 +58,7 @@ from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, Tokeni
 from ..core.patches import PatchGrid
 from ..core.progress import progress
 from ..core.tokenizer import teacher_forcing_batch, train_bpe
+from ..demo.models_record import NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoMetrics
 from ..demo.phrasing import SINGLE_OBJECT
 from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame, framings_for_styles
 from ..demo.styles import PRETRAINING_MIX, STYLES, draw_styles, render_style
@@ -71,8 +72,6 @@ from ..zeroshot.negation import recall_hits
 from .negation_tuning import finetune_negation
 
 CLIP_NAME = "hw3-tiny-clip"
-NEGATION_MANIFEST = "assets_negation.json"  # the negation-aware CLIP's manifest (a CLIP section only)
-UNSTYLED_MANIFEST = "assets_unstyled.json"  # the CLIP before its style phase (the old design; a CLIP section only)
 # the code that shapes the models: a change to any of these files rebuilds them (no version to bump by hand)
 SHAPED_BY = ("hw3lib.pretraining.demo_models", "hw3lib.pretraining.negation_tuning", "hw3lib.demo.pretraining_text",
              "hw3lib.demo.styles", "hw3lib.demo.world", "hw3lib.demo.phrasing", "hw3lib.zeroshot.counterfactual", "hw3lib.zeroshot.negation",
@@ -499,7 +498,7 @@ def _build(p2: Path, world: DemoWorld, out_dir: Path, s: DemoModelSettings, size
     log["decoder_perplexity_val"] = round(ppl, 3)
     log["decoder_vocab_size"] = tok.vocab_size
     log["seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(out_dir / "metrics.json", log)
+    atomic_write_json(out_dir / "metrics.json", DemoMetrics.from_json(log, "metrics.json").to_json())
     Manifest(clip=ClipSpec(CLIP_NAME, "clip_negation/open_clip_model.safetensors", f"clip_negation/{CLIP_NAME}.json"),
              encoder=None, decoder=None, tokenizer=None).save(out_dir / NEGATION_MANIFEST)
     if before_styles is not None:
