@@ -30,7 +30,7 @@ from transformers import GPT2LMHeadModel
 
 from hw3lib.models.captioner import Captioner, CaptionerConfig
 from hw3lib.models.decoder_file import normalise_gpt2_state_dict
-from hw3lib.models.decoding import beam_search, greedy
+from hw3lib.models.decoding import Search, beam_search, greedy
 from hw3lib.models.fastpath import fast_decoding
 from hw3lib.models.gpt2 import GPT2, GPT2Config
 
@@ -126,15 +126,15 @@ def forced(args, lim):
     t0 = time.perf_counter()
     with fast_decoding(model, "cpu"):  # prepared once per process, as `hw3 caption` does
         t_prep = time.perf_counter() - t0
-        t_ours, out = best_of(lambda: greedy(model, feats, EOT, T, min_len=T), args.repeats)
-        t_beam, _ = best_of(lambda: beam_search(model, feats, EOT, 3, T, min_len=T), args.repeats)
-    t_plain_ops, _ = best_of(lambda: greedy(model, feats, EOT, T, min_len=T), 1)
-    t_nocache, out_nc = best_of(lambda: greedy(model, feats, EOT, T, use_cache=False, min_len=T), 1)
+        t_ours, out = best_of(lambda: greedy(model, feats, EOT, T, search=Search(min_len=T)), args.repeats)
+        t_beam, _ = best_of(lambda: beam_search(model, feats, EOT, 3, T, search=Search(min_len=T)), args.repeats)
+    t_plain_ops, _ = best_of(lambda: greedy(model, feats, EOT, T, search=Search(min_len=T)), 1)
+    t_nocache, out_nc = best_of(lambda: greedy(model, feats, EOT, T, search=Search(use_cache=False, min_len=T)), 1)
     t_hf, out_hf = best_of(lambda: hf_generate(hf, feats, T, True), args.repeats)
     t0 = time.perf_counter()
     with fast_decoding(model, "cpu", "int8"):
         t_prep8 = time.perf_counter() - t0
-        t_int8, out8 = best_of(lambda: greedy(model, feats, EOT, T, min_len=T), args.repeats)
+        t_int8, out8 = best_of(lambda: greedy(model, feats, EOT, T, search=Search(min_len=T)), args.repeats)
     floor, step_bytes, step_flops = floor_seconds(model, B, T, lim)
     same8 = sum(a == b for x, y in zip(out.tokens, out8.tokens, strict=True) for a, b in zip(x, y, strict=True))
     return {
@@ -170,9 +170,9 @@ def natural(args):
     feats = torch.randn(B, S, C, generator=torch.Generator().manual_seed(3))
     with fast_decoding(model, "cpu"):
         t_ours, out = best_of(lambda: greedy(model, feats, EOT, T), args.repeats)  # the default: no pruning
-        t_pruned, out_p = best_of(lambda: greedy(model, feats, EOT, T, prune=True), args.repeats)
+        t_pruned, out_p = best_of(lambda: greedy(model, feats, EOT, T, search=Search(prune=True)), args.repeats)
         t_beam, out_b = best_of(lambda: beam_search(model, feats, EOT, 3, T), args.repeats)
-        t_beam_u, out_bu = best_of(lambda: beam_search(model, feats, EOT, 3, T, prune=False), 1)
+        t_beam_u, out_bu = best_of(lambda: beam_search(model, feats, EOT, 3, T, search=Search(prune=False)), 1)
     t_hf, out_hf = best_of(lambda: hf_generate(hf, feats, T, False), args.repeats)
     lengths = torch.tensor([len(t) for t in out.tokens], dtype=torch.float)
     return {

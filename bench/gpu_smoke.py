@@ -23,7 +23,7 @@ import torch
 from hw3lib.core.manifest import EncoderSpec
 from hw3lib.core.precision import choose_precision, device_name, store_frozen
 from hw3lib.models.captioner import Captioner, CaptionerConfig, parameter_report
-from hw3lib.models.decoding import beam_search, greedy
+from hw3lib.models.decoding import Search, beam_search, greedy
 from hw3lib.models.gpt2 import GPT2, GPT2Config
 from hw3lib.models.loading import create_encoder
 from hw3lib.models.memory import estimate
@@ -144,9 +144,9 @@ def main():
         print(f"train_mfu_live: {step_flops / results['live'] / 1e12 / peak:.3f}")
     model.eval()
     with torch.no_grad(), precision.autocast():
-        dt, _ = timed(lambda: greedy(model, cached, eot, args.tokens, min_len=args.tokens), device, 2)
+        dt, _ = timed(lambda: greedy(model, cached, eot, args.tokens, search=Search(min_len=args.tokens)), device, 2)
         print(f"greedy_tokens_per_s: {batch * args.tokens / dt:.0f}")
-        dt3, _ = timed(lambda: beam_search(model, cached, eot, 3, args.tokens, min_len=args.tokens), device, 1)
+        dt3, _ = timed(lambda: beam_search(model, cached, eot, 3, args.tokens, search=Search(min_len=args.tokens)), device, 1)
         print(f"beam3_tokens_per_s: {batch * args.tokens / dt3:.0f}")
         print(f"beam3_over_greedy_time: {dt3 / dt:.2f}")
     caption_many(model, cached.shape[1], eot, args, device, precision)

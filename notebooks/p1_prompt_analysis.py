@@ -58,6 +58,7 @@ from hw3lib.models import load_clip
 from hw3lib.zeroshot import (
     PHOTO,
     REPORT,
+    StylePrompts,
     ZeroShotStudy,
     confusion_matrix,
     ensemble,
@@ -204,7 +205,7 @@ else:
     if unstyled_manifest is not None:  # the CLIP before its style phase: the old design, as an ablation
         clips["old design (no styled images; framings independent of the image)"] = load_clip(
             load_manifest(unstyled_manifest).clip, device)
-    styles = [style_study(study.with_clip(c), image_styles, list(REPORT), PHOTO[0], list(template_set("openai80")),
+    styles = [style_study(study.with_clip(c), image_styles, StylePrompts(list(REPORT), PHOTO[0], list(template_set("openai80"))),
                           text, n_boot=300 if smoke else 2000, name=name) for name, c in clips.items()]
     for st in styles:
         print(f"== {st.clip}")
@@ -246,7 +247,7 @@ if world is None or negation_manifest is None:
           "that hw3 demo-models writes)")
 else:
     tuned = load_clip(load_manifest(negation_manifest).clip, device)
-    experiment = negation_benchmark({"base": clip, "negation-tuned": tuned}, study, world, REPORT[0], REPORT[1],
+    experiment = negation_benchmark({"base": clip, "negation-tuned": tuned}, study, world, (REPORT[0], REPORT[1]),
                                     n_boot=300 if smoke else 2000, device=device, sign_baseline="base")
     for sc in experiment:
         n = sc.negation

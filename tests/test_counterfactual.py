@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hw3lib.demo.world import SHAPES, Obj, _origin, draw_scene
-from hw3lib.zeroshot.counterfactual import counterfactual_losses, counterfactual_pair, render_pair
+from hw3lib.zeroshot.counterfactual import PairTexts, counterfactual_losses, counterfactual_pair, render_pair
 from hw3lib.zeroshot.negation import negation_by_sign
 
 SIDE = 96
@@ -84,7 +84,7 @@ def test_objective_on_hand_made_embeddings():
     neg, false_neg = e[[0]], e[[2]]
     no_y, no_x = e[[0]], e[[1]]  # "no y" goes with P (which lacks y), "no x" with Q
     scale = 10.0
-    got = counterfactual_losses(p_img, q_img, p_cap, q_cap, neg, false_neg, no_y, no_x, scale)
+    got = counterfactual_losses(p_img, q_img, PairTexts(p_cap, q_cap, neg, false_neg, no_y, no_x), scale)
     # anchor: 2 images x 2 captions, each image's own caption at cosine 1, the other 0
     ce = -math.log(math.exp(10) / (math.exp(10) + 1))
     assert got.anchor.item() == pytest.approx(ce, rel=1e-9)
@@ -95,20 +95,20 @@ def test_objective_on_hand_made_embeddings():
     assert got.distractor.item() == pytest.approx(ce, rel=1e-9)
     assert got.total.item() == pytest.approx(ce + (got.choose_text.item() + 2 * ce) / 3, rel=1e-9)
     # a text tower that ignores "no": the negation equals the false one, so choose_text is at chance or worse
-    blind = counterfactual_losses(p_img, q_img, p_cap, q_cap, e[[2]], e[[2]], no_y, no_x, scale)
+    blind = counterfactual_losses(p_img, q_img, PairTexts(p_cap, q_cap, e[[2]], e[[2]], no_y, no_x), scale)
     assert blind.choose_text.item() > math.log(2)
     # negations that point at the object they deny ("no y" at Q): both image and text choices are lost
-    wrong = counterfactual_losses(p_img, q_img, p_cap, q_cap, neg, false_neg, no_x, no_y, scale)
+    wrong = counterfactual_losses(p_img, q_img, PairTexts(p_cap, q_cap, neg, false_neg, no_x, no_y), scale)
     assert wrong.choose_image.item() > 5 and wrong.distractor.item() > 5
     # "no y" and "no x" the same text (the shape word unread): both choices at exactly chance
-    unread = counterfactual_losses(p_img, q_img, p_cap, q_cap, neg, false_neg, e[[3]], e[[3]], scale)
+    unread = counterfactual_losses(p_img, q_img, PairTexts(p_cap, q_cap, neg, false_neg, e[[3]], e[[3]]), scale)
     assert unread.choose_image.item() == pytest.approx(math.log(2)) and unread.distractor.item() == pytest.approx(math.log(2))
 
 
 def test_objective_gradients_reach_every_input():
     torch.manual_seed(0)
     xs = [F.normalize(torch.randn(5, 8), dim=-1).requires_grad_() for _ in range(8)]
-    counterfactual_losses(*xs, 5.0).total.backward()
+    counterfactual_losses(xs[0], xs[1], PairTexts(*xs[2:]), 5.0).total.backward()
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in xs)
 
 

@@ -11,7 +11,7 @@ from transformers import GPT2LMHeadModel
 
 from hw3lib.models.captioner import PEFT_KINDS, Captioner, CaptionerConfig
 from hw3lib.models.decoder_file import normalise_gpt2_state_dict
-from hw3lib.models.decoding import beam_search, greedy
+from hw3lib.models.decoding import Search, beam_search, greedy
 from hw3lib.models.fastpath import fast_decoding, packed_linears, packed_linears_available
 from hw3lib.models.gpt2 import GPT2, GPT2Config, KVCache, SelfAttention
 
@@ -50,10 +50,10 @@ def varied_captioner(kind):
 def test_pruned_equals_unpruned(kind):
     model, f = varied_captioner(kind), feats()
     for capture in (False, True):
-        g_pruned = greedy(model, f, EOT, MAX, capture=capture, prune=True)
-        g_full = greedy(model, f, EOT, MAX, capture=capture, prune=False)
-        b_pruned = beam_search(model, f, EOT, 3, MAX, capture=capture, prune=True)
-        b_full = beam_search(model, f, EOT, 3, MAX, capture=capture, prune=False)
+        g_pruned = greedy(model, f, EOT, MAX, search=Search(capture=capture, prune=True))
+        g_full = greedy(model, f, EOT, MAX, search=Search(capture=capture, prune=False))
+        b_pruned = beam_search(model, f, EOT, 3, MAX, search=Search(capture=capture, prune=True))
+        b_full = beam_search(model, f, EOT, 3, MAX, search=Search(capture=capture, prune=False))
         assert g_pruned.tokens == g_full.tokens and g_pruned.finished == g_full.finished
         assert b_pruned.tokens == b_full.tokens and b_pruned.finished == b_full.finished
         assert b_pruned.scores == pytest.approx(b_full.scores, abs=1e-5)
@@ -69,7 +69,7 @@ def test_pruned_equals_unpruned(kind):
 def test_cached_beam_equals_uncached_beam(kind):
     model, f = tiny_captioner(kind), feats(B=4, seed=3)
     a = beam_search(model, f, EOT, 3, MAX)
-    b = beam_search(model, f, EOT, 3, MAX, use_cache=False, prune=False)
+    b = beam_search(model, f, EOT, 3, MAX, search=Search(use_cache=False, prune=False))
     assert a.tokens == b.tokens
     assert a.scores == pytest.approx(b.scores, abs=1e-5)
 
@@ -199,7 +199,7 @@ def test_greedy_equals_transformers_generate(forced):
     model, f = cross_attention_captioner(), feats()
     hf_tokens = generate_tokens(transformers_twin(model), model.proj(f), 8, num_beams=1,
                                 **({"min_new_tokens": MAX} if forced else {}))
-    ours_out = greedy(model, f, EOT, MAX, min_len=MAX if forced else 0)
+    ours_out = greedy(model, f, EOT, MAX, search=Search(min_len=MAX if forced else 0))
     assert ours_out.tokens == hf_tokens
     if not forced:
         assert len({len(t) for t in hf_tokens}) >= 3

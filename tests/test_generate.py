@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hw3lib.models.captioner import PEFT_KINDS
-from hw3lib.models.decoding import beam_search, greedy, sequence_logprob, teacher_forced_argmax
+from hw3lib.models.decoding import Search, beam_search, greedy, sequence_logprob, teacher_forced_argmax
 from tests import tiny
 
 MAX = 14
@@ -26,8 +26,8 @@ def test_greedy_cache_equals_no_cache_equals_teacher_forced(kind):
         eot, feats = model.decoder.config.vocab_size - 1, feats_for(model)
         if any(len(t) > 2 for t in greedy(model, feats, eot, MAX).tokens):
             break
-    cached = greedy(model, feats, eot, MAX, use_cache=True)
-    plain = greedy(model, feats, eot, MAX, use_cache=False)
+    cached = greedy(model, feats, eot, MAX, search=Search(use_cache=True))
+    plain = greedy(model, feats, eot, MAX, search=Search(use_cache=False))
     assert cached.tokens == plain.tokens == teacher_forced_argmax(model, feats, eot, MAX)
     assert any(len(t) > 2 for t in cached.tokens)
 
@@ -37,8 +37,8 @@ def test_beam_cache_equals_no_cache_and_scores_are_true_logprobs(kind):
     model = perturbed(kind)
     eot = model.decoder.config.vocab_size - 1
     feats = feats_for(model)
-    a = beam_search(model, feats, eot, beams=3, max_len=MAX, use_cache=True)
-    b = beam_search(model, feats, eot, beams=3, max_len=MAX, use_cache=False)
+    a = beam_search(model, feats, eot, beams=3, max_len=MAX, search=Search(use_cache=True))
+    b = beam_search(model, feats, eot, beams=3, max_len=MAX, search=Search(use_cache=False))
     assert a.tokens == b.tokens
     for i, (toks, fin, score) in enumerate(zip(a.tokens, a.finished, a.scores, strict=True)):
         lp = sequence_logprob(model, feats[i:i + 1], toks, eot, with_end=fin)
@@ -69,7 +69,7 @@ def test_capture_changes_nothing_and_gives_distributions():
     eot = model.decoder.config.vocab_size - 1
     feats = feats_for(model)
     off = greedy(model, feats, eot, MAX)
-    on = greedy(model, feats, eot, MAX, capture=True)
+    on = greedy(model, feats, eot, MAX, search=Search(capture=True))
     assert on.tokens == off.tokens
     L, H = model.decoder.config.n_layer, model.decoder.config.n_head
     for toks, fin, att in zip(on.tokens, on.finished, on.attentions, strict=True):
@@ -87,7 +87,7 @@ def test_beam_capture_follows_the_final_beam():
     model = perturbed("lora", seed=2)
     eot = model.decoder.config.vocab_size - 1
     feats = feats_for(model, B=2, seed=9)
-    res = beam_search(model, feats, eot, beams=3, max_len=MAX, capture=True)
+    res = beam_search(model, feats, eot, beams=3, max_len=MAX, search=Search(capture=True))
     assert res.tokens == beam_search(model, feats, eot, beams=3, max_len=MAX).tokens
     for i in range(2):
         toks = res.tokens[i] + ([eot] if res.finished[i] else [])
@@ -114,12 +114,12 @@ def test_coverage_decodes_alike_cached_uncached_and_teacher_forced(kind):
     with torch.no_grad():
         for blk in model.decoder.h:
             blk.crossattention.coverage.copy_(torch.tensor([-3.0, 2.0]))
-    cached = greedy(model, feats, eot, MAX, use_cache=True)
+    cached = greedy(model, feats, eot, MAX, search=Search(use_cache=True))
     assert cached.tokens != greedy(plain_model, feats, eot, MAX).tokens  # the weights matter
-    assert cached.tokens == greedy(model, feats, eot, MAX, use_cache=False).tokens == teacher_forced_argmax(
+    assert cached.tokens == greedy(model, feats, eot, MAX, search=Search(use_cache=False)).tokens == teacher_forced_argmax(
         model, feats, eot, MAX)
-    a = beam_search(model, feats, eot, beams=3, max_len=MAX, use_cache=True)
-    b = beam_search(model, feats, eot, beams=3, max_len=MAX, use_cache=False)
+    a = beam_search(model, feats, eot, beams=3, max_len=MAX, search=Search(use_cache=True))
+    b = beam_search(model, feats, eot, beams=3, max_len=MAX, search=Search(use_cache=False))
     assert a.tokens == b.tokens
     for i, (toks, fin, score) in enumerate(zip(a.tokens, a.finished, a.scores, strict=True)):
         n = len(toks) + (1 if fin else 0)

@@ -83,7 +83,7 @@ def test_fp16_training_runs_on_the_cpu(tmp_path):
     feats = torch.randn(16, 5, 8)
     data = CaptionData([None] * 16, [["x"]] * 16, [(i, [1 + i, 2, 3]) for i in range(16)], 299)
     cfg = TrainConfig(batch_size=2, epochs=1, lr=1e-2, amp="fp16", device="cpu")
-    t = Trainer(model, data, None, cfg, RunFolder(tmp_path / "run"), lambda idx: feats[idx], precision=precision)
+    t = Trainer(model, data, cfg, RunFolder(tmp_path / "run"), lambda idx: feats[idx], precision=precision)
     assert t.scaler is not None and t.precision.dtype == torch.float16
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     order = t.epoch_order()

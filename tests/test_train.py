@@ -17,7 +17,7 @@ from hw3lib.models.captioner import CaptionerConfig, build_captioner, read_check
 from hw3lib.models.loading import encoder_data_config, encoder_transform, load_tokenizer
 from hw3lib.training.config import TrainConfig, load_config
 from hw3lib.training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint
-from hw3lib.training.loop import caption_data, fit
+from hw3lib.training.loop import HeldOut, caption_data, fit
 
 from .conftest import ROOT, run_cli
 
@@ -44,7 +44,7 @@ def setup(small_models, small_world, tmp_path, kind="lora", **train_kw):
 
 def test_resume_equals_uninterrupted(small_models, small_world, tmp_path):
     model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path)
-    fit(model, train, val, cfg, tmp_path / "a", src, vsrc)
+    fit(model, train, cfg, tmp_path / "a", src, HeldOut(val, vsrc))
     reference = model.trainable_state_dict()
 
     model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path)
@@ -60,12 +60,12 @@ def test_resume_equals_uninterrupted(small_models, small_world, tmp_path):
     src_crash = FeatureSource(model, src.paths, src.transform, src.cache)
     src_crash.__class__ = type("Crashing", (FeatureSource,), {"__call__": lambda self, idx: crashing(idx)})
     with pytest.raises(Crash):
-        fit(model, train, val, cfg, tmp_path / "b", src_crash, vsrc)
+        fit(model, train, cfg, tmp_path / "b", src_crash, HeldOut(val, vsrc))
     state = torch.load(tmp_path / "b" / "resume.pt", weights_only=True)
     assert state["state"]["step"] == 8
 
     model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path)  # a fresh process, in effect
-    summary = fit(model, train, val, cfg, tmp_path / "b", src, vsrc)
+    summary = fit(model, train, cfg, tmp_path / "b", src, HeldOut(val, vsrc))
     resumed = model.trainable_state_dict()
     assert summary.steps == 14 and resumed.keys() == reference.keys()
     for k in reference:
@@ -89,14 +89,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_models, small_world
 
     bad = Poisoned(model, src.paths, src.transform, src.cache)
     with pytest.raises(HW3Error, match="non-finite loss.*at step 3.*last good checkpoint kept"):
-        fit(model, train, val, cfg, tmp_path / "run", bad, vsrc)
+        fit(model, train, cfg, tmp_path / "run", bad, HeldOut(val, vsrc))
     _, tensors, info = read_checkpoint(tmp_path / "run" / "checkpoint-last.safetensors")
     assert info["meta"]["step"] == 2 and all(torch.isfinite(t).all() for t in tensors.values())
 
 
 def test_feature_cache_runs_encoder_once_per_image(small_models, small_world, tmp_path):
     model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path, epochs=2, val_every=0, max_steps=0)
-    fit(model, train, val, cfg, tmp_path / "run", src, vsrc)
+    fit(model, train, cfg, tmp_path / "run", src, HeldOut(val, vsrc))
     assert src.encoder_calls == len(train.paths)  # two epochs, each image encoded once
     again = FeatureSource(model, src.paths, src.transform, FeatureCache(src.cache.root, src.cache.fingerprint))
     a = again([0, 1, 2])

@@ -164,13 +164,13 @@ def test_style_study_equals_a_direct_count(study, small_world):
     """Every number of the style study recomputed from per-template predictions, by style."""
     from hw3lib.demo.styles import STYLES
     from hw3lib.demo.world import DemoWorld
-    from hw3lib.zeroshot.styles import BARE, style_prompt, style_study
+    from hw3lib.zeroshot.styles import BARE, StylePrompts, style_prompt, style_study
     from hw3lib.zeroshot.templates import PHOTO, REPORT
 
     world = DemoWorld.load(small_world)
     image_styles = [world.p1_styles[p.name] for p in study.paths]
     templates = ["a photo of a {object}.", "a sketch of the {object}."]
-    st = style_study(study, image_styles, list(REPORT), PHOTO[0], templates, n_boot=50)
+    st = style_study(study, image_styles, StylePrompts(list(REPORT), PHOTO[0], templates), n_boot=50)
     prompts = [style_prompt(s) for s in STYLES]
     assert st.prompts == prompts and st.prompt_styles == list(STYLES)
     ok = study.predict_each(study.text_features(prompts)) == study.labels[None]  # (6, N)
@@ -197,4 +197,4 @@ def test_style_study_equals_a_direct_count(study, small_world):
     assert st.ensemble_vs_photo.test.accuracy_b == pytest.approx(ens.mean())
     assert st.word_styles == {} and type(st).from_json(st.to_json()) == st
     with pytest.raises(ValueError, match="styles for"):
-        style_study(study, image_styles[:-1], list(REPORT), PHOTO[0], templates)
+        style_study(study, image_styles[:-1], StylePrompts(list(REPORT), PHOTO[0], templates))

@@ -513,7 +513,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo_data(sub)
+    _add_demo_models(sub)
+    _add_zeroshot(sub)
+    _add_train(sub)
+    _add_caption(sub)
+    _add_evaluate(sub)
+    _add_attention(sub)
+    _add_export_decoder(sub)
+    return p
 
+
+def _add_demo_data(sub) -> None:
     s = _command(sub, "demo-data", "write the miniature demo hw3_data/ (deterministic)",
                  "Procedurally drawn shapes with captions and object boxes, in the course's data layout.\n"
                  "The same seed gives byte-identical files.", ["hw3 demo-data build/demo/hw3_data --size small"])
@@ -525,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the first design, an ablation)")
     s.set_defaults(func=cmd_demo_data)
 
+
+
+def _add_demo_models(sub) -> None:
     s = _command(sub, "demo-models", "pretrain the demo world's tiny BPE, CLIP, ViT and GPT-2",
                  "Writes the models in the real file formats and an assets.json manifest that every other\n"
                  "command takes with --assets. Cached: rerunning with the same data and seed does nothing.",
@@ -536,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="retrain even when cached outputs match")
     s.set_defaults(func=cmd_demo_models)
 
+
+
+def _add_zeroshot(sub) -> None:
     s = _command(sub, "zeroshot", "P1: CLIP zero-shot classification -> filename,label CSV",
                  "Needs only the manifest's CLIP entry (or --model/--pretrained). Prints the accuracy with a\n"
                  "95% bootstrap interval when the file names carry class ids ({class_id}_{image_id}.png).",
@@ -556,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     s.set_defaults(func=cmd_zeroshot)
 
+
+
+def _add_train(sub) -> None:
     s = _command(sub, "train", "P2: train the captioner",
                  "Trains the projection, cross-attention and PEFT modules of the configured captioner on\n"
                  "p2_data/train; validates on p2_data/val; keeps checkpoint-best/-last.safetensors, log.jsonl\n"
@@ -580,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.more_help = _settings_epilog  # imports torch: only when the help is shown
     s.set_defaults(func=cmd_train, takes_overrides=True)
 
+
+
+def _add_caption(sub) -> None:
     s = _command(sub, "caption", "P2: caption images -> {file name without extension: caption}",
                  "Needs the manifest's encoder and tokenizer, the decoder weights, and a trained checkpoint.\n"
                  "IMAGES may be image files and folders. OUT_JSON '-' prints 'name<TAB>caption' lines instead.",
@@ -604,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(s)
     s.set_defaults(func=cmd_caption)
 
+
+
+def _add_evaluate(sub) -> None:
     s = _command(sub, "evaluate", "P2: CIDEr-D and CLIPScore of a prediction file, like the course's evaluator",
                  "Needs only the manifest's CLIP entry (nothing with --no-clip). Also CHAIR-i, CHAIR-s and object\n"
                  "recall over the 80 COCO categories (objects from the reference captions, and from --instances).\n"
@@ -623,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(s)
     s.set_defaults(func=cmd_evaluate)
 
+
+
+def _add_attention(sub) -> None:
     s = _command(sub, "attention", "P3: per-token attention maps as figures and a standalone HTML viewer",
                  "Captions each image with attention capture and draws one map per generated token.",
                  ["hw3 attention hw3_data/p3_data/images --checkpoint runs/lora16 --assets assets.json "
@@ -641,13 +670,16 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(s)
     s.set_defaults(func=cmd_attention)
 
+
+
+def _add_export_decoder(sub) -> None:
     s = _command(sub, "export-decoder", "write the course decoder file from a transformers GPT-2 folder",
                  "Converts GPT2LMHeadModel weights (config.json + model.safetensors) to the course's format.",
                  ["hw3 export-decoder gpt2/ decoder_model.bin"])
     s.add_argument("gpt2_dir", type=Path, help="folder with config.json + model.safetensors (GPT2LMHeadModel)")
     s.add_argument("out", type=Path, help="output decoder weights file (e.g. decoder_model.bin)")
     s.set_defaults(func=cmd_export_decoder)
-    return p
+
 
 
 def _parse_overrides(extra: list[str]) -> dict[str, str]:

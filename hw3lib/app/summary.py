@@ -214,43 +214,67 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
     lines = ["## P2: PEFT variants (val split, greedy)", "",
              f"CIDEr-D with the {p2.tokenizer} tokenizer; CLIPScore with the manifest's CLIP; 95% bootstrap "
              "intervals over images."]
-    if demo:
-        lines += ["Objects (demo world): each caption's (colour, shape) mentions against the image's objects as "
-                  "multisets (`objects.py`): exact scene = every object named once and nothing else; recall = "
-                  "objects named / objects; precision = mentions that take an object / mentions; CHAIR-s = "
-                  "captions naming a (colour, shape) the image does not hold; repeats = captions naming a present "
-                  "object more often than it is there.", "",
-                  "| variant | PEFT | trainable | exact scene [95% CI] | object recall [95% CI] | precision | CHAIR-s "
-                  "| repeats | relations true (of checkable) | CIDEr [95% CI] | CLIPScore |",
-                  "|---|---|---:|---|---|---:|---:|---:|---:|---|---:|"]
-        for r in p2.rows:
-            o = r.objects or {}
-            lines.append("| " + " | ".join([
-                md_text(r.variant), md_text(r.peft), f"{r.trainable:,}", _share(o.get("exact")), _share(o.get("recall")),
-                _share(o.get("precision"), False), _share(o.get("chair_s"), False), _share(o.get("repeats"), False),
-                _of(r.relations), f"{r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]", f"{r.CLIPScore:.3f}"]) + " |")
-        counts = sorted({n for r in p2.rows for n in (r.objects_by_count or {})}, key=int)
-        lines += ["", "Exact scene by the number of objects in the image (recall in brackets):", "",
-                  "| variant | " + " | ".join(f"{n} object{'s' if n != '1' else ''} ({_images(p2, n)} images)"
-                                             for n in counts) + " |", "|---|" + "---:|" * len(counts)]
-        for r in p2.rows:
-            by = r.objects_by_count or {}
-            lines.append(f"| {md_text(r.variant)} | " + " | ".join(
-                f"{_share(by.get(n, {}).get('exact'), False)} ({_share(by.get(n, {}).get('recall'), False)})"
-                for n in counts) + " |")
-        lines += anatomy_lines(p2, counts)
-        lines += ["", "Word-level grounding, which cannot see repeats or omissions (a repeated mention counts as "
-                  "right, an object left out is not counted): the share of (colour, shape) mentions whose type the "
-                  "image holds, and of shape and colour words.", "",
-                  "| variant | mentions of a held type | shape words | colour words |", "|---|---:|---:|---:|"]
-        for r in p2.rows:
-            g = r.grounding or {}
-            lines.append(f"| {md_text(r.variant)} | {_share(g.get('mentions'), False)} | {_share(g.get('shapes'), False)} | "
-                         f"{_share(g.get('colors'), False)} |")
-    else:
-        lines += ["", "| variant | PEFT | trainable | CIDEr [95% CI] | CLIPScore [95% CI] |", "|---|---|---:|---|---|"]
-        lines += [f"| {md_text(r.variant)} | {md_text(r.peft)} | {r.trainable:,} | {r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}] | "
-                  f"{r.CLIPScore:.3f} [{_ci(r.ci.get('CLIPScore'), False)}] |" for r in p2.rows]
+    lines += _object_tables(p2) if demo else _plain_table(p2)
+    lines += _reference_lines(p2, demo) + _decoding_lines(p2) + diagnosis_lines(p2) + ablation_lines(p2)
+    b = p2.best
+    lines += ["", f"Best by CIDEr: {b.variant} (CIDEr {b.CIDEr:.3f}, CLIPScore {b.CLIPScore:.3f}"
+              + (f", exact scene {_share((b.objects or {}).get('exact'), False)})." if demo else ").")]
+    if p2.beam:
+        bm = p2.beam
+        lines += [f"Beam {bm.beams}: CIDEr {bm.CIDEr:.3f} [{_ci(bm.ci.get('CIDEr'), False)}], CLIPScore "
+                  f"{bm.CLIPScore:.3f}" + (f", exact scene {_share((bm.objects or {}).get('exact'), False)}, repeats "
+                                           f"{_share((bm.objects or {}).get('repeats'), False)}" if demo else "")
+                  + f"; beam minus greedy: CIDEr {_delta((bm.vs_reference or {}).get('CIDEr'))}."]
+    return lines + [""]
+
+
+def _plain_table(p2: VariantTable) -> list[str]:
+    """The variants on real data: CIDEr and CLIPScore."""
+    return ["", "| variant | PEFT | trainable | CIDEr [95% CI] | CLIPScore [95% CI] |", "|---|---|---:|---|---|"] + [
+        f"| {md_text(r.variant)} | {md_text(r.peft)} | {r.trainable:,} | {r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}] | "
+        f"{r.CLIPScore:.3f} [{_ci(r.ci.get('CLIPScore'), False)}] |" for r in p2.rows]
+
+
+def _object_tables(p2: VariantTable) -> list[str]:
+    """The variants on the demo world: object metrics, by scene size, the anatomy, word grounding."""
+    lines = ["Objects (demo world): each caption's (colour, shape) mentions against the image's objects as "
+             "multisets (`objects.py`): exact scene = every object named once and nothing else; recall = "
+             "objects named / objects; precision = mentions that take an object / mentions; CHAIR-s = "
+             "captions naming a (colour, shape) the image does not hold; repeats = captions naming a present "
+             "object more often than it is there.", "",
+             "| variant | PEFT | trainable | exact scene [95% CI] | object recall [95% CI] | precision | CHAIR-s "
+             "| repeats | relations true (of checkable) | CIDEr [95% CI] | CLIPScore |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|---|---:|"]
+    for r in p2.rows:
+        o = r.objects or {}
+        lines.append("| " + " | ".join([
+            md_text(r.variant), md_text(r.peft), f"{r.trainable:,}", _share(o.get("exact")), _share(o.get("recall")),
+            _share(o.get("precision"), False), _share(o.get("chair_s"), False), _share(o.get("repeats"), False),
+            _of(r.relations), f"{r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]", f"{r.CLIPScore:.3f}"]) + " |")
+    counts = sorted({n for r in p2.rows for n in (r.objects_by_count or {})}, key=int)
+    lines += ["", "Exact scene by the number of objects in the image (recall in brackets):", "",
+              "| variant | " + " | ".join(f"{n} object{'s' if n != '1' else ''} ({_images(p2, n)} images)"
+                                         for n in counts) + " |", "|---|" + "---:|" * len(counts)]
+    for r in p2.rows:
+        by = r.objects_by_count or {}
+        lines.append(f"| {md_text(r.variant)} | " + " | ".join(
+            f"{_share(by.get(n, {}).get('exact'), False)} ({_share(by.get(n, {}).get('recall'), False)})"
+            for n in counts) + " |")
+    lines += anatomy_lines(p2, counts)
+    lines += ["", "Word-level grounding, which cannot see repeats or omissions (a repeated mention counts as "
+              "right, an object left out is not counted): the share of (colour, shape) mentions whose type the "
+              "image holds, and of shape and colour words.", "",
+              "| variant | mentions of a held type | shape words | colour words |", "|---|---:|---:|---:|"]
+    for r in p2.rows:
+        g = r.grounding or {}
+        lines.append(f"| {md_text(r.variant)} | {_share(g.get('mentions'), False)} | {_share(g.get('shapes'), False)} | "
+                     f"{_share(g.get('colors'), False)} |")
+    return lines
+
+
+def _reference_lines(p2: VariantTable, demo: bool) -> list[str]:
+    """Each variant minus the reference on the same images."""
+    lines: list[str] = []
     if p2.reference:
         cols = (["exact", "recall", "repeats"] if demo else []) + ["CIDEr", "CLIPScore"]
         names = {"exact": "exact scene", "recall": "object recall", "repeats": "repeats"}
@@ -263,6 +287,12 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
             if d:
                 lines.append(f"| {md_text(r.variant)} | " + " | ".join(
                     _delta(d.get(c), 100, "+.1f", " pts") if c in names else _delta(d.get(c)) for c in cols) + " |")
+    return lines
+
+
+def _decoding_lines(p2: VariantTable) -> list[str]:
+    """The decoding controls on the best variant."""
+    lines: list[str] = []
     if p2.decoding:
         lines += ["", f"Decoding controls on {p2.best.variant} (greedy; transformers' `no_repeat_ngram_size` and "
                   "`repetition_penalty`); deltas against the first row on the same images:", "",
@@ -273,17 +303,7 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
             lines.append(f"| {md_text(r.variant)} | {_share(o.get('exact'))} | {_share(o.get('recall'), False)} | "
                          f"{_share(o.get('repeats'), False)} | {_share(o.get('chair_s'), False)} | {r.CIDEr:.3f} | "
                          f"{_delta(d.get('exact'), 100, '+.1f', ' pts')} | {_delta(d.get('CIDEr'))} |")
-    lines += diagnosis_lines(p2) + ablation_lines(p2)
-    b = p2.best
-    lines += ["", f"Best by CIDEr: {b.variant} (CIDEr {b.CIDEr:.3f}, CLIPScore {b.CLIPScore:.3f}"
-              + (f", exact scene {_share((b.objects or {}).get('exact'), False)})." if demo else ").")]
-    if p2.beam:
-        bm = p2.beam
-        lines += [f"Beam {bm.beams}: CIDEr {bm.CIDEr:.3f} [{_ci(bm.ci.get('CIDEr'), False)}], CLIPScore "
-                  f"{bm.CLIPScore:.3f}" + (f", exact scene {_share((bm.objects or {}).get('exact'), False)}, repeats "
-                                           f"{_share((bm.objects or {}).get('repeats'), False)}" if demo else "")
-                  + f"; beam minus greedy: CIDEr {_delta((bm.vs_reference or {}).get('CIDEr'))}."]
-    return lines + [""]
+    return lines
 
 
 def diagnosis_lines(p2: VariantTable) -> list[str]:

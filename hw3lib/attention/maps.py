@@ -38,7 +38,7 @@ from ..core.results import Localisation
 from ..demo.phrasing import token_mentions
 from ..demo.world import DemoWorld, Obj, boxes_for
 from ..metrics import stats
-from ..models.decoding import OFF, Controls, beam_search
+from ..models.decoding import OFF, Controls, Search, beam_search
 
 # ----------------------------------------------------------------------------------------------
 # capture
@@ -72,7 +72,7 @@ def capture(model, tokenizer, transform, paths, beams: int = 1, max_len: int = 6
     for p in progress(paths, desc="attention capture", leave=False, shown=len(paths) >= 2):
         x = transform(open_image(p))[None].to(device)
         feats = model.encode(x)
-        res = beam_search(model, feats, tokenizer.eot_id, beams, max_len, capture=True, controls=controls)
+        res = beam_search(model, feats, tokenizer.eot_id, beams, max_len, controls=controls, search=Search(capture=True))
         ids = res.tokens[0] + ([tokenizer.eot_id] if res.finished[0] else [])
         texts = [tokenizer.id_to_token_text(i) for i in ids]
         out.append(CaptionAttention(Path(p), tokenizer.decode(res.tokens[0]).strip(), ids, texts,

@@ -37,7 +37,7 @@ from ..models.loading import encoder_data_config, encoder_transform, load_tokeni
 from ..models.memory import check_fits, plan_run, usable_gpu_bytes
 from ..training.config import load_config
 from ..training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint
-from ..training.loop import Objects, augmentation_transform, caption_data, fit, seed_everything
+from ..training.loop import HeldOut, Objects, augmentation_transform, caption_data, fit, seed_everything
 from ..training.runfolder import RunFolder, changed_inputs, input_fingerprint
 from ..training.selection import selection_split, selection_validator
 
@@ -160,7 +160,7 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict, object
     validator = selection_validator(select, select_src, tok, cfg.max_caption_tokens, controls=cfg.controls,
                                     objects=objects)
     try:
-        return fit(model, train, select, cfg, out, train_src, select_src, validator, precision=precision, inputs=inputs)
+        return fit(model, train, cfg, out, train_src, HeldOut(select, select_src, validator), precision, inputs)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -146,9 +146,11 @@ def decoder_state_dict(model: GPT2, include_cross: bool = False) -> dict[str, to
 
 
 def save_decoder(model: GPT2, path: str | os.PathLike) -> None:
-    """Write `model` as a course-format decoder file (torch.save of plain tensors; atomic)."""
-    with atomic_path(path) as tmp:
-        torch.save(decoder_state_dict(model), tmp)
+    """Write `model` as a course-format decoder file (torch.save of plain tensors; atomic). Saved through a
+    file object, the archive's inner folder is torch's fixed "archive", not the temporary file's random name:
+    the same weights give the same bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(decoder_state_dict(model), f)
 
 
 def export_decoder_from_transformers(gpt2_dir: str | os.PathLike, out: str | os.PathLike) -> int:

@@ -17,7 +17,7 @@ follows the back-pointers of the returned hypothesis, so the maps belong to the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -147,12 +147,26 @@ def _rows_to_keep(alive: torch.Tensor, multiple: int = 8) -> torch.Tensor:
     return torch.sort(torch.cat([live, torch.nonzero(~alive)[:, 0][: n - live.numel()]])).values
 
 
+@dataclass(frozen=True)
+class Search:
+    """How one batch is searched (what to decode is `Decoding`'s): the mechanics a caller rarely changes."""
+    use_cache: bool = True  # KV cache; False recomputes the prefix every step (the slow reference)
+    capture: bool = False  # keep each generated token's cross-attention (P3)
+    min_len: int = 0  # the end token is suppressed before this many tokens
+    prune: bool | None = None  # finished rows leave the batch (None: greedy keeps them, beam search prunes)
+
+
+PLAIN = Search()
+
+
 @torch.no_grad()
-def greedy(model, feats: torch.Tensor, eot: int, max_len: int = 60, use_cache: bool = True,
-           capture: bool = False, min_len: int = 0, prune: bool = False, controls: Controls = OFF) -> Decoded:
+def greedy(model, feats: torch.Tensor, eot: int, max_len: int = 60, controls: Controls = OFF,
+           search: Search = PLAIN) -> Decoded:
     """Argmax decoding of a batch of encoder tokens (B, S, E); the end token is suppressed before
-    `min_len` tokens, and `controls` process the logits (as transformers' greedy search does). Pruning is off by default: on a 2-core CPU with batch 16 a step streams every
-    weight whatever the row count, so dropping rows saved less than compaction cost (0.94x, README)."""
+    `search.min_len` tokens, and `controls` process the logits (as transformers' greedy search does).
+    Pruning is off by default: on a 2-core CPU with batch 16 a step streams every weight whatever the row
+    count, so dropping rows saved less than compaction cost (bench/bench_decode.py measures it)."""
+    use_cache, capture, min_len, prune = search.use_cache, search.capture, search.min_len, bool(search.prune)
     B, dev = feats.shape[0], feats.device
     max_len = _max_len(model, max_len)
     st = _Stepper(model, feats, 1, use_cache, capture, max_len, controls)
@@ -317,22 +331,21 @@ class BeamState:
 
 @torch.no_grad()
 def beam_search(model, feats: torch.Tensor, eot: int, beams: int = 3, max_len: int = 60,
-                length_penalty: float = 1.0, use_cache: bool = True, capture: bool = False,
-                min_len: int = 0, prune: bool = True, controls: Controls = OFF) -> Decoded:
+                length_penalty: float = 1.0, controls: Controls = OFF, search: Search = PLAIN) -> Decoded:
     """Beam search; hypotheses are ranked by sum(log p) / length ** length_penalty (length counts the
     end token). An image is done when it has `beams` finished hypotheses that no live beam can beat;
-    with `prune` its rows then leave the batch."""
+    unless `search.prune` is False its rows then leave the batch. One beam is `greedy` (without pruning)."""
     if beams == 1:
-        return greedy(model, feats, eot, max_len, use_cache, capture, min_len, controls=controls)
+        return greedy(model, feats, eot, max_len, controls, replace(search, prune=False))
     max_len = _max_len(model, max_len)
-    state = BeamState(_Stepper(model, feats, beams, use_cache, capture, max_len, controls), feats.shape[0], beams,
-                      eot, capture)
+    state = BeamState(_Stepper(model, feats, beams, search.use_cache, search.capture, max_len, controls),
+                      feats.shape[0], beams, eot, search.capture)
     for t in range(max_len):
-        state.step(t, min_len, length_penalty, last_step=t == max_len - 1)
+        state.step(t, search.min_len, length_penalty, last_step=t == max_len - 1)
         if all(state.done):
             break
         n_images = len(state.images())
-        if prune and _worth_compacting(state.n_done_in_batch(), n_images):
+        if search.prune is not False and _worth_compacting(state.n_done_in_batch(), n_images):
             state.compact()
     return state.result(length_penalty)
 
@@ -382,10 +395,9 @@ GREEDY = Decoding()
 
 
 def caption_images(model, paths, tokenizer, transform, decoding: Decoding = GREEDY, device="cpu",
-                   progress: bool = True, features=None, precision=None) -> dict[str, str]:
-    """{file name without extension: caption} for image files. `features(indices)` may supply
-    encoder tokens (a cache); otherwise images go through `transform` and the model's encoder.
-    Decoding runs inside `fastpath.fast_decoding` (packed fp32 linears on CPU, the GPU's half
+                   progress: bool = True, precision=None) -> dict[str, str]:
+    """{file name without extension: caption} for image files, each through `transform` and the model's
+    encoder. Decoding runs inside `fastpath.fast_decoding` (packed fp32 linears on CPU, the GPU's half
     precision on CUDA, dynamic int8 when `decoding.quantize="int8"`)."""
 
     from ..core.images import open_image
@@ -398,10 +410,7 @@ def caption_images(model, paths, tokenizer, transform, decoding: Decoding = GREE
                               desc=f"captioning ({'greedy' if d.beams == 1 else f'beam {d.beams}'})",
                               shown=progress, leave=False):
             chunk = paths[i:i + d.batch_size]
-            if features is not None:
-                feats = features(list(range(i, i + len(chunk))))
-            else:
-                feats = model.encode(torch.stack([transform(open_image(p)) for p in chunk]).to(device))
+            feats = model.encode(torch.stack([transform(open_image(p)) for p in chunk]).to(device))
             res = beam_search(model, feats, tokenizer.eot_id, d.beams, d.max_len, d.length_penalty,
                               controls=d.controls)
             for p, toks in zip(chunk, res.tokens, strict=True):

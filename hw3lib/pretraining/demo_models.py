@@ -69,7 +69,7 @@ from ..models.gpt2 import GPT2, GPT2Config
 from ..models.loading import load_clip
 from ..training.loop import cosine_lr
 from ..zeroshot.negation import recall_hits
-from .negation_tuning import finetune_negation
+from .negation_tuning import NegationTuning, finetune_negation
 
 CLIP_NAME = "hw3-tiny-clip"
 # the code that shapes the models: a change to any of these files rebuilds them (no version to bump by hand)
@@ -108,6 +108,9 @@ class DemoModelSettings:
     gpt_epochs: int = 2  # LM training epochs
     gpt_batch: int = 128  # LM batch
     gpt_lr: float = 2e-3  # AdamW peak learning rate
+
+    def negation(self) -> NegationTuning:
+        return NegationTuning(self.negation_steps, self.negation_batch, self.negation_lr)
 
     @classmethod
     def for_size(cls, size: str) -> DemoModelSettings:
@@ -209,59 +212,90 @@ def shape_swapper(shapes: list[str], rng: np.random.Generator):
     return lambda caption: pattern.sub(other, caption)
 
 
-def train_clip(bundle, x_train, x_styled, styles, train, boxes: dict, world: DemoWorld, s: DemoModelSettings,
-               seed: int, log: dict) -> tuple[PretrainingText, dict | None]:
-    """The recipe of the module docstring: on the renders x_train (N, 3, H, W), with framings drawn
-    independently of the image (the old design), then `s.clip_style_steps` more on x_styled (the same
-    images in `styles` (N,)) with framings that go with each image's style (`framings_for_styles`).
-    Returns the record of the text it read and the weights as they were before the style phase (the old
-    design, kept as an ablation; None without a style phase)."""
-    model, tokenizer = bundle.model, bundle.tokenizer
+@dataclass
+class ClipImages:
+    """The CLIP's training images as model inputs: the world's renders and the same images styled."""
+    plain: torch.Tensor  # (N, 3, H, W) the renders (the world's photos)
+    styled: torch.Tensor  # (N, 3, H, W) each drawn in its style
+    styles: np.ndarray  # (N,) each image's style index (STYLES)
+
+
+@dataclass
+class _ClipStep:
+    """What every step of `train_clip` reads."""
+    model: object  # the open_clip model
+    tokenizer: object
+    heads: torch.nn.ModuleDict  # shape / colour classifiers of each object's mean token
+    pool: torch.Tensor  # (N, K, patches) each object's patch-pooling weights
+    shape_y: torch.Tensor  # (N, K) labels, -100 where no object
+    color_y: torch.Tensor
+    caps: list[list[str]]  # each training image's captions
+    swap: object  # caption -> the caption with every shape word swapped
+
+
+def _object_loss(c: _ClipStep, tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Each object's mean patch token (B, K, W) names its shape and colour."""
+    objects = torch.einsum("bkp,bpw->bkw", c.pool[idx], tokens)
+    return (F.cross_entropy(c.heads["shape"](objects).flatten(0, 1), c.shape_y[idx].flatten(), ignore_index=-100)
+            + F.cross_entropy(c.heads["color"](objects).flatten(0, 1), c.color_y[idx].flatten(), ignore_index=-100))
+
+
+def _contrastive_loss(c: _ClipStep, pooled: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """Images (B, E) against their captions, with each caption's shape swap as a hard negative."""
+    img = F.normalize(pooled, dim=-1)
+    txt = encode_text_trimmed(c.model, c.tokenizer(texts + [c.swap(t) for t in texts]))  # (2B, E), exact
+    logits = c.model.logit_scale.exp() * img @ txt.T  # (B, 2B): captions, then their shape swaps
+    target = torch.arange(len(texts))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :len(texts)].T, target)) / 2
+
+
+def _captions_for(c: _ClipStep, idx, shown, styled: bool, rng, text: PretrainingText) -> list[str]:
+    """One caption per image, framed (by its style in the style phase, independently before), recorded."""
+    descriptions = [c.caps[i][int(rng.integers(len(c.caps[i])))] for i in idx.tolist()]
+    framings = framings_for_styles(rng, shown) if styled else draw_framings(rng, len(descriptions))
+    texts = [frame(d, FRAMINGS[f][0]) for d, f in zip(descriptions, framings, strict=True)]
+    for t, f, st in zip(texts, framings, shown, strict=True):
+        text.add(t, int(f), int(st))
+    return texts
+
+
+def train_clip(bundle, images: ClipImages, train, world: DemoWorld, s: DemoModelSettings, seed: int,
+               log: dict) -> tuple[PretrainingText, dict | None]:
+    """The recipe of the module docstring: on the renders, with framings drawn independently of the image
+    (the old design), then `s.clip_style_steps` more on the styled images with framings that go with each
+    image's style (`framings_for_styles`). Returns the record of the text it read and the weights as they
+    were before the style phase (the old design, kept as an ablation; None without a style phase)."""
+    model = bundle.model
     shapes, colors = list(world.shapes), list(world.colors)
     grid = PatchGrid(s.image_size // s.patch_size, s.image_size // s.patch_size)  # the ViT being trained
-    text = PretrainingText.start()
-    pool, shape_y, color_y = object_targets(train, boxes, "train", grid, shapes, colors)
     heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(s.vision_width, len(shapes)),
                                  "color": torch.nn.Linear(s.vision_width, len(colors))})
-    caps = [train.captions[im.id] for im in train.images]
     rng = np.random.default_rng(seed)
-    swap = shape_swapper(shapes, rng)
-    batch = min(s.clip_batch, len(train.images))
-    base = s.clip_object_steps + s.clip_steps
+    c = _ClipStep(model, bundle.tokenizer, heads,
+                  *object_targets(train, world.objects("p2_data"), "train", grid, shapes, colors),
+                  [train.captions[im.id] for im in train.images], shape_swapper(shapes, rng))
+    text, before_styles = PretrainingText.start(), None
+    batch, base = min(s.clip_batch, len(train.images)), s.clip_object_steps + s.clip_steps
     photo = np.full(len(train.images), STYLES.index("photo"))  # the renders are the world's photos
     opt = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=s.clip_lr, weight_decay=0.1)
     model.train()
     model.visual.output_tokens = True  # (pooled, patch tokens after ln_post)
     log["clip_loss"], log["clip_object_loss"] = [], []
-    before_styles = None
     bar = progress(total=base + s.clip_style_steps, desc="clip: objects, contrastive, then styles", leave=False)
     for step in range(base + s.clip_style_steps):
         styled = step >= base
         if step == base:
             before_styles = {k: v.detach().clone() for k, v in model.state_dict().items()}
         idx = torch.from_numpy(rng.choice(len(train.images), size=batch, replace=False))
-        lr = (cosine_lr(step - base, s.clip_style_steps, s.clip_style_lr, warmup=max(1, s.clip_style_steps // 10))
-              if styled else cosine_lr(step, base, s.clip_lr, warmup=max(1, base // 20)))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = (cosine_lr(step - base, s.clip_style_steps, s.clip_style_lr, warmup=max(1, s.clip_style_steps // 10))
+                       if styled else cosine_lr(step, base, s.clip_lr, warmup=max(1, base // 20)))
         # fp32: on this CPU bf16 autocast is ~15x slower than fp32 for models this small
-        pooled, tokens = model.visual((x_styled if styled else x_train)[idx])  # (B, E), (B, P, W)
-        objects = torch.einsum("bkp,bpw->bkw", pool[idx], tokens)  # (B, K, W): each object's mean token
-        obj_loss = (F.cross_entropy(heads["shape"](objects).flatten(0, 1), shape_y[idx].flatten(), ignore_index=-100)
-                    + F.cross_entropy(heads["color"](objects).flatten(0, 1), color_y[idx].flatten(), ignore_index=-100))
-        loss = obj_loss
+        pooled, tokens = model.visual((images.styled if styled else images.plain)[idx])  # (B, E), (B, P, W)
+        loss = obj_loss = _object_loss(c, tokens, idx)
         if step >= s.clip_object_steps:
-            descriptions = [caps[i][int(rng.integers(len(caps[i])))] for i in idx.tolist()]
-            shown = (styles if styled else photo)[idx.numpy()]
-            framings = framings_for_styles(rng, shown) if styled else draw_framings(rng, len(descriptions))
-            texts = [frame(d, FRAMINGS[f][0]) for d, f in zip(descriptions, framings, strict=True)]
-            for t, f, st in zip(texts, framings, shown, strict=True):
-                text.add(t, int(f), int(st))
-            img = F.normalize(pooled, dim=-1)
-            txt = encode_text_trimmed(model, tokenizer(texts + [swap(t) for t in texts]))  # (2B, E), exact
-            logits = model.logit_scale.exp() * img @ txt.T  # (B, 2B): captions, then their shape swaps
-            target = torch.arange(len(idx))
-            contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :len(idx)].T, target)) / 2
+            texts = _captions_for(c, idx, (images.styles if styled else photo)[idx.numpy()], styled, rng, text)
+            contrastive = _contrastive_loss(c, pooled, texts)
             loss = loss + contrastive
             log["clip_loss"].append(round(contrastive.item(), 5))
         opt.zero_grad(set_to_none=True)
@@ -440,6 +474,39 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
         return out_dir / "assets.json"
 
 
+def _build_clips(out_dir: Path, train, val, world: DemoWorld, s: DemoModelSettings, seed: int, log: dict):
+    """The tiny CLIP (clip/), its image tower as the encoder (encoder/), the CLIP before its style phase
+    (clip_unstyled/) and the negation-aware CLIP (clip_negation/); (the weights before the style phase,
+    recall@1 on val)."""
+    clip_dir = out_dir / "clip"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = clip_dir / f"{CLIP_NAME}.json"
+    atomic_write_json(cfg_path, clip_config(s))
+    torch.manual_seed(seed)
+    bundle = load_clip(ClipSpec(CLIP_NAME, None, str(cfg_path)))
+    loaded = [open_image(im.path) for im in progress(train.images, desc="clip: loading train images", leave=False)]
+    plain = torch.stack([bundle.preprocess(im) for im in loaded])  # (N, 3, H, W)
+    images = ClipImages(plain, *styled_training_images(loaded, bundle.preprocess, seed))  # styled (N, 3, H, W), (N,)
+    del loaded
+    text, before_styles = train_clip(bundle, images, train, world, s, seed, log)
+    styles = images.styles
+    del images  # the image tensors (the negation fine-tune renders its own pairs)
+    recall = clip_recall_at_1(bundle, val)
+    log["clip_text"] = text.to_json()
+    if before_styles is not None:  # the old design (no styled images, framings independent of them): an ablation
+        old = copy.deepcopy(bundle.model)
+        old.load_state_dict(before_styles)
+        save_open_clip(old, out_dir / "clip_unstyled", clip_config(s))
+        log["unstyled_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=old), val), 4)
+    log["clip_zero_shot"] = clip_attribute_checks(bundle, val, world.objects("p2_data"), world, s, seed)
+    save_open_clip(bundle.model, clip_dir, clip_config(s))
+    save_encoder(bundle.model, out_dir)
+    tuned = finetune_negation(bundle, train, world, styles, s.negation(), seed, log)
+    save_open_clip(tuned, out_dir / "clip_negation", clip_config(s))
+    log["negation_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=tuned), val), 4)
+    return before_styles, recall
+
+
 def _build(p2: Path, world: DemoWorld, out_dir: Path, s: DemoModelSettings, size: str, seed: int) -> None:
     manifest_path = out_dir / "assets.json"
     t0 = time.time()
@@ -455,33 +522,7 @@ def _build(p2: Path, world: DemoWorld, out_dir: Path, s: DemoModelSettings, size
     tok.save(out_dir / "tokenizer")
 
     # (b) tiny CLIP, on the framed pretraining text; then its negation-aware twin
-    clip_dir = out_dir / "clip"
-    clip_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = clip_dir / f"{CLIP_NAME}.json"
-    atomic_write_json(cfg_path, clip_config(s))
-    torch.manual_seed(seed)
-    bundle = load_clip(ClipSpec(CLIP_NAME, None, str(cfg_path)))
-    boxes = world.objects("p2_data")
-    images = [open_image(im.path) for im in progress(train.images, desc="clip: loading train images", leave=False)]
-    x_train = torch.stack([bundle.preprocess(im) for im in images])  # (N, 3, H, W)
-    x_styled, styles = styled_training_images(images, bundle.preprocess, seed)  # (N, 3, H, W), (N,)
-    del images
-    text, before_styles = train_clip(bundle, x_train, x_styled, styles, train, boxes, world, s, seed, log)
-    del x_train, x_styled
-    recall = clip_recall_at_1(bundle, val)
-    log["clip_text"] = text.to_json()
-    if before_styles is not None:  # the old design (no styled images, framings independent of them): an ablation
-        old = copy.deepcopy(bundle.model)
-        old.load_state_dict(before_styles)
-        save_open_clip(old, out_dir / "clip_unstyled", clip_config(s))
-        log["unstyled_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=old), val), 4)
-    log["clip_zero_shot"] = clip_attribute_checks(bundle, val, boxes, world, s, seed)
-    save_open_clip(bundle.model, clip_dir, clip_config(s))
-    save_encoder(bundle.model, out_dir)
-    tuned = finetune_negation(bundle, train, boxes, world, styles, s.negation_steps, s.negation_batch,
-                              s.negation_lr, seed, log)
-    save_open_clip(tuned, out_dir / "clip_negation", clip_config(s))
-    log["negation_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=tuned), val), 4)
+    before_styles, recall = _build_clips(out_dir, train, val, world, s, seed, log)
 
     # (c) tiny GPT-2 LM
     gpt, ppl = train_gpt(tok, train_caps, val_caps, s, seed, log)
@@ -498,7 +539,8 @@ def _build(p2: Path, world: DemoWorld, out_dir: Path, s: DemoModelSettings, size
     log["decoder_perplexity_val"] = round(ppl, 3)
     log["decoder_vocab_size"] = tok.vocab_size
     log["seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(out_dir / "metrics.json", DemoMetrics.from_json(log, "metrics.json").to_json())
+    DemoMetrics.from_json(log, "metrics.json")  # the record the summary reads: refused here, by field, if it would not fit
+    atomic_write_json(out_dir / "metrics.json", log)
     Manifest(clip=ClipSpec(CLIP_NAME, "clip_negation/open_clip_model.safetensors", f"clip_negation/{CLIP_NAME}.json"),
              encoder=None, decoder=None, tokenizer=None).save(out_dir / NEGATION_MANIFEST)
     if before_styles is not None:

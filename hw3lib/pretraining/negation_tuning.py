@@ -10,6 +10,7 @@ framed as in pretraining (style-coupled framings, `pretraining_text.framings_for
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from ..models.clip import encode_text_trimmed
 from ..training.loop import cosine_lr
 from ..zeroshot.counterfactual import (
     CounterfactualPair,
+    PairTexts,
     counterfactual_losses,
     counterfactual_pair,
     render_pair,
@@ -80,13 +82,22 @@ def _texts(pairs: list[CounterfactualPair], styles: np.ndarray, rng: np.random.G
     return p_cap + q_cap + neg + false_neg + no_y + no_x
 
 
-def finetune_negation(bundle, train, boxes: dict, world: DemoWorld, styles: np.ndarray, steps: int, batch: int,
-                      lr: float, seed: int, log: dict):
-    """A copy of the CLIP fine-tuned with the counterfactual objective (6 texts per pair and step); `styles` (N,) are the training
-    images' style indices. Logs each step's four losses in log["negation_loss"]."""
+@dataclass(frozen=True)
+class NegationTuning:
+    """How the negation-aware CLIP is fine-tuned (`DemoModelSettings.negation`)."""
+    steps: int  # optimiser steps
+    batch: int  # counterfactual pairs per step (each: 2 images, 6 texts)
+    lr: float  # AdamW peak learning rate (text tower and both projections)
+
+
+def finetune_negation(bundle, train, world: DemoWorld, styles: np.ndarray, how: NegationTuning, seed: int, log: dict):
+    """A copy of the CLIP fine-tuned with the counterfactual objective (6 texts per pair and step); `styles` (N,)
+    are the training images' style indices. Logs each step's four losses in log["negation_loss"]."""
+    steps, batch, lr = how.steps, how.batch, how.lr
     model = copy.deepcopy(bundle.model)
     side = open_image(train.images[0].path).size[0]  # every demo image has the same side
-    pairs, pair_styles, p_x, q_x = training_pairs(train, boxes, world, side, styles, bundle.preprocess, seed)
+    pairs, pair_styles, p_x, q_x = training_pairs(train, world.objects("p2_data"), world, side, styles,
+                                                  bundle.preprocess, seed)
     model.eval()  # no dropout in these towers; eval keeps the frozen trunk exactly as saved
     p_feat, q_feat = trunk_features(model.visual, p_x), trunk_features(model.visual, q_x)  # (M, W) each
     trainable = [p for n, p in model.named_parameters()  # the text tower and both projections
@@ -111,7 +122,7 @@ def finetune_negation(bundle, train, boxes: dict, world: DemoWorld, styles: np.n
         txt = torch.cat([encode_text_trimmed(model, bundle.tokenizer(texts[:4 * batch])),
                          encode_text_trimmed(model, bundle.tokenizer(texts[4 * batch:]))]).view(6, batch, -1)  # (6, B, E)
         img = F.normalize(torch.stack([p_feat[idx], q_feat[idx]]) @ model.visual.proj, dim=-1)  # (2, B, E)
-        losses = counterfactual_losses(img[0], img[1], *txt, scale)
+        losses = counterfactual_losses(img[0], img[1], PairTexts(*txt), scale)
         opt.zero_grad(set_to_none=True)
         losses.total.backward()
         opt.step()

@@ -10,6 +10,7 @@ _EXPORTS = {  # name -> module
     "FeatureCache": "feature_cache",
     "RunFolder": "runfolder",
     "TrainConfig": "config",
+    "HeldOut": "loop",
     "Trainer": "loop",
     "fit": "loop",
     "load_config": "config",

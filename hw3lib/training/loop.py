@@ -190,16 +190,28 @@ def plan(n_pairs: int, cfg: TrainConfig, world: int) -> Plan:
     return Plan(micro, per_epoch, total, cfg.val_every or per_epoch)
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """The images a run validates on (never trained on), where their encoder tokens come from, and what a
+    validation measures there beside the teacher-forced loss (`selection.selection_validator`)."""
+    data: CaptionData | None = None  # None: no val_loss
+    source: FeatureSource | None = None  # indices -> (B, S, E) encoder tokens of `data`
+    validator: Callable[[Captioner], dict] | None = None  # None: the best checkpoint by val_loss
+
+
+NO_HELD_OUT = HeldOut()
+
+
 class Trainer:
     """One training run in named steps: restore, step, validate, select_best, save. `fit` drives it."""
 
-    def __init__(self, model: Captioner, train: CaptionData, val: CaptionData | None, cfg: TrainConfig,
-                 folder: RunFolder, train_source: FeatureSource, val_source: FeatureSource | None = None,
-                 validator: Callable[[Captioner], dict] | None = None, precision: Precision | None = None,
+    def __init__(self, model: Captioner, train: CaptionData, cfg: TrainConfig, folder: RunFolder,
+                 train_source: FeatureSource, held: HeldOut = NO_HELD_OUT, precision: Precision | None = None,
                  inputs: dict | None = None):
-        self.model, self.train, self.val, self.cfg, self.folder = model, train, val, cfg, folder
+        self.model, self.train, self.cfg, self.folder = model, train, cfg, folder
+        self.val, self.val_source, self.validator = held.data, held.source, held.validator
         self.inputs = inputs or {}  # the fingerprint of what the run reads (runfolder.input_fingerprint)
-        self.train_source, self.val_source, self.validator = train_source, val_source, validator
+        self.train_source = train_source
         procs = processes()
         self.rank, self.world, self.master_process = procs.rank, procs.world, procs.master_process
         self.device = next(p for p in model.parameters() if p.requires_grad).device
@@ -216,7 +228,7 @@ class Trainer:
         self.plan = plan(len(train.pairs), cfg, self.world)
         self.state = {"step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None}
         # the metric that picks the best checkpoint: the validator's (CIDEr, higher is better) or val_loss
-        self.metric = cfg.select_metric if validator is not None else "val_loss"
+        self.metric = cfg.select_metric if self.validator is not None else "val_loss"
 
     def autocast(self):
         return self.precision.autocast()
@@ -350,18 +362,17 @@ class Trainer:
         return False
 
 
-def fit(model: Captioner, train: CaptionData, val: CaptionData | None, cfg: TrainConfig, run_dir: str | os.PathLike,
-        train_source: FeatureSource, val_source: FeatureSource | None = None,
-        validator: Callable[[Captioner], dict] | None = None, resume: bool = True,
-        precision: Precision | None = None, inputs: dict | None = None) -> RunSummary:
-    """Train `model` in place; returns the final summary. Rank 0 writes every file."""
+def fit(model: Captioner, train: CaptionData, cfg: TrainConfig, run_dir: str | os.PathLike,
+        train_source: FeatureSource, held: HeldOut = NO_HELD_OUT, precision: Precision | None = None,
+        inputs: dict | None = None) -> RunSummary:
+    """Train `model` in place, resuming what `run_dir` holds; returns the final summary. Rank 0 writes
+    every file."""
     folder = RunFolder(run_dir, writer=processes().master_process)
-    t = Trainer(model, train, val, cfg, folder, train_source, val_source, validator, precision, inputs)
-    if resume:
-        t.restore()
+    t = Trainer(model, train, cfg, folder, train_source, held, precision, inputs)
+    t.restore()
     folder.start({"captioner": asdict(model.config), "train": asdict(cfg), "parameters": t.report,
                   "world_size": t.world, "precision": t.precision.describe(), "inputs": t.inputs,
-                  "validated_on": [p.name for p in val.paths] if val is not None else []}, t.state["step"])
+                  "validated_on": [p.name for p in held.data.paths] if held.data is not None else []}, t.state["step"])
     model.train()
     if model.encoder is not None:
         model.encoder.eval()

@@ -148,7 +148,8 @@ class RunFolder:
     def save_resume(self, state: dict) -> None:
         if self.writer:
             with atomic_path(self.resume_path) as tmp:
-                torch.save(state, tmp)
+                with open(tmp, "wb") as f:  # a file object: the same state gives the same bytes (decoder_file)
+                    torch.save(state, f)
 
     def finish(self, summary: dict) -> None:
         if self.writer:

@@ -16,6 +16,7 @@ _EXPORTS = {  # name -> module
     "negation_study": "classify",
     "per_class_accuracy": "classify",
     "prompt_study": "classify",
+    "StylePrompts": "styles",
     "style_study": "styles",
     "template_set": "templates",
     "top_probabilities": "classify",

@@ -20,6 +20,7 @@ The objective, on normalised embeddings (`counterfactual_losses`):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -80,11 +81,20 @@ def _pick(anchor: torch.Tensor, candidates: list[torch.Tensor], scale) -> torch.
     return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
 
 
-def counterfactual_losses(p_image, q_image, p_caption, q_caption, negated, false_negated, no_y, no_x,
-                          scale) -> CounterfactualLosses:
-    """The module docstring's objective. Every argument is (B, E), normalised: images of P and Q, their
-    descriptions, a true negation for P (of y) and the same words negating the x it holds, and the
-    standalone negations "no y here" and "no x here"; `scale` the logit scale."""
+class PairTexts(NamedTuple):
+    """The texts of a batch of counterfactual pairs, encoded: each (B, E), normalised."""
+    p_caption: torch.Tensor  # P's description
+    q_caption: torch.Tensor  # Q's
+    negated: torch.Tensor  # a true negation for P (of the y it lacks)
+    false_negated: torch.Tensor  # the same words negating the x it holds
+    no_y: torch.Tensor  # the standalone "no y here"
+    no_x: torch.Tensor  # and "no x here"
+
+
+def counterfactual_losses(p_image, q_image, t: PairTexts, scale) -> CounterfactualLosses:
+    """The module docstring's objective: images of P and Q (B, E) each, normalised, against their texts;
+    `scale` the logit scale."""
+    p_caption, q_caption, negated, false_negated, no_y, no_x = t
     images, texts = torch.cat([p_image, q_image]), torch.cat([p_caption, q_caption])  # (2B, E)
     logits = scale * images @ texts.T  # (2B, 2B)
     target = torch.arange(len(images), device=images.device)

@@ -132,35 +132,45 @@ def recall_at_1(image_features: torch.Tensor, text_features: torch.Tensor, n_boo
     return Accuracy(float(ok.mean()), bootstrap_ci(ok, n_boot=n_boot, seed=seed))
 
 
-def negation_scores(name: str, clip, p1_study, val: torch.Tensor, val_names: list[str], val_captions: list[str],
-                    items: list[ChoiceItem], positive: str, negated: str, n_boot: int = 2000, seed: int = 0,
-                    device="cpu", by_sign: bool = False) -> NegationScores:
-    """One CLIP on the experiment. `p1_study` is P1's ZeroShotStudy (its images are re-encoded unless it
-    was built with this CLIP); `val` (N, D) are this CLIP's features of the P2 val images, `val_names`,
-    `val_captions` their file names and one caption each (for recall); `items` name their images. `by_sign` reads every negation
-    by the inference-time rule score("no X") := -score("X") (`negation_by_sign`), a sanity bound."""
+@dataclass(frozen=True)
+class _Experiment:
+    """What every CLIP of `negation_benchmark` is scored on."""
+    p1_study: object  # P1's ZeroShotStudy (its images are re-encoded for another CLIP)
+    val_names: list[str]  # the P2 val images' file names
+    val_captions: list[str]  # one caption each (for recall)
+    items: list[ChoiceItem]  # the multiple-choice items, naming their images
+    prompts: tuple[str, str]  # P1's (positive, negated) prompts
+    n_boot: int
+    seed: int
+    device: str
+
+
+def negation_scores(name: str, clip, val: torch.Tensor, e: _Experiment, by_sign: bool = False) -> NegationScores:
+    """One CLIP on the experiment; `val` (N, D) are its features of the P2 val images. `by_sign` reads every
+    negation by the inference-time rule score("no X") := -score("X") (`negation_by_sign`), a sanity bound."""
     from ..models.clip import encode_texts
     from .classify import negation_study
 
-    study = p1_study.with_clip(clip)
-    row = {n: i for i, n in enumerate(val_names)}
-    texts = [c for it in items for c in it.choices]
-    choices = sign_text_features(clip, texts, device) if by_sign else encode_texts(clip, texts, device=device)
-    choices = choices.view(len(items), len(items[0].choices), -1)  # (M, K, D)
+    study = e.p1_study.with_clip(clip)
+    row = {n: i for i, n in enumerate(e.val_names)}
+    texts = [c for it in e.items for c in it.choices]
+    choices = sign_text_features(clip, texts, e.device) if by_sign else encode_texts(clip, texts, device=e.device)
+    choices = choices.view(len(e.items), len(e.items[0].choices), -1)  # (M, K, D)
     signed = None
     if by_sign:
-        pos = study.text_features([positive])[0]  # (C, D)
+        pos = study.text_features([e.prompts[0]])[0]  # (C, D)
         signed = torch.stack([pos, -pos])  # the negated prompt scored as minus the positive one
-    return NegationScores(name, negation_study(study, positive, negated, n_boot, seed, signed),
-                          multiple_choice(val[[row[it.image] for it in items]], choices, items, n_boot, seed),
-                          recall_at_1(val, encode_texts(clip, val_captions, device=device), n_boot, seed))
+    return NegationScores(name, negation_study(study, *e.prompts, e.n_boot, e.seed, signed),
+                          multiple_choice(val[[row[it.image] for it in e.items]], choices, e.items, e.n_boot, e.seed),
+                          recall_at_1(val, encode_texts(clip, e.val_captions, device=e.device), e.n_boot, e.seed))
 
 
-def negation_benchmark(clips: dict, p1_study, world: DemoWorld, positive: str, negated: str, n_boot: int = 2000,
+def negation_benchmark(clips: dict, p1_study, world: DemoWorld, prompts: tuple[str, str], n_boot: int = 2000,
                        seed: int = 0, device="cpu", sign_baseline: str | None = None) -> list[NegationScores]:
-    """Every CLIP of `clips` (name -> ClipBundle) on P1's negation study and, on the demo world's P2 val
-    split and its objects, the multiple-choice test and recall@1 (each image's first caption). With
-    `sign_baseline` (a name of `clips`), that CLIP once more with negation read by sign (`negation_by_sign`)."""
+    """Every CLIP of `clips` (name -> ClipBundle) on P1's negation study of `prompts` (positive, negated)
+    and, on the demo world's P2 val split and its objects, the multiple-choice test and recall@1 (each
+    image's first caption). With `sign_baseline` (a name of `clips`), that CLIP once more with negation
+    read by sign (`negation_by_sign`)."""
     from ..core.data import read_caption_file
     from ..demo.world import boxes_for
     from ..models.clip import encode_images
@@ -176,5 +186,5 @@ def negation_benchmark(clips: dict, p1_study, world: DemoWorld, positive: str, n
     if sign_baseline is not None:
         runs.append((f"{sign_baseline}, negation by sign", clips[sign_baseline], True))
     features = {id(clip): encode_images(clip, images, device=device) for clip in clips.values()}  # (N, D) each
-    return [negation_scores(name, clip, p1_study, features[id(clip)], names, captions, items, positive, negated,
-                            n_boot, seed, device, by_sign) for name, clip, by_sign in runs]
+    e = _Experiment(p1_study, names, captions, items, tuple(prompts), n_boot, seed, device)
+    return [negation_scores(name, clip, features[id(clip)], e, by_sign) for name, clip, by_sign in runs]

@@ -13,6 +13,7 @@ style's framing as a prompt on every style's images, and asks:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
@@ -31,12 +32,19 @@ def style_prompt(style: str) -> str:
     return STYLE_FRAMINGS[style].replace("{}", "a {object}")
 
 
-def style_study(study: ZeroShotStudy, image_styles: list[str], report_prompts: list[str], photo: str,
-                templates: list[str], text: PretrainingText | None = None, n_boot: int = 2000,
-                seed: int = 0, name: str = "base") -> StyleStudy:
-    """`image_styles[i]` is the style of `study.paths[i]`; `photo` is CLIP's default prompt and `templates`
-    the ensemble compared with it; `text` (the demo CLIP's record) explains the report's prompts; `name`
-    names the CLIP."""
+@dataclass(frozen=True)
+class StylePrompts:
+    """The prompts `style_study` compares beside each style's own framing."""
+    report: list[str]  # the report's prompts, compared with each other
+    photo: str  # CLIP's default prompt
+    templates: list[str]  # the ensemble compared with `photo`
+
+
+def style_study(study: ZeroShotStudy, image_styles: list[str], compared: StylePrompts,
+                text: PretrainingText | None = None, n_boot: int = 2000, seed: int = 0, name: str = "base") -> StyleStudy:
+    """`image_styles[i]` is the style of `study.paths[i]`; `text` (the demo CLIP's record) explains the
+    report's prompts; `name` names the CLIP."""
+    report_prompts, photo, templates = compared.report, compared.photo, compared.templates
     labels = study.require_labels()
     image_styles = np.asarray(image_styles)
     if len(image_styles) != len(labels):
