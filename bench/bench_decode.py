@@ -241,9 +241,10 @@ def demo(args):
         evaluate({k: v[0] for k, v in cs.references().items()}, cs, clip, "python")
         res["evaluate_images_per_s_demo"] = f"{len(cs.references()) / (time.perf_counter() - t0):.1f}"
     for metric in ("CIDEr", "CLIPScore"):
-        res[f"demo_{metric}_fp32"] = f"{scores['fp32'][metric]:.3f}"
-        res[f"demo_{metric}_int8"] = f"{scores['int8'][metric]:.3f}"
-        res[f"demo_{metric}_change_int8"] = f"{scores['int8'][metric] - scores['fp32'][metric]:+.3f}"
+        fp32, int8 = getattr(scores["fp32"], metric), getattr(scores["int8"], metric)
+        res[f"demo_{metric}_fp32"] = f"{fp32:.3f}"
+        res[f"demo_{metric}_int8"] = f"{int8:.3f}"
+        res[f"demo_{metric}_change_int8"] = f"{int8 - fp32:+.3f}"
     return res
 
 

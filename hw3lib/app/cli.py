@@ -227,27 +227,24 @@ def cmd_evaluate(args) -> int:
         clip = load_clip(manifest_for(args.assets, parts=("clip",)).clip, _device(args.device))
     result = evaluate(preds, cs, clip, args.tokenizer, "A photo depicts " if args.photo_prefix else "",
                       _device(args.device))
-    print(f"CIDEr: {result['CIDEr']}")
+    print(f"CIDEr: {result.CIDEr}")
     if clip is not None:
-        print(f"CLIPScore: {result['CLIPScore']}")
-        print(f"RefCLIPScore: {result['RefCLIPScore']}")
+        print(f"CLIPScore: {result.CLIPScore}")
+        print(f"RefCLIPScore: {result.RefCLIPScore}")
     from ..demo.world import DemoWorld
 
     if DemoWorld.load(args.annotations.parent.parent) is not None:  # shapes, not COCO objects ("orange" a colour)
         print("CHAIR: not computed on the demo world (its objects are shapes; the P2 table's object metrics score them)")
-        atomic_write_json(_per_image_path(args), result)
+        atomic_write_json(_per_image_path(args), result.to_json())
         return 0
     ch = chair(preds, cs.references(), instances)
-    result["CHAIR"] = ch.to_json()
-    for key, c in ch.per_image.items():
-        result["per_image"].setdefault(key, {})["CHAIR"] = c.to_json()
     if ch.chair_s is None or ch.chair_i is None:
         print("CHAIR: the captions name none of the 80 COCO object categories")
     else:
         print(f"CHAIR-i: {ch.chair_i:.4f}  CHAIR-s: {ch.chair_s:.4f}  object recall: "
               f"{'-' if ch.recall is None else f'{ch.recall:.4f}'}")
     out = _per_image_path(args)
-    atomic_write_json(out, result)
+    atomic_write_json(out, result.to_json(ch))
     return 0
 
 

@@ -15,7 +15,7 @@ from ..core.images import list_images, open_image
 from ..core.results import METRICS, Share, VariantRow
 from ..demo.world import DemoWorld, boxes_for
 from ..metrics import stats
-from ..metrics.captions import evaluate, java_available
+from ..metrics.captions import CaptionScores, evaluate, java_available
 from ..metrics.grounding import Grounding, grounding
 from ..metrics.objects import HEADLINE as OBJECT_HEADLINE
 from ..metrics.objects import ObjectCounts, object_counts
@@ -32,7 +32,8 @@ def default_tokenizer() -> str:
     return "ptb" if java_available() else "python"
 
 
-def evaluate_predictions(preds, p2_dir, split="val", manifest=None, device="cpu", tokenizer=None, clip=None) -> dict:
+def evaluate_predictions(preds, p2_dir, split="val", manifest=None, device="cpu", tokenizer=None, clip=None
+                         ) -> CaptionScores:
     p2_dir = Path(p2_dir)
     cs = read_caption_file(p2_dir / f"{split}.json", p2_dir / "images" / split)
     if clip is None and manifest is not None:
@@ -59,7 +60,7 @@ def clipscore_extremes(model, manifest, p2_dir, limit: int | None = None, device
     preds = caption_folder(model, manifest, paths, Decoding(controls=controls), device, progress=False)
     cs = read_caption_file(p2_dir / "val.json", p2_dir / "images" / "val").subset(preds)
     scores = evaluate(preds, cs, clip or load_clip(manifest.clip, device), default_tokenizer(), device=device)
-    clipscores = {k: v["CLIPScore"] for k, v in scores["per_image"].items()}
+    clipscores = {k: v.CLIPScore for k, v in scores.per_image.items()}
     ranked = sorted(clipscores, key=clipscores.__getitem__)
     return Extremes(preds, clipscores, {p.stem: p for p in paths}, ranked[-1], ranked[0])
 
@@ -80,12 +81,12 @@ def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu
     """Score one set of val captions: the course evaluator, per-image arrays for the intervals, and the
     object metrics where the demo world's objects are known (`world`)."""
     res = evaluate_predictions(preds, p2_dir, manifest=manifest, device=device, clip=clip)
-    keys = sorted(res["per_image"])
-    per_image = {m: np.array([res["per_image"][k][m] for k in keys]) for m in METRICS}
+    keys = sorted(res.per_image)
+    per_image = {m: np.array([getattr(res.per_image[k], m) for k in keys]) for m in METRICS}
     if world is None:
-        return Scores(res["CIDEr"], res["CLIPScore"], per_image)
+        return Scores(res.CIDEr, res.CLIPScore, per_image)
     boxes, shapes, colors = world.objects("p2_data"), list(world.shapes), list(world.colors)
-    return Scores(res["CIDEr"], res["CLIPScore"], per_image, grounding(preds, boxes, shapes, colors),
+    return Scores(res.CIDEr, res.CLIPScore, per_image, grounding(preds, boxes, shapes, colors),
                   object_counts(preds, boxes, shapes, colors), relation_counts(preds, boxes, shapes, colors))
 
 

@@ -16,6 +16,7 @@ _EXPORTS = {  # name -> module
     "cider": "captions",
     "clip_scores": "captions",
     "encoder_probes": "probe",
+    "CaptionScores": "captions",
     "evaluate": "captions",
     "failure_kind": "objects",
     "grounding": "grounding",

@@ -211,8 +211,40 @@ def clip_scores(clip, paths: list[Path], captions: list[str], references: list[l
 # the evaluator
 
 
+@dataclass(frozen=True)
+class ImageScores:
+    """One caption's scores."""
+    caption: str
+    CIDEr: float
+    CLIPScore: float | None = None  # None: scored without a CLIP
+    RefCLIPScore: float | None = None
+
+
+@dataclass(frozen=True)
+class CaptionScores:
+    """The course evaluator's numbers for a set of captions (`evaluate`)."""
+    CIDEr: float  # CIDEr-D over the set
+    per_image: dict[str, ImageScores]  # image key -> its caption's scores
+    CLIPScore: float | None = None  # means over images; None without a CLIP
+    RefCLIPScore: float | None = None
+
+    def to_json(self, chair=None) -> dict:
+        """`hw3 evaluate`'s per-image file: the scores a CLIP gave only where one did, and a `metrics.chair.Chair`'s
+        numbers (overall and per image) when given."""
+        def present(d: dict) -> dict:
+            return {k: v for k, v in d.items() if v is not None}
+
+        out = present({"CIDEr": self.CIDEr, "CLIPScore": self.CLIPScore, "RefCLIPScore": self.RefCLIPScore})
+        out["per_image"] = {k: present(vars(v).copy()) for k, v in self.per_image.items()}
+        if chair is not None:
+            out["CHAIR"] = chair.to_json()
+            for key, c in chair.per_image.items():
+                out["per_image"].setdefault(key, {})["CHAIR"] = c.to_json()
+        return out
+
+
 def evaluate(predictions: dict[str, str], caption_set, clip=None, tokenizer: str = "ptb", prefix: str = "",
-             device="cpu") -> dict:
+             device="cpu") -> CaptionScores:
     """The course evaluator's numbers for predictions over a CaptionSet (keys must match exactly)."""
     from ..core.data import check_prediction_keys
 
@@ -222,18 +254,16 @@ def evaluate(predictions: dict[str, str], caption_set, clip=None, tokenizer: str
     if empty:
         raise HW3Error(f"{caption_set.source}: {len(empty)} image(s) have no reference caption (e.g. {empty[0]})")
     score, per_cider = cider(predictions, refs, tokenizer)
-    result = {"CIDEr": score, "per_image": {k: {"caption": predictions[k], "CIDEr": per_cider[k]} for k in refs}}
-    if clip is not None:
-        keys = [im.key for im in caption_set.images]
-        paths = [im.path for im in caption_set.images]
-        if any(p is None for p in paths):
-            raise HW3Error("CLIPScore needs the image folder (--images)")
-        cs = clip_scores(clip, paths, [predictions[k] for k in keys], [refs[k] for k in keys], prefix, device)
-        result["CLIPScore"] = float(cs.clipscore.mean())
-        result["RefCLIPScore"] = float(cs.refclipscore.mean())
-        for k, a, b in zip(keys, cs.clipscore, cs.refclipscore, strict=True):
-            result["per_image"][k].update(CLIPScore=float(a), RefCLIPScore=float(b))
-    return result
+    if clip is None:
+        return CaptionScores(score, {k: ImageScores(predictions[k], per_cider[k]) for k in refs})
+    keys = [im.key for im in caption_set.images]
+    paths = [im.path for im in caption_set.images]
+    if any(p is None for p in paths):
+        raise HW3Error("CLIPScore needs the image folder (--images)")
+    cs = clip_scores(clip, paths, [predictions[k] for k in keys], [refs[k] for k in keys], prefix, device)
+    by_key = {k: (float(a), float(b)) for k, a, b in zip(keys, cs.clipscore, cs.refclipscore, strict=True)}
+    return CaptionScores(score, {k: ImageScores(predictions[k], per_cider[k], *by_key[k]) for k in refs},
+                         float(cs.clipscore.mean()), float(cs.refclipscore.mean()))
 
 
 def java_available() -> bool:
