@@ -44,3 +44,14 @@ def test_run_summary_round_trip():
     assert s.to_json() == doc and s.trainable == 10
     with pytest.raises(HW3Error, match="summary.json: .*parameters"):
         RunSummary.from_json(doc | {"parameters": None}, "summary.json")
+
+
+def test_training_curves_read_losses_and_validations(tmp_path):
+    from hw3lib.captioning.runs import training_curves
+
+    write_log(tmp_path, ENTRY)
+    c = training_curves(tmp_path)
+    assert c.steps == [1] and c.loss == [2.0] and c.validations == [Validation.from_json(ENTRY)]
+    write_log(tmp_path, ENTRY | {"cidr": 1.0})
+    with pytest.raises(HW3Error, match=r"log\.jsonl: a validation: .*cidr"):
+        training_curves(tmp_path)

@@ -450,11 +450,12 @@ def pareto_figure(rows: list[VariantRow], title: str = "Trainable parameters vs 
     return fig
 
 
-def training_curves_figure(curves: dict[str, dict], title: str = "Training curves"):
+def training_curves_figure(curves: dict, title: str = "Training curves"):
+    """Per run (name -> `captioning.runs.TrainingCurves`): the training loss, and the held-out CIDEr."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, c in curves.items():
-        axes[0].plot(c["steps"], c["loss"], label=name, lw=1)
-        pts = [(s, v) for s, v in zip(c["val_steps"], c["val_cider"], strict=True) if v is not None]
+        axes[0].plot(c.steps, c.loss, label=name, lw=1)
+        pts = [(v.step, v.cider) for v in c.validations if v.cider is not None]
         if pts:
             axes[1].plot(*zip(*pts, strict=True), marker="o", label=name, lw=1)
     axes[0].set_xlabel("optimiser step")

@@ -15,6 +15,7 @@ _EXPORTS = {  # name -> module
     "Recipe": "study",
     "Scores": "scoring",
     "TrainJob": "runs",
+    "TrainingCurves": "runs",
     "caption_folder": "runs",
     "caption_objects": "runs",
     "caption_order_world": "study",

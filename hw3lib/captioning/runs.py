@@ -298,16 +298,18 @@ def validation_curve(run_dir) -> list[CurvePoint]:
             for e in run_log(run_dir) if "validation" in e]
 
 
-def training_curves(run_dir) -> dict:
-    """Loss / learning-rate points and validation points of a run's log.jsonl."""
-    steps, losses, val_steps, val_cider, val_loss = [], [], [], [], []
-    for e in run_log(run_dir):
-        if "loss" in e:
-            steps.append(e["step"])
-            losses.append(e["loss"])
-        elif "validation" in e:
-            v = e["validation"]
-            val_steps.append(v["step"])
-            val_cider.append(v.get("cider"))
-            val_loss.append(v.get("val_loss"))
-    return {"steps": steps, "loss": losses, "val_steps": val_steps, "val_cider": val_cider, "val_loss": val_loss}
+@dataclasses.dataclass(frozen=True)
+class TrainingCurves:
+    """A run's log.jsonl as curves: the training loss per logged step, and each validation."""
+    steps: list[int]  # logged optimiser steps
+    loss: list[float]  # the teacher-forced training loss there
+    validations: list[Validation]  # in step order
+
+
+def training_curves(run_dir) -> TrainingCurves:
+    """Loss points and validations of a run's log.jsonl (a validation that does not fit is named)."""
+    log = Path(run_dir, "log.jsonl")
+    entries = run_log(run_dir)
+    losses = [e for e in entries if "loss" in e]
+    return TrainingCurves([e["step"] for e in losses], [e["loss"] for e in losses],
+                          [Validation.from_json(e["validation"], f"{log}: a validation") for e in entries if "validation" in e])
