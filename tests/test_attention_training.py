@@ -134,7 +134,7 @@ def test_object_masks_and_patch_grid():
     m = PatchGrid.of_tokens(65).token_masks([(0, 0, 24, 24), (50, 86, 62, 96)], (96, 96))
     assert m.shape == (2, 65)
     assert m[0].nonzero().flatten().tolist() == [1, 2, 9, 10]  # cells (0,0) (0,1) (1,0) (1,1), after CLS
-    assert m[1].nonzero().flatten().tolist() == [1 + 7 * 8 + 4, 1 + 7 * 8 + 5]  # x 50..62 -> cols 4, 5; y -> row 7
+    assert m[1].nonzero().flatten().tolist() == [1 + 7 * 8 + 4]  # x 50..62 holds the centre of col 4 (54), not 5 (66)
     where, inside, first = batch_targets([[type("T", (), {"tokens": (1, 3), "obj": 1})()]], [m], T=4)
     assert inside.tolist() == [[False, True, True, False]] and first.tolist() == [[False, True, False, False]]
     assert torch.equal(where[0, 1], m[1]) and not where[0, 0].any()

@@ -58,3 +58,36 @@ def test_the_machine_path_rule_finds_paths():
     assert MACHINE_PATH.search("/home/ana/hw3/figures") and MACHINE_PATH.search("see /work/main/x")
     assert not MACHINE_PATH.search('"run": "../build/runs/demo/lora16"')
     assert not MACHINE_PATH.search("make report DATA=/path/to/hw3_data") and not MACHINE_PATH.search("/dev/zero")
+
+
+def _run_all():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "bench" / "run_all.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_numbers_come_from_their_record():
+    """docs/benchmarks.md's table is docs/benchmarks.json as `make bench` renders it, with the machine;
+    outside the table the page states no measured number (targets are written in code spans)."""
+    run_all = _run_all()
+    record = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    text = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert run_all.fill(text, record) == text, "docs/benchmarks.md differs from docs/benchmarks.json (run make bench)"
+    assert record["machine"]["cpu"] and record["results"]
+    prose = re.sub(r"`[^`]*`", "", run_all.BLOCK.sub("", text))
+    assert not re.findall(r"\d+\.\d+|\d+x\b|\d+ ?(?:MB|GB|s)\b", prose), re.findall(r"\d+\.\d+|\d+x\b", prose)
+
+
+def test_the_benchmark_block_is_rewritten(tmp_path):
+    run_all = _run_all()
+    record = {"date": "2026-01-01", "machine": {"cpu": "cpu X", "cpu_family_model": "6/1", "cpu_flags": ["avx2"],
+                                                 "cores": 2, "torch_threads": 2, "python": "3.11", "torch": "2"},
+              "results": [{"bench": "b.py", "name": "speed", "value": "1.5x"}]}
+    page = "intro\n<!-- bench: results (generated) -->\nold\n<!-- /bench -->\noutro\n"
+    out = run_all.fill(page, record)
+    assert "| b.py | `speed` | 1.5x |" in out and "cpu X" in out and "old" not in out and out.endswith("outro\n")
+    with pytest.raises(SystemExit, match="no '<!-- bench"):
+        run_all.fill("no block", record)

@@ -8,14 +8,17 @@ import torch
 from hw3lib.core.patches import PatchGrid, points_at
 
 
-def covered_by_pixels(grid: PatchGrid, box, size) -> np.ndarray:
-    """The reference: a patch is covered when one of the box's pixels lies in it."""
+def covered_by_centres(grid: PatchGrid, box, size) -> np.ndarray:
+    """The reference, patch by patch: is the patch's centre pixel position inside the box? (else the
+    patch holding the box's centre)."""
     h, w = size
-    pix = np.zeros((h, w), dtype=bool)
     x0, y0, x1, y1 = box
-    pix[y0:y1, x0:x1] = True
-    ph, pw = h // grid.rows, w // grid.cols
-    return pix.reshape(grid.rows, ph, grid.cols, pw).any(axis=(1, 3)).reshape(-1)
+    ph, pw = h / grid.rows, w / grid.cols
+    out = np.array([x0 <= (c + 0.5) * pw < x1 and y0 <= (r + 0.5) * ph < y1
+                    for r in range(grid.rows) for c in range(grid.cols)])
+    if not out.any():
+        out[int((y0 + y1) / 2 // ph) * grid.cols + int((x0 + x1) / 2 // pw)] = True
+    return out
 
 
 def test_grid_from_tokens_and_from_a_vit():
@@ -29,17 +32,21 @@ def test_grid_from_tokens_and_from_a_vit():
 
 
 @pytest.mark.parametrize("grid,size", [(PatchGrid(8, 8), (96, 96)), (PatchGrid(4, 6), (48, 96))])
-def test_coverage_equals_the_pixel_reference(grid, size):
+def test_coverage_equals_the_reference(grid, size):
     rng = np.random.default_rng(0)
     h, w = size
     for _ in range(300):
         x0, y0 = int(rng.integers(0, w - 1)), int(rng.integers(0, h - 1))
         box = (x0, y0, int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1)))
-        assert np.array_equal(grid.covered(box, size), covered_by_pixels(grid, box, size)), box
+        assert np.array_equal(grid.covered(box, size), covered_by_centres(grid, box, size)), box
+    # by hand: a 2 x 2-cell object on 12-pixel cells, its tight box a little inside them
+    assert np.flatnonzero(PatchGrid(8, 8).covered((25, 26, 46, 47), (96, 96))).tolist() == [18, 19, 26, 27]
+    # a box between patch centres covers the patch its centre lies in
+    assert np.flatnonzero(PatchGrid(8, 8).covered((13, 13, 17, 17), (96, 96))).tolist() == [9]
 
 
 def test_token_masks_leave_the_prefix_out():
-    m = PatchGrid(2, 2, 1).token_masks([(0, 0, 10, 10), (10, 10, 20, 20)], (20, 20))
+    m = PatchGrid(2, 2, 1).token_masks([(0, 0, 10, 10), (10, 10, 20, 20)], (20, 20))  # centres at 5 and 15
     assert m.tolist() == [[False, True, False, False, False], [False, False, False, False, True]]
 
 

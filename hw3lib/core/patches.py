@@ -2,9 +2,10 @@
 game. Every user reads it from here: the object masks of attention supervision, the encoder probes'
 patch labels, the demo CLIP's object pooling, P3's localisation and the training curves' pointing.
 
-The rule for coverage: a patch is covered by a box when they overlap (a positive area in common). The
-pointing game (Zhang et al. 2016) asks whether a map's most attended patch is one the named object
-covers; it is scored on patches, so no upsampling or pixel tolerance enters it.
+The rule for coverage: a patch is covered by a box when the patch's centre lies inside the box (a box
+that holds no patch centre covers the patch its own centre lies in, so every object covers at least one
+patch). The pointing game (Zhang et al. 2016) asks whether a map's most attended patch is one the named
+object covers; it is scored on patches, so no upsampling or pixel tolerance enters it.
 """
 
 from __future__ import annotations
@@ -47,13 +48,18 @@ class PatchGrid:
         return self.prefix + self.patches
 
     def covered(self, box: Box, size: tuple[int, int]) -> np.ndarray:
-        """(patches,) bool: the patches `box` overlaps, in an image of `size` = (height, width) pixels."""
+        """(patches,) bool: the patches whose centre lies in `box`, in an image of `size` = (height, width)
+        pixels; where there is none, the patch that holds the box's own centre."""
         h, w = size
         x0, y0, x1, y1 = box
         ph, pw = h / self.rows, w / self.cols
-        cols = (np.arange(self.cols) * pw < x1) & ((np.arange(self.cols) + 1) * pw > x0)
-        rows = (np.arange(self.rows) * ph < y1) & ((np.arange(self.rows) + 1) * ph > y0)
-        return np.outer(rows, cols).reshape(-1)
+        cx, cy = (np.arange(self.cols) + 0.5) * pw, (np.arange(self.rows) + 0.5) * ph  # patch centres
+        out = np.outer((cy >= y0) & (cy < y1), (cx >= x0) & (cx < x1))
+        if not out.any():
+            r = min(self.rows - 1, max(0, int((y0 + y1) / 2 // ph)))
+            c = min(self.cols - 1, max(0, int((x0 + x1) / 2 // pw)))
+            out[r, c] = True
+        return out.reshape(-1)
 
     def token_masks(self, boxes: list[Box], size: tuple[int, int]) -> torch.Tensor:
         """(len(boxes), tokens) bool: each box's covered patches as encoder-token positions (prefix never)."""
