@@ -73,6 +73,9 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
         raise HW3Error(f"{p2_dir / 'val.json'}: the val split has no images (hw3 train captions it with the best "
                        "checkpoint, which held-out training images choose)")
     objects = caption_objects(p2_dir, "train")
+    if cfg.unlikelihood > 0 and objects is None:
+        raise HW3Error(f"{p2_dir / 'boxes.json'}: unlikelihood={cfg.unlikelihood} needs the object words behind the "
+                       "captions (the demo world's boxes.json); set it to 0 for this data")
     if cfg.attention_supervision > 0 and objects is None:
         raise HW3Error(f"{p2_dir / 'boxes.json'}: attention_supervision={cfg.attention_supervision} needs the objects "
                        "behind the captions (the demo world's boxes.json); set it to 0 for this data")
@@ -140,7 +143,7 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict, object
         print(f"checkpoint chosen on {len(select_cs)} held-out training images (not trained on); no val image "
               "chooses it", flush=True)
     check_budget(model, cfg.max_trainable)
-    train = caption_data(train_cs, tok, cfg.max_caption_tokens, objects if cfg.attention_supervision > 0 else None)
+    train = caption_data(train_cs, tok, cfg.max_caption_tokens, objects if cfg.attention_supervision > 0 or cfg.unlikelihood > 0 else None)
     select = caption_data(select_cs, tok, cfg.max_caption_tokens, objects)
     eval_tf = encoder_transform(model.encoder)
     cache = None

@@ -59,6 +59,9 @@ class TrainConfig:
     attention_supervision: float = Field(0.0, ge=0, allow_inf_nan=False, description="weight of attention "
                                          "supervision: -log attention inside the named object's box at its phrase "
                                          "(Liu et al. 2017; needs p2_data/boxes.json; 0 = off)")
+    unlikelihood: float = Field(0.0, ge=0, allow_inf_nan=False, description="weight of unlikelihood training "
+                                "against naming an object noun the caption already named (Welleck et al. 2019; needs "
+                                "p2_data/boxes.json for the object words; 0 = off)")
     max_steps: int = Field(0, ge=0, le=BIG, description="stop after this many optimiser steps (0 = run all epochs)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="data order, initialisation of new modules")
     log_every: int = Field(10, ge=1, le=BIG, description="optimiser steps between log lines")

@@ -37,6 +37,7 @@ from .attention_targets import CaptionGrounding, caption_targets
 from .config import TrainConfig
 from .feature_cache import FeatureSource
 from .runfolder import RunFolder, changed_inputs, config_key
+from .unlikelihood import unlikelihood, word_end_tokens
 
 # ----------------------------------------------------------------------------------------------
 # data
@@ -49,6 +50,7 @@ class CaptionData:
     pairs: list[tuple[int, list[int]]]  # (image index, caption token ids)
     eot: int  # start / end / pad token
     grounding: CaptionGrounding | None = None  # the objects behind the captions, where boxes are known
+    nouns: torch.Tensor | None = None  # (K,) the tokens that end an object word, where objects are known
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def caption_data(cs: CaptionSet, tokenizer, max_tokens: int, objects: Objects | 
         targets = [caption_targets(c, offsets, objs[i], objects.shapes, objects.colors, max_tokens - 1)
                    for (i, c), (_, offsets) in zip(caps, encoded, strict=True)]
         data.grounding = CaptionGrounding(objs, [image_side(p) for p in data.paths], targets)
+        data.nouns = word_end_tokens(tokenizer, objects.shapes)
     return data
 
 
@@ -115,13 +118,13 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def _teacher_forced(model, feats, pairs, eot, max_len, autocast, need_weights: bool = False):
-    """(mean per-token cross-entropy, targets (B, T), per-layer cross-attention or None)."""
+    """(mean per-token cross-entropy, targets (B, T), per-layer cross-attention or None, logits (B, T, V))."""
     x, y = teacher_forcing_batch([t for _, t in pairs], eot, max_len)
     x, y = x.to(feats.device), y.to(feats.device)
     with autocast():
         out = model(feats, x, need_weights=need_weights)
     logits, atts = out if need_weights else (out, None)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100), y, atts
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100), y, atts, logits
 
 
 def batch_loss(model, feats, pairs, eot, max_len, autocast) -> torch.Tensor:
@@ -134,15 +137,21 @@ def needs_maps(cfg: TrainConfig) -> bool:
     return cfg.coverage != "off" or cfg.attention_supervision > 0
 
 
-def training_loss(model, feats, pairs, eot, cfg: TrainConfig, autocast, grounding: CaptionGrounding | None = None,
+def training_loss(model, feats, pairs, data: CaptionData, cfg: TrainConfig, autocast,
                   captions: list[int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """`batch_loss` plus the attention terms `cfg` asks for (`attention_losses`), on the maps of the
-    same forward pass; `grounding` and the pairs' indices (`captions`) give the boxes supervision
-    needs. Returns (loss, each term's value)."""
-    ce, y, atts = _teacher_forced(model, feats, pairs, eot, cfg.max_caption_tokens, autocast, needs_maps(cfg))
+    """`batch_loss` plus the terms `cfg` asks for, on the same forward pass: unlikelihood against
+    re-naming an object (`unlikelihood`, with `data.nouns`) and the attention terms (`attention_losses`;
+    `data.grounding` and the pairs' indices `captions` give the boxes supervision needs). Returns (loss,
+    each term's value)."""
+    ce, y, atts, logits = _teacher_forced(model, feats, pairs, data.eot, cfg.max_caption_tokens, autocast,
+                                          needs_maps(cfg))
     loss, parts = ce, {"ce": ce.item()}
+    if cfg.unlikelihood > 0:
+        term = unlikelihood(logits, y, data.nouns)
+        loss, parts["unlikelihood"] = loss + cfg.unlikelihood * term, term.item()
     if atts is None:
         return loss, parts
+    grounding = data.grounding
     att = att_losses.mean_map(atts)  # (B, T, S)
     if cfg.coverage != "off":
         term = (att_losses.coverage if cfg.coverage == "see" else att_losses.doubly_stochastic)(att, y != -100)
@@ -270,8 +279,7 @@ class Trainer:
             captions = order[state["micro"]].tolist()
             pairs = [self.train.pairs[i] for i in captions]
             feats = self.train_source([p[0] for p in pairs])
-            loss, parts = training_loss(self.net, feats, pairs, self.train.eot, cfg, self.autocast, self.train.grounding,
-                                        captions)
+            loss, parts = training_loss(self.net, feats, pairs, self.train, cfg, self.autocast, captions)
             loss = loss / cfg.grad_accum
             for k, v in parts.items():
                 terms[k] = terms.get(k, 0.0) + v / cfg.grad_accum
