@@ -91,6 +91,16 @@ class Accuracy(JsonRecord):
 
 
 @dataclass(frozen=True)
+class CountZeroShot(JsonRecord):
+    """A CLIP on the CountBench-style test: which of "a picture of one / two / three shapes" fits."""
+    clip: str  # which CLIP
+    n: int  # images
+    accuracy: Accuracy
+    by_count: dict[str, float]  # true count -> accuracy on its images
+    chance: float  # one over the counts asked
+
+
+@dataclass(frozen=True)
 class PairedTest(JsonRecord):
     """Two classifiers right/wrong on the same images."""
     accuracy_a: float

@@ -24,6 +24,7 @@ GRAMMAR = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # record
 SIZE_WORDS = ("small", "large")  # world.SIZES gives each its side in grid cells
 COLOURED = ("coloured", "colored")  # "a large circle coloured red"
 SINGLE_OBJECT = "a single {object}"  # a one-object phrasing; also the demo CLIP's zero-shot template
+COUNT_WORDS = ("one", "two", "three", "four")  # how captions say a number of objects
 # the words captions use for where one object is relative to another
 RELATION_WORDS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 RELATIONS = {words: side for side, words in RELATION_WORDS.items()}  # "to the left of" -> "left"
@@ -66,6 +67,12 @@ def holds(side: str, a, b) -> bool:
     return {"left": ax < bx, "right": ax > bx, "above": ay < by, "below": ay > by}[side]
 
 
+def count_phrase(n: int) -> str:
+    """ "two shapes": a number of objects as captions say it ("two shapes: ..."), and as the CountBench-style
+    zero-shot prompt asks it."""
+    return f"{COUNT_WORDS[n - 1]} shape{'s' if n > 1 else ''}"
+
+
 def caption_pool(o: list, side: int, reading: bool) -> list[str]:
     """Every phrasing of a scene whose objects come in the order `o` (one to three). With `reading`
     every phrasing names them in that order; without, two phrasings name them in another order."""
@@ -92,7 +99,7 @@ def caption_pool(o: list, side: int, reading: bool) -> list[str]:
             f"{np_(a)} {rel(a, b)} {np_(b)}",
             f"{np_(a)} with {np_(b)} {rel(b, a)} it" if reading else f"{np_(b)} {rel(b, a)} {np_(a)}",
             f"{np_(a, False)} and {np_(b, False)}",
-            f"two shapes: {np_(a)} and {np_(b)}",
+            f"{count_phrase(2)}: {np_(a)} and {np_(b)}",
             f"a picture of {np_(a, False)} and {np_(b, False)}" if reading else
             f"a picture of {np_(b, False)} and {np_(a, False)}",
             f"{np_(a, False)} in the {region(a, side)} and {np_(b, False)} in the {region(b, side)}",
@@ -101,7 +108,7 @@ def caption_pool(o: list, side: int, reading: bool) -> list[str]:
     a, b, c = o
     return [
         f"{np_(a)}, {np_(b)} and {np_(c)}",
-        f"three shapes: {np_(a, False)}, {np_(b, False)} and {np_(c, False)}",
+        f"{count_phrase(3)}: {np_(a, False)}, {np_(b, False)} and {np_(c, False)}",
         f"{np_(a, False)} {rel(a, b)} {np_(b, False)}, with {np_(c, False)}",
         f"{np_(a, False)} {rel(a, b)} {np_(b, False)} and {np_(c, False)}" if reading else
         f"{np_(c, False)} {rel(c, a)} {np_(a, False)} and {np_(b, False)}",

@@ -234,6 +234,28 @@ def render_objects(rng: np.random.Generator, side: int, objs: list[Obj] | tuple[
     return img.filter(ImageFilter.GaussianBlur(radius=0.4))
 
 
+def fewer_objects(objs, rng: np.random.Generator) -> list[Obj]:
+    """The objects less one, chosen by `rng` (what `render_objects` draws is the same scene without it)."""
+    k = int(rng.integers(len(objs)))
+    return [o for i, o in enumerate(objs) if i != k]
+
+
+def more_objects(side: int, objs, rng: np.random.Generator) -> list[Obj] | None:
+    """The objects and one more, drawn by `rng` (shape, colour, size) in a free grid square that touches no
+    other object's square; None when no square is free. Its box is the one `render_objects` draws."""
+    taken = [_origin(o, side) for o in objs]
+    cell = side // GRID
+    for _ in range(60):
+        size = str(rng.choice(list(SIZES)))
+        px = SIZES[size] * cell
+        x0, y0 = (int(v) * cell for v in rng.integers(0, GRID - SIZES[size] + 1, size=2))
+        if all(x0 + px <= qx or qx + qs <= x0 or y0 + px <= qy or qy + qs <= y0 for qx, qy, qs in taken):
+            shape, color = SHAPES[int(rng.integers(len(SHAPES)))], list(COLORS)[int(rng.integers(len(COLORS)))]
+            box = _tight_box(np.asarray(_shape_mask(shape, px), dtype=np.float64) / 255.0, x0, y0)
+            return [*objs, Obj(shape, color, size, box)]
+    return None
+
+
 def with_shape(side: int, objs, k: int, shape: str) -> list[Obj]:
     """The objects with object k drawn as `shape` instead (same colour, size and grid square); its box is
     the one `render_objects` will draw."""

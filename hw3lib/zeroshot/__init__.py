@@ -10,6 +10,8 @@ _EXPORTS = {  # name -> module
     "REPORT": "templates",
     "ZeroShotStudy": "classify",
     "confusion_matrix": "classify",
+    "count_zero_shot": "counting",
+    "counting_contrastive": "counting",
     "ensemble": "classify",
     "frequency_study": "classify",
     "negation_benchmark": "negation",
