@@ -171,15 +171,22 @@ def count_shapes(words, shapes):
     assert mention_readers(hand_made) == ["colour_of"]
 
 
-def test_mentions_are_read_in_one_place():
+def found_outside(check, home: str, allowed=None) -> dict[str, list[str]]:
+    """What `check(source, name)` finds in every module of the package, less what `home` (the one module
+    where the idea lives) may hold: the `allowed` names, or everything when None."""
     found = {}
     for path in sorted((ROOT / "hw3lib").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        names = set(mention_readers(path.read_text(), rel))
-        if rel == MENTION_READER[0]:
-            names -= MENTION_READER[1]
+        names = set(check(path.read_text(), rel))
+        if rel == home:
+            names -= names if allowed is None else set(allowed)
         if names:
             found[rel] = sorted(names)
+    return found
+
+
+def test_mentions_are_read_in_one_place():
+    found = found_outside(mention_readers, *MENTION_READER)
     assert not found, f"mentions read outside {MENTION_READER[0]} (call demo.phrasing.mention_positions): {found}"
 
 
@@ -210,14 +217,9 @@ NOTE = "a caption names each object once"
 
 
 def test_the_grammar_is_written_in_one_place():
-    """No module other than demo/phrasing.py spells a relation or "coloured" in a short string (a docstring explaining the grammar is longer and is allowed)."""
-    found = {}
-    for path in sorted((ROOT / "hw3lib").rglob("*.py")):
-        rel = path.relative_to(ROOT).as_posix()
-        if rel != "hw3lib/demo/phrasing.py":
-            lits = grammar_literals(path.read_text(), rel)
-            if lits:
-                found[rel] = lits
+    """No module other than demo/phrasing.py spells a relation or "coloured" in a short string (a docstring
+    explaining the grammar is longer and is allowed)."""
+    found = found_outside(grammar_literals, "hw3lib/demo/phrasing.py")
     assert not found, f"caption grammar written outside hw3lib/demo/phrasing.py: {found}"
 
 
@@ -255,14 +257,7 @@ def best_class(logits):
 
 
 def test_pointing_is_played_in_one_place():
-    found = {}
-    for path in sorted((ROOT / "hw3lib").rglob("*.py")):
-        rel = path.relative_to(ROOT).as_posix()
-        names = set(pointing_functions(path.read_text(), rel))
-        if rel == POINTING[0]:
-            names -= POINTING[1]
-        if names:
-            found[rel] = sorted(names)
+    found = found_outside(pointing_functions, *POINTING)
     assert not found, f"the pointing game played outside {POINTING[0]} (call patches.points_at): {found}"
 
 
