@@ -43,12 +43,30 @@ def gpt2_files():
     return enc, bpe
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)`'s result, made once per test run: under pytest-xdist the first worker builds it into
+    a folder all workers of this run share (behind a file lock) and the others reuse it, so two workers
+    never train the same models side by side. Treat what it returns as read-only."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # this run's folder, above each worker's own
+    done = shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            (shared / name).mkdir()
+            done.write_text(str(build(shared / name)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A small demo hw3_data/ (seed 7), shared by the whole session; treat as read-only."""
     from hw3lib.demo.world import write_demo_world
 
-    return write_demo_world(tmp_path_factory.mktemp("world") / "hw3_data", seed=7, size="small", progress=False)
+    return built_once(tmp_path_factory, "world",
+                      lambda d: write_demo_world(d / "hw3_data", seed=7, size="small", progress=False))
 
 
 @pytest.fixture(scope="session")
@@ -56,19 +74,23 @@ def small_models(small_world, tmp_path_factory):
     """The small demo models trained on `small_world`; returns the assets.json path."""
     from hw3lib.pretraining.demo_models import build_demo_models
 
-    return build_demo_models(small_world, tmp_path_factory.mktemp("models"), size="small", seed=0)
+    return built_once(tmp_path_factory, "models", lambda d: build_demo_models(small_world, d, size="small", seed=0))
+
+
+def _train_small_run(small_models, small_world, folder: Path) -> Path:
+    from hw3lib.captioning.runs import train_run
+
+    out = folder / "lora"
+    train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, small_world / "p2_data", out,
+              {"max_steps": "30", "select_images": "4", "lora_r": "4", "device": "cpu", "val_every": "0",
+               "attention_supervision": "0"})  # P3 and the CLI tests need captions that name objects early
+    return out
 
 
 @pytest.fixture(scope="session")
 def small_run(small_models, small_world, tmp_path_factory):
     """A briefly trained LoRA captioner on the small world (run folder)."""
-    from hw3lib.captioning.runs import train_run
-
-    out = tmp_path_factory.mktemp("runs") / "lora"
-    train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, small_world / "p2_data", out,
-              {"max_steps": "30", "select_images": "4", "lora_r": "4", "device": "cpu", "val_every": "0",
-               "attention_supervision": "0"})  # P3 and the CLI tests need captions that name objects early
-    return out
+    return built_once(tmp_path_factory, "runs", lambda d: _train_small_run(small_models, small_world, d))
 
 
 def private_copies(small_world, small_models, small_run, root) -> dict:
