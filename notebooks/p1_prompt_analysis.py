@@ -52,7 +52,7 @@ from hw3lib.app import (
     style_figure,
     top_probabilities_figure,
 )
-from hw3lib.core import P1Summary, load_manifest, open_image, resolve_device
+from hw3lib.core import P1Summary, list_images, load_manifest, open_image, resolve_device
 from hw3lib.demo import NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoModels, DemoWorld
 from hw3lib.models import load_clip
 from hw3lib.zeroshot import (
@@ -61,6 +61,7 @@ from hw3lib.zeroshot import (
     StylePrompts,
     ZeroShotStudy,
     confusion_matrix,
+    count_zero_shot,
     ensemble,
     frequency_study,
     negation_benchmark,
@@ -259,8 +260,28 @@ else:
               f"recall@1 {sc.recall_at_1.accuracy * 100:5.1f}%")
     save(negation_experiment_figure(experiment), figures / "p1_negation_experiment.png")
 
+# %% [markdown]
+# ## Can the CLIP count? (demo world: CountBench-style)
+# CLIP is known not to count (Paiss et al. 2023 measure ViT-B/32 at 31.7% on CountBench). Here: which of
+# "a picture of one / two / three shapes" fits each P2 val image, whose object count boxes.json knows; every
+# CLIP the demo models hold. On real data without known counts this skips.
+
+# %%
+counting = None
+if world is None or not world.objects("p2_data"):
+    print("skipped: the count test needs images whose object counts are known (the demo world's boxes.json)")
+else:
+    val_images = list_images(Path(data_dir) / "p2_data" / "images" / "val")
+    val_counts = [len(world.objects("p2_data")[f"val/{p.name}"]) for p in val_images]
+    count_clips = {"base": clip} | ({"negation-tuned": tuned} if experiment is not None else {})
+    counting = [count_zero_shot(c, val_images, val_counts, name, n_boot=300 if smoke else 2000, device=device)
+                for name, c in count_clips.items()]
+    for r in counting:
+        print(f"{r.clip:<15} count accuracy {r.accuracy.accuracy * 100:5.1f}% (chance {r.chance * 100:.1f}%)  "
+              + "  ".join(f"{n} object(s) {v * 100:.0f}%" for n, v in r.by_count.items()))
+
 # %%
 brief = replace(result, selection=replace(sel, per_template_accuracy=None))  # the summary leaves it out
-summary = P1Summary(brief, neg, freq, experiment, styles)
+summary = P1Summary(brief, neg, freq, experiment, styles, counting)
 summary.save(figures / "p1_summary.json")
 plt.close("all")

@@ -111,8 +111,9 @@ if world is not None:
 # Every variant trains with the recipe of its config (`configs/demo`). The ablation rows train the report's
 # setting with one design choice changed, each compared with it on the same val images: the captions'
 # order (the world's first design named objects in the order they were drawn), attention supervision on
-# the phrases that name objects (Liu et al. 2017; boxes.json), and a coverage loss that needs no boxes
-# (See et al. 2017).
+# the phrases that name objects (Liu et al. 2017; boxes.json), a coverage loss that needs no boxes
+# (See et al. 2017), and the recipe with unlikelihood training against re-naming an object already named
+# (Welleck et al. 2019; the anatomy's repeats).
 
 # %%
 ablation = {}
@@ -125,6 +126,7 @@ if world is not None and mechanisms:
             "reading order, cross-entropy only": Recipe(p2, {"attention_supervision": "0"}),
             "reading order + coverage loss (See et al.), no boxes": Recipe(p2, {"attention_supervision": "0",
                                                                                 "coverage": "see"}),
+            "the recipe + unlikelihood against repeats (Welleck et al.)": Recipe(p2, {"unlikelihood": "1.0"}),
         }
 
 # %% [markdown]

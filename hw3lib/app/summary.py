@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core.errors import HW3Error
 from ..core.files import atomic_write_json, atomic_write_text, read_json
 from ..core.results import (
+    CountZeroShot,
     Difference,
     FrequencyStudy,
     Interval,
@@ -106,7 +107,22 @@ def p1_section(doc: dict | P1Summary) -> list[str]:
         lines += frequency_lines(summary.frequency)
     if summary.negation_experiment:
         lines += negation_experiment_lines(summary.negation_experiment)
+    if summary.counting:
+        lines += counting_lines(summary.counting)
     return lines
+
+
+def counting_lines(rows: list[CountZeroShot]) -> list[str]:
+    """The CountBench-style test: which of "a picture of one / two / three shapes" fits, per CLIP."""
+    counts = sorted({n for r in rows for n in r.by_count}, key=int)
+    lines = [f"Counting, CountBench-style (Paiss et al. 2023): which of \"a picture of one / two / three shapes\" "
+             f"fits each of {rows[0].n} P2 val images, whose object counts boxes.json knows (chance "
+             f"{_pct(rows[0].chance)}):", "",
+             "| CLIP | accuracy [95% CI] | " + " | ".join(f"{n} object{'s' if n != '1' else ''}" for n in counts) + " |",
+             "|---|---|" + "---:|" * len(counts)]
+    lines += [f"| {md_text(r.clip)} | {_pct(r.accuracy.accuracy)} [{_ci(r.accuracy.ci)}] | "
+              + " | ".join(_pct(r.by_count.get(n)) for n in counts) + " |" for r in rows]
+    return lines + [""]
 
 
 def _test(t: PromptTest) -> str:
@@ -462,6 +478,10 @@ def headline_lines(doc: dict) -> list[str]:
             lines.append(f"| P1 | {md_text(sc.name)} CLIP: negated prompt read inverted / multiple choice / recall@1 | "
                          f"{_pct(sc.negation.negated_inverted_accuracy.accuracy)} / {_pct(sc.choice.accuracy.accuracy)} / "
                          f"{_pct(sc.recall_at_1.accuracy)} |")
+        if summary.counting:
+            lines.append("| P1 | CountBench-style zero-shot count (1-3 objects), " + " / ".join(
+                md_text(r.clip) for r in summary.counting) + " CLIP | "
+                + " / ".join(_pct(r.accuracy.accuracy) for r in summary.counting) + " |")
         if summary.negation and not summary.negation_experiment:
             neg = summary.negation
             lines.append(f"| P1 | the negated prompt read inverted (chance {_pct(neg.chance)}) | "

@@ -257,6 +257,7 @@ class P1Summary(JsonRecord):
     frequency: FrequencyStudy | None = None  # prompts against the pretraining text (demo world)
     negation_experiment: list[NegationScores] | None = None  # base vs negation-tuned CLIP (demo world)
     styles: list[StyleStudy] | None = None  # prompts by render style: the base CLIP, then ablations (demo world)
+    counting: list[CountZeroShot] | None = None  # the CountBench-style count test, per CLIP (demo world)
 
 
 # ----------------------------------------------------------------------------------------------
