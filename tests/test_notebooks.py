@@ -81,6 +81,10 @@ def test_p1_notebook_smoke_shows_every_figure_inline(small_models, small_world, 
     for name in ("p1_prompt_table", "p1_per_class_accuracy", "p1_confusion", "p1_top5", "p1_selection"):
         assert (fig / f"{name}.png").stat().st_size > 5000
     assert [r["prompt"] for r in doc["prompts"]["rows"][:3]] == list(REPORT)
+    # the count test: every CLIP of the demo models on the P2 val images (their counts from boxes.json)
+    n_val = len(list((small_world / "p2_data" / "images" / "val").iterdir()))
+    assert [r["clip"] for r in doc["counting"]] == ["base", "negation-tuned"] and doc["counting"][0]["n"] == n_val
+    assert doc["counting"][0]["chance"] == pytest.approx(1 / 3)
 
 
 def test_p2_notebook_smoke(small_models, small_world, tmp_path):
@@ -156,6 +160,7 @@ def test_p1_notebook_skips_the_demo_sections_for_a_clip_of_unknown_text(small_mo
          figures_dir=str(fig))
     doc = json.loads((fig / "p1_summary.json").read_text())
     assert doc["frequency"] is None and doc["negation_experiment"] is None and doc["negation"]["classes"]
+    assert [r["clip"] for r in doc["counting"]] == ["base"]  # any CLIP counts, given images of known counts
     assert not (fig / "p1_frequency.png").exists() and not (fig / "p1_negation_experiment.png").exists()
     text = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "p1_prompt_analysis.ipynb", as_version=4).cells
                    if c.cell_type == "code" for o in c.outputs)
