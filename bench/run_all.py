@@ -61,6 +61,22 @@ def fill(text: str, record: dict, source: str = "document") -> str:
     return BLOCK.sub(lambda mt: f"{mt.group(1)}{render(record)}\n{mt.group(3)}", text)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+NAME = re.compile(r"[a-z][a-z0-9_]*")  # a measurement's name; other lines (a subprocess's messages) are not kept
+
+
+def measured(bench: str, stdout: str) -> list[dict]:
+    """The `name: value` lines of a benchmark's output; paths inside the project written relative to it
+    (no machine path reaches the committed record)."""
+    rows = []
+    for line in stdout.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and NAME.fullmatch(name.strip()):
+            value = value.strip().replace(str(ROOT), ".")
+            rows.append({"bench": bench, "name": name.strip(), "value": value})
+    return rows
+
+
 def run(out: Path) -> dict:
     here = Path(__file__).parent
     rows = []
@@ -71,10 +87,7 @@ def run(out: Path) -> dict:
         if r.returncode != 0:
             print(r.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"{b} failed")
-        for line in r.stdout.splitlines():
-            if ": " in line and not line.startswith(("[", " ")):
-                name, value = line.split(": ", 1)
-                rows.append({"bench": b, "name": name.strip(), "value": value.strip()})
+        rows += measured(b, r.stdout)
         print(f"[bench] {b} done in {time.time() - t0:.0f} s", flush=True)
     return {"date": datetime.date.today().isoformat(), "machine": machine(), "results": rows}
 

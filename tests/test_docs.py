@@ -91,3 +91,10 @@ def test_the_benchmark_block_is_rewritten(tmp_path):
     assert "| b.py | `speed` | 1.5x |" in out and "cpu X" in out and "old" not in out and out.endswith("outro\n")
     with pytest.raises(SystemExit, match="no '<!-- bench"):
         run_all.fill("no block", record)
+
+
+def test_benchmark_lines_are_measurements_without_machine_paths():
+    run_all = _run_all()
+    out = f"speed_x: 1.5x\nwrote {ROOT}/build/x.json: greedy captions\ncode: {ROOT}\n[bench] note: skip\n"
+    assert run_all.measured("b.py", out) == [{"bench": "b.py", "name": "speed_x", "value": "1.5x"},
+                                             {"bench": "b.py", "name": "code", "value": "."}]
