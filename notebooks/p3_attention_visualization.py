@@ -128,7 +128,7 @@ for label, key in extremes.items():
 # %%
 loc = None
 if world is not None:
-    n = 12 if smoke else localisation_images
+    n = 24 if smoke else localisation_images
     caps = capture(model, tok, transform, list_images(p2 / "images" / "val")[:n], device=device, controls=controls)
     loc = localisation(model, caps, world, deletion=not smoke, n_boot=300 if smoke else 2000)
     print(f"{loc.nouns} object nouns in {loc.images} captions")
