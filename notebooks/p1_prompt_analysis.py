@@ -53,7 +53,7 @@ from hw3lib.app import (
     top_probabilities_figure,
 )
 from hw3lib.core import P1Summary, list_images, load_manifest, open_image, resolve_device
-from hw3lib.demo import NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoModels, DemoWorld
+from hw3lib.demo import NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoModels, DemoWorld, boxes_for
 from hw3lib.models import load_clip
 from hw3lib.zeroshot import (
     PHOTO,
@@ -272,7 +272,7 @@ if world is None or not world.objects("p2_data"):
     print("skipped: the count test needs images whose object counts are known (the demo world's boxes.json)")
 else:
     val_images = list_images(Path(data_dir) / "p2_data" / "images" / "val")
-    val_counts = [len(world.objects("p2_data")[f"val/{p.name}"]) for p in val_images]
+    val_counts = [len(boxes_for(p.name, world.objects("p2_data"), "val")) for p in val_images]
     count_clips = {"base": clip} | ({"negation-tuned": tuned} if experiment is not None else {})
     counting = [count_zero_shot(c, val_images, val_counts, name, n_boot=300 if smoke else 2000, device=device)
                 for name, c in count_clips.items()]

@@ -15,6 +15,7 @@ _EXPORTS = {  # name -> module
     "Obj": "world",
     "PretrainingText": "pretraining_text",
     "UNSTYLED_MANIFEST": "models_record",
+    "boxes_for": "world",
     "draw_scene": "world",
     "make_captions": "world",
     "mentions": "phrasing",
