@@ -42,6 +42,7 @@ import numpy as np
 
 from hw3lib.app import (
     confusion_figure,
+    counting_figure,
     frequency_figure,
     negation_experiment_figure,
     negation_figure,
@@ -53,7 +54,7 @@ from hw3lib.app import (
     top_probabilities_figure,
 )
 from hw3lib.core import P1Summary, list_images, load_manifest, open_image, resolve_device
-from hw3lib.demo import NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoModels, DemoWorld, boxes_for
+from hw3lib.demo import COUNTING_MANIFEST, NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoModels, DemoWorld, boxes_for
 from hw3lib.models import load_clip
 from hw3lib.zeroshot import (
     PHOTO,
@@ -264,7 +265,9 @@ else:
 # ## Can the CLIP count? (demo world: CountBench-style)
 # CLIP is known not to count (Paiss et al. 2023 measure ViT-B/32 at 31.7% on CountBench). Here: which of
 # "a picture of one / two / three shapes" fits each P2 val image, whose object count boxes.json knows; every
-# CLIP the demo models hold. On real data without known counts this skips.
+# CLIP the demo models hold, the count-aware one among them (fine-tuned as Paiss et al. teach CLIP to count,
+# on counterfactual counts and counterfactual images; `hw3lib.pretraining.count_tuning`; its training states
+# counts in other words than this prompt). On real data without known counts this skips.
 
 # %%
 counting = None
@@ -273,12 +276,15 @@ if world is None or not world.objects("p2_data"):
 else:
     val_images = list_images(Path(data_dir) / "p2_data" / "images" / "val")
     val_counts = [len(boxes_for(p.name, world.objects("p2_data"), "val")) for p in val_images]
-    count_clips = {"base": clip} | ({"negation-tuned": tuned} if experiment is not None else {})
+    counting_manifest = models.manifest(COUNTING_MANIFEST) if models else None
+    count_clips = ({"base": clip} | ({"negation-tuned": tuned} if experiment is not None else {})
+                   | ({"count-aware": load_clip(load_manifest(counting_manifest).clip, device)} if counting_manifest else {}))
     counting = [count_zero_shot(c, val_images, val_counts, name, n_boot=300 if smoke else 2000, device=device)
                 for name, c in count_clips.items()]
     for r in counting:
         print(f"{r.clip:<15} count accuracy {r.accuracy.accuracy * 100:5.1f}% (chance {r.chance * 100:.1f}%)  "
               + "  ".join(f"{n} object(s) {v * 100:.0f}%" for n, v in r.by_count.items()))
+    save(counting_figure(counting), figures / "p1_counting.png")
 
 # %%
 brief = replace(result, selection=replace(sel, per_template_accuracy=None))  # the summary leaves it out

@@ -68,6 +68,7 @@ from hw3lib.app import (
     variants_figure,
 )
 from hw3lib.captioning import (
+    COUNT_AWARE_ROW,
     DECODING_GRID,
     ComparisonSpec,
     Recipe,
@@ -78,7 +79,7 @@ from hw3lib.captioning import (
     training_curves,
 )
 from hw3lib.core import open_image, resolve_device
-from hw3lib.demo import DemoWorld
+from hw3lib.demo import COUNTING_MANIFEST, DemoModels, DemoWorld
 from hw3lib.models import Controls
 
 figures = Path(figures_dir)
@@ -90,6 +91,8 @@ if smoke:
 configs = {v: Path(configs_dir) / f"{v}.toml" for v in variants}
 p2 = Path(data_dir) / "p2_data"
 world = DemoWorld.load(data_dir)  # None on real data: no object metrics
+demo_models = DemoModels.load(assets)  # None for real assets
+counting_assets = demo_models.manifest(COUNTING_MANIFEST) if demo_models is not None else None  # the count-aware CLIP
 print(f"CIDEr tokenizer: {default_tokenizer()}")
 
 # %% [markdown]
@@ -97,13 +100,19 @@ print(f"CIDEr tokenizer: {default_tokenizer()}")
 # A linear probe per question, fitted on training images and scored on the val images: which colour and
 # which shape sit under each object patch, and how many objects the image holds. If the probes fail, the
 # encoder is the bottleneck and no decoder recipe can fix it; if they succeed, the decoder loses what is there.
+# The demo models hold two encoders: the demo CLIP's image tower (count-blind, as CLIP is) and that of the
+# CLIP fine-tuned to count (Paiss et al. 2023, with counterfactual images; `hw3lib.pretraining.count_tuning`).
 
 # %%
 probe = []
 if world is not None:
-    probe = probe_encoder(assets, data_dir, world, n_fit=60 if smoke else 600, device=device)
+    encoders = {"count-blind" if counting_assets else None: assets} | (
+        {"count-aware": str(counting_assets)} if counting_assets else {})
+    for name, manifest in encoders.items():
+        probe += probe_encoder(manifest, data_dir, world, n_fit=60 if smoke else 600, device=device, name=name)
     for r in probe:
-        print(f"{r.task:<32} {r.accuracy * 100:5.1f}%  (chance {r.chance * 100:.1f}%, {r.items} items)")
+        print(f"{r.encoder or '':<12} {r.task:<32} {r.accuracy * 100:5.1f}%  (chance {r.chance * 100:.1f}%, "
+              f"{r.items} items)")
     save(probe_figure(probe), figures / "p2_probe.png")
 
 # %% [markdown]
@@ -113,7 +122,9 @@ if world is not None:
 # order (the world's first design named objects in the order they were drawn), attention supervision on
 # the phrases that name objects (Liu et al. 2017; boxes.json), a coverage loss that needs no boxes
 # (See et al. 2017), and the recipe with unlikelihood training against re-naming an object already named
-# (Welleck et al. 2019; the anatomy's repeats).
+# (Welleck et al. 2019; the anatomy's repeats). The causal row changes only the encoder: the recipe, its
+# steps and seed on the count-aware CLIP's image tower; its paired differences are the count-aware encoder's
+# effect.
 
 # %%
 ablation = {}
@@ -128,6 +139,8 @@ if world is not None and mechanisms:
                                                                                 "coverage": "see"}),
             "the recipe + unlikelihood against repeats (Welleck et al.)": Recipe(p2, {"unlikelihood": "1.0"}),
         }
+    if counting_assets is not None:
+        ablation[COUNT_AWARE_ROW] = Recipe(p2, {}, str(counting_assets))
 
 # %% [markdown]
 # ## Train (or reuse) every variant, caption the val split, evaluate

@@ -1,6 +1,7 @@
-"""Counting (hw3lib/zeroshot/counting.py, world.fewer_objects / more_objects): the counting-contrastive
-loss on hand-made embeddings, the CountBench-style accuracy on hand-made features, and counterfactual
-scenes with an object really removed or added (checked from the boxes and the pixels)."""
+"""Counting (hw3lib/zeroshot/counting.py, world.fewer_objects / more_objects, pretraining/count_tuning.py):
+the counting-contrastive loss on hand-made embeddings, the CountBench-style accuracy on hand-made features,
+counterfactual scenes with an object really removed or added (checked from the boxes and the pixels), and
+the count statements and losses the count-aware CLIP trains on."""
 
 import math
 
@@ -8,7 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from hw3lib.demo.world import GRID, SHAPES, _origin, draw_scene, fewer_objects, more_objects, render_objects
+from hw3lib.demo.phrasing import COUNT_STATEMENTS, COUNT_WORDS, mentions, stated_count, words
+from hw3lib.demo.world import (
+    COLORS,
+    GRID,
+    SHAPES,
+    _origin,
+    draw_scene,
+    fewer_objects,
+    more_objects,
+    render_objects,
+)
+from hw3lib.pretraining.count_tuning import MAX_COUNT, count_losses, count_scenes, count_texts
 from hw3lib.zeroshot.counting import count_accuracy, count_prompts, counting_contrastive
 
 SIDE = 96
@@ -63,3 +75,62 @@ def test_counterfactual_scenes_have_one_object_fewer_or_more():
         assert diff[by0:by1, bx0:bx1].mean() > 0.2
         assert x0 - 2 <= xs.min() and xs.max() < x0 + px + 2 and y0 - 2 <= ys.min() and ys.max() < y0 + px + 2
     assert made > 30 and SIDE // GRID == 12
+
+
+def test_count_statements_state_a_count_and_name_no_object():
+    """A false statement cannot be refuted by its text: it lists no object, and two statements of one
+    framing differ in the count word only."""
+    for k in range(len(COUNT_STATEMENTS)):
+        said = [stated_count(n, k) for n in range(1, MAX_COUNT + 1)]
+        assert all(mentions(t, SHAPES, list(COLORS)) == [] for t in said)
+        for n, t in enumerate(said, 1):
+            w = words(t)
+            assert COUNT_WORDS[n - 1] in w and not set(COUNT_WORDS[:MAX_COUNT]) - {COUNT_WORDS[n - 1]} & set(w)
+        assert len({t.replace(COUNT_WORDS[n - 1], "#").replace("shapes", "shape") for n, t in enumerate(said, 1)}) == 1
+    assert not any(s.startswith("a picture of") for s in COUNT_STATEMENTS)  # not the zero-shot test's prompt
+
+
+def test_count_scenes_and_texts():
+    scenes = [draw_scene(np.random.default_rng(i), SIDE, 1 + i % 3)[1] for i in range(30)]
+    got = count_scenes(scenes, SIDE, seed=0)
+    for objs, c in zip(scenes, got, strict=True):
+        assert c.objects == list(objs) and (c.fewer is None) == (len(objs) == 1)
+        assert len(objs) < MAX_COUNT or c.more is None
+        assert [len(v) for v in c.variants()][0] == len(objs)
+        assert all(abs(len(v) - len(objs)) == 1 for v in c.variants()[1:])
+    assert sum(c.more is not None for c in got) > 15 and count_scenes(scenes, SIDE, 0) == got  # seeded
+    rng = np.random.default_rng(0)
+    for objs in scenes[:6]:
+        caption, said = count_texts(list(objs), SIDE, rng)
+        assert sorted(m.shape for m in mentions(caption, SHAPES, list(COLORS))) == sorted(o.shape for o in objs)
+        assert len(said) == MAX_COUNT and COUNT_WORDS[len(objs) - 1] in words(said[0])
+        assert sorted(COUNT_WORDS.index(next(w for w in words(t) if w in COUNT_WORDS)) + 1 for t in said) == [1, 2, 3]
+
+
+class _HandMadeClip(torch.nn.Module):
+    """An image tower that passes hand-made embeddings through (normalised), at logit scale exp(0) = 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(0.0))
+
+    def encode_image(self, x, normalize=True):
+        return torch.nn.functional.normalize(x.flatten(1), dim=-1)
+
+
+def test_count_losses_on_hand_made_embeddings(monkeypatch):
+    """Two images, each on its own caption (the other orthogonal) and on its true count statement (the two
+    false ones orthogonal): the losses worked out by hand."""
+    import hw3lib.pretraining.count_tuning as ct
+
+    e = torch.eye(4)
+    table = {"a": e[0], "b": e[1], "one": e[0], "two": e[2], "three": e[3], "uno": e[1], "dos": e[2], "tres": e[3]}
+    monkeypatch.setattr(ct, "encode_text_trimmed", lambda model, texts: torch.stack([table[t] for t in texts]))
+    clip = _HandMadeClip()
+    images = torch.stack([e[0], e[1]])  # (2, 4)
+    l_clip, l_count = count_losses(clip, lambda texts: texts, images, ["a", "b"],
+                                   [["one", "two", "three"], ["uno", "dos", "tres"]])
+    # image-text cosines: own caption 1, the other 0, both ways: log(1 + e^-1) each
+    assert l_clip.item() == pytest.approx(math.log(1 + math.exp(-1)))
+    # each image: its true statement at cosine 1, two false ones at 0
+    assert l_count.item() == pytest.approx(math.log(1 + 2 * math.exp(-1)))

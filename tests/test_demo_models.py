@@ -30,6 +30,29 @@ def test_outputs_and_metrics(small_models):
     assert "visual.class_embedding" in visual and all(k.startswith("visual.") for k in visual)
 
 
+def test_the_count_aware_clip_is_a_second_encoder_beside_the_first(small_models):
+    """assets_counting.json: the count-aware CLIP and its own image tower as the encoder, the same decoder and
+    tokenizer; the tower is the fine-tuned CLIP's (both towers trained), and it loads as the captioner's."""
+    from hw3lib.captioning.runs import load_run, manifest_for
+    from hw3lib.demo.models_record import COUNTING_MANIFEST, DemoModels
+
+    root = small_models.parent
+    models = DemoModels.load(small_models)
+    m, base = manifest_for(models.manifest(COUNTING_MANIFEST)), manifest_for(small_models)
+    assert (m.decoder, m.tokenizer) == (base.decoder, base.tokenizer) and m.encoder.checkpoint != base.encoder.checkpoint
+    tower = load_file(root / "encoder_counting" / "clip_visual.safetensors")
+    clip = load_file(root / "clip_counting" / "open_clip_model.safetensors")
+    first = load_file(root / "encoder" / "clip_visual.safetensors")
+    assert tower.keys() == first.keys() and all(torch.equal(tower[k], clip[k]) for k in tower)
+    assert not all(torch.equal(tower[k], first[k]) for k in tower)  # the fine-tune moved the image tower
+    raw = json.loads((root / "metrics.json").read_text())
+    assert len(raw["count_loss"]) == raw["settings"]["count_steps"] > 0 and all(len(x) == 2 for x in raw["count_loss"])
+    assert models.metrics.counting_clip_recall_at_1_val is not None and "probe" in models.metrics.counting_clip_zero_shot
+    x = torch.rand(2, 3, 96, 96)
+    a, b = load_run(None, m).encode(x), load_run(None, base).encode(x)  # (B, S, E) each
+    assert a.shape == b.shape and not torch.allclose(a, b)
+
+
 def test_cached_and_deterministic(small_world, small_models, tmp_path, capsys):
     root = small_models.parent
     before = (root / "decoder" / "decoder_model.bin").stat().st_mtime_ns

@@ -3,10 +3,12 @@ running headless under papermill with smoke parameters."""
 
 import ast
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
 
+from hw3lib.captioning.study import COUNT_AWARE_ROW
 from hw3lib.zeroshot.templates import REPORT
 
 from .conftest import ROOT
@@ -83,7 +85,8 @@ def test_p1_notebook_smoke_shows_every_figure_inline(small_models, small_world, 
     assert [r["prompt"] for r in doc["prompts"]["rows"][:3]] == list(REPORT)
     # the count test: every CLIP of the demo models on the P2 val images (their counts from boxes.json)
     n_val = len(list((small_world / "p2_data" / "images" / "val").iterdir()))
-    assert [r["clip"] for r in doc["counting"]] == ["base", "negation-tuned"] and doc["counting"][0]["n"] == n_val
+    assert [r["clip"] for r in doc["counting"]] == ["base", "negation-tuned", "count-aware"]
+    assert doc["counting"][0]["n"] == n_val and (fig / "p1_counting.png").stat().st_size > 5000
     assert doc["counting"][0]["chance"] == pytest.approx(1 / 3)
 
 
@@ -97,17 +100,21 @@ def test_p2_notebook_smoke(small_models, small_world, tmp_path):
     assert inline_images(tmp_path / "p2_peft_captioning.ipynb") >= saved >= 5  # every saved figure also shown
     nb = nbformat.read(tmp_path / "p2_peft_captioning.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "[train 1/3] none" in text and "[evaluate 2/3] lora16: CIDEr" in text  # progress per run
+    assert "[train 1/4] none" in text and "[evaluate 2/4] lora16: CIDEr" in text  # progress per run
     summary = json.loads((fig / "p2_summary.json").read_text())
     assert [r["variant"] for r in summary["rows"]] == ["untrained", "none", "lora16"]
     assert summary["rows"][2]["trainable"] > summary["rows"][1]["trainable"] > 0
     for f in ("p2_probe", "p2_mechanisms", "p2_learning_curves"):  # the diagnosis and the ablation
         assert (fig / f"{f}.png").stat().st_size > 5000, f
-    assert [r["task"] for r in summary["probe"]] == ["patch colour", "patch shape", "object count (CLS token)",
-                                                     "object count (mean of patches)"]
-    (row,) = summary["ablation"]  # the smoke run's one ablation row: the first design
+    tasks = ["patch colour", "patch shape", "object count (CLS token)", "object count (mean of patches)"]
+    assert [(r["encoder"], r["task"]) for r in summary["probe"]] == [(e, t) for e in ("count-blind", "count-aware")
+                                                                     for t in tasks]  # both encoders probed
+    row, aware = summary["ablation"]  # the smoke run's ablation rows: the first design, the count-aware encoder
     assert row["variant"].startswith("first design") and "exact" in row["vs_reference"]
-    assert set(summary["curves"]) == {"none", "lora16", row["variant"]}
+    assert aware["variant"] == COUNT_AWARE_ROW and {"exact", "right_count", "repeats"} <= set(aware["vs_reference"])
+    trained_on = json.loads((Path(aware["run"]) / "config.json").read_text())["inputs"]
+    assert "encoder_counting" in json.dumps(trained_on)  # the causal row trained on the count-aware image tower
+    assert set(summary["curves"]) == {"none", "lora16", row["variant"], aware["variant"]}
     assert all(p["exact"] is not None and p["pointing_next"] is not None for c in summary["curves"].values() for p in c)
     drawn = json.loads((tmp_path / "runs" / "worlds" / "smoke-drawn" / "DEMO.json").read_text())
     assert drawn["caption_order"] == "drawn" and drawn["seed"] == 7

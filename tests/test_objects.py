@@ -109,3 +109,7 @@ def test_the_anatomy_partitions_the_captions_of_each_scene_size():
         "2": {"exact": 0, "too_few": 1, "too_many": 0, "repeat_right_count": 1, "swapped": 0},
         "3": {"exact": 1, "too_few": 0, "too_many": 0, "repeat_right_count": 0, "swapped": 0}}
     assert all(sum(by[n][k].share for k in ANATOMY) == pytest.approx(1.0) for n in by)
+    # "right count": the captions that are neither too few nor too many (b's repeat is at the right count)
+    assert {n: by[n]["right_count"].right for n in by} == {"1": 1, "2": 1, "3": 1}
+    assert all(by[n]["right_count"].share == pytest.approx(1 - by[n]["too_few"].share - by[n]["too_many"].share)
+               for n in by)

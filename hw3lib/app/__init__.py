@@ -15,6 +15,7 @@ _EXPORTS = {  # name -> module
     "layer_head_figure": "plots",
     "learning_curves_figure": "plots",
     "localisation_figure": "plots",
+    "counting_figure": "plots",
     "negation_experiment_figure": "plots",
     "negation_figure": "plots",
     "p1_section": "summary",

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..core.results import (
     METRICS,
+    CountZeroShot,
     CurvePoint,
     FrequencyStudy,
     Interval,
@@ -282,6 +283,32 @@ def negation_experiment_figure(scores: list[NegationScores],
     ax.set_ylim(0, 112)
     ax.set_ylabel("%")
     ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def counting_figure(rows: list[CountZeroShot],
+                    title: str = "Can the CLIP count? Which of 'a picture of one / two / three shapes' fits (demo world)"):
+    """Per CLIP: the CountBench-style accuracy overall (95% interval) and per true count; chance dotted."""
+    counts = list(rows[0].by_count)
+    names = ["all", *(f"{n} object{'s' if n != '1' else ''}" for n in counts)]
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    width = 0.8 / len(rows)
+    colors = ["#8C8C8C", "#55A868", "#4C72B0", "#DD8452"]
+    for j, r in enumerate(rows):
+        vals = [r.accuracy.accuracy, *(r.by_count.get(n, 0.0) for n in counts)]
+        errs = np.zeros((2, len(vals)))
+        errs[:, 0] = np.array(_err([vals[0]], [r.accuracy.ci]))[:, 0]
+        xs = np.arange(len(vals)) + (j - (len(rows) - 1) / 2) * width
+        ax.bar(xs, np.array(vals) * 100, width, yerr=errs * 100, capsize=2, color=colors[j % len(colors)], label=r.clip)
+        for xi, v in zip(xs, vals, strict=True):
+            ax.text(xi, v * 100 + 3, f"{v * 100:.0f}", ha="center", fontsize=7)
+    ax.axhline(rows[0].chance * 100, color="grey", ls=":", lw=1, label="chance")
+    ax.set_xticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("% right")
+    ax.legend(fontsize=8, loc="upper left", ncol=len(rows) + 1)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -612,7 +639,7 @@ def probe_figure(rows: list[ProbeRow], title: str = "Linear probes of the frozen
     ax.scatter([r.chance for r in rows], y, color="k", marker="|", s=200, label="chance (most frequent class)")
     for yi, r in zip(y, rows, strict=True):
         ax.text(r.accuracy, yi, f" {r.accuracy * 100:.1f}%", va="center", fontsize=8)
-    ax.set_yticks(y, [r.task for r in rows])
+    ax.set_yticks(y, [r.task if r.encoder is None else f"{r.task}, {r.encoder}" for r in rows])
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("accuracy")
     ax.legend(fontsize=7, loc="lower right")

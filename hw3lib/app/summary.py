@@ -57,7 +57,8 @@ def _delta(d: Difference | PairedTest | None, scale: float = 1.0, fmt: str = "+.
 def demo_models_section(models: DemoModels) -> tuple[dict, list[str]]:
     mm = models.metrics
     keys = ("clip_recall_at_1_val", "clip_recall_chance", "clip_zero_shot", "negation_clip_recall_at_1_val",
-            "decoder_perplexity_val", "decoder_vocab_size", "seconds")
+            "counting_clip_recall_at_1_val", "counting_clip_zero_shot", "decoder_perplexity_val", "decoder_vocab_size",
+            "seconds")
     d = {k: v for k, v in mm.to_json().items() if k in keys and v is not None}
     lines = ["## Demo models (pretrained in-project)", "",
              f"- tiny CLIP image-to-text recall@1 on val pairs: {mm.clip_recall_at_1_val:.3f} "
@@ -75,6 +76,12 @@ def demo_models_section(models: DemoModels) -> tuple[dict, list[str]]:
     if mm.negation_clip_recall_at_1_val is not None:
         lines.append(f"- the negation-aware CLIP (fine-tuned on counterfactual pairs): recall@1 "
                      f"{mm.negation_clip_recall_at_1_val:.3f}")
+    if mm.counting_clip_recall_at_1_val is not None:
+        z = mm.counting_clip_zero_shot.get("probe")
+        lines.append(f"- the count-aware CLIP (fine-tuned on counterfactual counts, Paiss et al. 2023): recall@1 "
+                     f"{mm.counting_clip_recall_at_1_val:.3f}" + ("" if z is None else
+                     f"; zero-shot on {z.n} held-out single-object scenes: shape {_pct(z.shape_accuracy)}, colour "
+                     f"{_pct(z.color_accuracy)}"))
     lines += [f"- tiny GPT-2 perplexity on val captions: {mm.decoder_perplexity_val:.2f} "
               f"(vocabulary {mm.decoder_vocab_size})", ""]
     return d, lines
@@ -328,8 +335,9 @@ def diagnosis_lines(p2: VariantTable) -> list[str]:
     if p2.probe:
         lines += ["", "Diagnosis 1, the encoder: linear probes of the frozen encoder's tokens, fitted on training "
                   "images, scored on the val images (`metrics/probe.py`):", "",
-                  "| read off | accuracy | chance |", "|---|---:|---:|"]
-        lines += [f"| {md_text(r.task)} | {_pct(r.accuracy)} | {_pct(r.chance)} |" for r in p2.probe]
+                  "| encoder | read off | accuracy | chance |", "|---|---|---:|---:|"]
+        lines += [f"| {md_text(r.encoder or 'the encoder')} | {md_text(r.task)} | {_pct(r.accuracy)} | {_pct(r.chance)} |"
+                  for r in p2.probe]
     last = {name: c[-1] for name, c in p2.curves.items() if c and c[-1].exact is not None}
     if last:
         lines += ["", "Diagnosis 2, the decoder's attention, at the last validation of each run (held-out training "
@@ -353,16 +361,19 @@ def ablation_lines(p2: VariantTable) -> list[str]:
     lines = ["", f"What each mechanism bought: {p2.reference} trained under other recipes, minus {p2.reference} "
              "with the report's recipe, on the same val images (paired bootstrap 95% intervals); relations = stated "
              "relations between two named objects that are true of the image (`metrics/relations.py`):", "",
-             "| recipe | exact scene | 3-object scenes | object recall | repeats | CHAIR-s | relations true | "
-             "delta exact scene | delta recall |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| recipe | exact scene | 3-object scenes | right count | object recall | repeats | CHAIR-s | "
+             "relations true | delta exact scene | delta right count | delta repeats |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for r in [ref, *p2.ablation]:
         o, d = r.objects or {}, r.vs_reference or {}
         name = f"{r.variant} (the recipe)" if r is ref else r.variant
         lines.append(f"| {md_text(name)} | {_share(o.get('exact'), False)} | "
                      f"{_share((r.objects_by_count or {}).get('3', {}).get('exact'), False)} | "
+                     f"{_share(o.get('right_count'), False)} | "
                      f"{_share(o.get('recall'), False)} | {_share(o.get('repeats'), False)} | "
                      f"{_share(o.get('chair_s'), False)} | {_of(r.relations)} | "
-                     f"{_delta(d.get('exact'), 100, '+.1f', ' pts')} | {_delta(d.get('recall'), 100, '+.1f', ' pts')} |")
+                     + " | ".join(_delta(d.get(m), 100, '+.1f', ' pts') for m in ("exact", "right_count", "repeats"))
+                     + " |")
     return lines
 
 
@@ -498,6 +509,18 @@ def headline_lines(doc: dict) -> list[str]:
             lines.append(f"| P2 | {md_text(p2.reference)}, scenes named exactly: the recipe / the first design "
                          f"({md_text(first.variant.split(': ', 1)[-1])}) | "
                          f"{_pct(p2.rows_by_name()[p2.reference].score('exact')[0])} / {_pct(first.score('exact')[0])} |")
+        counted = [r for r in p2.probe if r.task == "object count (CLS token)"]
+        if len(counted) > 1:
+            lines.append("| P2 | encoder count probe (CLS token), " + " / ".join(md_text(r.encoder) for r in counted)
+                         + " | " + " / ".join(_pct(r.accuracy) for r in counted) + " |")
+        from ..captioning.study import COUNT_AWARE_ROW
+
+        aware = next((r for r in p2.ablation if r.variant == COUNT_AWARE_ROW), None)
+        if aware is not None and aware.vs_reference:
+            d = aware.vs_reference
+            lines.append(f"| P2 | count-aware minus count-blind encoder, the recipe, paired: exact scene / right count "
+                         f"/ repeats | {_delta(d.get('exact'), 100, '+.1f', ' pts')} / "
+                         f"{_delta(d.get('right_count'), 100, '+.1f', ' pts')} / {_delta(d.get('repeats'), 100, '+.1f', ' pts')} |")
     loc = doc.get("p3", {}).get("localisation")
     if loc:
         loc = Localisation.from_json(loc)

@@ -8,6 +8,7 @@ Names load on first use (`core.lazy`).
 from ..core.lazy import lazy_exports
 
 _EXPORTS = {  # name -> module
+    "COUNT_AWARE_ROW": "study",
     "Comparison": "study",
     "ComparisonSpec": "study",
     "DECODING_GRID": "study",

@@ -242,6 +242,7 @@ class TrainJob:
     p2_dir: Path
     out: Path  # run folder
     overrides: dict[str, str]
+    assets: str | None = None  # its own asset manifest (another encoder); None: the comparison's
 
 
 def slug(name: str) -> str:
@@ -265,7 +266,7 @@ def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1) -
         out = {}
         for i, job in enumerate(jobs, 1):
             announce(i, job)
-            out[job.name] = train_run(job.config, assets, job.p2_dir, job.out, job.overrides, device)
+            out[job.name] = train_run(job.config, job.assets or assets, job.p2_dir, job.out, job.overrides, device)
         return out
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -275,7 +276,8 @@ def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1) -
         futures = {}
         for i, job in enumerate(jobs, 1):
             announce(i, job)
-            futures[job.name] = pool.submit(train_run, job.config, assets, job.p2_dir, job.out, job.overrides, device)
+            futures[job.name] = pool.submit(train_run, job.config, job.assets or assets, job.p2_dir, job.out,
+                                            job.overrides, device)
         return {name: f.result() for name, f in futures.items()}
 
 

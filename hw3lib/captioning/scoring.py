@@ -123,9 +123,10 @@ def with_intervals(row: VariantRow, scored: Scores, reference: Scores | None, n_
     return row
 
 
-def probe_encoder(assets, data_dir, world: DemoWorld, n_fit: int = 1000, device="cpu") -> list:
+def probe_encoder(assets, data_dir, world: DemoWorld, n_fit: int = 1000, device="cpu", name: str | None = None
+                  ) -> list:
     """Linear probes of the frozen encoder's tokens (`metrics.probe`): fitted on the first `n_fit`
-    training images, scored on the val images."""
+    training images, scored on the val images; each row names the encoder `name` where given."""
     m = manifest_for(assets, parts=("encoder", "decoder", "tokenizer"))
     model = load_run(None, m, device)
     tf = encoder_transform(model.encoder)
@@ -138,4 +139,5 @@ def probe_encoder(assets, data_dir, world: DemoWorld, n_fit: int = 1000, device=
         tokens.append(torch.cat(feats))
         objects.append([boxes_for(p.name, boxes, split) for p in paths])
     side = image_side(paths[0])
-    return encoder_probes(tokens[0], objects[0], tokens[1], objects[1], side, world.shapes, world.colors)
+    rows = encoder_probes(tokens[0], objects[0], tokens[1], objects[1], side, world.shapes, world.colors)
+    return [dataclasses.replace(r, encoder=name) for r in rows]

@@ -40,11 +40,16 @@ DECODING_GRID = {"off": OFF, "no-repeat 3-gram": Controls(3), "repetition penalt
                  "both": Controls(3, 1.3)}
 
 
+# the causal row: the reference variant, its recipe unchanged, on the count-aware CLIP's image tower
+COUNT_AWARE_ROW = "the recipe on the count-aware encoder (Paiss et al.)"
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """A row of the mechanism ablation: the reference variant trained on other captions or settings."""
     p2_dir: Path  # the p2_data/ whose captions it trains on (images the same as the report's)
     overrides: dict[str, str]  # [train] settings that differ from the variant's config
+    assets: str | None = None  # another asset manifest (another encoder); None: the comparison's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +75,8 @@ class ComparisonSpec:
         out = [TrainJob(name, str(config), self.p2_dir, self.runs_dir / name, dict(self.overrides))
                for name, config in self.variants.items()]
         return out + [TrainJob(name, str(self.variants[self.reference]), recipe.p2_dir,
-                               self.runs_dir / "ablation" / slug(name), dict(self.overrides) | recipe.overrides)
+                               self.runs_dir / "ablation" / slug(name), dict(self.overrides) | recipe.overrides,
+                               recipe.assets)
                       for name, recipe in self.ablation.items()]
 
 
@@ -108,8 +114,9 @@ def compare_variants(spec: ComparisonSpec, device="cpu", progress=True) -> Compa
     evaluated = []
     for i, job in enumerate(jobs, 1):
         t0 = time.time()
-        model = load_run(job.out, m, device)
-        preds = write_val_predictions(model, job.out, m, run.paths, device, spec.max_len, progress, spec.controls)
+        mine = m if job.assets is None else manifest_for(job.assets)  # its own encoder; one scorer for every row
+        model = load_run(job.out, mine, device)
+        preds = write_val_predictions(model, job.out, mine, run.paths, device, spec.max_len, progress, spec.controls)
         sc = score_predictions(preds, job.p2_dir, m, run.clip, device, spec.world)
         evaluated.append((VariantRow(job.name, sc.CIDEr, sc.CLIPScore, model.config.peft,
                                      summaries[job.name].trainable, str(job.out)), sc))

@@ -315,6 +315,7 @@ class ProbeRow(JsonRecord):
     accuracy: float  # on the scored items (other images than the probe was fitted on)
     chance: float  # the most frequent class's share of the scored items
     items: int  # scored items (patches or images)
+    encoder: str | None = None  # which encoder, where a study probes more than one ("count-blind", ...)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ _EXPORTS = {  # name -> module
     "DemoModels": "models_record",
     "DemoWorld": "world",
     "GRAMMAR": "phrasing",
+    "COUNTING_MANIFEST": "models_record",
     "NEGATION_MANIFEST": "models_record",
     "Obj": "world",
     "PretrainingText": "pretraining_text",

@@ -18,6 +18,7 @@ from .pretraining_text import PretrainingText
 
 NEGATION_MANIFEST = "assets_negation.json"  # the negation-aware CLIP's manifest (a CLIP section only)
 UNSTYLED_MANIFEST = "assets_unstyled.json"  # the CLIP before its style phase (the old design; a CLIP section only)
+COUNTING_MANIFEST = "assets_counting.json"  # the count-aware CLIP, its image tower as the encoder, the same decoder
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class DemoMetrics(JsonRecord):
     clip_text: dict | None = None  # what the CLIP read (`PretrainingText`'s JSON form)
     negation_clip_recall_at_1_val: float | None = None
     unstyled_clip_recall_at_1_val: float | None = None
+    counting_clip_recall_at_1_val: float | None = None
+    counting_clip_zero_shot: dict[str, ZeroShotCheck] = field(default_factory=dict)  # as clip_zero_shot
 
 
 @stdlib_dataclass(frozen=True)
@@ -67,6 +70,7 @@ class DemoModels:
         return None if t is None else PretrainingText.from_json(t, f"{self.folder / 'metrics.json'}: clip_text")
 
     def manifest(self, name: str) -> Path | None:
-        """One of the extra CLIPs' manifests (NEGATION_MANIFEST, UNSTYLED_MANIFEST), None where not built."""
+        """One of the extra manifests (NEGATION_MANIFEST, UNSTYLED_MANIFEST, COUNTING_MANIFEST), None where
+        not built."""
         path = self.folder / name
         return path if path.is_file() else None

@@ -25,6 +25,8 @@ SIZE_WORDS = ("small", "large")  # world.SIZES gives each its side in grid cells
 COLOURED = ("coloured", "colored")  # "a large circle coloured red"
 SINGLE_OBJECT = "a single {object}"  # a one-object phrasing; also the demo CLIP's zero-shot template
 COUNT_WORDS = ("one", "two", "three", "four")  # how captions say a number of objects
+# how the count-aware CLIP's training states a count (`stated_count`); not the zero-shot count prompt
+COUNT_STATEMENTS = ("{count} in the picture", "{count} on a plain background", "{count}, nothing else")
 # the words captions use for where one object is relative to another
 RELATION_WORDS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 RELATIONS = {words: side for side, words in RELATION_WORDS.items()}  # "to the left of" -> "left"
@@ -71,6 +73,13 @@ def count_phrase(n: int) -> str:
     """ "two shapes": a number of objects as captions say it ("two shapes: ..."), and as the CountBench-style
     zero-shot prompt asks it."""
     return f"{COUNT_WORDS[n - 1]} shape{'s' if n > 1 else ''}"
+
+
+def stated_count(n: int, framing: int) -> str:
+    """ "three shapes in the picture": a statement of `n` objects in one of the `COUNT_STATEMENTS` (Paiss et
+    al.'s counterfactual caption when `n` is not the image's count). It lists no object, so a text alone
+    cannot tell a true statement from a false one: only the image can."""
+    return COUNT_STATEMENTS[framing].format(count=count_phrase(n))
 
 
 def caption_pool(o: list, side: int, reading: bool) -> list[str]:

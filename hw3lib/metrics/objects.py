@@ -46,6 +46,7 @@ METRICS = {
     "chair_i": ("hallucinated", "mentions"),
     "chair_s": ("hallucinating", "images"),
     "repeats": ("repeating", "images"),  # captions that repeat a present object
+    "right_count": ("right_count", "images"),  # captions naming as many objects as the image holds
     # the failure anatomy (`failure_kind`): with "exact", shares of the captions that sum to one
     "too_few": ("too_few", "images"),
     "too_many": ("too_many", "images"),
@@ -53,7 +54,7 @@ METRICS = {
     "swapped": ("swapped", "images"),
 }
 ANATOMY = ("exact", "too_few", "too_many", "repeat_right_count", "swapped")  # the kinds of `failure_kind`
-HEADLINE = ("exact", "recall", "precision", "chair_s", "repeats")  # the P2 table's columns
+HEADLINE = ("exact", "recall", "precision", "chair_s", "repeats", "right_count")  # compared paired across rows
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ def object_counts(predictions: dict[str, str], boxes: Mapping[str, Sequence[Obj]
         per.append({"images": 1, "matched": s.matched, "objects": s.objects,
                     "mentions": s.mentions, "matched2": 2 * s.matched, "mentions_objects": s.mentions + s.objects,
                     "hallucinated": s.hallucinated, "hallucinating": int(s.hallucinated > 0),
-                    "repeating": int(s.repeated > 0)} | {k: int(kind == k) for k in ANATOMY})
+                    "repeating": int(s.repeated > 0), "right_count": int(s.mentions == s.objects)}
+                   | {k: int(kind == k) for k in ANATOMY})
     names = {n for pair in METRICS.values() for n in pair}
     return ObjectCounts(keys, {n: np.array([p[n] for p in per], dtype=np.int64) for n in names},
                         np.array(n_obj, dtype=np.int64))

@@ -58,7 +58,7 @@ from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, Tokeni
 from ..core.patches import PatchGrid
 from ..core.progress import progress
 from ..core.tokenizer import teacher_forcing_batch, train_bpe
-from ..demo.models_record import NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoMetrics
+from ..demo.models_record import COUNTING_MANIFEST, NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoMetrics
 from ..demo.phrasing import SINGLE_OBJECT
 from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame, framings_for_styles
 from ..demo.styles import PRETRAINING_MIX, STYLES, draw_styles, render_style
@@ -69,11 +69,13 @@ from ..models.gpt2 import GPT2, GPT2Config
 from ..models.loading import load_clip
 from ..training.loop import cosine_lr
 from ..zeroshot.negation import recall_hits
+from .count_tuning import CountTuning, finetune_counting
 from .negation_tuning import NegationTuning, finetune_negation
 
 CLIP_NAME = "hw3-tiny-clip"
 # the code that shapes the models: a change to any of these files rebuilds them (no version to bump by hand)
-SHAPED_BY = ("hw3lib.pretraining.demo_models", "hw3lib.pretraining.negation_tuning", "hw3lib.demo.pretraining_text",
+SHAPED_BY = ("hw3lib.pretraining.demo_models", "hw3lib.pretraining.negation_tuning", "hw3lib.pretraining.count_tuning",
+             "hw3lib.zeroshot.counting", "hw3lib.demo.pretraining_text",
              "hw3lib.demo.styles", "hw3lib.demo.world", "hw3lib.demo.phrasing", "hw3lib.zeroshot.counterfactual", "hw3lib.zeroshot.negation",
              "hw3lib.core.tokenizer", "hw3lib.core.patches", "hw3lib.models.clip", "hw3lib.models.decoder_file", "hw3lib.models.gpt2",
              "hw3lib.models.loading", "hw3lib.training.loop")
@@ -99,6 +101,10 @@ class DemoModelSettings:
     negation_steps: int = 300  # fine-tune of the negation-aware CLIP on counterfactual pairs (negation_tuning)
     negation_batch: int = 48  # counterfactual pairs per negation step (each: 2 images, 6 texts)
     negation_lr: float = 2e-3  # its AdamW peak learning rate (text tower and both projections)
+    count_steps: int = 150  # fine-tune of the count-aware CLIP on counterfactual counts (count_tuning; 0: none)
+    count_batch: int = 32  # training scenes per count step (each also rendered with one object fewer and more)
+    count_lr: float = 1e-3  # its AdamW peak learning rate (both towers; pretraining's peak)
+    count_weight: float = 1.0  # lambda of the counting-contrastive term beside the ordinary contrastive loss
     probe_images: int = 500  # held-out single-object scenes for the shape / colour zero-shot check
     bpe_vocab: int = 512  # BPE tokens including <|endoftext|>
     gpt_layers: int = 4  # GPT-2 depth
@@ -112,12 +118,15 @@ class DemoModelSettings:
     def negation(self) -> NegationTuning:
         return NegationTuning(self.negation_steps, self.negation_batch, self.negation_lr)
 
+    def counting(self) -> CountTuning:
+        return CountTuning(self.count_steps, self.count_batch, self.count_lr, self.count_weight)
+
     @classmethod
     def for_size(cls, size: str) -> DemoModelSettings:
         if size == "small":
             return cls(clip_object_steps=6, clip_steps=10, clip_batch=32, probe_images=40, gpt_epochs=2,
                        vision_layers=2, text_layers=2, gpt_layers=2, negation_steps=6, negation_batch=32,
-                       clip_style_steps=4)
+                       clip_style_steps=4, count_steps=4, count_batch=8)
         if size == "full":
             return cls()
         raise HW3Error(f"unknown demo-models size {size!r} (choose small or full)")
@@ -436,13 +445,13 @@ def save_open_clip(model, clip_dir: Path, config: dict) -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
 
-def save_encoder(model, out_dir: Path) -> None:
-    """encoder/clip_visual.safetensors: the image tower alone, which timm reads through its CLIP
-    checkpoint filter as the caption encoder."""
+def save_encoder(model, folder: Path) -> None:
+    """FOLDER/clip_visual.safetensors: the image tower alone, which timm reads through its CLIP checkpoint
+    filter as the caption encoder."""
     from safetensors.torch import save_file
 
-    (out_dir / "encoder").mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "encoder" / "clip_visual.safetensors") as tmp:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "clip_visual.safetensors") as tmp:
         save_file(clip_visual_state_dict(model), str(tmp))
 
 
@@ -500,10 +509,16 @@ def _build_clips(out_dir: Path, train, val, world: DemoWorld, s: DemoModelSettin
         log["unstyled_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=old), val), 4)
     log["clip_zero_shot"] = clip_attribute_checks(bundle, val, world.objects("p2_data"), world, s, seed)
     save_open_clip(bundle.model, clip_dir, clip_config(s))
-    save_encoder(bundle.model, out_dir)
+    save_encoder(bundle.model, out_dir / "encoder")
     tuned = finetune_negation(bundle, train, world, styles, s.negation(), seed, log)
     save_open_clip(tuned, out_dir / "clip_negation", clip_config(s))
     log["negation_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=tuned), val), 4)
+    if s.count_steps > 0:  # the count-aware CLIP and its image tower, a second caption encoder
+        counted = replace(bundle, model=finetune_counting(bundle, train, world, s.counting(), seed, log))
+        save_open_clip(counted.model, out_dir / "clip_counting", clip_config(s))
+        save_encoder(counted.model, out_dir / "encoder_counting")
+        log["counting_clip_recall_at_1_val"] = round(clip_recall_at_1(counted, val), 4)
+        log["counting_clip_zero_shot"] = clip_attribute_checks(counted, val, world.objects("p2_data"), world, s, seed)
     return before_styles, recall
 
 
@@ -543,6 +558,10 @@ def _build(p2: Path, world: DemoWorld, out_dir: Path, s: DemoModelSettings, size
     atomic_write_json(out_dir / "metrics.json", log)
     Manifest(clip=ClipSpec(CLIP_NAME, "clip_negation/open_clip_model.safetensors", f"clip_negation/{CLIP_NAME}.json"),
              encoder=None, decoder=None, tokenizer=None).save(out_dir / NEGATION_MANIFEST)
+    if s.count_steps > 0:  # the whole captioner's manifest, on the count-aware CLIP and its image tower
+        replace(manifest, clip=ClipSpec(CLIP_NAME, "clip_counting/open_clip_model.safetensors",
+                                        f"clip_counting/{CLIP_NAME}.json"),
+                encoder=encoder_spec(s, "encoder_counting/clip_visual.safetensors")).save(out_dir / COUNTING_MANIFEST)
     if before_styles is not None:
         Manifest(clip=ClipSpec(CLIP_NAME, "clip_unstyled/open_clip_model.safetensors", f"clip_unstyled/{CLIP_NAME}.json"),
                  encoder=None, decoder=None, tokenizer=None).save(out_dir / UNSTYLED_MANIFEST)
