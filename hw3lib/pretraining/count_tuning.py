@@ -36,6 +36,7 @@ from ..demo.phrasing import COUNT_STATEMENTS, caption_pool, stated_count
 from ..demo.world import DemoWorld, Obj, boxes_for, fewer_objects, more_objects, render_objects
 from ..models.clip import encode_text_trimmed
 from ..training.loop import cosine_lr
+from ..zeroshot.counterfactual import in_batch_contrastive
 from ..zeroshot.counting import counting_contrastive
 
 MAX_COUNT = 3  # the demo world's scenes hold one to three objects; counterfactuals stay inside that range
@@ -88,9 +89,7 @@ def count_losses(model, tokenizer, images: torch.Tensor, captions: list[str], st
     img = model.encode_image(images, normalize=True)  # (N, E)
     txt = F.normalize(encode_text_trimmed(model, tokenizer(captions)), dim=-1)  # (N, E)
     scale = model.logit_scale.exp()
-    logits = scale * img @ txt.T  # (N, N)
-    target = torch.arange(len(captions))
-    clip = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    clip = in_batch_contrastive(img, txt, scale)
     flat = [t for per in stated for t in per]
     said = F.normalize(encode_text_trimmed(model, tokenizer(flat)), dim=-1).view(len(stated), MAX_COUNT, -1)
     count = counting_contrastive(img, said[:, 0], said[:, 1:].transpose(0, 1), scale)

@@ -75,10 +75,19 @@ class CounterfactualLosses:
         return self.anchor + (self.choose_text + self.choose_image + self.distractor) / 3
 
 
-def _pick(anchor: torch.Tensor, candidates: list[torch.Tensor], scale) -> torch.Tensor:
-    """Cross-entropy of each row of `anchor` (B, E) choosing candidates[0] among the candidates (each (B, E))."""
-    logits = scale * torch.einsum("be,kbe->bk", anchor, torch.stack(candidates))  # (B, K)
+def choose_first(anchor: torch.Tensor, candidates: list[torch.Tensor], scale) -> torch.Tensor:
+    """Cross-entropy of each row of `anchor` (B, E) choosing candidates[0] among the candidates (each (B, E)),
+    all normalised: the hard-negative term of CoN-CLIP and of Paiss et al.'s counting loss. Mean over rows."""
+    logits = scale * torch.einsum("be,kbe->bk", anchor, torch.stack(list(candidates)))  # (B, K)
     return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
+
+
+def in_batch_contrastive(images: torch.Tensor, texts: torch.Tensor, scale) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE: images (N, E) and their texts (N, E), normalised; each image picks its text
+    among the batch's and each text its image."""
+    logits = scale * images @ texts.T  # (N, N)
+    target = torch.arange(len(images), device=images.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 class PairTexts(NamedTuple):
@@ -95,11 +104,8 @@ def counterfactual_losses(p_image, q_image, t: PairTexts, scale) -> Counterfactu
     """The module docstring's objective: images of P and Q (B, E) each, normalised, against their texts;
     `scale` the logit scale."""
     p_caption, q_caption, negated, false_negated, no_y, no_x = t
-    images, texts = torch.cat([p_image, q_image]), torch.cat([p_caption, q_caption])  # (2B, E)
-    logits = scale * images @ texts.T  # (2B, 2B)
-    target = torch.arange(len(images), device=images.device)
-    anchor = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    anchor = in_batch_contrastive(torch.cat([p_image, q_image]), torch.cat([p_caption, q_caption]), scale)  # 2B pairs
     return CounterfactualLosses(
-        anchor, _pick(p_image, [negated, false_negated, q_caption], scale),
-        (_pick(no_y, [p_image, q_image], scale) + _pick(no_x, [q_image, p_image], scale)) / 2,
-        (_pick(p_image, [no_y, no_x], scale) + _pick(q_image, [no_x, no_y], scale)) / 2)
+        anchor, choose_first(p_image, [negated, false_negated, q_caption], scale),
+        (choose_first(no_y, [p_image, q_image], scale) + choose_first(no_x, [q_image, p_image], scale)) / 2,
+        (choose_first(p_image, [no_y, no_x], scale) + choose_first(q_image, [no_x, no_y], scale)) / 2)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.results import Accuracy, CountZeroShot
 from ..demo.phrasing import count_phrase
 from ..metrics.stats import bootstrap_ci
+from .counterfactual import choose_first
 
 COUNT_TEMPLATE = "a picture of {count}"  # the zero-shot prompt: "a picture of two shapes"
 
@@ -36,8 +36,7 @@ def counting_contrastive(images: torch.Tensor, texts: torch.Tensor, counterfactu
                          scale) -> torch.Tensor:
     """Paiss et al.'s counting loss: each image (B, E) picks its own text (B, E) over the texts that state
     another count (K, B, E); all normalised. Mean over images."""
-    logits = scale * torch.einsum("be,kbe->bk", images, torch.cat([texts[None], counterfactuals]))  # (B, 1 + K)
-    return F.cross_entropy(logits, torch.zeros(len(images), dtype=torch.long, device=images.device))
+    return choose_first(images, [texts, *counterfactuals], scale)
 
 
 def count_accuracy(image_features: torch.Tensor, prompt_features: torch.Tensor, counts: np.ndarray,
