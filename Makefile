@@ -14,6 +14,10 @@ TEST_WORKERS ?= 2  # pytest-xdist processes (this machine has 2 cores); 0 runs i
 # Paths a user gives (DATA, ASSETS) are data, never shell or make code: kept out of the recipes'
 # environment (make would expand them there) and passed as the text typed, single-quoted.
 unexport DATA ASSETS
+# Python keeps compiled modules (__pycache__) here even where the shell says not to: with
+# PYTHONDONTWRITEBYTECODE set, every process (each test's `hw3`, each notebook kernel, each training
+# worker) compiles torch, transformers and scipy from source again, seconds of CPU per start.
+unexport PYTHONDONTWRITEBYTECODE
 raw = $(if $(filter command environment override,$(firstword $(origin $(1)))),$(value $(1)),$($(1)))
 shq = '$(subst ','\'',$(call raw,$(1)))'
 

@@ -298,12 +298,13 @@ def counting_figure(rows: list[CountZeroShot],
     colors = ["#8C8C8C", "#55A868", "#4C72B0", "#DD8452"]
     for j, r in enumerate(rows):
         vals = [r.accuracy.accuracy, *(r.by_count.get(n, 0.0) for n in counts)]
-        errs = np.zeros((2, len(vals)))
-        errs[:, 0] = np.array(_err([vals[0]], [r.accuracy.ci]))[:, 0]
         xs = np.arange(len(vals)) + (j - (len(rows) - 1) / 2) * width
-        ax.bar(xs, np.array(vals) * 100, width, yerr=errs * 100, capsize=2, color=colors[j % len(colors)], label=r.clip)
-        for xi, v in zip(xs, vals, strict=True):
-            ax.text(xi, v * 100 + 3, f"{v * 100:.0f}", ha="center", fontsize=7)
+        ax.bar(xs, np.array(vals) * 100, width, color=colors[j % len(colors)], label=r.clip)
+        ax.errorbar(xs[:1], [vals[0] * 100], yerr=np.array(_err(vals[:1], [r.accuracy.ci])) * 100, fmt="none",
+                    ecolor="k", capsize=2, lw=1)  # the interval of the overall accuracy
+        tops = [max(vals[0], r.accuracy.ci.high if r.accuracy.ci else 0), *vals[1:]]
+        for xi, v, top in zip(xs, vals, tops, strict=True):
+            ax.text(xi, top * 100 + 2, f"{v * 100:.0f}", ha="center", fontsize=7)
     ax.axhline(rows[0].chance * 100, color="grey", ls=":", lw=1, label="chance")
     ax.set_xticks(np.arange(len(names)), names, fontsize=8)
     ax.set_ylim(0, 112)
@@ -633,16 +634,21 @@ def learning_curves_figure(curves: dict[str, list[CurvePoint]],
 
 
 def probe_figure(rows: list[ProbeRow], title: str = "Linear probes of the frozen encoder's tokens (val images)"):
-    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(rows) + 1.6))
     y = np.arange(len(rows))[::-1]
-    ax.barh(y, [r.accuracy for r in rows], color="#4C72B0", label="probe")
+    encoders = list(dict.fromkeys(r.encoder for r in rows))  # one colour per encoder probed
+    palette = ["#4C72B0", "#55A868", "#DD8452"]
+    for k, name in enumerate(encoders):
+        mine = [i for i, r in enumerate(rows) if r.encoder == name]
+        ax.barh(y[mine], [rows[i].accuracy for i in mine], color=palette[k % len(palette)],
+                label="probe" if name is None else f"probe, {name} encoder")
     ax.scatter([r.chance for r in rows], y, color="k", marker="|", s=200, label="chance (most frequent class)")
     for yi, r in zip(y, rows, strict=True):
         ax.text(r.accuracy, yi, f" {r.accuracy * 100:.1f}%", va="center", fontsize=8)
     ax.set_yticks(y, [r.task if r.encoder is None else f"{r.task}, {r.encoder}" for r in rows])
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("accuracy")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(encoders) + 1, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
