@@ -54,6 +54,7 @@ COLORS = {
 }
 GRID = 8  # P2 / P3 objects sit on a GRID x GRID lattice: the demo ViT's patches (96 px / 12 px)
 SIZES = dict(zip(SIZE_WORDS, (2, 3), strict=True))  # P2 / P3 object side in grid cells, by its word
+MAX_OBJECTS = 3  # a P2 / P3 scene holds one to MAX_OBJECTS objects
 SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled, for anti-aliased edges
 
 
@@ -162,6 +163,11 @@ def _background(rng: np.random.Generator, side: int, noise: float = 8.0) -> np.n
     return img + rng.normal(0, noise, size=img.shape)
 
 
+def _clear_of(x0: int, y0: int, px: int, taken) -> bool:
+    """Does the square (x0, y0, px) keep clear of every square (x, y, side) in `taken`?"""
+    return all(x0 + px <= qx or qx + qs <= x0 or y0 + px <= qy or qy + qs <= y0 for qx, qy, qs in taken)
+
+
 def _place(rng: np.random.Generator, side: int, sizes: list[str]) -> list[tuple[int, int, int]] | None:
     """Grid-aligned positions (x0, y0, side) for objects of the given sizes, without overlap; None if
     it failed."""
@@ -171,7 +177,7 @@ def _place(rng: np.random.Generator, side: int, sizes: list[str]) -> list[tuple[
         px = SIZES[size] * cell
         for _ in range(60):
             x0, y0 = (int(v) * cell for v in rng.integers(0, GRID - SIZES[size] + 1, size=2))
-            if all(x0 + px <= qx or qx + qs <= x0 or y0 + px <= qy or qy + qs <= y0 for qx, qy, qs in placed):
+            if _clear_of(x0, y0, px, placed):
                 placed.append((x0, y0, px))
                 break
         else:
@@ -249,7 +255,7 @@ def more_objects(side: int, objs, rng: np.random.Generator) -> list[Obj] | None:
         size = str(rng.choice(list(SIZES)))
         px = SIZES[size] * cell
         x0, y0 = (int(v) * cell for v in rng.integers(0, GRID - SIZES[size] + 1, size=2))
-        if all(x0 + px <= qx or qx + qs <= x0 or y0 + px <= qy or qy + qs <= y0 for qx, qy, qs in taken):
+        if _clear_of(x0, y0, px, taken):
             shape, color = SHAPES[int(rng.integers(len(SHAPES)))], list(COLORS)[int(rng.integers(len(COLORS)))]
             box = _tight_box(np.asarray(_shape_mask(shape, px), dtype=np.float64) / 255.0, x0, y0)
             return [*objs, Obj(shape, color, size, box)]
@@ -434,7 +440,7 @@ def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, pro
     p3_boxes = {}
     for i in range(P3_COUNT):
         rng = np.random.default_rng([seed, 3, i])
-        img, objs = draw_scene(rng, ws.p2_side, 1 + i % 3)
+        img, objs = draw_scene(rng, ws.p2_side, 1 + i % MAX_OBJECTS)
         name = "_".join(o.shape for o in objs) + f"_{i}.jpg"
         _save_jpeg(img, p3 / name)
         p3_boxes[name] = [o.__dict__ | {"box": list(o.box)} for o in objs]

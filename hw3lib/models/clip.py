@@ -8,6 +8,7 @@ positions only, L the longest text in the batch: exact, and ~5x less work for 10
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -53,6 +54,12 @@ def _trimmable(model) -> bool:
     """open_clip's built-in text tower (causal mask, pooled at the end token = the highest id)."""
     return (getattr(model, "attn_mask", None) is not None and hasattr(model, "positional_embedding")
             and getattr(model, "text_pool_type", None) == "argmax" and hasattr(model, "token_embedding"))
+
+
+@torch.no_grad()
+def clamp_logit_scale(model) -> None:
+    """CLIP's rule in training: the learned logit scale exp(s) stays within [1, 100]."""
+    model.logit_scale.clamp_(0, math.log(100))
 
 
 def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from ..core.images import open_image
 from ..core.progress import progress
 from ..demo.phrasing import COUNT_STATEMENTS, caption_pool, stated_count
-from ..demo.world import DemoWorld, Obj, boxes_for, fewer_objects, more_objects, render_objects
-from ..models.clip import encode_text_trimmed
+from ..demo.world import MAX_OBJECTS, DemoWorld, Obj, boxes_for, fewer_objects, more_objects, render_objects
+from ..models.clip import clamp_logit_scale, encode_text_trimmed
 from ..training.loop import cosine_lr
 from ..zeroshot.counterfactual import in_batch_contrastive
 from ..zeroshot.counting import counting_contrastive
 
-MAX_COUNT = 3  # the demo world's scenes hold one to three objects; counterfactuals stay inside that range
+MAX_COUNT = MAX_OBJECTS  # counterfactual scenes stay inside the world's range of counts
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,7 @@ def finetune_counting(bundle, train, world: DemoWorld, how: CountTuning, seed: i
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, np.log(100))
+        clamp_logit_scale(model)
         log["count_loss"].append([round(clip.item(), 5), round(count.item(), 5)])
         bar.update()
         bar.set_postfix(contrastive=f"{clip.item():.3f}", count=f"{count.item():.3f}", refresh=False)

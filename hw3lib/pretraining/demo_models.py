@@ -63,7 +63,7 @@ from ..demo.phrasing import SINGLE_OBJECT
 from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame, framings_for_styles
 from ..demo.styles import PRETRAINING_MIX, STYLES, draw_styles, render_style
 from ..demo.world import DemoWorld, boxes_for
-from ..models.clip import encode_text_trimmed
+from ..models.clip import clamp_logit_scale, encode_text_trimmed
 from ..models.decoder_file import save_decoder
 from ..models.gpt2 import GPT2, GPT2Config
 from ..models.loading import load_clip
@@ -310,8 +310,7 @@ def train_clip(bundle, images: ClipImages, train, world: DemoWorld, s: DemoModel
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        clamp_logit_scale(model)
         log["clip_object_loss"].append(round(obj_loss.item(), 5))
         bar.update()
         bar.set_postfix(objects=f"{obj_loss.item():.3f}", contrastive=log["clip_loss"][-1] if log["clip_loss"] else "-",
