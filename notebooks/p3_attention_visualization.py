@@ -25,6 +25,7 @@
 data_dir = "../build/demo/hw3_data"  # an hw3_data/ folder
 assets = "../build/demo/models/assets.json"  # asset manifest, or "real"
 checkpoint = "../build/runs/demo/lora16"  # a trained run (from the P2 notebook or `hw3 train`)
+checkpoint_assets = None  # the manifest the run trained with, where not `assets` (another encoder); None: assets
 device = "auto"  # auto, cpu, cuda
 smoke = False  # a quick run for tests: fewer val images
 figures_dir = "../figures"  # where figures, the HTML viewer and the summary JSON go
@@ -71,8 +72,8 @@ from hw3lib.models import Controls, encoder_transform, load_tokenizer
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
 device = str(resolve_device(device))
-m = manifest_for(assets)
-model = load_run(checkpoint, m, device)
+m = manifest_for(assets)  # its CLIP scores captions (CLIPScore), as in P2
+model = load_run(checkpoint, manifest_for(checkpoint_assets) if checkpoint_assets else m, device)
 tok = load_tokenizer(m)
 transform = encoder_transform(model.encoder)
 data = Path(data_dir)

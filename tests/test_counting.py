@@ -134,3 +134,25 @@ def test_count_losses_on_hand_made_embeddings(monkeypatch):
     assert l_clip.item() == pytest.approx(math.log(1 + math.exp(-1)))
     # each image: its true statement at cosine 1, two false ones at 0
     assert l_count.item() == pytest.approx(math.log(1 + 2 * math.exp(-1)))
+
+
+def test_count_statements_are_encoded_once_each(monkeypatch):
+    """The statements a batch shares are encoded once and gathered back to every render in its order: the
+    loss is that of encoding each render's list in full."""
+    import hw3lib.pretraining.count_tuning as ct
+
+    e = torch.eye(4)
+    table = {"a": e[0], "b": e[1], "one": e[0], "two": e[1], "three": e[3]}
+    seen = []
+
+    def encode(model, texts):
+        seen.append(list(texts))
+        return torch.stack([table[t] for t in texts])
+
+    monkeypatch.setattr(ct, "encode_text_trimmed", encode)
+    images = torch.stack([e[0], e[1]])
+    _, l_count = count_losses(_HandMadeClip(), lambda texts: texts, images, ["a", "b"],
+                              [["one", "two", "three"], ["two", "one", "three"]])
+    assert sorted(seen[1]) == ["one", "three", "two"]  # three statements for six slots
+    # each image: its true statement at cosine 1, the others at 0 and 0
+    assert l_count.item() == pytest.approx(math.log(1 + 2 * math.exp(-1)))

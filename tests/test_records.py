@@ -39,9 +39,11 @@ def test_a_validation_that_does_not_fit_is_named(tmp_path, entry, field):
 
 def test_run_summary_round_trip():
     doc = {"steps": 14, "best": 0.5, "best_step": 10, "parameters": {"trainable": 10, "frozen": 90, "lora": 10},
-           "seconds": 1.5}
+           "seconds": 1.5, "stopped": True}
     s = RunSummary.from_json(doc)
-    assert s.to_json() == doc and s.trainable == 10
+    assert s.to_json() == doc and s.trainable == 10 and s.stopped
+    older = {k: v for k, v in doc.items() if k != "stopped"}  # a summary from before early stopping
+    assert not RunSummary.from_json(older).stopped
     with pytest.raises(HW3Error, match="summary.json: .*parameters"):
         RunSummary.from_json(doc | {"parameters": None}, "summary.json")
 

@@ -227,3 +227,68 @@ def test_checkpoint_chosen_on_held_out_training_images_never_val(small_models, s
                   {"max_steps": "4", "select_images": "10", "lora_r": "2", "device": "cpu",
                    "attention_supervision": "1.0"})
     assert not (tmp_path / "run2").exists()
+
+
+def test_early_stopping_on_a_hand_made_curve(small_models, small_world, tmp_path):
+    """patience=2: the run stops at the second validation in a row without a new best (steps 2, 4, ... score
+    1, 2, 3, 2.5, 2.9, 4: best at step 6, stopped at step 10, never reaching the last score); rerun on the
+    same folder, it trains no further; patience=0 trains every step."""
+    scores = [1.0, 2.0, 3.0, 2.5, 2.9, 4.0, 5.0]
+
+    def scripted():
+        it = iter(scores)
+        return lambda model: {"cider": next(it)}
+
+    model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path, val_every=2, patience=2,
+                                              select_metric="cider")
+    summary = fit(model, train, cfg, tmp_path / "run", src, HeldOut(val, vsrc, scripted()))
+    assert (summary.steps, summary.best, summary.best_step, summary.stopped) == (10, 3.0, 6, True)
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["validation"]["step"] for e in log if "validation" in e] == [2, 4, 6, 8, 10]
+    _, _, info = read_checkpoint(tmp_path / "run" / "checkpoint-best.safetensors")
+    assert info["meta"]["step"] == 6
+    again = fit(model, train, cfg, tmp_path / "run", src, HeldOut(val, vsrc, scripted()))
+    assert (again.steps, again.stopped) == (10, True)
+
+    model, cfg, train, val, src, vsrc = setup(small_models, small_world, tmp_path, val_every=2, patience=0,
+                                              select_metric="cider")
+    summary = fit(model, train, cfg, tmp_path / "all", src, HeldOut(val, vsrc, scripted()))
+    assert (summary.steps, summary.best_step, summary.stopped) == (14, 14, False)
+
+
+def test_a_setting_newer_than_a_finished_run_reads_as_its_default():
+    from dataclasses import asdict
+
+    from hw3lib.captioning.runs import same_settings
+
+    cfg = TrainConfig(max_steps=5)
+    stored = asdict(cfg)
+    del stored["patience"]  # a run folder written before the setting existed
+    assert same_settings(stored, cfg)
+    assert not same_settings(stored, TrainConfig(max_steps=5, patience=3))
+    assert not same_settings(stored | {"max_steps": 6}, cfg) and not same_settings(None, cfg)
+
+
+def test_a_run_refuses_another_encoders_manifest(small_models, small_world, tmp_path):
+    """A checkpoint records its encoder weights by content: loading it with a manifest whose encoder holds
+    other weights is refused (it would caption in silence, and wrongly); a copy of the same models, in
+    another folder, loads."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from hw3lib.captioning.runs import load_run, train_run
+
+    out = tmp_path / "run"
+    train_run(ROOT / "configs" / "demo" / "lora16.toml", small_models, small_world / "p2_data", out,
+              {"max_steps": "2", "val_every": "2", "select_images": "4", "lora_r": "2", "device": "cpu",
+               "attention_supervision": "0"})
+    copied = shutil.copytree(os.path.dirname(small_models), tmp_path / "models")
+    manifest = load_manifest(copied / os.path.basename(small_models))
+    load_run(out, manifest)  # the same weights, elsewhere
+    weights = load_file(manifest.encoder.checkpoint)
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1.0
+    save_file(weights, manifest.encoder.checkpoint)
+    with pytest.raises(HW3Error, match="trained on other encoder weights"):
+        load_run(out, load_manifest(copied / os.path.basename(small_models)))

@@ -203,8 +203,10 @@ def _run(root: Path, figures: Path, params: dict, p2: dict) -> list[Path]:
     t_all, done = time.time(), []
     for i, name in enumerate(NOTEBOOKS, 1):
         extra = {NOTEBOOKS[1]: p2}.get(name, {})
-        if name == NOTEBOOKS[2]:  # P3 looks at P2's best run
-            extra = {"checkpoint": VariantTable.from_json(read_json(figures / "p2_summary.json")).best.run}
+        if name == NOTEBOOKS[2]:  # P3 looks at the captioner P2 shows (else its best variant)
+            table = VariantTable.from_json(read_json(figures / "p2_summary.json"))
+            shown = table.shown or table.best
+            extra = {"checkpoint": shown.run, "checkpoint_assets": shown.assets}
         t0 = time.time()
         print(f"[report {i}/3] {name} ...", flush=True)
         done.append(run_notebook(root, name, params | extra, root / "notebooks" / "executed"))

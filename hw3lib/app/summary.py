@@ -23,6 +23,7 @@ from ..core.results import (
     PromptTest,
     Share,
     StyleStudy,
+    VariantRow,
     VariantTable,
 )
 from ..demo.models_record import DemoModels
@@ -239,6 +240,7 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
              "intervals over images."]
     lines += _object_tables(p2) if demo else _plain_table(p2)
     lines += _reference_lines(p2, demo) + _decoding_lines(p2) + diagnosis_lines(p2) + ablation_lines(p2)
+    lines += shown_lines(p2)
     b = p2.best
     lines += ["", f"Best by CIDEr: {b.variant} (CIDEr {b.CIDEr:.3f}, CLIPScore {b.CLIPScore:.3f}"
               + (f", exact scene {_share((b.objects or {}).get('exact'), False)})." if demo else ").")]
@@ -377,6 +379,31 @@ def ablation_lines(p2: VariantTable) -> list[str]:
     return lines
 
 
+def shown_description(r: VariantRow) -> str:
+    """How the shown captioner was trained: its steps, and why it stopped."""
+    why = "stopped when its held-out curve stopped rising" if r.stopped else "its step budget ran out, still rising"
+    return f"{r.steps} steps: {why}; checkpoint of step {r.best_step}"
+
+
+def shown_lines(p2: VariantTable) -> list[str]:
+    """The captioner the report shows (P3, the examples): trained until its held-out curve stopped rising."""
+    r = p2.shown
+    if r is None:
+        return []
+    encoder = " on the count-aware encoder" if r.assets else ""
+    line = (f"The captioner the report shows (P3, the examples): {p2.reference} with the recipe{encoder}, trained "
+            f"past the comparison's equal steps, with early stopping on its held-out training images "
+            f"({shown_description(r)}): "
+            f"CIDEr {r.CIDEr:.3f} [{_ci(r.ci.get('CIDEr'), False)}]")
+    o = r.objects
+    if o:
+        line += (f", exact scene {_share(o.get('exact'))}, 3-object scenes "
+                 f"{_share((r.objects_by_count or {}).get('3', {}).get('exact'))}, right count "
+                 f"{_share(o.get('right_count'))}, object recall {_share(o.get('recall'))}, repeats "
+                 f"{_share(o.get('repeats'))}, CHAIR-s {_share(o.get('chair_s'))}, relations true {_of(r.relations)}")
+    return ["", line + "."]
+
+
 def anatomy_lines(p2: VariantTable, counts: list[str]) -> list[str]:
     """The failure anatomy (`objects.failure_kind`) per variant and scene size; nothing for an older table."""
     from ..metrics.objects import ANATOMY
@@ -469,6 +496,42 @@ def write_summary(figures: Path, models: DemoModels | None, files: list[str] | N
 # numbers quoted in README.md and docs/: generated blocks, refreshed by the report, checked by a test
 
 
+def p2_headline(p2: VariantTable) -> list[str]:
+    """The README's P2 rows: the best variant, the shown captioner, the first design, the count probe and
+    the causal row."""
+    lines = []
+    best = p2.best
+    exact, recall = best.score("exact")[0], best.score("recall")[0]
+    rel = best.relations.share if best.relations else None
+    lines.append(f"| P2 | best variant ({best.variant}): scenes named exactly / object recall / relations true / "
+                 f"CIDEr | {_pct(exact)} / {_pct(recall)} / {_pct(rel)} / {best.CIDEr:.3f} |")
+    sh = p2.shown
+    if sh is not None and sh.objects:
+        o = sh.objects
+        lines.append(f"| P2 | the captioner the report shows ({shown_description(sh)}): scenes named exactly / "
+                     f"3-object scenes / right count / repeats / object recall / CHAIR-s | {_pct(o['exact'].share)} / "
+                     f"{_pct(sh.objects_by_count['3']['exact'].share)} / {_pct(o['right_count'].share)} / "
+                     f"{_pct(o['repeats'].share)} / {_pct(o['recall'].share)} / {_pct(o['chair_s'].share)} |")
+    first = next((r for r in p2.ablation if r.variant.startswith("first design")), None)
+    if first is not None and first.objects:
+        lines.append(f"| P2 | {md_text(p2.reference)}, scenes named exactly: the recipe / the first design "
+                     f"({md_text(first.variant.split(': ', 1)[-1])}) | "
+                     f"{_pct(p2.rows_by_name()[p2.reference].score('exact')[0])} / {_pct(first.score('exact')[0])} |")
+    counted = [r for r in p2.probe if r.task == "object count (CLS token)"]
+    if len(counted) > 1:
+        lines.append("| P2 | encoder count probe (CLS token), " + " / ".join(md_text(r.encoder) for r in counted)
+                     + " | " + " / ".join(_pct(r.accuracy) for r in counted) + " |")
+    from ..captioning.study import COUNT_AWARE_ROW
+
+    aware = next((r for r in p2.ablation if r.variant == COUNT_AWARE_ROW), None)
+    if aware is not None and aware.vs_reference:
+        d = aware.vs_reference
+        lines.append(f"| P2 | count-aware minus count-blind encoder, the recipe, paired: exact scene / right count "
+                     f"/ repeats | {_delta(d.get('exact'), 100, '+.1f', ' pts')} / "
+                     f"{_delta(d.get('right_count'), 100, '+.1f', ' pts')} / {_delta(d.get('repeats'), 100, '+.1f', ' pts')} |")
+    return lines
+
+
 def headline_lines(doc: dict) -> list[str]:
     """The README's results table: one row per part, every number from summary.json."""
     lines = ["| part | measure | result |", "|---|---|---|"]
@@ -498,29 +561,7 @@ def headline_lines(doc: dict) -> list[str]:
             lines.append(f"| P1 | the negated prompt read inverted (chance {_pct(neg.chance)}) | "
                          f"{_pct(neg.negated_inverted_accuracy.accuracy)} |")
     if "p2" in doc:
-        p2 = VariantTable.from_json(doc["p2"], "summary.json: p2")
-        best = p2.best
-        exact, recall = best.score("exact")[0], best.score("recall")[0]
-        rel = best.relations.share if best.relations else None
-        lines.append(f"| P2 | best variant ({best.variant}): scenes named exactly / object recall / relations true / "
-                     f"CIDEr | {_pct(exact)} / {_pct(recall)} / {_pct(rel)} / {best.CIDEr:.3f} |")
-        first = next((r for r in p2.ablation if r.variant.startswith("first design")), None)
-        if first is not None and first.objects:
-            lines.append(f"| P2 | {md_text(p2.reference)}, scenes named exactly: the recipe / the first design "
-                         f"({md_text(first.variant.split(': ', 1)[-1])}) | "
-                         f"{_pct(p2.rows_by_name()[p2.reference].score('exact')[0])} / {_pct(first.score('exact')[0])} |")
-        counted = [r for r in p2.probe if r.task == "object count (CLS token)"]
-        if len(counted) > 1:
-            lines.append("| P2 | encoder count probe (CLS token), " + " / ".join(md_text(r.encoder) for r in counted)
-                         + " | " + " / ".join(_pct(r.accuracy) for r in counted) + " |")
-        from ..captioning.study import COUNT_AWARE_ROW
-
-        aware = next((r for r in p2.ablation if r.variant == COUNT_AWARE_ROW), None)
-        if aware is not None and aware.vs_reference:
-            d = aware.vs_reference
-            lines.append(f"| P2 | count-aware minus count-blind encoder, the recipe, paired: exact scene / right count "
-                         f"/ repeats | {_delta(d.get('exact'), 100, '+.1f', ' pts')} / "
-                         f"{_delta(d.get('right_count'), 100, '+.1f', ' pts')} / {_delta(d.get('repeats'), 100, '+.1f', ' pts')} |")
+        lines += p2_headline(VariantTable.from_json(doc["p2"], "summary.json: p2"))
     loc = doc.get("p3", {}).get("localisation")
     if loc:
         loc = Localisation.from_json(loc)

@@ -36,9 +36,9 @@ from ..models.decoding import GREEDY, OFF, Controls, Decoding, caption_images
 from ..models.loading import encoder_data_config, encoder_transform, load_tokenizer
 from ..models.memory import check_fits, plan_run, usable_gpu_bytes
 from ..training.config import load_config
-from ..training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint
+from ..training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint, file_digest
 from ..training.loop import HeldOut, Objects, augmentation_transform, caption_data, fit, seed_everything
-from ..training.runfolder import RunFolder, changed_inputs, input_fingerprint
+from ..training.runfolder import ENCODER_DIGEST, RunFolder, changed_inputs, input_fingerprint
 from ..training.selection import selection_split, selection_validator
 
 
@@ -81,7 +81,7 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
                        "behind the captions (the demo world's boxes.json); set it to 0 for this data")
     if reuse and not force_new and (out / "summary.json").is_file() and (out / "config.json").is_file():
         done = read_json(out / "config.json")
-        if done.get("captioner") != asdict(cap_cfg) or done.get("train") != asdict(cfg):
+        if not same_settings(done.get("captioner"), cap_cfg) or not same_settings(done.get("train"), cfg):
             raise HW3Error(f"{out}: holds a finished run with another configuration (remove that folder to retrain, "
                            "or choose another)")
         changed = changed_inputs(done.get("inputs"), inputs)
@@ -93,6 +93,15 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
         if force_new:
             RunFolder(out).clear()
         return _train_locked(cap_cfg, cfg, m, p2_dir, out, inputs, objects)
+
+
+def same_settings(stored, cfg) -> bool:
+    """Is a run folder's stored table (config.json) the configuration `cfg`? A setting newer than the run
+    (absent from the stored table) counts as its default, which is what the run trained with."""
+    if not isinstance(stored, dict):
+        return False
+    defaults = asdict(type(cfg)())
+    return {**defaults, **stored} == asdict(cfg)
 
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -200,6 +209,7 @@ def load_run(checkpoint, manifest, device="cpu", precision=None):
                          precision).eval()
     cfg, tensors, info = read_checkpoint(checkpoint)
     check_checkpoint_size(manifest, cfg, tensors, checkpoint)
+    check_encoder(checkpoint, info["meta"].get(ENCODER_DIGEST), manifest)
     model = build_captioner(manifest, cfg, device, precision=precision)
     have = asdict(model.decoder.config)
     differ = [f"{k} {info['decoder'][k]} in the checkpoint, {have[k]} in {manifest.decoder.weights}"
@@ -208,6 +218,19 @@ def load_run(checkpoint, manifest, device="cpu", precision=None):
         raise HW3Error(f"{checkpoint}: trained with another decoder ({'; '.join(differ)})")
     model.load_trainable(tensors, str(checkpoint))
     return store_all(model, precision).eval()
+
+
+def check_encoder(checkpoint, trained_on: str | None, manifest) -> None:
+    """Refuse a checkpoint trained on other encoder weights than the manifest's: its cross-attention would
+    read tokens it never saw, and caption without a word of warning. (Older checkpoints, and encoders
+    named by a hub tag alone, record no digest: nothing to check.)"""
+    path = manifest.encoder.checkpoint if manifest.encoder is not None else None
+    if not isinstance(trained_on, str) or path is None:
+        return
+    have = file_digest(path)
+    if have != trained_on:
+        raise HW3Error(f"{checkpoint}: trained on other encoder weights (sha256 {trained_on[:12]}...) than {path} "
+                       f"({have[:12]}...): load it with the asset manifest it was trained with")
 
 
 def store_all(model, precision=None):
@@ -254,11 +277,43 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1) -> dict[str, RunSummary]:
-    """Train (or reuse) every job; its summary by name. With `processes` > 1 on the CPU, that many train
-    at once in their own processes, one thread each: the small matrices of a tiny decoder keep two
-    cores busier that way than one run with two threads (bench/bench_train_processes.py measures it). A run's
-    numbers depend on its thread count, so a comparison trains all of its runs the same way."""
+@dataclasses.dataclass(frozen=True)
+class Captioning:
+    """The images every run of `train_jobs` captions as soon as it is trained, in the process that trained it
+    (so that captioning runs in parallel too), and how."""
+    paths: tuple[Path, ...]  # image files (the val split)
+    max_len: int = 40  # caption tokens at most
+    controls: Controls = OFF  # decoding controls (greedy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A job of `train_jobs`, done."""
+    summary: RunSummary
+    peft: str  # its PEFT kind
+    predictions: dict[str, str] | None  # image key -> caption (RUN/val_predictions.json); None: not captioned
+
+
+def train_and_caption(job: TrainJob, assets, device="cpu", captioning: Captioning | None = None) -> Trained:
+    """Train (or reuse) `job`'s run, then caption `captioning`'s images with its best checkpoint."""
+    manifest = job.assets or assets
+    summary = train_run(job.config, manifest, job.p2_dir, job.out, job.overrides, device)
+    peft = load_config(job.config, job.overrides)[0].peft
+    if captioning is None:
+        return Trained(summary, peft, None)
+    m = manifest_for(manifest)
+    preds = write_val_predictions(load_run(job.out, m, device), job.out, m, captioning.paths, device,
+                                  captioning.max_len, False, captioning.controls)
+    return Trained(summary, peft, preds)
+
+
+def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1,
+               captioning: Captioning | None = None) -> dict[str, Trained]:
+    """Train (or reuse) every job, each then captioning `captioning`'s images; what each did, by name. With
+    `processes` > 1 on the CPU, that many jobs run at once in their own processes, one thread each, in the
+    order given (put the longest first): the small matrices of a tiny decoder keep two cores busier that way
+    than one run with two threads (bench/bench_train_processes.py measures it). A run's numbers depend on
+    its thread count, so a comparison trains all of its runs the same way."""
     def announce(i, job):
         print(f"[train {i}/{len(jobs)}] {job.name}: training (or reusing) {job.out}", flush=True)
 
@@ -266,7 +321,7 @@ def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1) -
         out = {}
         for i, job in enumerate(jobs, 1):
             announce(i, job)
-            out[job.name] = train_run(job.config, job.assets or assets, job.p2_dir, job.out, job.overrides, device)
+            out[job.name] = train_and_caption(job, assets, device, captioning)
         return out
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -276,8 +331,7 @@ def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1) -
         futures = {}
         for i, job in enumerate(jobs, 1):
             announce(i, job)
-            futures[job.name] = pool.submit(train_run, job.config, job.assets or assets, job.p2_dir, job.out,
-                                            job.overrides, device)
+            futures[job.name] = pool.submit(train_and_caption, job, assets, device, captioning)
         return {name: f.result() for name, f in futures.items()}
 
 

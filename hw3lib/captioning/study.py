@@ -4,7 +4,6 @@ reference variant compared under other recipes and decoding controls (`compare_v
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 from ..core.data import read_caption_file
@@ -14,6 +13,7 @@ from ..demo.world import DemoWorld, write_demo_world
 from ..models.decoding import OFF, Controls, Decoding
 from ..models.loading import load_clip
 from .runs import (
+    Captioning,
     TrainJob,
     caption_folder,
     load_run,
@@ -21,7 +21,6 @@ from .runs import (
     slug,
     train_jobs,
     validation_curve,
-    write_val_predictions,
 )
 from .scoring import Scores, score_predictions, with_intervals
 
@@ -52,6 +51,10 @@ class Recipe:
     assets: str | None = None  # another asset manifest (another encoder); None: the comparison's
 
 
+# the captioner the report shows: a recipe trained until its held-out learning curve stops rising
+SHOWN_ROW = "the captioner the report shows"
+
+
 @dataclasses.dataclass(frozen=True)
 class ComparisonSpec:
     """What `compare_variants` trains, decodes and scores."""
@@ -69,15 +72,26 @@ class ComparisonSpec:
     world: DemoWorld | None = None  # the demo world (its objects score the captions); None on real data
     n_boot: int = 2000  # bootstrap resamples of every interval
     processes: int = 1  # runs trained at once on the CPU (`train_jobs`)
+    # the captioner the report shows: the reference variant under this recipe, whose overrides let it train
+    # longer and stop early (max_steps, patience); None: the report shows the best variant
+    shown: Recipe | None = None
+
+    def _recipe_job(self, name: str, recipe: Recipe, out: Path) -> TrainJob:
+        return TrainJob(name, str(self.variants[self.reference]), recipe.p2_dir, out,
+                        dict(self.overrides) | recipe.overrides, recipe.assets)
 
     def jobs(self) -> list[TrainJob]:
-        """Every variant's run, then the reference variant's under each recipe of the ablation."""
+        """Every variant's run, then the reference variant's under each recipe of the ablation, then the
+        shown captioner's."""
         out = [TrainJob(name, str(config), self.p2_dir, self.runs_dir / name, dict(self.overrides))
                for name, config in self.variants.items()]
-        return out + [TrainJob(name, str(self.variants[self.reference]), recipe.p2_dir,
-                               self.runs_dir / "ablation" / slug(name), dict(self.overrides) | recipe.overrides,
-                               recipe.assets)
-                      for name, recipe in self.ablation.items()]
+        out += [self._recipe_job(name, recipe, self.runs_dir / "ablation" / slug(name))
+                for name, recipe in self.ablation.items()]
+        if self.shown is not None:
+            if self.reference is None:
+                raise HW3Error("the shown captioner is the reference variant under a recipe: name the reference")
+            out.append(self._recipe_job(SHOWN_ROW, self.shown, self.runs_dir / "shown"))
+        return out
 
 
 @dataclasses.dataclass
@@ -108,22 +122,22 @@ def compare_variants(spec: ComparisonSpec, device="cpu", progress=True) -> Compa
     val = read_caption_file(spec.p2_dir / "val.json", spec.p2_dir / "images" / "val")
     run = _Captioner(spec, m, load_clip(m.clip, device), [im.path for im in val.images], device, progress)
     jobs = spec.jobs()
-    summaries = train_jobs(jobs, spec.assets, device, spec.processes)
+    # the longest job first (the shown captioner trains the most steps), so that none starts last alone
+    order = sorted(jobs, key=lambda j: j.name != SHOWN_ROW)
+    trained = train_jobs(order, spec.assets, device, spec.processes,
+                         Captioning(tuple(run.paths), spec.max_len, spec.controls))
     preds, sc = run(load_run(None, m, device))
     scored, preds_by = {"untrained": sc}, {"untrained": preds}
     evaluated = []
     for i, job in enumerate(jobs, 1):
-        t0 = time.time()
-        mine = m if job.assets is None else manifest_for(job.assets)  # its own encoder; one scorer for every row
-        model = load_run(job.out, mine, device)
-        preds = write_val_predictions(model, job.out, mine, run.paths, device, spec.max_len, progress, spec.controls)
-        sc = score_predictions(preds, job.p2_dir, m, run.clip, device, spec.world)
-        evaluated.append((VariantRow(job.name, sc.CIDEr, sc.CLIPScore, model.config.peft,
-                                     summaries[job.name].trainable, str(job.out)), sc))
-        print(f"[evaluate {i}/{len(jobs)}] {job.name}: CIDEr {sc.CIDEr:.3f} CLIPScore {sc.CLIPScore:.3f} "
-              f"({time.time() - t0:.0f} s)", flush=True)
-        key = job.name if i <= len(spec.variants) else f"recipe: {job.name}"
-        scored[key], preds_by[key] = sc, preds
+        done = trained[job.name]
+        sc = score_predictions(done.predictions, job.p2_dir, m, run.clip, device, spec.world)  # one scorer for all
+        s = done.summary
+        evaluated.append((VariantRow(job.name, sc.CIDEr, sc.CLIPScore, done.peft, s.trainable, str(job.out),
+                                     steps=s.steps, best_step=s.best_step, stopped=s.stopped, assets=job.assets), sc))
+        print(f"[evaluate {i}/{len(jobs)}] {job.name}: CIDEr {sc.CIDEr:.3f} CLIPScore {sc.CLIPScore:.3f}", flush=True)
+        key = job.name if i <= len(spec.variants) or job.name == SHOWN_ROW else f"recipe: {job.name}"
+        scored[key], preds_by[key] = sc, done.predictions
     table = _table(spec, run, scored, preds_by, evaluated)
     return Comparison(table, preds_by, val.references(), {im.key: str(im.path) for im in val.images})
 
@@ -153,9 +167,10 @@ def _table(spec: ComparisonSpec, run: _Captioner, scored: dict[str, Scores], pre
             decoding.append(with_intervals(VariantRow(f"{best.variant}, {name}", sc.CIDEr, sc.CLIPScore, best.peft,
                                                       best.trainable, best.run), sc, first, spec.n_boot))
     ablated = [with_intervals(r, sc, ref, spec.n_boot) for r, sc in evaluated[n:]]
-    curves = {r.variant: validation_curve(r.run) for r in rows + ablated if r.run}
+    shown = ablated.pop() if spec.shown is not None else None
+    curves = {r.variant: validation_curve(r.run) for r in rows + ablated + ([shown] if shown else []) if r.run}
     return VariantTable(rows, best, beam, spec.reference if ref else None, decoding=decoding, ablation=ablated,
-                        curves=curves)
+                        curves=curves, shown=shown)
 
 
 def caption_order_world(world: DemoWorld, out_dir, order: str) -> Path:

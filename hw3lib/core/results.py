@@ -297,6 +297,10 @@ class VariantRow(JsonRecord):
     objects: dict[str, Share] | None = None  # demo world: object metric (objects.METRICS) -> pooled value
     objects_by_count: dict[str, dict[str, Share]] | None = None  # "1", "2", "3" objects -> the same, on those images
     relations: Share | None = None  # demo world: stated relations (checkable ones) that are true of the image
+    steps: int | None = None  # optimiser steps it trained (None: not trained, or not recorded)
+    best_step: int | None = None  # the step of the checkpoint kept (chosen on held-out training images)
+    stopped: bool = False  # early stopping ended its training (its held-out curve stopped rising)
+    assets: str | None = None  # its asset manifest where it is not the table's (another encoder)
 
     def score(self, metric: str, n_objects: str | None = None) -> tuple[float | None, Interval | None]:
         """The value and interval of CIDEr, CLIPScore, an object metric ("exact", "recall", ...; on the
@@ -359,6 +363,7 @@ class RunSummary(JsonRecord):
     best_step: int | None  # the step that made it
     parameters: dict[str, int]  # "trainable", "frozen" and the trainable ones per component
     seconds: float  # training time of the last session (a resumed run counts from its restart)
+    stopped: bool = False  # early stopping ended it: its held-out curve stopped rising (`patience`)
 
     @property
     def trainable(self) -> int:
@@ -378,6 +383,9 @@ class VariantTable(JsonRecord):
     recipe: str | None = None  # the ablation row every variant trains with
     curves: dict[str, list[CurvePoint]] = field(default_factory=dict)  # run (variant or ablation row) -> validations
     probe: list[ProbeRow] = field(default_factory=list)  # linear probes of the frozen encoder
+    # the captioner the report shows (P3, the examples, the headline): a recipe trained until its held-out
+    # learning curve stopped rising (early stopping), not held to the variants' equal steps
+    shown: VariantRow | None = None
 
     def rows_by_name(self) -> dict[str, VariantRow]:
         return {r.variant: r for r in self.rows}

@@ -152,9 +152,12 @@ class CrossAttention(nn.Module):
 
     def kv(self, enc):
         B, S, C = enc.shape  # (B, S, C) encoder tokens
-        k, v = self.c_attn(enc).split(C, dim=2)
-        return tuple(t.view(B, S, self.n_head, C // self.n_head).transpose(1, 2).contiguous()
-                     for t in (k, v))  # (B, nh, S, hs)
+        if type(self.c_attn) is nn.Linear:  # keys and values apart: no split of the output (its gradient is a cat)
+            w, b = self.c_attn.weight, self.c_attn.bias
+            k, v = F.linear(enc, w[:C], b[:C]), F.linear(enc, w[C:], b[C:])
+        else:  # a wrapped layer (PEFT) is called whole
+            k, v = self.c_attn(enc).split(C, dim=2)
+        return tuple(t.view(B, S, self.n_head, C // self.n_head).transpose(1, 2) for t in (k, v))  # (B, nh, S, hs)
 
     def forward(self, x, kv, need_weights: bool = False, past: KVCache | None = None):
         R, T, C = x.shape  # (R, T, C): R = B images x G rows each

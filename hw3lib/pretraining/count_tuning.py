@@ -90,8 +90,12 @@ def count_losses(model, tokenizer, images: torch.Tensor, captions: list[str], st
     txt = F.normalize(encode_text_trimmed(model, tokenizer(captions)), dim=-1)  # (N, E)
     scale = model.logit_scale.exp()
     clip = in_batch_contrastive(img, txt, scale)
+    # the statements are few (a framing and a count each): each is encoded once, then gathered
     flat = [t for per in stated for t in per]
-    said = F.normalize(encode_text_trimmed(model, tokenizer(flat)), dim=-1).view(len(stated), MAX_COUNT, -1)
+    distinct = sorted(set(flat))
+    row = {t: i for i, t in enumerate(distinct)}
+    encoded = F.normalize(encode_text_trimmed(model, tokenizer(distinct)), dim=-1)  # (U, E)
+    said = encoded[torch.tensor([row[t] for t in flat])].view(len(stated), MAX_COUNT, -1)  # (N, MAX_COUNT, E)
     count = counting_contrastive(img, said[:, 0], said[:, 1:].transpose(0, 1), scale)
     return clip, count
 

@@ -57,7 +57,7 @@ from ..core.images import open_image
 from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec
 from ..core.patches import PatchGrid
 from ..core.progress import progress
-from ..core.tokenizer import teacher_forcing_batch, train_bpe
+from ..core.tokenizer import load_gpt2_tokenizer, teacher_forcing_batch, train_bpe
 from ..demo.models_record import COUNTING_MANIFEST, NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoMetrics
 from ..demo.phrasing import SINGLE_OBJECT
 from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame, framings_for_styles
@@ -483,9 +483,8 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
 
 
 def _build_clips(out_dir: Path, train, val, world: DemoWorld, s: DemoModelSettings, seed: int, log: dict):
-    """The tiny CLIP (clip/), its image tower as the encoder (encoder/), the CLIP before its style phase
-    (clip_unstyled/) and the negation-aware CLIP (clip_negation/); (the weights before the style phase,
-    recall@1 on val)."""
+    """The tiny CLIP (clip/), its image tower as the encoder (encoder/) and the CLIP before its style phase
+    (clip_unstyled/); (the weights before the style phase, recall@1 on val, each training image's style)."""
     clip_dir = out_dir / "clip"
     clip_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = clip_dir / f"{CLIP_NAME}.json"
@@ -509,16 +508,67 @@ def _build_clips(out_dir: Path, train, val, world: DemoWorld, s: DemoModelSettin
     log["clip_zero_shot"] = clip_attribute_checks(bundle, val, world.objects("p2_data"), world, s, seed)
     save_open_clip(bundle.model, clip_dir, clip_config(s))
     save_encoder(bundle.model, out_dir / "encoder")
-    tuned = finetune_negation(bundle, train, world, styles, s.negation(), seed, log)
-    save_open_clip(tuned, out_dir / "clip_negation", clip_config(s))
-    log["negation_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=tuned), val), 4)
-    if s.count_steps > 0:  # the count-aware CLIP and its image tower, a second caption encoder
-        counted = replace(bundle, model=finetune_counting(bundle, train, world, s.counting(), seed, log))
-        save_open_clip(counted.model, out_dir / "clip_counting", clip_config(s))
-        save_encoder(counted.model, out_dir / "encoder_counting")
-        log["counting_clip_recall_at_1_val"] = round(clip_recall_at_1(counted, val), 4)
-        log["counting_clip_zero_shot"] = clip_attribute_checks(counted, val, world.objects("p2_data"), world, s, seed)
-    return before_styles, recall
+    return before_styles, recall, styles
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """What each job after the base CLIP reads: the models folder being built and the world's p2_data/."""
+    out_dir: Path
+    p2: Path
+    settings: DemoModelSettings
+    seed: int
+
+
+def _set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+
+
+def _after_base(kind: str, st: _Stage, styles: np.ndarray) -> tuple[dict, float | None]:
+    """One job after the base CLIP, in a process of its own: the negation-aware CLIP (clip_negation/), the
+    count-aware CLIP and its image tower (clip_counting/, encoder_counting/) or the GPT-2 language model
+    (decoder/). Returns its log entries (and the decoder's val perplexity)."""
+    s, seed, out_dir, log = st.settings, st.seed, st.out_dir, {}
+    train = read_caption_file(st.p2 / "train.json", st.p2 / "images" / "train")
+    val = read_caption_file(st.p2 / "val.json", st.p2 / "images" / "val")
+    if kind == "gpt":
+        tok = load_gpt2_tokenizer(out_dir / "tokenizer" / "encoder.json", out_dir / "tokenizer" / "vocab.bpe")
+        gpt, ppl = train_gpt(tok, [c for _, c in train.pairs()], [c for _, c in val.pairs()], s, seed, log)
+        save_decoder(gpt, out_dir / "decoder" / "decoder_model.bin")
+        return log, ppl
+    world = DemoWorld.load(st.p2.parent)
+    bundle = load_clip(ClipSpec(CLIP_NAME, str(out_dir / "clip" / "open_clip_model.safetensors"),
+                                str(out_dir / "clip" / f"{CLIP_NAME}.json")))
+    if kind == "negation":
+        tuned = finetune_negation(bundle, train, world, styles, s.negation(), seed, log)
+        save_open_clip(tuned, out_dir / "clip_negation", clip_config(s))
+        log["negation_clip_recall_at_1_val"] = round(clip_recall_at_1(replace(bundle, model=tuned), val), 4)
+        return log, None
+    counted = replace(bundle, model=finetune_counting(bundle, train, world, s.counting(), seed, log))
+    save_open_clip(counted.model, out_dir / "clip_counting", clip_config(s))
+    save_encoder(counted.model, out_dir / "encoder_counting")
+    log["counting_clip_recall_at_1_val"] = round(clip_recall_at_1(counted, val), 4)
+    log["counting_clip_zero_shot"] = clip_attribute_checks(counted, val, world.objects("p2_data"), world, s, seed)
+    return log, None
+
+
+def _after_base_jobs(st: _Stage, styles: np.ndarray, log: dict) -> float:
+    """The jobs that need only the base CLIP (or nothing of it), two at a time in processes of their own,
+    each on half the threads: these tiny models keep two cores busier side by side than one job on both.
+    Their log entries join `log` in a fixed order; returns the decoder's val perplexity."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    kinds = ["counting"] * (st.settings.count_steps > 0) + ["negation", "gpt"]  # the longest first
+    threads = max(1, torch.get_num_threads() // 2)
+    print(f"demo models: {', '.join(kinds)} fine-tunes, two at a time ({threads} thread(s) each)", flush=True)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP state
+    with ProcessPoolExecutor(2, mp_context=ctx, initializer=_set_threads, initargs=(threads,)) as pool:
+        done = {k: pool.submit(_after_base, k, st, styles) for k in kinds}
+        results = {k: f.result() for k, f in done.items()}
+    for k in ("negation", "counting", "gpt"):  # the order the entries had when the jobs ran one after another
+        log |= results[k][0] if k in results else {}
+    return results["gpt"][1]
 
 
 def _build(p2: Path, world: DemoWorld, out_dir: Path, s: DemoModelSettings, size: str, seed: int) -> None:
@@ -528,19 +578,16 @@ def _build(p2: Path, world: DemoWorld, out_dir: Path, s: DemoModelSettings, size
     train = read_caption_file(p2 / "train.json", p2 / "images" / "train")
     val = read_caption_file(p2 / "val.json", p2 / "images" / "val")
     train_caps = [c for _, c in train.pairs()]
-    val_caps = [c for _, c in val.pairs()]
     log: dict = {"size": size, "seed": seed, "settings": asdict(s)}
 
     # (a) tokenizer
     tok = train_bpe(train_caps, s.bpe_vocab)
     tok.save(out_dir / "tokenizer")
 
-    # (b) tiny CLIP, on the framed pretraining text; then its negation-aware twin
-    before_styles, recall = _build_clips(out_dir, train, val, world, s, seed, log)
-
-    # (c) tiny GPT-2 LM
-    gpt, ppl = train_gpt(tok, train_caps, val_caps, s, seed, log)
-    save_decoder(gpt, out_dir / "decoder" / "decoder_model.bin")
+    # (b) tiny CLIP, on the framed pretraining text; then (c) its negation-aware and count-aware twins and the
+    # tiny GPT-2 LM, side by side
+    before_styles, recall, styles = _build_clips(out_dir, train, val, world, s, seed, log)
+    ppl = _after_base_jobs(_Stage(out_dir, p2, s, seed), styles, log)
 
     manifest = Manifest(
         clip=ClipSpec(CLIP_NAME, "clip/open_clip_model.safetensors", f"clip/{CLIP_NAME}.json"),

@@ -63,6 +63,8 @@ class TrainConfig:
                                 "against naming an object noun the caption already named (Welleck et al. 2019; needs "
                                 "p2_data/boxes.json for the object words; 0 = off)")
     max_steps: int = Field(0, ge=0, le=BIG, description="stop after this many optimiser steps (0 = run all epochs)")
+    patience: int = Field(0, ge=0, le=BIG, description="early stopping: stop after this many validations in a row "
+                          "without a new best on the held-out images (the learning curve stopped rising; 0 = off)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="data order, initialisation of new modules")
     log_every: int = Field(10, ge=1, le=BIG, description="optimiser steps between log lines")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")

@@ -36,7 +36,7 @@ from . import attention_losses as att_losses
 from .attention_targets import CaptionGrounding, caption_targets
 from .config import TrainConfig
 from .feature_cache import FeatureSource
-from .runfolder import RunFolder, changed_inputs, config_key
+from .runfolder import ENCODER_DIGEST, RunFolder, changed_inputs, config_key
 from .unlikelihood import unlikelihood, word_end_tokens
 
 # ----------------------------------------------------------------------------------------------
@@ -235,7 +235,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.plan = plan(len(train.pairs), cfg, self.world)
-        self.state = {"step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None}
+        # since_best: validations since the last new best; stopped: early stopping ended the run (cfg.patience)
+        self.state = {"step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "since_best": 0,
+                      "stopped": False}
         # the metric that picks the best checkpoint: the validator's (CIDEr, higher is better) or val_loss
         self.metric = cfg.select_metric if self.validator is not None else "val_loss"
 
@@ -333,17 +335,25 @@ class Trainer:
         better = value is not None and (best is None or (value > best if higher else value < best))
         if better:
             self.state["best"], self.state["best_step"] = value, self.state["step"]
+        self.state["since_best"] = 0 if better else self.state.get("since_best", 0) + 1
         self.folder.log({"validation": result, "best": self.state["best"]})
         return better
 
     def save(self, kind: str) -> None:
         """checkpoint-{kind}.safetensors; "last" also writes resume.pt."""
         s = self.state
-        self.folder.save_checkpoint(kind, self.model, {"step": s["step"], "epoch": s["epoch"], "best": s["best"]})
+        meta = {"step": s["step"], "epoch": s["epoch"], "best": s["best"]}
+        if ENCODER_DIGEST in self.inputs:  # the encoder it trained on, by content (`captioning.runs.load_run`)
+            meta[ENCODER_DIGEST] = self.inputs[ENCODER_DIGEST]
+        self.folder.save_checkpoint(kind, self.model, meta)
         if kind == "last" and self.folder.writer:  # other ranks would build the state for nothing
             self.folder.save_resume({"trainable": self.model.trainable_state_dict(), "optimizer": self.opt.state_dict(),
                                      "torch_rng": torch.get_rng_state(), "state": dict(s),
                                      "config": config_key(self.model, self.cfg), "inputs": self.inputs})
+
+    def finished(self) -> bool:
+        """Has the run trained all its steps, or stopped early (its held-out curve stopped rising)?"""
+        return self.state["step"] >= self.plan.total or self.state.get("stopped", False)
 
     def run_epoch(self, bar, t0: float) -> bool:
         """Steps until the epoch ends or the run does; True when the run is done."""
@@ -362,6 +372,11 @@ class Trainer:
             if state["step"] % p.val_every == 0 or at_end:
                 if self.select_best(self.validate()):
                     self.save("best")
+                if cfg.patience and state["since_best"] >= cfg.patience and not at_end:
+                    state["stopped"] = at_end = True
+                    if self.master_process:
+                        print(f"early stop at step {state['step']}: {cfg.patience} validations without a new best "
+                              f"(best at step {state['best_step']})", flush=True)
                 self.save("last")
                 if self.world > 1:
                     dist.barrier()
@@ -388,13 +403,14 @@ def fit(model: Captioner, train: CaptionData, cfg: TrainConfig, run_dir: str | o
                    shown=t.master_process)
     t0 = time.time()
     try:
-        done = t.state["step"] >= t.plan.total
+        done = t.finished()
         while not done and t.state["epoch"] < cfg.epochs:
             done = t.run_epoch(bar, t0)
     finally:
         bar.close()
     s = t.state
-    summary = RunSummary(s["step"], s["best"], s["best_step"], t.report, round(time.time() - t0, 1))
+    summary = RunSummary(s["step"], s["best"], s["best_step"], t.report, round(time.time() - t0, 1),
+                         s.get("stopped", False))
     folder.finish(summary.to_json())
     if t.master_process:
         print(f"done: {s['step']} steps; best {t.metric} {s['best']} at step {s['best_step']}; "

@@ -37,10 +37,13 @@ def config_key(model, cfg) -> str:
     return json.dumps({"captioner": asdict(model.config), "train": asdict(cfg)}, sort_keys=True)
 
 
+ENCODER_DIGEST = "encoder.sha256"  # the encoder weights' content, among a run's inputs and in its checkpoints
+
+
 def input_fingerprint(manifest, p2_dir) -> dict[str, str]:
     """What the run reads, by name: the caption files' and tokenizer files' sha256, the weights files'
     resolved path, size and modification time (hashing gigabytes on every resume would cost minutes),
-    and hub tags. A resume over a changed input is refused (`changed_inputs`)."""
+    the encoder weights' sha256 (a caption encoder is small beside the decoder), and hub tags. A resume over a changed input is refused (`changed_inputs`)."""
     from ..core.files import require_file
     from .feature_cache import file_digest
 
@@ -54,6 +57,8 @@ def input_fingerprint(manifest, p2_dir) -> dict[str, str]:
             st = os.stat(path)
             out[label] = f"{Path(path).resolve()} ({st.st_size} bytes, mtime {st.st_mtime_ns})"
     out["encoder"] = f"{manifest.encoder.model} {manifest.encoder.hub_tag or ''} {manifest.encoder.model_kwargs}".strip()
+    if manifest.encoder.checkpoint is not None:  # by content too: every checkpoint records it (`load_run` checks)
+        out[ENCODER_DIGEST] = file_digest(manifest.encoder.checkpoint)
     return out
 
 
@@ -61,7 +66,8 @@ def changed_inputs(recorded: dict | None, now: dict) -> list[str]:
     """The names whose fingerprint differs (all of them when nothing was recorded)."""
     if not isinstance(recorded, dict):
         return ["(no record of the run's inputs)"]
-    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+    newer = {ENCODER_DIGEST} - set(recorded)  # recorded since: a run from before has none (its path, size, mtime do)
+    return sorted(k for k in (set(recorded) | set(now)) - newer if recorded.get(k) != now.get(k))
 
 
 @with_config(ConfigDict(strict=True))
