@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hw3lib.captioning.study import COUNT_AWARE_ROW
+from hw3lib.captioning.study import COUNT_AWARE_ROW, SHOWN_ROW
 from hw3lib.zeroshot.templates import REPORT
 
 from .conftest import ROOT
@@ -100,7 +100,8 @@ def test_p2_notebook_smoke(small_models, small_world, tmp_path):
     assert inline_images(tmp_path / "p2_peft_captioning.ipynb") >= saved >= 5  # every saved figure also shown
     nb = nbformat.read(tmp_path / "p2_peft_captioning.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "[train 1/4] none" in text and "[evaluate 2/4] lora16: CIDEr" in text  # progress per run
+    # progress per run; the pool takes the longest job first (the shown captioner)
+    assert f"[train 1/5] {SHOWN_ROW}" in text and "[evaluate 2/5] lora16: CIDEr" in text
     summary = json.loads((fig / "p2_summary.json").read_text())
     assert [r["variant"] for r in summary["rows"]] == ["untrained", "none", "lora16"]
     assert summary["rows"][2]["trainable"] > summary["rows"][1]["trainable"] > 0
@@ -114,7 +115,9 @@ def test_p2_notebook_smoke(small_models, small_world, tmp_path):
     assert aware["variant"] == COUNT_AWARE_ROW and {"exact", "right_count", "repeats"} <= set(aware["vs_reference"])
     trained_on = json.loads((Path(aware["run"]) / "config.json").read_text())["inputs"]
     assert "encoder_counting" in json.dumps(trained_on)  # the causal row trained on the count-aware image tower
-    assert set(summary["curves"]) == {"none", "lora16", row["variant"], aware["variant"]}
+    assert set(summary["curves"]) == {"none", "lora16", row["variant"], aware["variant"], SHOWN_ROW}
+    shown = summary["shown"]  # the captioner P3 and the examples show: the recipe on the count-aware encoder
+    assert (shown["variant"], shown["steps"], shown["assets"]) == (SHOWN_ROW, 16, aware["assets"])
     assert all(p["exact"] is not None and p["pointing_next"] is not None for c in summary["curves"].values() for p in c)
     drawn = json.loads((tmp_path / "runs" / "worlds" / "smoke-drawn" / "DEMO.json").read_text())
     assert drawn["caption_order"] == "drawn" and drawn["seed"] == 7

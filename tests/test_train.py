@@ -292,3 +292,17 @@ def test_a_run_refuses_another_encoders_manifest(small_models, small_world, tmp_
     save_file(weights, manifest.encoder.checkpoint)
     with pytest.raises(HW3Error, match="trained on other encoder weights"):
         load_run(out, load_manifest(copied / os.path.basename(small_models)))
+
+
+def test_jobs_go_to_the_pool_longest_first(tmp_path):
+    """The shown captioner (whole epochs) first, then the runs that validate most, the rest in their order."""
+    from hw3lib.captioning.study import SHOWN_ROW, ComparisonSpec, Recipe, longest_first
+
+    configs = {n: ROOT / "configs" / "demo" / f"{n}.toml" for n in ("none", "lora16", "ia3")}
+    p2 = tmp_path / "p2_data"
+    spec = ComparisonSpec(configs, "assets.json", p2, tmp_path / "runs", "lora16",
+                          ablation={"cross-entropy only": Recipe(p2, {"attention_supervision": "0"})},
+                          shown=Recipe(p2, {"max_steps": "0", "epochs": "3", "patience": "2"}))
+    jobs = spec.jobs()
+    assert [j.name for j in jobs] == ["none", "lora16", "ia3", "cross-entropy only", SHOWN_ROW]
+    assert [j.name for j in longest_first(jobs)] == [SHOWN_ROW, "lora16", "cross-entropy only", "none", "ia3"]

@@ -15,7 +15,7 @@ import torch
 
 from ..core.data import read_caption_file
 from ..core.device import resolve_device
-from ..core.distributed import processes
+from ..core.distributed import processes, worker_pool
 from ..core.errors import HW3Error, first_line
 from ..core.files import atomic_write_json, read_json, run_lock
 from ..core.manifest import MANIFEST_PARTS, ClipSpec, DecoderSpec, check_files, load_manifest
@@ -273,10 +273,6 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @dataclasses.dataclass(frozen=True)
 class Captioning:
     """The images every run of `train_jobs` captions as soon as it is trained, in the process that trained it
@@ -323,11 +319,7 @@ def train_jobs(jobs: list[TrainJob], assets, device="cpu", processes: int = 1,
             announce(i, job)
             out[job.name] = train_and_caption(job, assets, device, captioning)
         return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or kernel state
-    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_one_thread) as pool:
+    with worker_pool(processes, threads=1) as pool:
         futures = {}
         for i, job in enumerate(jobs, 1):
             announce(i, job)

@@ -12,6 +12,7 @@ from ..core.results import VariantRow, VariantTable
 from ..demo.world import DemoWorld, write_demo_world
 from ..models.decoding import OFF, Controls, Decoding
 from ..models.loading import load_clip
+from ..training.config import load_config
 from .runs import (
     Captioning,
     TrainJob,
@@ -112,6 +113,17 @@ class _Captioner:
         return preds, score_predictions(preds, s.p2_dir, self.manifest, self.clip, self.device, s.world)
 
 
+def longest_first(jobs: list[TrainJob]) -> list[TrainJob]:
+    """The jobs by their planned work, most first (its steps, a whole-epochs run counting as the most, then its
+    validations; ties keep their order), so that a pool does not end on a long job running alone."""
+    def work(job: TrainJob) -> tuple[float, float]:
+        cfg = load_config(job.config, job.overrides)[1]
+        steps = cfg.max_steps or float("inf")
+        return steps, steps / cfg.val_every if cfg.val_every else 1.0
+
+    return sorted(jobs, key=work, reverse=True)
+
+
 def compare_variants(spec: ComparisonSpec, device="cpu", progress=True) -> Comparison:
     """Train (or reuse) each variant, caption the val split greedily, evaluate; plus the untrained
     model, greedy vs beam for the best variant, the decoding grid on it, and the reference variant under
@@ -122,9 +134,7 @@ def compare_variants(spec: ComparisonSpec, device="cpu", progress=True) -> Compa
     val = read_caption_file(spec.p2_dir / "val.json", spec.p2_dir / "images" / "val")
     run = _Captioner(spec, m, load_clip(m.clip, device), [im.path for im in val.images], device, progress)
     jobs = spec.jobs()
-    # the longest job first (the shown captioner trains the most steps), so that none starts last alone
-    order = sorted(jobs, key=lambda j: j.name != SHOWN_ROW)
-    trained = train_jobs(order, spec.assets, device, spec.processes,
+    trained = train_jobs(longest_first(jobs), spec.assets, device, spec.processes,
                          Captioning(tuple(run.paths), spec.max_len, spec.controls))
     preds, sc = run(load_run(None, m, device))
     scored, preds_by = {"untrained": sc}, {"untrained": preds}

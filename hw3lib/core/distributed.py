@@ -27,3 +27,19 @@ def processes() -> Processes:
     if dist.is_available() and dist.is_initialized():
         return Processes(dist.get_rank(), dist.get_world_size(), local)
     return Processes(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), local)
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def worker_pool(processes: int, threads: int):
+    """A pool of `processes` fresh interpreters (spawn: no forked OpenMP or kernel state), torch on `threads`
+    threads in each: independent jobs side by side on the CPU."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_set_threads,
+                               initargs=(threads,))

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.data import read_caption_file
+from ..core.distributed import worker_pool
 from ..core.errors import HW3Error
 from ..core.files import (
     atomic_path,
@@ -520,10 +521,6 @@ class _Stage:
     seed: int
 
 
-def _set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-
-
 def _after_base(kind: str, st: _Stage, styles: np.ndarray) -> tuple[dict, float | None]:
     """One job after the base CLIP, in a process of its own: the negation-aware CLIP (clip_negation/), the
     count-aware CLIP and its image tower (clip_counting/, encoder_counting/) or the GPT-2 language model
@@ -556,14 +553,10 @@ def _after_base_jobs(st: _Stage, styles: np.ndarray, log: dict) -> float:
     """The jobs that need only the base CLIP (or nothing of it), two at a time in processes of their own,
     each on half the threads: these tiny models keep two cores busier side by side than one job on both.
     Their log entries join `log` in a fixed order; returns the decoder's val perplexity."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     kinds = ["counting"] * (st.settings.count_steps > 0) + ["negation", "gpt"]  # the longest first
     threads = max(1, torch.get_num_threads() // 2)
     print(f"demo models: {', '.join(kinds)} fine-tunes, two at a time ({threads} thread(s) each)", flush=True)
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP state
-    with ProcessPoolExecutor(2, mp_context=ctx, initializer=_set_threads, initargs=(threads,)) as pool:
+    with worker_pool(2, threads) as pool:
         done = {k: pool.submit(_after_base, k, st, styles) for k in kinds}
         results = {k: f.result() for k, f in done.items()}
     for k in ("negation", "counting", "gpt"):  # the order the entries had when the jobs ran one after another
