@@ -24,8 +24,8 @@
 # %% tags=["parameters"]
 data_dir = "../build/demo/hw3_data"  # an hw3_data/ folder
 assets = "../build/demo/models/assets.json"  # asset manifest, or "real"
-checkpoint = "../build/runs/demo/lora16"  # a trained run (from the P2 notebook or `hw3 train`)
-checkpoint_assets = None  # the manifest the run trained with, where not `assets` (another encoder); None: assets
+checkpoint = "../build/runs/demo/shown"  # a trained run (from the P2 notebook or `hw3 train`): the one the report shows
+checkpoint_assets = "../build/demo/models/assets_counting.json"  # the manifest the run trained with (None: assets)
 device = "auto"  # auto, cpu, cuda
 smoke = False  # a quick run for tests: fewer val images
 figures_dir = "../figures"  # where figures, the HTML viewer and the summary JSON go

@@ -126,7 +126,7 @@ def test_p2_notebook_smoke(small_models, small_world, tmp_path):
 def test_p3_notebook_smoke(small_models, small_world, small_run, tmp_path):
     fig = tmp_path / "figures"
     _run("p3_attention_visualization", tmp_path, data_dir=str(small_world), assets=str(small_models),
-         checkpoint=str(small_run), figures_dir=str(fig))
+         checkpoint=str(small_run), checkpoint_assets=None, figures_dir=str(fig))
     assert len(list(fig.glob("p3_*.png"))) >= 5 + 2 + 2  # P3 images, top/last-1, localisation plots
     assert (fig / "p3_viewer.html").stat().st_size > 10_000
     assert inline_images(tmp_path / "p3_attention_visualization.ipynb") >= len(list(fig.glob("*.png")))
