@@ -615,7 +615,7 @@ def learning_curves_figure(curves: dict[str, list[CurvePoint]],
     (the pointing game at the position that chooses it), against optimiser steps."""
     panels = [("exact", "scene named exactly"), ("pointing_next", "attention peak on the next object"),
               ("repeats", "captions repeating an object")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.8))
     colors = plt.cm.tab20(np.linspace(0, 1, max(len(curves), 2)))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for (name, points), color in zip(curves.items(), colors, strict=False):
@@ -627,9 +627,10 @@ def learning_curves_figure(curves: dict[str, list[CurvePoint]],
         ax.set_ylabel(label)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
+    handles, labels = axes[0].get_legend_handles_labels()  # below the panels: no curve hidden behind it
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig
 
 
