@@ -36,7 +36,7 @@ from ..models.decoding import GREEDY, OFF, Controls, Decoding, caption_images
 from ..models.loading import encoder_data_config, encoder_transform, load_tokenizer
 from ..models.memory import check_fits, plan_run, usable_gpu_bytes
 from ..training.config import load_config
-from ..training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint, file_digest
+from ..training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint, weights_digest
 from ..training.loop import HeldOut, Objects, augmentation_transform, caption_data, fit, seed_everything
 from ..training.runfolder import ENCODER_DIGEST, RunFolder, changed_inputs, input_fingerprint
 from ..training.selection import selection_split, selection_validator
@@ -227,7 +227,7 @@ def check_encoder(checkpoint, trained_on: str | None, manifest) -> None:
     path = manifest.encoder.checkpoint if manifest.encoder is not None else None
     if not isinstance(trained_on, str) or path is None:
         return
-    have = file_digest(path)
+    have = weights_digest(path)
     if have != trained_on:
         raise HW3Error(f"{checkpoint}: trained on other encoder weights (sha256 {trained_on[:12]}...) than {path} "
                        f"({have[:12]}...): load it with the asset manifest it was trained with")

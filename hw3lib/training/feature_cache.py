@@ -54,14 +54,21 @@ def file_identity(path: str | os.PathLike) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
+_SEEN: dict[str, tuple[str, str]] = {}  # resolved path -> (file_identity, sha256), this process's digests
+
+
 def weights_digest(path: str | os.PathLike, memo: str | os.PathLike | None = None) -> str:
     """The sha256 of a weights file's content. Hashing reads the whole file once (a few seconds for a
     ViT-g checkpoint: `bench/bench_weights_digest.py`); with `memo`, a JSON file of
-    {resolved path: [file_identity, sha256]}, a file whose identity is unchanged is not read again."""
+    {resolved path: [file_identity, sha256]}, a file whose identity is unchanged is not read again; within
+    one process it is not read again either (training, its checkpoint's record and every later load)."""
     from ..core.files import atomic_write_json
 
     path = Path(path).resolve()
     ident = file_identity(path)
+    seen = _SEEN.get(str(path))
+    if seen is not None and seen[0] == ident:
+        return seen[1]
     known: dict = {}
     if memo is not None and Path(memo).is_file():
         try:
@@ -74,9 +81,11 @@ def weights_digest(path: str | os.PathLike, memo: str | os.PathLike | None = Non
     if isinstance(entry, list) and len(entry) == 2 and entry[0] == ident and isinstance(entry[1], str):
         return entry[1]
     digest = file_digest(path)
-    if memo is not None and file_identity(path) == ident:  # unchanged while it was read
-        known[str(path)] = [ident, digest]
-        atomic_write_json(memo, known)
+    if file_identity(path) == ident:  # unchanged while it was read
+        _SEEN[str(path)] = (ident, digest)
+        if memo is not None:
+            known[str(path)] = [ident, digest]
+            atomic_write_json(memo, known)
     return digest
 
 

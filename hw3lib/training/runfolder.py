@@ -43,9 +43,10 @@ ENCODER_DIGEST = "encoder.sha256"  # the encoder weights' content, among a run's
 def input_fingerprint(manifest, p2_dir) -> dict[str, str]:
     """What the run reads, by name: the caption files' and tokenizer files' sha256, the weights files'
     resolved path, size and modification time (hashing gigabytes on every resume would cost minutes),
-    the encoder weights' sha256 (a caption encoder is small beside the decoder), and hub tags. A resume over a changed input is refused (`changed_inputs`)."""
+    the encoder weights' sha256 (a caption encoder is small beside the decoder), and hub tags. A resume
+    over a changed input is refused (`changed_inputs`)."""
     from ..core.files import require_file
-    from .feature_cache import file_digest
+    from .feature_cache import file_digest, weights_digest
 
     p2_dir = Path(p2_dir)
     out = {name: file_digest(require_file(p2_dir / name, "caption file")) for name in ("train.json", "val.json")}
@@ -58,7 +59,7 @@ def input_fingerprint(manifest, p2_dir) -> dict[str, str]:
             out[label] = f"{Path(path).resolve()} ({st.st_size} bytes, mtime {st.st_mtime_ns})"
     out["encoder"] = f"{manifest.encoder.model} {manifest.encoder.hub_tag or ''} {manifest.encoder.model_kwargs}".strip()
     if manifest.encoder.checkpoint is not None:  # by content too: every checkpoint records it (`load_run` checks)
-        out[ENCODER_DIGEST] = file_digest(manifest.encoder.checkpoint)
+        out[ENCODER_DIGEST] = weights_digest(manifest.encoder.checkpoint)
     return out
 
 
