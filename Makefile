@@ -25,12 +25,13 @@ shq = '$(subst ','\'',$(call raw,$(1)))'
 
 all: report
 
-# The venv is rebuilt when pyproject.toml changes. torch/torchvision come from this machine's local
-# wheel cache (pinned in pyproject.toml); the Jupyter kernel is registered inside the venv for papermill.
-$(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || { echo "creating $(VENV) (first time: a few minutes, ~6 GB)"; $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install --disable-pip-version-check --no-compile -e '.[dev]' 2>&1 | grep --line-buffered -v '^Requirement already satisfied'; \
-		test $${PIPESTATUS[0]} -eq 0 || { echo "error: pip install into $(VENV) failed (see above)"; exit 2; }
+# The venv is rebuilt when pyproject.toml changes. uv installs the project into it from the indexes pip
+# is configured with (tools/venv_install.py; pip where uv cannot be had); torch/torchvision are pinned in
+# pyproject.toml. The Jupyter kernel is registered inside the venv for papermill.
+$(VENV)/.installed: pyproject.toml tools/venv_install.py
+	@test -x $(PY) || { echo "creating $(VENV) (first time: a minute or two, ~6 GB)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) tools/venv_install.py 2>&1 | grep --line-buffered -v '^Requirement already satisfied'; \
+		test $${PIPESTATUS[0]} -eq 0 || { echo "error: installing into $(VENV) failed (see above)"; exit 2; }
 	$(PY) -m ipykernel install --sys-prefix --name hw3lib --display-name "Python (hw3lib)" >/dev/null
 	@touch $@
 

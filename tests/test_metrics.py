@@ -1,7 +1,9 @@
 """The evaluator: key checks, CIDEr-D with the Java PTB tokenizer vs the Java-free one, CLIPScore
 against a direct open_clip computation, truncation, and the caption/evaluate CLIs."""
 
+import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from hw3lib.metrics.captions import (
     simple_ptb_tokenize_one,
     tokenize,
 )
+from hw3lib.models.clip import FrozenClipFeatures, clip_tokens
 from hw3lib.models.loading import load_clip
 
 from .conftest import run_cli
@@ -166,6 +169,54 @@ def test_long_caption_is_truncated_with_a_warning(small_models, small_world):
     with pytest.warns(UserWarning, match="exceed CLIP's 32-token context"):
         s = clip_scores(clip, [path], [long])
     assert np.isfinite(s.clipscore).all()
+
+
+def test_a_text_that_fills_the_context_exactly_is_not_reported_cut(small_models):
+    clip = load_clip(load_manifest(small_models).clip)
+    words = "red circle blue square green star".split()
+    fits = next(t for n in range(1, 200) if len(clip.tokenizer.encode(t := " ".join(words * 40)[:n].strip())) + 2
+                == clip.context_length)
+    longer = fits + " red circle"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clip_tokens(clip, [fits, "a red circle"])  # fills all 32 positions, nothing cut: no warning
+    with pytest.warns(UserWarning, match="1 text"):
+        clip_tokens(clip, [fits, longer])
+
+
+def test_remembered_clip_features_are_the_same_numbers_encoded_once(small_models, small_world):
+    clip = load_clip(load_manifest(small_models).clip)
+    cs = read_caption_file(small_world / "p2_data" / "val.json", small_world / "p2_data" / "images" / "val")
+    paths = [im.path for im in cs.images[:5]]
+    refs = [cs.captions[im.id][1:] for im in cs.images[:5]]
+    plain = clip_scores(clip, paths, [cs.captions[im.id][0] for im in cs.images[:5]], refs)
+    calls = {"image": 0, "text": 0}
+    model = clip.model
+
+    class Counting(torch.nn.Module):  # the same CLIP, counting the batches each tower encodes
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def encode_image(self, *a, **k):
+            calls["image"] += 1
+            return model.encode_image(*a, **k)
+
+        def encode_text(self, *a, **k):
+            calls["text"] += 1
+            return model.encode_text(*a, **k)
+
+    memo = FrozenClipFeatures(dataclasses.replace(clip, model=Counting()))
+    first = clip_scores(memo, paths, [cs.captions[im.id][0] for im in cs.images[:5]], refs)
+    after_first = dict(calls)
+    second = clip_scores(memo, paths, [cs.captions[im.id][2] for im in cs.images[:5]], refs)
+    np.testing.assert_array_equal(first.clipscore, plain.clipscore)  # exactly the numbers of a fresh CLIP
+    np.testing.assert_array_equal(first.refclipscore, plain.refclipscore)
+    assert after_first == {"image": 1, "text": 2}  # images, captions, references
+    assert calls == {"image": 1, "text": 3}  # second set: only its own captions encoded
+    fresh = clip_scores(clip, paths, [cs.captions[im.id][2] for im in cs.images[:5]], refs)
+    np.testing.assert_array_equal(second.clipscore, fresh.clipscore)
+    np.testing.assert_array_equal(second.refclipscore, fresh.refclipscore)
 
 
 def test_caption_and_evaluate_cli(small_models, small_world, tmp_path):

@@ -60,3 +60,43 @@ def test_package_level_entry_points(gpt2_files):
     assert hw3lib.HW3Error is HW3Error and sorted(hw3lib.__all__) == sorted(hw3lib._EXPORTS)
     with pytest.raises(AttributeError):
         hw3lib.no_such_name  # noqa: B018
+
+
+def _venv_install():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("venv_install", ROOT / "tools" / "venv_install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_uv_is_given_the_indexes_links_and_constraints_pip_is_configured_with():
+    vi = _venv_install()
+    listed = "\n".join([
+        "global.extra-index-url='file:///a/simple file:///b/simple'",
+        "global.find-links='/wheels'",
+        "global.constraint='/c.txt'",
+        "global.index-url='https://global.example/simple'",
+        "install.index-url='https://install.example/simple'",  # install wins over global
+        ":env:.find-links='/env-wheels /more'",  # a PIP_* variable wins over both
+        ":env:.disable-pip-version-check='1'",  # not an index option: not passed on
+        "user.thing='x'",  # no such section: ignored
+    ])
+    config = vi.parse_config_list(listed)
+    assert config["index-url"] == "https://install.example/simple"
+    assert config["find-links"] == "/env-wheels /more"
+    args = vi.uv_arguments(config)
+    pairs = list(zip(args[::2], args[1::2], strict=True))
+    assert pairs == [("--index-strategy", "unsafe-best-match"), ("--index-url", "https://install.example/simple"),
+                     ("--extra-index-url", "file:///a/simple"), ("--extra-index-url", "file:///b/simple"),
+                     ("--find-links", "/env-wheels"), ("--find-links", "/more"), ("--constraint", "/c.txt")]
+    assert vi.uv_arguments(vi.parse_config_list(":env:.no-index='true'"))[-1] == "--no-index"
+    assert vi.uv_arguments({}) == ["--index-strategy", "unsafe-best-match"]
+
+
+def test_the_venv_recipe_installs_through_the_installer_script():
+    make = (ROOT / "Makefile").read_text()
+    recipe = make[make.index("$(VENV)/.installed:"):make.index("venv: $(VENV)/.installed")]
+    assert "tools/venv_install.py" in recipe.splitlines()[0]  # a change to it rebuilds the venv
+    assert "$(PY) tools/venv_install.py" in recipe

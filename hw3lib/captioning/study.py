@@ -10,6 +10,7 @@ from ..core.data import read_caption_file
 from ..core.errors import HW3Error
 from ..core.results import VariantRow, VariantTable
 from ..demo.world import DemoWorld, write_demo_world
+from ..models.clip import FrozenClipFeatures
 from ..models.decoding import OFF, Controls, Decoding
 from ..models.loading import load_clip
 from ..training.config import load_config
@@ -132,7 +133,9 @@ def compare_variants(spec: ComparisonSpec, device="cpu", progress=True) -> Compa
     Every run's validations on its held-out training images are the table's learning curves."""
     m = manifest_for(spec.assets)
     val = read_caption_file(spec.p2_dir / "val.json", spec.p2_dir / "images" / "val")
-    run = _Captioner(spec, m, load_clip(m.clip, device), [im.path for im in val.images], device, progress)
+    # one CLIP scores every row: the val images and their references are encoded once
+    run = _Captioner(spec, m, FrozenClipFeatures(load_clip(m.clip, device)), [im.path for im in val.images],
+                     device, progress)
     jobs = spec.jobs()
     trained = train_jobs(longest_first(jobs), spec.assets, device, spec.processes,
                          Captioning(tuple(run.paths), spec.max_len, spec.controls))

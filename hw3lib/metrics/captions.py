@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import HW3Error
-from ..models.clip import MAX_TEXT_CHARS, encode_images, encode_texts
+from ..models.clip import MAX_TEXT_CHARS, FrozenClipFeatures
 
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 
@@ -187,16 +187,18 @@ def warn_if_cut(text: str, name: str) -> str:
 
 def clip_scores(clip, paths: list[Path], captions: list[str], references: list[list[str]] | None = None,
                 prefix: str = "", device="cpu", batch_size: int = 64, w: float = 2.5) -> ClipScores:
-    img = encode_images(clip, paths, batch_size, device, desc="CLIP images")
+    """CLIPScore (and RefCLIPScore with `references`) of each image's caption. `clip` is a `ClipBundle`, or
+    a `FrozenClipFeatures` that encodes images and texts it has seen before only once."""
+    feats = clip if isinstance(clip, FrozenClipFeatures) else FrozenClipFeatures(clip)
+    img = feats.images(paths, batch_size, device, desc="CLIP images")
     names = [Path(p).name for p in paths]
-    txt = encode_texts(clip, [warn_if_cut(prefix + c, n) for c, n in zip(captions, names, strict=True)], device=device,
-                       trim=False)
+    txt = feats.texts([warn_if_cut(prefix + c, n) for c, n in zip(captions, names, strict=True)], device, trim=False)
     cs = w * np.clip((img * txt).sum(-1).numpy(), 0, None)
     ref = None
     if references is not None:
         flat = [warn_if_cut(prefix + r, f"{n} (reference)") for n, refs in zip(names, references, strict=True)
                 for r in refs]
-        rf = encode_texts(clip, flat, device=device, trim=False)
+        rf = feats.texts(flat, device, trim=False)
         best, i = [], 0
         for b, refs in enumerate(references):
             best.append(float((rf[i:i + len(refs)] @ txt[b]).max()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,9 +40,12 @@ def clip_tokens(clip, texts: list[str]) -> torch.Tensor:
     """Tokenise for CLIP; texts longer than the context are truncated with one warning (and, first, cut to
     MAX_TEXT_CHARS characters, so that one enormous word costs no more than a long caption)."""
     texts = [t[:MAX_TEXT_CHARS] for t in texts]
-    tokens = clip.tokenizer(texts)
+    tokens = clip.tokenizer(texts)  # (N, context_length)
+    # only a text that fills the context can have been cut (its last position is not padding): those are
+    # encoded again to tell a cut text from one that fits exactly
+    full = [t for t, row in zip(texts, tokens, strict=True) if int(row[-1]) != 0]
     try:
-        long = [t for t in texts if len(clip.tokenizer.encode(t)) + 2 > clip.context_length]
+        long = [t for t in full if len(clip.tokenizer.encode(t)) + 2 > clip.context_length]
     except AttributeError:  # tokenizers without encode(): rely on their own truncation
         long = []
     if long:
@@ -88,3 +92,28 @@ def encode_texts(clip, texts: list[str], batch_size: int = 256, device="cpu", tr
         f = encode_text_trimmed(clip.model, tokens) if trim else clip.model.encode_text(tokens, normalize=True)
         out.append(f.float().cpu())
     return torch.cat(out)
+
+
+@dataclass
+class FrozenClipFeatures:
+    """A CLIP (`ClipBundle`) that remembers the features of the image lists and text lists it encoded, by
+    their paths and texts: scoring many caption sets of one split against its references (P2's rows)
+    encodes the split's images and references once. For a CLIP whose weights stay as they are while it is
+    used (nothing watches them), and image files that stay as they are."""
+    clip: object  # ClipBundle
+    _images: dict = field(default_factory=dict, repr=False)  # (paths, batch size, device) -> (N, D)
+    _texts: dict = field(default_factory=dict, repr=False)  # (texts, trim, device) -> (N, D)
+
+    def images(self, paths, batch_size: int = 64, device="cpu", desc="encoding images") -> torch.Tensor:
+        """`encode_images` of image files, once per list of paths."""
+        key = (tuple(str(p) for p in paths), batch_size, str(device))
+        if key not in self._images:
+            self._images[key] = encode_images(self.clip, paths, batch_size, device, desc=desc)
+        return self._images[key]
+
+    def texts(self, texts: list[str], device="cpu", trim: bool = True) -> torch.Tensor:
+        """`encode_texts`, once per list of texts."""
+        key = (tuple(texts), trim, str(device))
+        if key not in self._texts:
+            self._texts[key] = encode_texts(self.clip, texts, device=device, trim=trim)
+        return self._texts[key]
