@@ -131,6 +131,16 @@ def headless_chrome(profile_dir):
     return webdriver.Chrome(service=Service(driver_bin), options=opts)
 
 
+def load_script(relative: str):
+    """A project script outside the package (bench/, tools/) imported as a module, by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args, cwd=None, isolated=False):
     """Run `hw3 ARGS`; returns a CompletedProcess (text). In this process by default (`cli.main` with
     its output captured): the command's code path is the same, without paying torch's import again.

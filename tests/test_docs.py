@@ -4,14 +4,14 @@ result or document carries a machine's path."""
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from hw3lib.app.summary import QUOTES, fill_quotes, refresh_quotes
 from hw3lib.core.errors import HW3Error
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, load_script
+
 SUMMARY = ROOT / "figures" / "summary.json"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:tmp|home|root|work|Users|mnt|private/var|var/folders)/")
@@ -61,12 +61,7 @@ def test_the_machine_path_rule_finds_paths():
 
 
 def _run_all():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "bench" / "run_all.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/run_all.py")
 
 
 def test_benchmark_numbers_come_from_their_record():

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, load_script, run_cli
 
 
 def test_environment_yml_matches_pyproject():
@@ -62,17 +62,8 @@ def test_package_level_entry_points(gpt2_files):
         hw3lib.no_such_name  # noqa: B018
 
 
-def _venv_install():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("venv_install", ROOT / "tools" / "venv_install.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_uv_is_given_the_indexes_links_and_constraints_pip_is_configured_with():
-    vi = _venv_install()
+    vi = load_script("tools/venv_install.py")
     listed = "\n".join([
         "global.extra-index-url='file:///a/simple file:///b/simple'",
         "global.find-links='/wheels'",
