@@ -1,6 +1,7 @@
 """Project-level consistency: environment.yml agrees with pyproject.toml; the CLI is wired."""
 
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,3 +92,22 @@ def test_the_venv_recipe_installs_through_the_installer_script():
     recipe = make[make.index("$(VENV)/.installed:"):make.index("venv: $(VENV)/.installed")]
     assert "tools/venv_install.py" in recipe.splitlines()[0]  # a change to it rebuilds the venv
     assert "$(PY) tools/venv_install.py" in recipe
+
+
+def test_the_installer_falls_back_to_pip_when_uv_fails(monkeypatch):
+    vi = load_script("tools/venv_install.py")
+    ran = []
+
+    def run(cmd):
+        ran.append(cmd)
+        return "uv" not in Path(cmd[0]).name  # installing uv works; uv itself fails
+
+    monkeypatch.setattr(vi, "run", run)
+    monkeypatch.setattr(vi, "pip_config", lambda python: {"find-links": "/wheels"})
+    assert vi.main() == 0
+    assert [c[1:4] for c in ran[:1]] == [["-m", "pip", "install"]]  # uv, into the venv
+    assert Path(ran[1][0]).name == "uv" and ran[1][-2:] == ["-e", ".[dev]"] and "/wheels" in ran[1]
+    assert ran[2][1:3] == ["-m", "pip"] and ran[2][-2:] == ["-e", ".[dev]"]  # then pip, the same target
+    ran.clear()
+    monkeypatch.setattr(vi, "run", lambda cmd: ran.append(cmd) or False)  # nothing installs
+    assert vi.main() == 1 and len(ran) == 2  # uv could not be had: pip tried once, and the failure returned
