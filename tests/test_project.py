@@ -104,10 +104,22 @@ def test_the_installer_falls_back_to_pip_when_uv_fails(monkeypatch):
 
     monkeypatch.setattr(vi, "run", run)
     monkeypatch.setattr(vi, "pip_config", lambda python: {"find-links": "/wheels"})
-    assert vi.main() == 0
+    assert vi.main([]) == 0
     assert [c[1:4] for c in ran[:1]] == [["-m", "pip", "install"]]  # uv, into the venv
     assert Path(ran[1][0]).name == "uv" and ran[1][-2:] == ["-e", ".[dev]"] and "/wheels" in ran[1]
     assert ran[2][1:3] == ["-m", "pip"] and ran[2][-2:] == ["-e", ".[dev]"]  # then pip, the same target
     ran.clear()
     monkeypatch.setattr(vi, "run", lambda cmd: ran.append(cmd) or False)  # nothing installs
-    assert vi.main() == 1 and len(ran) == 2  # uv could not be had: pip tried once, and the failure returned
+    assert vi.main([]) == 1 and len(ran) == 2  # uv could not be had: pip tried once, and the failure returned
+
+
+def test_the_installer_refuses_arguments_and_a_python_outside_a_venv(monkeypatch, capsys):
+    vi = load_script("tools/venv_install.py")
+    monkeypatch.setattr(vi, "run", lambda cmd: pytest.fail(f"ran {cmd}"))
+    assert vi.main(["--user"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: venv_install.py takes no arguments (got '--user')"]
+    monkeypatch.setattr(vi.sys, "prefix", vi.sys.base_prefix)
+    assert vi.main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not a venv's python" in err[0]

@@ -13,7 +13,6 @@ be installed or fails, pip installs as before. Standard library only: it runs be
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,14 +64,27 @@ def run(cmd: list[str]) -> bool:
     return subprocess.run(cmd, cwd=ROOT).returncode == 0
 
 
-def main() -> int:
+def install_with_uv(python: str, venv: Path) -> bool:
+    """uv into the venv, then the project with pip's indexes, links and constraints; False where any fails."""
+    if not run([python, "-m", "pip", "install", "--disable-pip-version-check", "-q", UV]):
+        return False
+    try:
+        config = pip_config(python)
+    except (subprocess.CalledProcessError, ValueError, SyntaxError):  # pip's settings unreadable: pip installs
+        return False
+    return run([str(venv / "bin" / "uv"), "pip", "install", "--python", python, "--cache-dir", str(venv / ".uv-cache"),
+                *uv_arguments(config), "-e", *TARGET])
+
+
+def main(argv: list[str]) -> int:
+    if argv:
+        print(f"error: {Path(__file__).name} takes no arguments (got {' '.join(argv)!r})", file=sys.stderr)
+        return 2
+    if sys.prefix == sys.base_prefix:  # never into the system's or a user's own Python
+        print(f"error: {sys.executable} is not a venv's python: run this file with .venv/bin/python", file=sys.stderr)
+        return 2
     python = sys.executable
-    venv = Path(sys.prefix)
-    uv = venv / "bin" / "uv"
-    quiet = ["--disable-pip-version-check", "-q"]
-    if run([python, "-m", "pip", "install", *quiet, UV]) and run(
-            [str(uv), "pip", "install", "--python", python, "--cache-dir", str(venv / ".uv-cache"),
-             *uv_arguments(pip_config(python)), "-e", *TARGET]):
+    if install_with_uv(python, Path(sys.prefix)):
         return 0
     print("uv could not install the project: installing it with pip", flush=True)
     ok = run([python, "-m", "pip", "install", "--disable-pip-version-check", "--no-compile", "-e", *TARGET])
@@ -80,5 +92,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
