@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 BENCHES = ["bench_zeroshot.py", "bench_train.py", "bench_train_processes.py", "bench_decode.py", "bench_load.py",
-           "bench_memory.py", "bench_weights_digest.py"]
+           "bench_memory.py", "bench_weights_digest.py",
+           "bench_train_step.py"]
 BLOCK = re.compile(r"(<!-- bench: results [^\n]*-->\n)(.*?)(<!-- /bench -->)", re.S)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")  # the ones that change CPU speed
 

@@ -150,3 +150,29 @@ def test_noun_boxes_read_every_phrasing_of_a_colour():
     assert boxes("a red circle") == [(2, "circle", [(0, 0, 10, 10)])]
     assert boxes("a small circle coloured red") == [(2, "circle", [(0, 0, 10, 10)])]
     assert boxes("a green circle") == [(2, "circle", [(0, 0, 10, 10), (20, 0, 30, 10)])]
+
+
+def test_deletion_score_equals_blanking_by_hand(captured):
+    """The deletion score: token t's probability, averaged over the image with its most attended patches
+    (a fraction at a time) filled with the image mean - against a one-image-at-a-time reference."""
+    import numpy as np
+
+    from hw3lib.attention.maps import deletion_auc
+
+    model, cas = captured
+    ca, t = cas[0], 1
+    patch_map = np.arange(16, dtype=float)  # patch 15 is the most attended, then 14, ...
+    rows, cols = ca.grid
+    ph, pw = ca.pixels.shape[1] // rows, ca.pixels.shape[2] // cols
+    want = []
+    with torch.no_grad():
+        for k in (0, 4, 8):  # fractions 0, 1/4, 1/2 of the 16 patches
+            x = ca.pixels.clone()
+            fill = x.mean(dim=(1, 2), keepdim=True)
+            for p in range(15, 15 - k, -1):
+                r, c = divmod(p, cols)
+                x[:, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = fill
+            logits = model(model.encode(x[None]), torch.tensor([[ca.eot_id] + ca.token_ids[:t]]))
+            want.append(float(logits[0, -1].softmax(-1)[ca.token_ids[t]]))
+    assert len(set(want)) == 3  # blanking changes the prediction: the score can tell maps apart
+    assert deletion_auc(model, ca, t, patch_map, fractions=(0, 0.25, 0.5)) == pytest.approx(np.mean(want), rel=1e-5)

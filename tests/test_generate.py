@@ -124,3 +124,16 @@ def test_coverage_decodes_alike_cached_uncached_and_teacher_forced(kind):
     for i, (toks, fin, score) in enumerate(zip(a.tokens, a.finished, a.scores, strict=True)):
         n = len(toks) + (1 if fin else 0)
         assert score == pytest.approx(sequence_logprob(model, feats[i:i + 1], toks, eot, with_end=fin) / n, abs=1e-4)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_captions_do_not_depend_on_how_many_images_are_decoded_together(tmp_path, beams):
+    from hw3lib.models.decoding import Decoding, caption_images
+    from hw3lib.models.loading import encoder_transform
+
+    model = tiny.perturbed(tiny.tiny_captioner("lora", encoder=tiny.tiny_encoder()))
+    paths = tiny.random_images(tmp_path, n=5, size=32)
+    caps = {bs: caption_images(model, paths, tiny.TinyTokenizer(), encoder_transform(model.encoder),
+                               Decoding(beams, MAX, batch_size=bs), progress=False) for bs in (1, 2, 5)}
+    assert len(set(caps[1].values())) > 1  # the image matters
+    assert caps[1] == caps[2] == caps[5]

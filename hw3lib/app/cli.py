@@ -119,6 +119,7 @@ def cmd_train(args) -> int:
         raise HW3Error(f"hw3 train: {' and '.join(missing)} required (except with --print-config or --plan)")
     from ..captioning.runs import load_run, manifest_for, write_val_predictions
     from ..core.data import read_caption_file
+    from ..models.decoding import Decoding
     from ..training.config import load_config
 
     train_run(args.config, args.assets, args.data, args.out, args.overrides, reuse=False, force_new=args.force_new)
@@ -126,7 +127,7 @@ def cmd_train(args) -> int:
     m, device = manifest_for(args.assets), _device(tr.device)
     val = read_caption_file(args.data / "val.json", args.data / "images" / "val")
     write_val_predictions(load_run(args.out, m, device), args.out, m, [im.path for im in val.images], device,
-                          tr.max_caption_tokens, controls=tr.controls)
+                          Decoding(max_len=tr.max_caption_tokens, controls=tr.controls))
     print(f"wrote {args.out / 'val_predictions.json'}: greedy captions of the val split by the best checkpoint")
     return 0
 

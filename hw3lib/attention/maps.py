@@ -272,17 +272,18 @@ def deletion_auc(model, ca: CaptionAttention, t: int, patch_map: np.ndarray, fra
     rows, cols = ca.grid
     ph, pw = ca.pixels.shape[1] // rows, ca.pixels.shape[2] // cols
     order = np.argsort(-patch_map)
-    ids = torch.tensor([[ca.eot_id] + ca.token_ids[:t]])
-    probs = []
+    images = []
     for f in fractions:
         x = ca.pixels.clone()
         fill = x.mean(dim=(1, 2), keepdim=True)
         for p in order[: int(round(f * len(order)))]:
             r, c = divmod(int(p), cols)
             x[:, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = fill
-        logits = model(model.encode(x[None]), ids)
-        probs.append(float(logits[0, -1].softmax(-1)[ca.token_ids[t]]))
-    return float(np.mean(probs))
+        images.append(x)
+    ids = torch.tensor([[ca.eot_id] + ca.token_ids[:t]]).expand(len(images), -1)  # (F, t + 1): one row per fraction
+    logits = model(model.encode(torch.stack(images)), ids)  # every fraction in one pass: (F, t + 1, V)
+    probs = logits[:, -1].softmax(-1)[:, ca.token_ids[t]]
+    return float(np.mean([float(p) for p in probs]))
 
 
 @dataclass

@@ -248,11 +248,11 @@ def caption_folder(model, manifest, paths, decoding: Decoding = GREEDY, device="
                           precision=precision)
 
 
-def write_val_predictions(model, run, manifest, paths, device="cpu", max_len=40, progress=False,
-                          controls: Controls = OFF) -> dict[str, str]:
-    """Greedy captions of the val images by a run's model (with the decoding `controls`), kept as
-    RUN/val_predictions.json (the course's prediction format, so `hw3 evaluate` reads it)."""
-    preds = caption_folder(model, manifest, paths, Decoding(max_len=max_len, controls=controls), device, progress)
+def write_val_predictions(model, run, manifest, paths, device="cpu", decoding: Decoding = GREEDY,
+                          progress=False) -> dict[str, str]:
+    """Captions of the val images by a run's model (`decoding`: greedy, its controls, images decoded together),
+    kept as RUN/val_predictions.json (the course's prediction format, so `hw3 evaluate` reads it)."""
+    preds = caption_folder(model, manifest, paths, decoding, device, progress)
     atomic_write_json(Path(run) / "val_predictions.json", preds)
     return preds
 
@@ -280,6 +280,7 @@ class Captioning:
     paths: tuple[Path, ...]  # image files (the val split)
     max_len: int = 40  # caption tokens at most
     controls: Controls = OFF  # decoding controls (greedy)
+    batch_size: int = GREEDY.batch_size  # images decoded together (each is decoded on its own)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +300,8 @@ def train_and_caption(job: TrainJob, assets, device="cpu", captioning: Captionin
         return Trained(summary, peft, None)
     m = manifest_for(manifest)
     preds = write_val_predictions(load_run(job.out, m, device), job.out, m, captioning.paths, device,
-                                  captioning.max_len, False, captioning.controls)
+                                  Decoding(max_len=captioning.max_len, controls=captioning.controls,
+                                           batch_size=captioning.batch_size))
     return Trained(summary, peft, preds)
 
 

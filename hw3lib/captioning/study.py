@@ -70,6 +70,7 @@ class ComparisonSpec:
     controls: Controls = OFF  # decoding controls of every caption
     decoding_grid: dict[str, Controls] = dataclasses.field(default_factory=dict)  # the best variant decoded so
     beams_best: int = 3  # beam width for the best variant (1: no beam row)
+    decode_batch: int = 64  # images decoded together, every row (each is decoded on its own: more at once, fewer steps)
     max_len: int = 40  # caption tokens at most
     world: DemoWorld | None = None  # the demo world (its objects score the captions); None on real data
     n_boot: int = 2000  # bootstrap resamples of every interval
@@ -109,7 +110,8 @@ class _Captioner:
     def __call__(self, model, beams: int = 1, how: Controls | None = None) -> tuple[dict[str, str], Scores]:
         s = self.spec
         how = s.controls if how is None else how
-        preds = caption_folder(model, self.manifest, self.paths, Decoding(beams, s.max_len, controls=how), self.device,
+        preds = caption_folder(model, self.manifest, self.paths,
+                               Decoding(beams, s.max_len, controls=how, batch_size=s.decode_batch), self.device,
                                self.progress)
         return preds, score_predictions(preds, s.p2_dir, self.manifest, self.clip, self.device, s.world)
 
@@ -138,7 +140,7 @@ def compare_variants(spec: ComparisonSpec, device="cpu", progress=True) -> Compa
                      device, progress)
     jobs = spec.jobs()
     trained = train_jobs(longest_first(jobs), spec.assets, device, spec.processes,
-                         Captioning(tuple(run.paths), spec.max_len, spec.controls))
+                         Captioning(tuple(run.paths), spec.max_len, spec.controls, spec.decode_batch))
     preds, sc = run(load_run(None, m, device))
     scored, preds_by = {"untrained": sc}, {"untrained": preds}
     evaluated = []

@@ -265,9 +265,9 @@ def confined_path(root: str | os.PathLike, name: str, source: str | os.PathLike)
         raise HW3Error(f"{source}: file name {name!r} contains a null byte")
     if os.path.isabs(name) or "\\" in name:
         raise HW3Error(f"{source}: file name {name!r} must be relative to {root}")
-    resolved_root = root.resolve()
-    candidate = (root / name).resolve()
-    if resolved_root != candidate and resolved_root not in candidate.parents:
+    resolved_root = os.path.realpath(root)  # what Path.resolve() gives, at a fraction of its cost per name
+    candidate = os.path.realpath(os.path.join(root, name))
+    if candidate != resolved_root and not candidate.startswith(os.path.join(resolved_root, "")):
         raise HW3Error(f"{source}: file name {name!r} escapes the image folder {root}")
     return root / name
 

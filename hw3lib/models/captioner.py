@@ -31,6 +31,7 @@ from ..core.precision import Precision, store_frozen
 from ..core.weights import check_fit, check_tensors
 from . import peft as tuning
 from .gpt2 import GPT2, CrossAttention, CrossAttentionNorm
+from .packing import Packing
 from .peft import PEFT_KINDS
 
 CHECKPOINT_FORMAT = "hw3lib-captioner-1"
@@ -140,10 +141,16 @@ class Captioner(nn.Module):
         """Per-layer cross-attention keys/values from encoder tokens (computed once per image)."""
         return self.decoder.cross_kv(self.proj(feats.to(self.proj.weight.dtype)))
 
-    def forward(self, feats: torch.Tensor, input_ids: torch.Tensor, need_weights: bool = False):
-        """Encoder tokens (B, S, E) + ids (B, T) -> logits (B, T, V) [, per-layer cross-attention]."""
-        hidden, _, atts = self.decoder.forward_hidden(self.decoder.embed(input_ids), self.cross_kv(feats),
-                                                      need_weights=need_weights, prefixes=self.prefixes())
+    def forward(self, feats: torch.Tensor, input_ids: torch.Tensor, need_weights: bool = False,
+                packing: Packing | None = None):
+        """Encoder tokens (B, S, E) + ids (B, T) -> logits (B, T, V) [, per-layer cross-attention (B, nh, T, S)].
+        With `packing` (teacher forcing) only the real tokens run through the per-token layers, and the
+        logits are theirs: (N, V) (`packing.py`)."""
+        x = self.decoder.embed(input_ids)  # (B, T, C)
+        if packing is not None:
+            x = packing.pack(x)  # (N, C)
+        hidden, _, atts = self.decoder.forward_hidden(x, self.cross_kv(feats), need_weights=need_weights,
+                                                      prefixes=self.prefixes(), packing=packing)
         logits = self.decoder.logits(hidden)
         return (logits, atts) if need_weights else logits
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .packing import Packing
+
 # weights stored transposed (Conv1D layout) in the course file and in transformers' GPT-2
 CONV1D_SUFFIXES = (".c_attn.weight", ".q_attn.weight", ".c_proj.weight", ".c_fc.weight")
 # constant buffers that older GPT-2 checkpoints carry; they hold no learned values
@@ -98,9 +100,15 @@ class SelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x, past: KVCache | tuple[torch.Tensor, torch.Tensor] | None = None, prefix=None):
-        B, T, C = x.shape  # (B, T, C)
-        q, k, v = self.c_attn(x).split(C, dim=2)
+    def forward(self, x, past: KVCache | tuple[torch.Tensor, torch.Tensor] | None = None, prefix=None,
+                packing: Packing | None = None):
+        qkv = self.c_attn(x)  # (B, T, 3C), or (N, 3C) packed
+        if packing is not None:
+            if past is not None:
+                raise ValueError("packed tokens are teacher-forced: there is no cache to extend")
+            qkv = packing.unpack(qkv)  # (B, T, 3C), zeros at the padding
+        B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if isinstance(past, KVCache):
             k, v = past.append(k, v)  # (B, nh, P+T, hs) views
@@ -128,6 +136,8 @@ class SelfAttention(nn.Module):
         if gate is not None:
             y = y + torch.tanh(gate).view(1, -1, 1, 1) * F.scaled_dot_product_attention(q, pk, pv)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
+        if packing is not None:
+            y = packing.pack(y)  # (N, C)
         return self.c_proj(y), present
 
 
@@ -159,12 +169,15 @@ class CrossAttention(nn.Module):
             k, v = self.c_attn(enc).split(C, dim=2)
         return tuple(t.view(B, S, self.n_head, C // self.n_head).transpose(1, 2) for t in (k, v))  # (B, nh, S, hs)
 
-    def forward(self, x, kv, need_weights: bool = False, past: KVCache | None = None):
-        R, T, C = x.shape  # (R, T, C): R = B images x G rows each
+    def forward(self, x, kv, need_weights: bool = False, past: KVCache | None = None, packing: Packing | None = None):
+        q = self.q_attn(x)  # (R, T, C): R = B images x G rows each; or (N, C) packed
+        if packing is not None:
+            q = packing.unpack(q)  # (R, T, C), zeros at the padding
+        R, T, C = q.shape
         k, v = kv  # (B, nh, S, hs)
         B, nh, hs = k.size(0), self.n_head, C // self.n_head
         G = R // B
-        q = self.q_attn(x).view(B, G, T, nh, hs).permute(0, 3, 1, 2, 4).reshape(B, nh, G * T, hs)
+        q = q.view(B, G, T, nh, hs).permute(0, 3, 1, 2, 4).reshape(B, nh, G * T, hs)
         if need_weights or self.coverage is not None:  # explicit softmax so the maps can be returned
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, G*T, S)
             if self.coverage is not None:
@@ -177,6 +190,8 @@ class CrossAttention(nn.Module):
             att = None
             y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, G*T, hs)
         y = y.view(B, nh, G, T, hs).permute(0, 2, 3, 1, 4).reshape(R, T, C)
+        if packing is not None:
+            y = packing.pack(y)  # (N, C)
         return self.c_proj(y), att
 
     @staticmethod
@@ -224,12 +239,13 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cross_kv=None, past=None, need_weights=False, prefix=None):
-        a, present = self.attn(self.ln_1(x), past, prefix)
+    def forward(self, x, cross_kv=None, past=None, need_weights=False, prefix=None, packing: Packing | None = None):
+        """x (B, T, C), or (N, C) with `packing`: only the attention cores see the padded layout."""
+        a, present = self.attn(self.ln_1(x), past, prefix, packing)
         x = x + a
         att = None
         if cross_kv is not None:
-            c, att = self.crossattention(self.ln_cross_attn(x), cross_kv, need_weights, past)
+            c, att = self.crossattention(self.ln_cross_attn(x), cross_kv, need_weights, past, packing)
             x = x + c
         x = x + self.mlp(self.ln_2(x))
         return x, present, att
@@ -281,15 +297,17 @@ class GPT2(nn.Module):
         pos = torch.arange(pos_offset, pos_offset + T, device=idx.device)
         return self.wte(idx) + self.wpe(pos)  # (B, T, C)
 
-    def forward_hidden(self, x, cross_kv=None, past=None, need_weights=False, prefixes=None):
-        """Run the blocks on embeddings x (B, T, C). Returns final hidden states, new per-layer
-        self-attention caches, and per-layer cross-attention weights (None unless asked).
+    def forward_hidden(self, x, cross_kv=None, past=None, need_weights=False, prefixes=None,
+                       packing: Packing | None = None):
+        """Run the blocks on embeddings x (B, T, C), or on the real tokens (N, C) of a padded batch with
+        `packing` (then the hidden states are (N, C) too). Returns final hidden states, new per-layer
+        self-attention caches, and per-layer cross-attention weights (None unless asked; (B, nh, T, S)).
         `prefixes` gives each layer extra (keys, values, gate) for prefix/prompt tuning."""
         presents, atts = [], []
         for i, blk in enumerate(self.h):
             x, present, att = blk(x, None if cross_kv is None else cross_kv[i],
                                   None if past is None else past[i], need_weights,
-                                  None if prefixes is None else prefixes[i])
+                                  None if prefixes is None else prefixes[i], packing)
             presents.append(present)
             atts.append(att)
         return self.ln_f(x), presents, atts

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.images import open_image
+from ..core.optimizers import adamw
 from ..core.progress import progress
 from ..demo.phrasing import COUNT_STATEMENTS, caption_pool, stated_count
 from ..demo.world import MAX_OBJECTS, DemoWorld, Obj, boxes_for, fewer_objects, more_objects, render_objects
@@ -110,7 +111,7 @@ def finetune_counting(bundle, train, world: DemoWorld, how: CountTuning, seed: i
     scenes = count_scenes(objects, side, seed)
     rng = np.random.default_rng([seed, 51])
     batch = min(how.batch, len(scenes))
-    opt = torch.optim.AdamW(model.parameters(), lr=how.lr, weight_decay=0.1)
+    opt = adamw(model.parameters(), how.lr, 0.1)
     log["count_scenes"] = len(scenes)
     log["count_loss"] = []
     model.train()

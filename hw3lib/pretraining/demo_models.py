@@ -56,6 +56,7 @@ from ..core.files import (
 )
 from ..core.images import open_image
 from ..core.manifest import ClipSpec, DecoderSpec, EncoderSpec, Manifest, TokenizerSpec
+from ..core.optimizers import adamw
 from ..core.patches import PatchGrid
 from ..core.progress import progress
 from ..core.tokenizer import load_gpt2_tokenizer, teacher_forcing_batch, train_bpe
@@ -79,7 +80,7 @@ SHAPED_BY = ("hw3lib.pretraining.demo_models", "hw3lib.pretraining.negation_tuni
              "hw3lib.zeroshot.counting", "hw3lib.demo.pretraining_text",
              "hw3lib.demo.styles", "hw3lib.demo.world", "hw3lib.demo.phrasing", "hw3lib.zeroshot.counterfactual", "hw3lib.zeroshot.negation",
              "hw3lib.core.tokenizer", "hw3lib.core.patches", "hw3lib.models.clip", "hw3lib.models.decoder_file", "hw3lib.models.gpt2",
-             "hw3lib.models.loading", "hw3lib.training.loop")
+             "hw3lib.models.loading", "hw3lib.models.packing", "hw3lib.training.loop", "hw3lib.core.optimizers")
 
 
 @dataclass
@@ -287,7 +288,7 @@ def train_clip(bundle, images: ClipImages, train, world: DemoWorld, s: DemoModel
     text, before_styles = PretrainingText.start(), None
     batch, base = min(s.clip_batch, len(train.images)), s.clip_object_steps + s.clip_steps
     photo = np.full(len(train.images), STYLES.index("photo"))  # the renders are the world's photos
-    opt = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=s.clip_lr, weight_decay=0.1)
+    opt = adamw([*model.parameters(), *heads.parameters()], s.clip_lr, 0.1)
     model.train()
     model.visual.output_tokens = True  # (pooled, patch tokens after ln_post)
     log["clip_loss"], log["clip_object_loss"] = [], []
@@ -396,7 +397,7 @@ def train_gpt(tok, train_caps, val_caps, s: DemoModelSettings, seed: int, log: d
     batch = min(s.gpt_batch, len(x))
     steps_per_epoch = len(x) // batch
     total = steps_per_epoch * s.gpt_epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=s.gpt_lr, weight_decay=0.01)
+    opt = adamw(model.parameters(), s.gpt_lr, 0.01)
     log["gpt_loss"] = []
     bar = progress(total=total, desc="gpt2: language-model training", leave=False)
     step = 0

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.images import open_image
+from ..core.optimizers import adamw
 from ..core.progress import progress
 from ..demo.pretraining_text import FRAMINGS, frame, framings_for_styles
 from ..demo.styles import STYLES, render_style
@@ -108,7 +109,7 @@ def finetune_negation(bundle, train, world: DemoWorld, styles: np.ndarray, how: 
         p.requires_grad_(True)
     rng = np.random.default_rng([seed, 20])
     batch = min(batch, len(pairs))
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.1)
+    opt = adamw(trainable, lr, 0.1)
     scale = model.logit_scale.exp().detach()
     log["negation_pairs"] = len(pairs)
     log["negation_loss"] = []

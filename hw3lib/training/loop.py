@@ -26,12 +26,14 @@ from ..core.data import CaptionSet
 from ..core.distributed import processes
 from ..core.errors import HW3Error
 from ..core.files import fault_point
+from ..core.optimizers import adamw
 from ..core.precision import Precision, choose_precision
 from ..core.progress import progress
 from ..core.results import RunSummary
 from ..core.tokenizer import teacher_forcing_batch
 from ..demo.world import Obj, boxes_for
 from ..models.captioner import Captioner, check_budget, format_report, parameter_report
+from ..models.packing import Packing
 from . import attention_losses as att_losses
 from .attention_targets import CaptionGrounding, caption_targets
 from .config import TrainConfig
@@ -118,13 +120,15 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def _teacher_forced(model, feats, pairs, eot, max_len, autocast, need_weights: bool = False):
-    """(mean per-token cross-entropy, targets (B, T), per-layer cross-attention or None, logits (B, T, V))."""
+    """(mean per-token cross-entropy, targets (B, T), per-layer cross-attention or None, the real tokens'
+    logits (N, V), their `Packing`). Only the real tokens run through the per-token layers (`packing.py`)."""
     x, y = teacher_forcing_batch([t for _, t in pairs], eot, max_len)
     x, y = x.to(feats.device), y.to(feats.device)
+    packing = Packing.of(y != -100)
     with autocast():
-        out = model(feats, x, need_weights=need_weights)
+        out = model(feats, x, need_weights=need_weights, packing=packing)
     logits, atts = out if need_weights else (out, None)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100), y, atts, logits
+    return F.cross_entropy(logits.float(), packing.pack(y)), y, atts, logits, packing
 
 
 def batch_loss(model, feats, pairs, eot, max_len, autocast) -> torch.Tensor:
@@ -143,11 +147,11 @@ def training_loss(model, feats, pairs, data: CaptionData, cfg: TrainConfig, auto
     re-naming an object (`unlikelihood`, with `data.nouns`) and the attention terms (`attention_losses`;
     `data.grounding` and the pairs' indices `captions` give the boxes supervision needs). Returns (loss,
     each term's value)."""
-    ce, y, atts, logits = _teacher_forced(model, feats, pairs, data.eot, cfg.max_caption_tokens, autocast,
-                                          needs_maps(cfg))
+    ce, y, atts, logits, packing = _teacher_forced(model, feats, pairs, data.eot, cfg.max_caption_tokens, autocast,
+                                                   needs_maps(cfg))
     loss, parts = ce, {"ce": ce.item()}
     if cfg.unlikelihood > 0:
-        term = unlikelihood(logits, y, data.nouns)
+        term = unlikelihood(packing.unpack(logits), y, data.nouns)  # (B, T, V): zeros at the padding, never a candidate
         loss, parts["unlikelihood"] = loss + cfg.unlikelihood * term, term.item()
     if atts is None:
         return loss, parts
@@ -227,7 +231,7 @@ class Trainer:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         check_budget(model, cfg.max_trainable)
         self.report = parameter_report(model)
-        self.opt = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = adamw(self.trainable, cfg.lr, cfg.weight_decay)
         self.precision = precision or choose_precision(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
         self.net = model
