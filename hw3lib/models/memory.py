@@ -79,7 +79,7 @@ def saved_activation_bytes(model, feats: torch.Tensor, ids: torch.Tensor) -> tup
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(feats, ids).float()  # (B, T, V) as batch_loss computes the loss
+        logits = model(feats, ids).float()  # (B, T, V): batch_loss's packed (N, V) when every caption is T long
         F.cross_entropy(logits.flatten(0, 1), ids.flatten())
     return sum(saved.values()), logits.numel() * 4
 
