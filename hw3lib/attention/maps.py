@@ -283,7 +283,7 @@ def deletion_auc(model, ca: CaptionAttention, t: int, patch_map: np.ndarray, fra
     ids = torch.tensor([[ca.eot_id] + ca.token_ids[:t]]).expand(len(images), -1)  # (F, t + 1): one row per fraction
     logits = model(model.encode(torch.stack(images)), ids)  # every fraction in one pass: (F, t + 1, V)
     probs = logits[:, -1].softmax(-1)[:, ca.token_ids[t]]
-    return float(np.mean([float(p) for p in probs]))
+    return float(np.mean(probs.tolist()))
 
 
 @dataclass

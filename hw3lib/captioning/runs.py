@@ -32,7 +32,7 @@ from ..models.captioner import (
     read_checkpoint,
 )
 from ..models.decoder_file import decoder_config
-from ..models.decoding import GREEDY, OFF, Controls, Decoding, caption_images
+from ..models.decoding import GREEDY, Decoding, caption_images
 from ..models.loading import encoder_data_config, encoder_transform, load_tokenizer
 from ..models.memory import check_fits, plan_run, usable_gpu_bytes
 from ..training.config import load_config
@@ -278,9 +278,7 @@ class Captioning:
     """The images every run of `train_jobs` captions as soon as it is trained, in the process that trained it
     (so that captioning runs in parallel too), and how."""
     paths: tuple[Path, ...]  # image files (the val split)
-    max_len: int = 40  # caption tokens at most
-    controls: Controls = OFF  # decoding controls (greedy)
-    batch_size: int = GREEDY.batch_size  # images decoded together (each is decoded on its own)
+    decoding: Decoding = GREEDY  # how: greedy, its length, controls and images decoded together
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,8 +298,7 @@ def train_and_caption(job: TrainJob, assets, device="cpu", captioning: Captionin
         return Trained(summary, peft, None)
     m = manifest_for(manifest)
     preds = write_val_predictions(load_run(job.out, m, device), job.out, m, captioning.paths, device,
-                                  Decoding(max_len=captioning.max_len, controls=captioning.controls,
-                                           batch_size=captioning.batch_size))
+                                  captioning.decoding)
     return Trained(summary, peft, preds)
 
 

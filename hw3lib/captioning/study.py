@@ -107,12 +107,14 @@ class _Captioner:
     device: str
     progress: bool
 
+    def decoding(self, beams: int = 1, how: Controls | None = None) -> Decoding:
+        """Every row's decoding: the spec's length, batch and controls (`how` overrides the controls)."""
+        s = self.spec
+        return Decoding(beams, s.max_len, controls=s.controls if how is None else how, batch_size=s.decode_batch)
+
     def __call__(self, model, beams: int = 1, how: Controls | None = None) -> tuple[dict[str, str], Scores]:
         s = self.spec
-        how = s.controls if how is None else how
-        preds = caption_folder(model, self.manifest, self.paths,
-                               Decoding(beams, s.max_len, controls=how, batch_size=s.decode_batch), self.device,
-                               self.progress)
+        preds = caption_folder(model, self.manifest, self.paths, self.decoding(beams, how), self.device, self.progress)
         return preds, score_predictions(preds, s.p2_dir, self.manifest, self.clip, self.device, s.world)
 
 
@@ -140,7 +142,7 @@ def compare_variants(spec: ComparisonSpec, device="cpu", progress=True) -> Compa
                      device, progress)
     jobs = spec.jobs()
     trained = train_jobs(longest_first(jobs), spec.assets, device, spec.processes,
-                         Captioning(tuple(run.paths), spec.max_len, spec.controls, spec.decode_batch))
+                         Captioning(tuple(run.paths), run.decoding()))
     preds, sc = run(load_run(None, m, device))
     scored, preds_by = {"untrained": sc}, {"untrained": preds}
     evaluated = []

@@ -2,7 +2,7 @@
 
 torch's default AdamW walks the tensors one by one, a handful of small kernels per tensor; the fused
 kernel updates each tensor in one pass. For the small models of this project, whose steps are short, that
-is a visible share of a step (`bench/bench_optimizer.py`); for the demo CLIP, whose token embedding holds
+is a visible share of a step (`bench/bench_train_step.py`); for the demo CLIP, whose token embedding holds
 the whole 49,408-token vocabulary, it is the largest update of every step. The update is AdamW's either
 way (Loshchilov & Hutter); the last bits of a weight may differ between the two kernels.
 """
