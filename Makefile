@@ -31,7 +31,7 @@ all: report
 $(VENV)/.installed: pyproject.toml tools/venv_install.py
 	@test -x $(PY) || { echo "creating $(VENV) (first time: a minute or two, ~6 GB)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) tools/venv_install.py 2>&1 | grep --line-buffered -v '^Requirement already satisfied'; \
-		test $${PIPESTATUS[0]} -eq 0 || { echo "error: installing into $(VENV) failed (see above)"; exit 2; }
+		test $${PIPESTATUS[0]} -eq 0 || { echo "error: installing into $(VENV) failed (see above); if the venv itself is broken: rm -rf $(VENV) && make venv"; exit 2; }
 	$(PY) -m ipykernel install --sys-prefix --name hw3lib --display-name "Python (hw3lib)" >/dev/null
 	@touch $@
 

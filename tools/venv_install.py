@@ -76,6 +76,16 @@ def install_with_uv(python: str, venv: Path) -> bool:
                 *uv_arguments(config), "-e", *TARGET])
 
 
+def ensure_pip(python: str = sys.executable) -> bool:
+    """A venv whose creation was cut short has a python but no pip ("No module named pip", and every
+    install then fails): put pip back with the standard library's ensurepip. False where that fails too."""
+    have = subprocess.run([python, "-c", "import pip"], capture_output=True).returncode == 0
+    if have:
+        return True
+    print(f"{python}: this venv has no pip (its creation was cut short?): repairing it with ensurepip", flush=True)
+    return run([python, "-m", "ensurepip", "--upgrade", "--default-pip"])
+
+
 def main(argv: list[str]) -> int:
     if argv:
         print(f"error: {Path(__file__).name} takes no arguments (got {' '.join(argv)!r})", file=sys.stderr)
@@ -84,6 +94,10 @@ def main(argv: list[str]) -> int:
         print(f"error: {sys.executable} is not a venv's python: run this file with .venv/bin/python", file=sys.stderr)
         return 2
     python = sys.executable
+    if not ensure_pip(python):
+        print(f"error: {sys.prefix}: an incomplete venv that ensurepip cannot repair: remove it and run make again "
+              f"(rm -rf {sys.prefix} && make venv)", file=sys.stderr)
+        return 2
     if install_with_uv(python, Path(sys.prefix)):
         return 0
     print("uv could not install the project: installing it with pip", flush=True)

@@ -2,10 +2,14 @@
 papermill (from their jupytext sources; executed copies in notebooks/executed/, git-ignored), every
 figure into `figures/`, then `figures/summary.md` and its JSON twin with the key numbers.
 
-The report is a transaction: everything is written into folders beside `figures/` and the HTML report
-(`.NAME.partial`) and swapped in whole once every notebook has finished; an interrupted or failed run
-leaves the previous report untouched. A demo world (a DEMO.json in --data) trains the demo twins of the
-report's configs; real data trains configs/report_*.toml.
+The report is a transaction over the files it writes, and only those: everything is written into a
+staging folder inside `figures/` and inside the HTML report's folder, and once every notebook has finished
+the files of both are committed together (`core.files.staged_files`: a journal, then one rename per file);
+an interrupted or failed run leaves the previous report untouched. A user's own files, subfolders and links
+in those folders are never touched, and either folder may be a link or a mount point. A demo world (a
+DEMO.json in --data) trains the demo twins of the report's configs; real data trains configs/report_*.toml.
+Only the report of the project's own demo world (make report's defaults) updates the numbers quoted in
+README.md and docs/.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from pathlib import Path
 
 from ..core.errors import HW3Error, error_line
-from ..core.files import atomic_write_text, output_lock, read_json, staged_folder
+from ..core.files import atomic_write_text, output_lock, read_json, staged_files
 from ..core.results import VariantTable
 from ..demo.models_record import DemoModels
 from .summary import refresh_quotes, write_summary
@@ -120,21 +124,6 @@ notebooks (every output inline) and every figure.</p>
     return out_dir / "index.html"
 
 
-OWNED = ("p1_*", "p2_*", "p3_*", "summary.md", "summary.json")  # what the report writes in figures/
-
-
-def carry_over(old: Path, new: Path) -> None:
-    """Copy into the staged figures `new` the files of `old` that are not the report's own (OWNED): a
-    user's own files in the figures folder outlive the swap."""
-    import shutil
-
-    if not old.is_dir():
-        return
-    for f in sorted(old.iterdir()):
-        if f.is_file() and not any(f.match(p) for p in OWNED) and not (new / f.name).exists():
-            shutil.copy2(f, new / f.name)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hw3lib.app.report", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="an hw3_data/ folder (a demo world has a DEMO.json)")
@@ -162,7 +151,8 @@ def _main(args) -> int:
     from ..demo.world import DemoWorld
 
     if not args.data.is_dir():
-        raise HW3Error(f"{args.data}: data folder not found")
+        against = f" (a relative path, read against {Path.cwd()})" if not args.data.is_absolute() else ""
+        raise HW3Error(f"{args.data}: data folder not found{against}")
     root = project_root(args.project)
     figures, runs = args.figures or root / "figures", args.runs or root / "build" / "runs"
     html_dir = args.html or root / "build" / "report"
@@ -181,21 +171,59 @@ def _main(args) -> int:
           "reference": "lora16" if demo else "report_lora16"}  # the report's setting
     with output_lock(figures, "python -m hw3lib.app.report"):  # one report at a time per figures/ folder
         own_runs(runs, group, args.data, assets)
-        with staged_folder(figures) as stage, staged_folder(html_dir) as stage_html:
+        for folder in (figures, html_dir):
+            forget_swaps(folder)
+        with staged_files([figures, html_dir], owned={figures: last_report_files(figures)}) as (stage, stage_html):
             executed = _run(root, stage, common | {"figures_dir": str(stage.resolve())}, p2)
             written = sorted(f.name for f in stage.iterdir() if f.is_file())
             doc = write_summary(stage, DemoModels.load(assets), written)
             written = written + ["summary.md", "summary.json"]
             index = export_html(executed, stage, stage_html, written,
                                 os.path.relpath(figures.resolve(), html_dir.resolve()))
-            carry_over(figures, stage)
-        # both swapped in: the report is whole
-        if demo and args.figures is None:  # the demo's numbers, as README and docs/ quote them
+        # both committed: the report is whole
+        if project_demo(root, args):  # the project's demo: its numbers, as README and docs/ quote them
             for path in refresh_quotes([root / "README.md", *sorted((root / "docs").glob("*.md"))], doc):
                 print(f"[report] numbers quoted in {path.relative_to(root)} updated from summary.json")
+        elif demo:
+            print("[report] README.md and docs/ quote the project's own demo world: left as they were", flush=True)
     print(f"[report] figures and {figures / 'summary.md'} written ({len(written)} files)")
     print(f"[report] browsable report: {html_dir / index.name}")
     return 0
+
+
+def forget_swaps(folder: Path) -> None:
+    """What the report's earlier design (the whole folder swapped) may have left beside `folder`: the old
+    folder moved aside by a crash between two renames is put back, and a staged `.NAME.partial` (a folder,
+    or a link where `folder` was one) removed."""
+    import shutil
+
+    from ..core.files import recover_swap
+
+    recover_swap(folder)
+    partial = folder.with_name(f".{folder.name}.partial")
+    if partial.is_symlink() or partial.is_file():
+        partial.unlink()
+    elif partial.is_dir():
+        shutil.rmtree(partial)
+
+
+def project_demo(root: Path, args) -> bool:
+    """Is this the report of the project's own demo world - make report's defaults: the demo world and
+    models under build/demo, written into the project's figures/? Only that report's numbers are the ones
+    README.md and docs/ quote; a report over any other data (another demo world included) leaves them."""
+    demo = (root / "build" / "demo").resolve()
+    return (args.figures is None and args.data.resolve() == demo / "hw3_data"
+            and args.assets != "real" and Path(args.assets).resolve() == demo / "models" / "assets.json")
+
+
+def last_report_files(figures: Path) -> list[str]:
+    """The files the last report wrote into `figures` as its summary.json lists them: what the report owns
+    there when the folder has no record of its last commit (a fresh clone's committed figures/)."""
+    try:
+        files = read_json(figures / "summary.json").get("files") if (figures / "summary.json").is_file() else None
+    except (HW3Error, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
 
 
 def _run(root: Path, figures: Path, params: dict, p2: dict) -> list[Path]:
@@ -259,7 +287,7 @@ _stopping = False  # set by the first Ctrl-C or SIGTERM
 
 @contextlib.contextmanager
 def _quiet_interrupts():
-    """Ctrl-C (SIGINT) or SIGTERM stops the report with one line. The notebooks' kernel runs in a session of
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the report with one line. The notebooks' kernel runs in a session of
     its own (jupyter_client), so the terminal's Ctrl-C reaches only this process; were it left to papermill,
     it would interrupt the kernel and print the cell's traceback and every training worker's. Instead the
     kernel's whole process group is killed (its workers write atomically: nothing half-written stays), and
@@ -272,7 +300,8 @@ def _quiet_interrupts():
         if not _kill_kernels() and first:
             raise KeyboardInterrupt  # no kernel running: stop here
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP: the terminal or ssh session closed; the kernels (sessions of their own) would never hear of it
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

@@ -65,6 +65,11 @@ def read_id2label(path: str | Path) -> dict[int, str]:
             first = next(key for key in raw if key.strip().isascii() and key.strip().isdecimal() and int(key) == int(k))
             raise HW3Error(f"{path}: keys {first!r} and {k!r} are the same class id {int(k)}")
         out[int(k)] = v.strip()
+    named: dict[str, int] = {}
+    for cid, name in sorted(out.items()):
+        if name in named:  # two classes that no prediction could tell apart
+            raise HW3Error(f"{path}: class ids {named[name]} and {cid} have one name {name!r}")
+        named[name] = cid
     return dict(sorted(out.items()))
 
 

@@ -29,17 +29,36 @@ def processes() -> Processes:
     return Processes(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), local)
 
 
-def _set_threads(n: int) -> None:
+def _start_worker(threads: int, parent: int, poll_s: float) -> None:
+    """A pool worker's start: torch on `threads` threads, and a watch on the process that made the pool."""
     import torch
 
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
+    watch_parent(parent, poll_s)
 
 
-def worker_pool(processes: int, threads: int):
+def watch_parent(parent: int, poll_s: float = 0.5) -> None:
+    """End this process as soon as `parent` is no longer its parent, however the parent died (kill -9, a
+    closed terminal's SIGHUP, a crash): an orphaned worker would hold its memory, waiting for work that never
+    comes. A daemon thread polls the parent pid (the way ipykernel's parent poller does; Linux's
+    PR_SET_PDEATHSIG fires when the *thread* that started the worker ends, which a pool's manager thread may)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="hw3-parent-watch", daemon=True).start()
+
+
+def worker_pool(processes: int, threads: int, poll_s: float = 0.5):
     """A pool of `processes` fresh interpreters (spawn: no forked OpenMP or kernel state), torch on `threads`
-    threads in each: independent jobs side by side on the CPU."""
+    threads in each: independent jobs side by side on the CPU. Each worker ends within `poll_s` seconds of
+    its parent's death (`watch_parent`), so nothing outlives a killed report."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_set_threads,
-                               initargs=(threads,))
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                               initargs=(threads, os.getpid(), poll_s))

@@ -167,12 +167,28 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 # reading
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice (json.load would keep the last value without a word)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file, turning every failure into an HW3Error naming the file."""
+    """Parse a JSON file, turning every failure into an HW3Error naming the file. A key given twice in one
+    object is refused, naming the key: a reader must never pick one of two values silently."""
     path = require_file(path, "JSON file")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=_unique_keys)
+    except DuplicateKey as e:
+        raise HW3Error(f"{path}: key {e.args[0]!r} is given twice in one object") from e
     except RecursionError as e:
         raise HW3Error(f"{path}: JSON nested too deeply to read") from e
     except UnicodeDecodeError as e:
@@ -386,3 +402,91 @@ def staged_folder(target: str | os.PathLike):
             swap_in(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# a command's own files in shared folders: staged inside each folder, committed together through a journal
+
+STAGED = ".hw3-staged"  # inside each target folder: the same file system, also through a link or a mount
+OWNED = ".hw3-owned.json"  # inside each target folder: the names the last commit put there
+JOURNAL = ".hw3-commit.json"  # inside the first target folder: a decided commit, until it is complete
+
+
+def owned_names(target: str | os.PathLike, fallback: list[str] | None = None) -> list[str]:
+    """The names the last commit put in `target` (its OWNED record), else `fallback`, else none."""
+    record = Path(target) / OWNED
+    try:
+        names = read_json(record) if record.is_file() else fallback
+    except HW3Error:
+        names = fallback
+    return [n for n in names or [] if isinstance(n, str) and n and "/" not in n and n not in (".", "..")]
+
+
+@contextlib.contextmanager
+def staged_files(targets: list[str | os.PathLike], owned: dict | None = None):
+    """Write a command's files for several folders, then put them in place together. Yields one empty
+    folder per target (`TARGET/.hw3-staged`) to write in. When the block ends without an exception, the
+    staged files are committed: a journal naming every move is written (the commit point), each staged file
+    replaces its namesake in its target (one rename each), the files the last commit put there and this one
+    did not write are removed, and the journal is deleted. Nothing else in a target is touched: a user's
+    files, subfolders and links stay, and the folder itself is never replaced, so it may be a link or a
+    mount point. A crash before the journal leaves every target as it was; after it, the next
+    `staged_files` (or `finish_commit`) on the same first target completes the commit. `owned`: for a
+    target with no record of its last commit, the names to treat as its own (e.g. from a summary file).
+    Call it holding an output lock on the first target."""
+    targets = [Path(t) for t in targets]
+    finish_commit(targets[0])
+    stages = []
+    for t in targets:
+        with writing(t):
+            t.mkdir(parents=True, exist_ok=True)
+            stage = t / STAGED
+            if stage.is_symlink() or stage.is_file():
+                stage.unlink()
+            elif stage.exists():
+                shutil.rmtree(stage)
+            stage.mkdir()
+        stages.append(stage)
+    committed = False
+    try:
+        yield stages
+        plan = []
+        for t, stage in zip(targets, stages, strict=True):
+            files = sorted(p.name for p in stage.iterdir() if p.is_file() and not p.is_symlink())
+            old = owned_names(t, (owned or {}).get(t))
+            plan.append({"target": str(t.resolve()), "files": files, "remove": sorted(set(old) - set(files))})
+        with writing(targets[0] / JOURNAL):
+            atomic_write_json(targets[0] / JOURNAL, plan)  # the commit point
+        committed = True
+        finish_commit(targets[0])
+    finally:
+        if not committed:
+            for stage in stages:
+                shutil.rmtree(stage, ignore_errors=True)
+
+
+def finish_commit(first: str | os.PathLike) -> None:
+    """Complete the commit whose journal lies in `first` (a no-op without one): the staged files still
+    waiting are moved in, the files of the last commit that this one did not write removed, and the new
+    record of owned names written; then the staging folders and the journal go. Safe to repeat: every
+    step is one that a crash may already have done."""
+    journal = Path(first) / JOURNAL
+    if not journal.is_file():
+        return
+    plan = read_json(journal)
+    for entry in plan:
+        target = Path(entry["target"])
+        stage = target / STAGED
+        with writing(target):
+            for name in entry["files"]:
+                if (stage / name).is_file():
+                    os.replace(stage / name, target / name)
+                fault_point(f"commit:{name}")
+            for name in entry["remove"]:
+                p = target / name
+                if p.is_file() or p.is_symlink():
+                    p.unlink()
+        atomic_write_json(target / OWNED, entry["files"])
+    for entry in plan:
+        shutil.rmtree(Path(entry["target"]) / STAGED, ignore_errors=True)
+    journal.unlink()

@@ -24,14 +24,18 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside `folder`, sorted by name; errors if there are none. Links with an image
-    name that loop or lead nowhere are skipped with a warning naming them."""
+    name that loop or lead nowhere are skipped with a warning naming them, and so are images in subfolders
+    (the HW3 layouts are flat), with their count."""
     folder = require_dir(folder, "image folder")
-    named = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    entries = sorted(folder.iterdir())
+    named = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
     files = [p for p in named if p.is_file()]
     dead = [p for p in named if p.is_symlink() and not p.exists()]
+    nested = _images_below([p for p in entries if p.is_dir()], folder)
+    if nested:
+        warnings.warn(f"{folder}: {len(nested)} image(s) in subfolders are not read (only the folder's own files "
+                      f"are): {', '.join(nested[:5])}{', ...' if len(nested) > 5 else ''}", stacklevel=2)
     if dead:
-        import warnings
-
         loops = [p.name for p in dead if _loops(p)]
         warnings.warn(f"{folder}: skipped {len(dead)} link(s) that {'loop' if loops else 'lead nowhere'}"
                       f"{' or lead nowhere' if loops and len(loops) < len(dead) else ''}: "
@@ -39,6 +43,16 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise HW3Error(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
     return files
+
+
+def _images_below(folders: list[Path], top: Path) -> list[str]:
+    """The image files anywhere under `folders`, named relative to `top` (links to folders not followed)."""
+    found = []
+    for sub in folders:
+        for dirpath, _, names in os.walk(sub):
+            found += [os.path.relpath(os.path.join(dirpath, n), top) for n in sorted(names)
+                      if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
 
 
 def _loops(path: Path) -> bool:
@@ -136,21 +150,33 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         return _to_rgb(ImageOps.exif_transpose(im))
 
 
+def _decode(im: Image.Image) -> None:
+    """Decode every byte of an opened image's pixel data (a truncated or corrupt file fails here, not only
+    in its header). A JPEG is decoded at 1/8 scale (its DCT's own reduction): the whole entropy-coded
+    stream is still read, in a fraction of the time."""
+    if im.format == "JPEG":
+        im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+    im.load()
+
+
 def check_images(paths: list[Path], skip_bad: bool = False) -> list[Path]:
-    """Read every image's header (format, size, limits) before any work, so that a bad file is named
-    before minutes of computing rather than after. The first bad file raises HW3Error; with `skip_bad`
-    the bad ones are left out with a warning each, and the good ones returned."""
+    """Read every image whole (header, size limits and every byte of its pixels) before any work, so that a
+    bad file - empty, not an image, too large, truncated or corrupt - is named before minutes of computing
+    rather than after. Bad files raise one HW3Error naming the first and counting the others; with
+    `skip_bad` they are left out with one warning naming each, and the good ones returned."""
     good, bad = [], []
     for p in paths:
         try:
-            with _checked(Path(p)):
+            with _checked(Path(p)) as im:
+                _decode(im)
                 good.append(p)
         except HW3Error as e:
-            if not skip_bad:
-                raise
-            bad.append(str(e))
+            bad.append(e)
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more unreadable image(s))" if len(bad) > 1 else ""
+        raise HW3Error(f"{bad[0]}{more}") from bad[0]
     if bad:
-        warnings.warn(f"skipped {len(bad)} bad image(s): " + "; ".join(bad), stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} bad image(s): " + "; ".join(map(str, bad)), stacklevel=2)
     if not good:
         raise HW3Error("no readable images left after skipping bad ones")
     return good

@@ -362,8 +362,8 @@ class RunSummary(JsonRecord):
     best: float | None  # the best validation score (the checkpoint kept), None without validation
     best_step: int | None  # the step that made it
     parameters: dict[str, int]  # "trainable", "frozen" and the trainable ones per component
-    seconds: float  # training time of the last session (a resumed run counts from its restart)
     stopped: bool = False  # early stopping ended it: its held-out curve stopped rising (`patience`)
+    seconds: float | None = None  # older runs only: wall-clock time now lives in timing.jsonl, not in the result
 
     @property
     def trainable(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,19 +52,58 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights file", meta: b
             from safetensors.torch import load_file
 
             sd = load_file(str(path))  # memory-mapped: the tensors are the file's pages
-        elif meta:
-            sd = torch.load(path, map_location="meta", weights_only=True)
         else:
-            # weights_only: a file that would run code on unpickling is refused, not run
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            # weights_only: a file that would run code on unpickling is refused, not run; torch's advice on
+            # pickle protocols is for its own developers, not for the user of a damaged file
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                sd = torch.load(path, map_location="meta" if meta else "cpu", weights_only=True)
     except Exception as e:  # torch and safetensors raise a zoo of types for bad files
-        raise HW3Error(f"{path}: not a readable weights file ({first_line(e, 200)})") from e
+        raise HW3Error(f"{path}: not a readable weights file ({why_unreadable(path, e)})") from e
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                      for k, v in sd.items()):
         raise HW3Error(f"{path}: expected a state dict of named tensors")
     return sd
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+                     ) -> None:
+    """Write `tensors` (and string `metadata`) as a safetensors file, atomically, and the same bytes for the
+    same input: safetensors writes its metadata map in hash order, different in every process, so the header
+    is written again with the metadata's keys sorted (the tensors' entries keep the library's own order)."""
+    import json
+
+    from safetensors.torch import save
+
+    from .files import atomic_path
+
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items()))} | header
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(data)[8 + n:])
+
+
+def why_unreadable(path: str | os.PathLike, e: BaseException) -> str:
+    """A short reason of our own for a weights file that torch or safetensors could not read, told by the
+    file's first bytes (their own messages run to paragraphs of advice that does not apply here)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if Path(path).suffix == ".safetensors":
+        return f"a damaged safetensors file: {first_line(e, 120)}"
+    if head.startswith(b"PK\x03\x04"):
+        return "a damaged torch file: its zip archive is cut short or changed after saving"
+    if head[:1] == b"\x80" and "weights only" in str(e).lower():
+        return "a pickle that is not plain tensors; refused, since loading never unpickles code"
+    return "neither a safetensors nor a torch file"
 
 
 def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:

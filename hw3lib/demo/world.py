@@ -457,8 +457,9 @@ def _write_world(root: Path, tmp: Path, seed: int, ws: WorldSize, size: str, pro
     return root
 
 
-def _obj(raw, where: str) -> Obj:
-    """One object of a boxes.json, checked field by field."""
+def _obj(raw, where: str, image_size: tuple[int, int] | None = None) -> Obj:
+    """One object of a boxes.json, checked field by field: a box with room inside it, and inside the
+    image (`image_size`: (width, height), where known)."""
     if not isinstance(raw, dict):
         raise HW3Error(f"{where}: expected an object with shape, color, size and box")
     for key in ("shape", "color", "size"):
@@ -467,11 +468,20 @@ def _obj(raw, where: str) -> Obj:
     box = raw.get("box")
     if not (isinstance(box, list) and len(box) == 4 and all(type(v) is int for v in box)):
         raise HW3Error(f"{where}: field 'box' should be four integers [x0, y0, x1, y1]")
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        raise HW3Error(f"{where}: box {box} is empty or inverted (needs x0 < x1 and y0 < y1)")
+    w, h = image_size if image_size is not None else (None, None)
+    if x0 < 0 or y0 < 0 or (w is not None and (x1 > w or y1 > h)):
+        raise HW3Error(f"{where}: box {box} lies outside the image"
+                       f"{f' ({w} x {h} pixels)' if w is not None else ' (negative coordinates)'}")
     return Obj(raw["shape"], raw["color"], raw["size"], tuple(box))
 
 
-def read_boxes(path: str | Path) -> dict[str, tuple[Obj, ...]]:
-    """The demo world's side file: image name -> its objects (shape, colour, size and box)."""
+def read_boxes(path: str | Path, image_size: tuple[int, int] | None = None) -> dict[str, tuple[Obj, ...]]:
+    """The demo world's side file: image name -> its objects (shape, colour, size and box). Every box must
+    hold pixels, and lie inside the image where its size (width, height) is given; a bad one is refused
+    with the image named."""
     from ..core.files import read_json
 
     raw = read_json(path)
@@ -481,7 +491,7 @@ def read_boxes(path: str | Path) -> dict[str, tuple[Obj, ...]]:
     for name, objs in raw.items():
         if not isinstance(objs, list):
             raise HW3Error(f"{path}: {name!r} should map to a list of objects")
-        out[name] = tuple(_obj(o, f"{path}: {name!r}[{i}]") for i, o in enumerate(objs))
+        out[name] = tuple(_obj(o, f"{path}: {name!r}[{i}]", image_size) for i, o in enumerate(objs))
     return out
 
 
@@ -538,8 +548,9 @@ class DemoWorld:
         for key, kind in (("seed", int), ("size", str), ("shapes", list), ("colors", list)):
             if not isinstance(raw.get(key), kind):
                 raise HW3Error(f"{record}: field {key!r} should be a {kind.__name__}")
-        boxes = {part: read_boxes(root / part / "boxes.json") for part in ("p1_data", "p2_data", "p3_data")
-                 if (root / part / "boxes.json").is_file()}
+        side = WORLD_SIZES[raw["size"]].p2_side if raw["size"] in WORLD_SIZES else None  # every part's images
+        boxes = {part: read_boxes(root / part / "boxes.json", (side, side) if side else None)
+                 for part in ("p1_data", "p2_data", "p3_data") if (root / part / "boxes.json").is_file()}
         styles_file = root / "p1_data" / "styles.json"
         p1_styles = read_styles(styles_file) if styles_file.is_file() else {}
         order = raw.get("caption_order", "drawn")

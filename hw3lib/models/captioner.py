@@ -26,7 +26,6 @@ from pydantic import ConfigDict, Field, StringConstraints, ValidationError, fiel
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from ..core.errors import HW3Error, first_line, invalid
-from ..core.files import atomic_path
 from ..core.precision import Precision, store_frozen
 from ..core.weights import check_fit, check_tensors
 from . import peft as tuning
@@ -226,13 +225,12 @@ def check_budget(model: Captioner, max_trainable: int) -> int:
 
 
 def save_checkpoint(path: str | os.PathLike, model: Captioner, meta: dict | None = None) -> None:
-    from safetensors.torch import save_file
+    from ..core.weights import save_safetensors
 
     metadata = {"format": CHECKPOINT_FORMAT, "captioner": json.dumps(asdict(model.config)),
                 "decoder": json.dumps(asdict(model.decoder.config)), "encoder_dim": str(model.encoder_dim),
                 "meta": json.dumps(meta or {})}
-    with atomic_path(path) as tmp:
-        save_file(model.trainable_state_dict(), str(tmp), metadata=metadata)
+    save_safetensors(model.trainable_state_dict(), path, metadata)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[CaptionerConfig, dict[str, torch.Tensor], dict]:

@@ -47,7 +47,6 @@ from ..core.data import read_caption_file
 from ..core.distributed import worker_pool
 from ..core.errors import HW3Error
 from ..core.files import (
-    atomic_path,
     atomic_write_json,
     atomic_write_text,
     output_lock,
@@ -60,6 +59,7 @@ from ..core.optimizers import adamw
 from ..core.patches import PatchGrid
 from ..core.progress import progress
 from ..core.tokenizer import load_gpt2_tokenizer, teacher_forcing_batch, train_bpe
+from ..core.weights import save_safetensors
 from ..demo.models_record import COUNTING_MANIFEST, NEGATION_MANIFEST, UNSTYLED_MANIFEST, DemoMetrics
 from ..demo.phrasing import SINGLE_OBJECT
 from ..demo.pretraining_text import FRAMINGS, PretrainingText, draw_framings, frame, framings_for_styles
@@ -438,22 +438,16 @@ def perplexity(model: GPT2, tok, captions: list[str], block: int) -> float:
 
 def save_open_clip(model, clip_dir: Path, config: dict) -> None:
     """An open_clip model folder: the model config JSON and open_clip_model.safetensors (the whole CLIP)."""
-    from safetensors.torch import save_file
-
     clip_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(clip_dir / f"{CLIP_NAME}.json", config)
-    with atomic_path(clip_dir / "open_clip_model.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    save_safetensors(model.state_dict(), clip_dir / "open_clip_model.safetensors")
 
 
 def save_encoder(model, folder: Path) -> None:
     """FOLDER/clip_visual.safetensors: the image tower alone, which timm reads through its CLIP checkpoint
     filter as the caption encoder."""
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "clip_visual.safetensors") as tmp:
-        save_file(clip_visual_state_dict(model), str(tmp))
+    save_safetensors(clip_visual_state_dict(model), folder / "clip_visual.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,12 +470,58 @@ def build_demo_models(data_dir, out_dir, size: str = "full", seed: int = 0, forc
         fp = _fingerprint(data_dir, size, seed, s)
         stamp = out_dir / "fingerprint.txt"
         if not force and (out_dir / "assets.json").is_file() and stamp.is_file() and stamp.read_text().strip() == fp:
-            print(f"demo models up to date in {out_dir} (cached)")
-            return out_dir / "assets.json"
+            damage = check_contents(out_dir)
+            if damage is None:
+                print(f"demo models up to date in {out_dir} (cached; every file as recorded)")
+                return out_dir / "assets.json"
+            print(f"demo models in {out_dir}: {damage}: building them again", flush=True)
         with staged_folder(out_dir) as staging:
             _build(p2, world, staging, s, size, seed)
+            atomic_write_json(staging / CONTENTS, record_contents(staging))
             atomic_write_text(staging / "fingerprint.txt", fp + "\n")
         return out_dir / "assets.json"
+
+
+CONTENTS = "contents.json"  # every file the models folder holds: relative path -> size and sha256
+
+
+def record_contents(folder: Path) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of every file under `folder` (but the record and the stamp)."""
+    from ..training.feature_cache import file_digest
+
+    return {name: {"size": p.stat().st_size, "sha256": file_digest(p)} for name, p in _model_files(folder).items()}
+
+
+def _model_files(folder: Path) -> dict[str, Path]:
+    """Every file under `folder` by its relative path, but the record of them and the stamp."""
+    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in (CONTENTS, "fingerprint.txt")}
+
+
+def check_contents(folder: Path) -> str | None:
+    """What differs between the models folder and its record (None when every file is as recorded): a
+    file cut short, changed, missing or added is never reused as "up to date"."""
+    from ..core.files import read_json
+
+    record = folder / CONTENTS
+    if not record.is_file():
+        return f"no record of its files ({CONTENTS})"
+    try:
+        recorded = read_json(record)
+    except HW3Error as e:
+        return str(e)
+    if not isinstance(recorded, dict):
+        return f"{record}: not a record of files"
+    sizes = {name: p.stat().st_size for name, p in _model_files(folder).items()}
+    for name in sorted(set(recorded) | set(sizes)):
+        want = recorded.get(name)
+        if name not in sizes or not isinstance(want, dict):
+            return f"{name} is {'missing' if name not in sizes else 'not in the record'}"
+        if sizes[name] != want.get("size"):
+            return f"{name} has {sizes[name]} bytes, recorded {want.get('size')}"
+    now = record_contents(folder)
+    changed = [name for name in sorted(now) if now[name]["sha256"] != recorded[name].get("sha256")]
+    return f"{changed[0]} differs from its recorded sha256" if changed else None
 
 
 def _build_clips(out_dir: Path, train, val, world: DemoWorld, s: DemoModelSettings, seed: int, log: dict):

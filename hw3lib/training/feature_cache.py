@@ -5,8 +5,10 @@ Each image's encoder tokens (S, E) are stored as one safetensors file under
 fingerprint covers the timm model name, its architecture overrides, its weights (hub tag, or the sha256
 of the checkpoint's content: `weights_digest`) and its preprocessing config, so changing any of them
 misses the cache instead of serving stale features - also for a file copied over the old one with its
-name, size and modification time (`cp -p`, `rsync -a`, `tar`). Writes are atomic; a damaged entry is
-recomputed.
+name, size and modification time (`cp -p`, `rsync -a`, `tar`). Writes are atomic. Each entry proves its
+content: its metadata holds its own key and the sha256 of its tokens' bytes, checked on every read, so an
+entry damaged in place (zeroed, bit-flipped) or replaced by another image's entry is recomputed, with a
+warning naming it, never served.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from ..core.files import atomic_path
 from ..core.images import open_image
 from ..core.progress import progress as progress_bar
 
@@ -67,7 +68,7 @@ def weights_digest(path: str | os.PathLike, memo: str | os.PathLike | None = Non
     path = Path(path).resolve()
     ident = file_identity(path)
     seen = _SEEN.get(str(path))
-    if seen is not None and seen[0] == ident:
+    if seen is not None and seen[0] == ident and memo is None:
         return seen[1]
     known: dict = {}
     if memo is not None and Path(memo).is_file():
@@ -80,6 +81,10 @@ def weights_digest(path: str | os.PathLike, memo: str | os.PathLike | None = Non
     entry = known.get(str(path))
     if isinstance(entry, list) and len(entry) == 2 and entry[0] == ident and isinstance(entry[1], str):
         return entry[1]
+    if seen is not None and seen[0] == ident:  # hashed in this process already: only the memo lacks it
+        known[str(path)] = [ident, seen[1]]
+        atomic_write_json(memo, known)
+        return seen[1]
     digest = file_digest(path)
     if file_identity(path) == ident:  # unchanged while it was read
         _SEEN[str(path)] = (ident, digest)
@@ -87,6 +92,14 @@ def weights_digest(path: str | os.PathLike, memo: str | os.PathLike | None = Non
             known[str(path)] = [ident, digest]
             atomic_write_json(memo, known)
     return digest
+
+
+def tokens_digest(t: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes: what a cache entry's checksum covers."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class FeatureCache:
@@ -101,6 +114,7 @@ class FeatureCache:
         self._keys: dict[Path, str] = {}
         self.hits = 0
         self.misses = 0
+        self.damaged = 0  # entries found damaged and recomputed
         self.shape: tuple[int, ...] | None = None  # (S, E) of this encoder's tokens, once one has been seen
 
     def key(self, image_path: Path) -> str:
@@ -127,29 +141,43 @@ class FeatureCache:
         return t
 
     def _read_file(self, key: str) -> torch.Tensor | None:
-        from safetensors.torch import load_file
+        """The entry's tokens, or None (recomputed) when it is missing or does not prove its content."""
+        from safetensors import safe_open
 
         f = self._file(key)
         if not f.is_file():
             return None
         try:
-            t = load_file(str(f))["tokens"]
-        except Exception:  # a damaged entry is recomputed, never trusted
+            with safe_open(str(f), framework="pt") as st:
+                meta, t = st.metadata() or {}, st.get_tensor("tokens")
+        except Exception:  # not a safetensors file of tokens any more
+            return self._damaged(f, "not readable")
+        if "sha256" not in meta and "key" not in meta:  # written before entries carried checksums
             return None
+        if meta.get("key") != key:
+            return self._damaged(f, "holds another entry's tokens")
+        if meta.get("sha256") != tokens_digest(t):
+            return self._damaged(f, "its tokens do not match their checksum")
         ok = (t.dim() == 2 and t.is_floating_point() and bool(torch.isfinite(t).all())
               and (self.shape is None or tuple(t.shape) == self.shape))
         if not ok:  # not finite tokens (S, E) of the shape this cache has seen the encoder give: recomputed
-            return None
+            return self._damaged(f, f"tokens of shape {tuple(t.shape)}, not finite (S, E)")
         self.shape = tuple(t.shape)
         return t
 
+    def _damaged(self, f: Path, why: str) -> None:
+        import warnings
+
+        self.damaged += 1
+        warnings.warn(f"{f}: damaged feature-cache entry ({why}): recomputed", stacklevel=3)
+        return None
+
     def _write(self, key: str, tokens: torch.Tensor) -> None:
-        from safetensors.torch import save_file
+        from ..core.weights import save_safetensors
 
         self.shape = tuple(tokens.shape)
         tokens = tokens.detach().cpu().contiguous()
-        with atomic_path(self._file(key)) as tmp:
-            save_file({"tokens": tokens}, str(tmp))
+        save_safetensors({"tokens": tokens}, self._file(key), {"key": key, "sha256": tokens_digest(tokens)})
         self._remember(key, tokens)
 
     def get(self, paths: list[Path], encode: Callable[[list[Path]], torch.Tensor], batch_size: int = 32,

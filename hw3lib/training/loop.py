@@ -38,7 +38,7 @@ from . import attention_losses as att_losses
 from .attention_targets import CaptionGrounding, caption_targets
 from .config import TrainConfig
 from .feature_cache import FeatureSource
-from .runfolder import ENCODER_DIGEST, RunFolder, changed_inputs, config_key
+from .runfolder import ENCODER_DIGEST, RunFolder, changed_inputs, config_changes, config_key
 from .unlikelihood import unlikelihood, word_end_tokens
 
 # ----------------------------------------------------------------------------------------------
@@ -253,9 +253,11 @@ class Trainer:
         ck = self.folder.read_resume()
         if ck is None:
             return
-        if ck.get("config") != config_key(self.model, self.cfg):
+        now = config_key(self.model, self.cfg)
+        if ck.get("config") != now:
             raise HW3Error(f"{self.folder.resume_path}: run folder holds a run with another configuration "
-                           "(use a new --out, or --force-new to start over)")
+                           f"({config_changes(ck.get('config'), now)}; use a new --out, or --force-new to start "
+                           "over)")
         changed = changed_inputs(ck.get("inputs"), self.inputs)
         if changed:
             raise HW3Error(f"{self.folder.resume_path}: the run's inputs changed since it started ({', '.join(changed)}); "
@@ -368,7 +370,8 @@ class Trainer:
             bar.update()
             bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2e}", refresh=False)
             if state["step"] % cfg.log_every == 0 or state["step"] == 1:
-                self.folder.log(entry | {"time": round(time.time() - t0, 2)})
+                self.folder.log(entry)
+                self.folder.timing({"step": state["step"], "seconds": round(time.time() - t0, 2)})
             epoch_done = state["micro"] >= p.steps_per_epoch * cfg.grad_accum
             if epoch_done:  # saved state points at the start of the next epoch
                 state["epoch"], state["micro"] = state["epoch"] + 1, 0
@@ -413,8 +416,8 @@ def fit(model: Captioner, train: CaptionData, cfg: TrainConfig, run_dir: str | o
     finally:
         bar.close()
     s = t.state
-    summary = RunSummary(s["step"], s["best"], s["best_step"], t.report, round(time.time() - t0, 1),
-                         s.get("stopped", False))
+    summary = RunSummary(s["step"], s["best"], s["best_step"], t.report, s.get("stopped", False))
+    folder.timing({"step": s["step"], "seconds": round(time.time() - t0, 1), "finished": True})
     folder.finish(summary.to_json())
     if t.master_process:
         print(f"done: {s['step']} steps; best {t.metric} {s['best']} at step {s['best_step']}; "

@@ -6,6 +6,8 @@
   checkpoint-last.safetensors    the same, at the last save
   resume.pt                      everything needed to continue bit-exactly (weights_only loadable)
   summary.json                   written once, when the run has finished
+  timing.jsonl                   wall-clock seconds at each logged step and at the end: the machine's, not
+                                 the run's (every other file is the same bytes for the same settings)
 
 Only the writer (rank 0 under DDP) touches files; on other ranks every write is a no-op. Every file is
 written atomically, so a kill at any moment leaves each one whole (old or new).
@@ -28,13 +30,37 @@ from ..core.files import atomic_path, atomic_write_json, remove_stale_temporarie
 from ..models.captioner import save_checkpoint
 
 RUN_FILES = ("config.json", "log.jsonl", "checkpoint-best.safetensors", "checkpoint-last.safetensors", "resume.pt",
-             "summary.json", "val_predictions.json", ".lock")  # what a run folder holds
+             "summary.json", "val_predictions.json", "timing.jsonl", ".lock")  # what a run folder holds
 
 
 def config_key(model, cfg) -> str:
     """The run's identity: captioner and training configuration as canonical JSON. A resume state
     from another configuration is refused."""
     return json.dumps({"captioner": asdict(model.config), "train": asdict(cfg)}, sort_keys=True)
+
+
+def config_changes(recorded: str | None, now: str, shown: int = 6) -> str:
+    """Each setting that differs between two `config_key`s, "name old -> new" (section.name where the two
+    sections share a name), for a resume refusal to say what changed."""
+    try:
+        old = json.loads(recorded) if isinstance(recorded, str) else None
+    except json.JSONDecodeError:
+        old = None
+    if not isinstance(old, dict):
+        return "the resume state records no readable configuration"
+    new = json.loads(now)
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    diffs = [f"{k} {json.dumps(flat_old.get(k, '(unset)'))} -> {json.dumps(flat_new.get(k, '(unset)'))}"
+             for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k, ...) != flat_new.get(k, ...)]
+    more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
+    return "changed: " + "; ".join(diffs[:shown]) + more if diffs else "the same settings in another form"
+
+
+def _flatten(config: dict) -> dict:
+    """{"captioner": {...}, "train": {...}} -> {name: value}, a name kept with its section where both have it."""
+    sections = {k: v for k, v in config.items() if isinstance(v, dict)}
+    names = [n for v in sections.values() for n in v]
+    return {(n if names.count(n) == 1 else f"{sec}.{n}"): val for sec, v in sections.items() for n, val in v.items()}
 
 
 ENCODER_DIGEST = "encoder.sha256"  # the encoder weights' content, among a run's inputs and in its checkpoints
@@ -146,6 +172,12 @@ class RunFolder:
     def log(self, entry: dict) -> None:
         if self.writer:
             with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def timing(self, entry: dict) -> None:
+        """One line of timing.jsonl: when (wall clock) the run reached a step."""
+        if self.writer:
+            with open(self.root / "timing.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
 
     def save_checkpoint(self, kind: str, model, meta: dict) -> None:
