@@ -38,6 +38,7 @@ from ..models.memory import check_fits, plan_run, usable_gpu_bytes
 from ..training.config import load_config
 from ..training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint, weights_digest
 from ..training.loop import HeldOut, Objects, augmentation_transform, caption_data, fit, seed_everything
+from ..training.mirror import parse_swaps
 from ..training.runfolder import ENCODER_DIGEST, RunFolder, changed_inputs, input_fingerprint
 from ..training.selection import selection_split, selection_validator
 
@@ -152,7 +153,9 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict, object
         print(f"checkpoint chosen on {len(select_cs)} held-out training images (not trained on); no val image "
               "chooses it", flush=True)
     check_budget(model, cfg.max_trainable)
-    train = caption_data(train_cs, tok, cfg.max_caption_tokens, objects if cfg.attention_supervision > 0 or cfg.unlikelihood > 0 else None)
+    mirror = parse_swaps(cfg.flip_swaps, "[train] flip_swaps") if cfg.hflip > 0 else None
+    train = caption_data(train_cs, tok, cfg.max_caption_tokens,
+                         objects if cfg.attention_supervision > 0 or cfg.unlikelihood > 0 else None, mirror)
     select = caption_data(select_cs, tok, cfg.max_caption_tokens, objects)
     eval_tf = encoder_transform(model.encoder)
     cache = None
@@ -160,8 +163,9 @@ def _train_locked(cap_cfg, cfg, m, p2_dir: Path, out: Path, inputs: dict, object
         root = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / "feature-cache"
         cache = FeatureCache(root, encoder_fingerprint(m.encoder, encoder_data_config(model.encoder),
                                                        model.encoder_dtype(), digests=root / "weights-digests.json"))
-    train_tf = augmentation_transform(eval_tf, cfg.hflip, cfg.color_jitter) if cfg.augment else eval_tf
-    train_src = FeatureSource(model, train.paths, train_tf, None if cfg.augment else cache, dev)
+    train_tf = augmentation_transform(eval_tf, cfg.color_jitter) if cfg.augment else eval_tf
+    train_src = FeatureSource(model, train.paths, train_tf, None if cfg.augment else cache, dev,
+                              [train.mirrored(i) for i in range(len(train.paths))])
     select_src = FeatureSource(model, select.paths, eval_tf, cache, dev)
     if cache is not None and rank0:
         if not cfg.augment:

@@ -34,7 +34,10 @@ class TrainConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="auto (bf16 from compute capability 8.0, fp16 + loss scaling below, fp32 on CPU) | off | "
                             "bf16 | fp16")
-    hflip: float = Field(0.0, ge=0, le=1, description="horizontal-flip probability (augmentation)")
+    hflip: float = Field(0.0, ge=0, le=1, description="horizontal-flip probability (augmentation): the image "
+                         "mirrored with its caption's flip_swaps words swapped and its boxes mirrored")
+    flip_swaps: list[str] = Field(default_factory=lambda: ["left:right"], description="word pairs a flipped "
+                                  "image's caption swaps, as word:word (VirTex and MDETR swap left and right)")
     color_jitter: float = Field(0.0, ge=0, allow_inf_nan=False,
                                 description="colour-jitter strength for brightness/contrast/saturation (0 = off)")
     feature_cache: bool = Field(True, description="cache frozen encoder tokens on disk (only without augmentation)")
@@ -76,6 +79,12 @@ class TrainConfig:
         if self.eta_min > self.lr:
             raise ValueError(f"eta_min={self.eta_min} is above lr={self.lr}")
         self.controls  # noqa: B018 - the decoding controls check their own ranges
+        from .mirror import parse_swaps
+
+        try:
+            parse_swaps(self.flip_swaps)
+        except HW3Error as e:
+            raise ValueError(str(e).removeprefix("flip_swaps: ")) from None
         return self
 
     @property

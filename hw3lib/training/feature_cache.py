@@ -212,14 +212,23 @@ class FeatureCache:
 
 
 class FeatureSource:
-    """Encoder tokens for image indices: from the feature cache, or live through the encoder."""
+    """Encoder tokens for image indices: from the feature cache, or live through the encoder. `mirrored`:
+    per index, whether the image is flipped left to right first (a flip augmentation's twins, always live)."""
 
-    def __init__(self, model, paths: list[Path], transform, cache=None, device="cpu"):  # model: a Captioner
+    def __init__(self, model, paths: list[Path], transform, cache=None, device="cpu",
+                 mirrored: list[bool] | None = None):  # model: a Captioner
         self.model, self.paths, self.transform, self.cache, self.device = model, paths, transform, cache, device
+        self.mirrored = mirrored if mirrored is not None and any(mirrored) else None
+        if self.mirrored is not None and cache is not None:
+            raise ValueError("mirrored images are encoded live: a feature cache is keyed by the file")
         self.encoder_calls = 0  # images pushed through the encoder (for tests and benchmarks)
 
-    def _encode(self, paths: list[Path]) -> torch.Tensor:
-        x = torch.stack([self.transform(open_image(p)) for p in paths]).to(self.device)
+    def _encode(self, paths: list[Path], flips: list[bool] | None = None) -> torch.Tensor:
+        from PIL import ImageOps
+
+        images = [open_image(p) for p in paths]
+        images = [ImageOps.mirror(im) if f else im for im, f in zip(images, flips or [False] * len(paths), strict=True)]
+        x = torch.stack([self.transform(im) for im in images]).to(self.device)
         self.encoder_calls += len(paths)
         return self.model.encode(x)
 
@@ -230,6 +239,7 @@ class FeatureSource:
 
     def __call__(self, indices: list[int]) -> torch.Tensor:
         if self.cache is None:
-            return self._encode([self.paths[i] for i in indices])
+            flips = [self.mirrored[i] for i in indices] if self.mirrored is not None else None
+            return self._encode([self.paths[i] for i in indices], flips)
         feats = self.cache.get([self.paths[i] for i in indices], self._encode)
         return torch.stack(feats).to(self.device)

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from . import attention_losses as att_losses
 from .attention_targets import CaptionGrounding, caption_targets
 from .config import TrainConfig
 from .feature_cache import FeatureSource
+from .mirror import mirror_box, swap_words
 from .runfolder import ENCODER_DIGEST, RunFolder, changed_inputs, config_changes, config_key
 from .unlikelihood import unlikelihood, word_end_tokens
 
@@ -47,12 +48,22 @@ from .unlikelihood import unlikelihood, word_end_tokens
 
 @dataclass
 class CaptionData:
-    paths: list[Path]  # images that have captions
+    paths: list[Path]  # images that have captions (then, with a mirrored half, the same again)
     references: list[list[str]]  # their captions, as text
     pairs: list[tuple[int, list[int]]]  # (image index, caption token ids)
     eot: int  # start / end / pad token
     grounding: CaptionGrounding | None = None  # the objects behind the captions, where boxes are known
     nouns: torch.Tensor | None = None  # (K,) the tokens that end an object word, where objects are known
+    mirrored_from: int = 0  # > 0: pairs (and images) from this index on are the mirrored twins of those before
+
+    @property
+    def originals(self) -> int:
+        """The (image, caption) pairs as the data has them (without their mirrored twins)."""
+        return self.mirrored_from or len(self.pairs)
+
+    def mirrored(self, image: int) -> bool:
+        """Is image index `image` a mirrored twin (the file flipped left to right)?"""
+        return bool(self.mirrored_from) and image >= len(self.paths) // 2
 
 
 @dataclass(frozen=True)
@@ -64,20 +75,31 @@ class Objects:
     split: str  # the split the captions come from
 
 
-def caption_data(cs: CaptionSet, tokenizer, max_tokens: int, objects: Objects | None = None) -> CaptionData:
+def caption_data(cs: CaptionSet, tokenizer, max_tokens: int, objects: Objects | None = None,
+                 mirror: tuple[tuple[str, str], ...] | None = None) -> CaptionData:
     """Captions as token ids in the course's layout; with `objects`, also where each phrase naming an
-    object sits and which object it names (`attention_targets`)."""
+    object sits and which object it names (`attention_targets`). With `mirror` (word pairs), every image
+    and caption gets a mirrored twin after the originals: the image flipped left to right, its captions'
+    pair words swapped, its boxes mirrored (`mirror.py`), for a flip augmentation that keeps captions true."""
     images = [im for im in cs.images if cs.captions.get(im.id)]
-    caps = [(i, c) for i, im in enumerate(images) for c in cs.captions[im.id]]
+    refs = [list(cs.captions[im.id]) for im in images]
+    if mirror is not None:
+        refs = refs + [[swap_words(c, mirror) for c in r] for r in refs]
+    paths = [im.path for im in images] * (2 if mirror is not None else 1)
+    caps = [(i, c) for i, r in enumerate(refs) for c in r]
     encoded = tokenizer.encode_with_offsets([c for _, c in caps])
-    data = CaptionData([im.path for im in images], [list(cs.captions[im.id]) for im in images],
-                       [(i, t[: max_tokens - 1]) for (i, _), (t, _) in zip(caps, encoded, strict=True)],
-                       tokenizer.eot_id)
+    data = CaptionData(paths, refs, [(i, t[: max_tokens - 1]) for (i, _), (t, _) in zip(caps, encoded, strict=True)],
+                       tokenizer.eot_id, mirrored_from=len(caps) // 2 if mirror is not None else 0)
     if objects is not None:
         objs = [boxes_for(im.path.name, objects.boxes, objects.split) for im in images]
+        sides = [image_side(im.path) for im in images]
+        if mirror is not None:
+            objs += [tuple(replace(o, box=mirror_box(o.box, side)) for o in os_) for os_, side in zip(objs, sides,
+                                                                                                          strict=True)]
+            sides += sides
         targets = [caption_targets(c, offsets, objs[i], objects.shapes, objects.colors, max_tokens - 1)
                    for (i, c), (_, offsets) in zip(caps, encoded, strict=True)]
-        data.grounding = CaptionGrounding(objs, [image_side(p) for p in data.paths], targets)
+        data.grounding = CaptionGrounding(objs, sides, targets)
         data.nouns = word_end_tokens(tokenizer, objects.shapes)
     return data
 
@@ -90,13 +112,12 @@ def image_side(path: Path) -> int:
         return max(im.size)
 
 
-def augmentation_transform(base, hflip: float, jitter: float):
-    """PIL-level flip / colour jitter in front of the encoder's own (eval) transform."""
+def augmentation_transform(base, jitter: float):
+    """PIL-level colour jitter in front of the encoder's own (eval) transform. (Flips are the data's: an
+    image is flipped together with its caption and boxes, `caption_data(mirror=...)` and `epoch_order`.)"""
     import torchvision.transforms as T
 
     extra = []
-    if hflip > 0:
-        extra.append(T.RandomHorizontalFlip(hflip))
     if jitter > 0:
         extra.append(T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
     return T.Compose(extra + list(base.transforms))
@@ -238,7 +259,7 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.plan = plan(len(train.pairs), cfg, self.world)
+        self.plan = plan(train.originals, cfg, self.world)
         # since_best: validations since the last new best; stopped: early stopping ended the run (cfg.patience)
         self.state = {"step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "since_best": 0,
                       "stopped": False}
@@ -275,7 +296,9 @@ class Trainer:
         from (seed, epoch) alone, so a resumed run sees the same batches."""
         cfg, p = self.cfg, self.plan
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state["epoch"])
-        order = torch.randperm(len(self.train.pairs), generator=g)[: p.micro_per_epoch * cfg.batch_size * self.world]
+        order = torch.randperm(self.train.originals, generator=g)[: p.micro_per_epoch * cfg.batch_size * self.world]
+        if self.train.mirrored_from:  # each pair shown mirrored with probability hflip (its twin's index)
+            order = order + self.train.mirrored_from * (torch.rand(order.shape, generator=g) < cfg.hflip).long()
         return order.view(p.micro_per_epoch, self.world, cfg.batch_size)[:, self.rank]
 
     def step(self, order: torch.Tensor) -> dict:
