@@ -240,7 +240,7 @@ def p2_section(doc: dict | VariantTable) -> list[str]:
              "intervals over images."]
     lines += _object_tables(p2) if demo else _plain_table(p2)
     lines += _reference_lines(p2, demo) + _decoding_lines(p2) + diagnosis_lines(p2) + ablation_lines(p2)
-    lines += shown_lines(p2)
+    lines += shown_lines(p2) + spatial_lines(p2)
     b = p2.best
     lines += ["", f"Best by CIDEr: {b.variant} (CIDEr {b.CIDEr:.3f}, CLIPScore {b.CLIPScore:.3f}"
               + (f", exact scene {_share((b.objects or {}).get('exact'), False)})." if demo else ").")]
@@ -402,6 +402,26 @@ def shown_lines(p2: VariantTable) -> list[str]:
                  f"{_share(o.get('right_count'))}, object recall {_share(o.get('recall'))}, repeats "
                  f"{_share(o.get('repeats'))}, CHAIR-s {_share(o.get('chair_s'))}, relations true {_of(r.relations)}")
     return ["", line + "."]
+
+
+def spatial_lines(p2: VariantTable) -> list[str]:
+    """Where (demo world): each relation word and the region statements of every row, true of the image."""
+    from ..metrics.relations import SPATIAL_KINDS
+
+    rows = [r for r in [*p2.rows, *p2.ablation, *([p2.shown] if p2.shown else [])] if r.spatial]
+    if not rows:
+        return []
+    lines = ["", "Where (demo world): the statements of where in each row's captions, checked against the boxes "
+             "(`metrics/relations.py`): each relation word (X's centre on that side of Y's) and the regions ('in "
+             "the top left': the object's centre in that third of the image, the grammar's own rule); true / "
+             "checkable of stated (a statement is checkable when its phrases each name one object of the image):",
+             "", "| row | " + " | ".join(f'"{k}"' if k != "region" else "regions" for k in SPATIAL_KINDS) + " |",
+             "|---|" + "---:|" * len(SPATIAL_KINDS)]
+    for r in rows:
+        name = f"{r.variant} (shown)" if r is p2.shown else r.variant
+        lines.append(f"| {md_text(name)} | " + " | ".join(
+            r.spatial[k].cell() if k in r.spatial else "-" for k in SPATIAL_KINDS) + " |")
+    return lines
 
 
 def anatomy_lines(p2: VariantTable, counts: list[str]) -> list[str]:

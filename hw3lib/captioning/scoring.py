@@ -12,7 +12,7 @@ import torch
 
 from ..core.data import read_caption_file
 from ..core.images import list_images, open_image
-from ..core.results import METRICS, Share, VariantRow
+from ..core.results import METRICS, Share, Statements, VariantRow
 from ..demo.world import DemoWorld, boxes_for
 from ..metrics import stats
 from ..metrics.captions import CaptionScores, evaluate, java_available
@@ -20,7 +20,7 @@ from ..metrics.grounding import Grounding, grounding
 from ..metrics.objects import HEADLINE as OBJECT_HEADLINE
 from ..metrics.objects import ObjectCounts, object_counts
 from ..metrics.probe import encoder_probes
-from ..metrics.relations import RelationCounts, relation_counts
+from ..metrics.relations import RelationCounts, relation_counts, spatial_counts
 from ..models.decoding import OFF, Controls, Decoding
 from ..models.loading import encoder_transform, load_clip
 from ..training.loop import image_side
@@ -74,6 +74,7 @@ class Scores:
     grounding: Grounding | None = None  # the demo world's objects (None on real data)
     objects: ObjectCounts | None = None
     relations: RelationCounts | None = None
+    spatial: dict[str, RelationCounts] | None = None  # each relation word and "region" apart
 
 
 def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu", world: DemoWorld | None = None
@@ -87,7 +88,8 @@ def score_predictions(preds: dict[str, str], p2_dir, manifest, clip, device="cpu
         return Scores(res.CIDEr, res.CLIPScore, per_image)
     boxes, shapes, colors = world.objects("p2_data"), list(world.shapes), list(world.colors)
     return Scores(res.CIDEr, res.CLIPScore, per_image, grounding(preds, boxes, shapes, colors),
-                  object_counts(preds, boxes, shapes, colors), relation_counts(preds, boxes, shapes, colors))
+                  object_counts(preds, boxes, shapes, colors), relation_counts(preds, boxes, shapes, colors),
+                  spatial_counts(preds, boxes, shapes, colors, world.side))
 
 
 def with_intervals(row: VariantRow, scored: Scores, reference: Scores | None, n_boot: int = 2000) -> VariantRow:
@@ -103,6 +105,8 @@ def with_intervals(row: VariantRow, scored: Scores, reference: Scores | None, n_
     if rc is not None and rc.checkable.sum() > 0:
         row.relations = Share(rc.accuracy, stats.bootstrap_ci(rc.true, rc.checkable, n_boot=n_boot), int(rc.true.sum()),
                               int(rc.checkable.sum()))
+    if scored.spatial is not None:
+        row.spatial = {kind: statements(c, n_boot) for kind, c in scored.spatial.items()}
     if reference is not None and reference is not scored:
         paired = {m: stats.paired_bootstrap(reference.per_image[m], scored.per_image[m], n_boot=n_boot)
                   for m in METRICS}
@@ -121,6 +125,13 @@ def with_intervals(row: VariantRow, scored: Scores, reference: Scores | None, n_
             paired["relations"] = stats.paired_bootstrap(rr.true, rc.true, rr.checkable, rc.checkable, n_boot=n_boot)
         row.vs_reference = {m: d.reported() for m, d in paired.items()}
     return row
+
+
+def statements(c: RelationCounts, n_boot: int = 2000) -> Statements:
+    """One kind of spatial statement over a row's captions, with its interval over images."""
+    checkable = int(c.checkable.sum())
+    return Statements(int(c.stated.sum()), checkable, int(c.true.sum()), c.accuracy,
+                      stats.bootstrap_ci(c.true, c.checkable, n_boot=n_boot) if checkable else None)
 
 
 def probe_encoder(assets, data_dir, world: DemoWorld, n_fit: int = 1000, device="cpu", name: str | None = None

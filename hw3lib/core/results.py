@@ -277,6 +277,22 @@ class Share(JsonRecord):
         return "-" if self.share is None else f"{self.share * 100:.1f}%"
 
 
+@dataclass(frozen=True)
+class Statements(JsonRecord):
+    """Statements of where in a row's captions - one relation word, or regions - checked against the boxes
+    (`metrics.relations.spatial_counts`)."""
+    stated: int  # statements made
+    checkable: int  # whose phrases each name exactly one object of the image
+    true: int  # checkable ones true of the image
+    share: float | None  # true / checkable (None: nothing checkable)
+    ci: Interval | None  # 95% bootstrap interval over images
+
+    def cell(self) -> str:
+        """ "30/85 of 122 (35.3%)": true / checkable of stated."""
+        share = "" if self.share is None else f" ({self.share * 100:.1f}%)"
+        return f"{self.true}/{self.checkable} of {self.stated}{share}"
+
+
 METRICS = ("CIDEr", "CLIPScore")  # the course evaluator's two scores
 
 
@@ -297,6 +313,7 @@ class VariantRow(JsonRecord):
     objects: dict[str, Share] | None = None  # demo world: object metric (objects.METRICS) -> pooled value
     objects_by_count: dict[str, dict[str, Share]] | None = None  # "1", "2", "3" objects -> the same, on those images
     relations: Share | None = None  # demo world: stated relations (checkable ones) that are true of the image
+    spatial: dict[str, Statements] | None = None  # demo world: each relation word and "region" -> its statements
     steps: int | None = None  # optimiser steps it trained (None: not trained, or not recorded)
     best_step: int | None = None  # the step of the checkpoint kept (chosen on held-out training images)
     stopped: bool = False  # early stopping ended its training (its held-out curve stopped rising)

@@ -47,8 +47,12 @@ def article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
+REGIONS = ("top left", "top right", "bottom left", "bottom right", "top", "bottom", "left", "right", "centre")
+_REGION = re.compile(r"\s+(?:in|near) the (" + "|".join(REGIONS) + r")\b")  # after a noun phrase
+
+
 def region(o, side: int) -> str:
-    """Where an object lies in a `side`-pixel image: "top left", "centre", "bottom", ..."""
+    """Where an object lies in a `side`-pixel image (one of `REGIONS`): "top left", "centre", "bottom", ..."""
     cx, cy = o.center
     col = "left" if cx < side / 3 else "right" if cx > 2 * side / 3 else ""
     row = "top" if cy < side / 3 else "bottom" if cy > 2 * side / 3 else ""
@@ -211,6 +215,24 @@ class Relation:
     subject: Phrase
     relation: str  # a key of RELATION_WORDS: left | right | above | below
     object: Phrase
+
+
+@dataclass(frozen=True)
+class RegionStatement:
+    subject: Phrase
+    region: str  # one of REGIONS
+
+
+def stated_regions(caption: str, shapes, colors) -> list[RegionStatement]:
+    """Every region a caption states for a phrase naming an object ("a red circle in the top left",
+    "one red circle near the bottom"), in order: the phrase, then "in the" or "near the" and a region."""
+    text = caption.lower()
+    out = []
+    for p in phrases(text, shapes, colors):
+        m = _REGION.match(text, p.chars[1])
+        if m:
+            out.append(RegionStatement(p, m.group(1)))
+    return out
 
 
 def stated_relations(caption: str, shapes, colors) -> list[Relation]:

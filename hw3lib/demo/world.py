@@ -520,6 +520,10 @@ def boxes_for(key: str, boxes: dict[str, tuple[Obj, ...]], split: str = "val", d
     raise KeyError(key)
 
 
+def _side(size: str) -> int | None:
+    return WORLD_SIZES[size].p2_side if size in WORLD_SIZES else None
+
+
 @dataclass(frozen=True)
 class DemoWorld:
     """A demo world as `hw3 demo-data` wrote it, read once: its record (DEMO.json) and the objects of
@@ -548,7 +552,7 @@ class DemoWorld:
         for key, kind in (("seed", int), ("size", str), ("shapes", list), ("colors", list)):
             if not isinstance(raw.get(key), kind):
                 raise HW3Error(f"{record}: field {key!r} should be a {kind.__name__}")
-        side = WORLD_SIZES[raw["size"]].p2_side if raw["size"] in WORLD_SIZES else None  # every part's images
+        side = _side(raw["size"])  # every part's images
         boxes = {part: read_boxes(root / part / "boxes.json", (side, side) if side else None)
                  for part in ("p1_data", "p2_data", "p3_data") if (root / part / "boxes.json").is_file()}
         styles_file = root / "p1_data" / "styles.json"
@@ -560,6 +564,11 @@ class DemoWorld:
             raise HW3Error(f"{record}: its captions were written by another caption grammar ({raw['grammar']!r}; this "
                            f"hw3lib reads {GRAMMAR!r}): write the world again (make demo, or hw3 demo-data)")
         return cls(root, raw["seed"], raw["size"], tuple(raw["shapes"]), tuple(raw["colors"]), boxes, p1_styles, order)
+
+    @property
+    def side(self) -> int | None:
+        """The side of every image of the world in pixels (None for a size this hw3lib does not know)."""
+        return _side(self.size)
 
     def objects(self, part: str = "p2_data") -> dict[str, tuple[Obj, ...]]:
         """Image name -> objects of one part of the world (empty where the part has no boxes)."""
