@@ -129,7 +129,11 @@ if world is not None:
 # (See et al. 2017), and the recipe with unlikelihood training against re-naming an object already named
 # (Welleck et al. 2019; the anatomy's repeats). The causal row changes only the encoder: the recipe, its
 # steps and seed on the count-aware CLIP's image tower; its paired differences are the count-aware encoder's
-# effect.
+# effect. Two rows add a mechanism for where things are to the causal row, and are compared with it (vision-
+# language models are near chance on left / right / above / below, Kamath et al. 2023): each patch's place in
+# the grid added where the decoder reads the encoder tokens, so that what the cross-attention passes to a word
+# says where it looked (a fixed 2-D sine-cosine code, DETR's: nothing to learn in a short run), and
+# flip-and-swap, the image mirrored with "left" and "right" swapped in its caption (VirTex, MDETR).
 
 # %%
 ablation = {}
@@ -146,6 +150,10 @@ if world is not None and mechanisms:
         }
     if counting_assets is not None:
         ablation[COUNT_AWARE_ROW] = Recipe(p2, {}, counting_assets)
+        where = {"count-aware + patch positions in the cross-attention (DETR)": {"patch_position": "sincos"},
+                 "count-aware + flip-and-swap (VirTex, MDETR)": {"hflip": "0.5"}}  # where things are
+        ablation |= {name: Recipe(p2, change, counting_assets, against=COUNT_AWARE_ROW)
+                     for name, change in list(where.items())[: 1 if smoke else None]}
 
 # %% [markdown]
 # ## The captioner the report shows

@@ -235,7 +235,7 @@ def test_probe_reads_a_handmade_encoder_and_not_noise():
                            SHAPES, COLOR_NAMES)
     for r in blind:
         assert r.accuracy < r.chance + 0.15, r  # noise reads at about chance
-        assert 0 < r.chance < 0.5
+        assert 0 < r.chance <= 0.5  # ordered pairs: left of the other exactly half the time
 
 
 # -- relations ----------------------------------------------------------------------------------

@@ -101,21 +101,26 @@ def test_p2_notebook_smoke(small_models, small_world, tmp_path):
     nb = nbformat.read(tmp_path / "p2_peft_captioning.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     # progress per run; the pool takes the longest job first (the shown captioner)
-    assert f"[train 1/5] {SHOWN_ROW}" in text and "[evaluate 2/5] lora16: CIDEr" in text
+    assert f"[train 1/6] {SHOWN_ROW}" in text and "[evaluate 2/6] lora16: CIDEr" in text
     summary = json.loads((fig / "p2_summary.json").read_text())
     assert [r["variant"] for r in summary["rows"]] == ["untrained", "none", "lora16"]
     assert summary["rows"][2]["trainable"] > summary["rows"][1]["trainable"] > 0
     for f in ("p2_probe", "p2_mechanisms", "p2_learning_curves"):  # the diagnosis and the ablation
         assert (fig / f"{f}.png").stat().st_size > 5000, f
-    tasks = ["patch colour", "patch shape", "object count (CLS token)", "object count (mean of patches)"]
+    tasks = ["patch colour", "patch shape", "object count (CLS token)", "object count (mean of patches)",
+             "patch row", "patch column", "object region (3 x 3)", "pair: left of the other"]
     assert [(r["encoder"], r["task"]) for r in summary["probe"]] == [(e, t) for e in ("count-blind", "count-aware")
                                                                      for t in tasks]  # both encoders probed
-    row, aware = summary["ablation"]  # the smoke run's ablation rows: the first design, the count-aware encoder
+    # the smoke run's ablation rows: the first design, the count-aware encoder, a position mechanism on it
+    row, aware, where = summary["ablation"]
     assert row["variant"].startswith("first design") and "exact" in row["vs_reference"]
+    assert where["against"] == COUNT_AWARE_ROW and "patch positions" in where["variant"]
+    assert json.loads((Path(where["run"]) / "config.json").read_text())["captioner"]["patch_position"] == "sincos"
+    assert set(where["spatial"]) == {"left", "right", "above", "below", "region"}
     assert aware["variant"] == COUNT_AWARE_ROW and {"exact", "right_count", "repeats"} <= set(aware["vs_reference"])
     trained_on = json.loads((Path(aware["run"]) / "config.json").read_text())["inputs"]
     assert "encoder_counting" in json.dumps(trained_on)  # the causal row trained on the count-aware image tower
-    assert set(summary["curves"]) == {"none", "lora16", row["variant"], aware["variant"], SHOWN_ROW}
+    assert set(summary["curves"]) == {"none", "lora16", row["variant"], aware["variant"], where["variant"], SHOWN_ROW}
     shown = summary["shown"]  # the captioner P3 and the examples show: the recipe on the count-aware encoder
     assert (shown["variant"], shown["steps"], shown["assets"]) == (SHOWN_ROW, 16, aware["assets"])
     assert all(p["exact"] is not None and p["pointing_next"] is not None for c in summary["curves"].values() for p in c)

@@ -461,14 +461,23 @@ def test_an_unreadable_decoder_file_gets_a_short_line_of_our_own(world, tmp_path
 
 
 def test_a_resume_refusal_names_each_setting_that_changed():
+    from dataclasses import asdict
+
+    from hw3lib.models.captioner import CaptionerConfig
+    from hw3lib.training.config import TrainConfig
     from hw3lib.training.runfolder import config_changes
 
-    old = json.dumps({"captioner": {"peft": "lora", "dropout": 0.1}, "train": {"log_every": 10, "cache_dir": None,
-                                                                                "dropout": 0.0}})
-    new = json.dumps({"captioner": {"peft": "lora", "dropout": 0.1}, "train": {"log_every": 25,
-                                                                                "cache_dir": "/tmp/c", "dropout": 0.2}})
-    assert config_changes(old, new) == ('changed: cache_dir null -> "/tmp/c"; log_every 10 -> 25; '
-                                        "train.dropout 0.0 -> 0.2")
+    cap, train = CaptionerConfig(), TrainConfig(log_every=10)
+    recorded = {"captioner": asdict(cap), "train": asdict(train)}
+    key = json.dumps(recorded)
+    assert config_changes(key, cap, train) is None
+    assert config_changes(key, cap, TrainConfig(log_every=25, cache_dir="/tmp/c")) == (
+        'changed: cache_dir "" -> "/tmp/c"; log_every 10 -> 25')
+    assert config_changes(key, CaptionerConfig(lora_dropout=0.1), TrainConfig(log_every=10, lr=1e-4)) == (
+        "changed: lora_dropout 0.0 -> 0.1; lr 3e-05 -> 0.0001")
+    del recorded["train"]["patience"]  # a run started before the setting existed: it reads as its default
+    assert config_changes(json.dumps(recorded), cap, train) is None
+    assert config_changes("not json", cap, train) == "the resume state records no readable configuration"
 
 
 @pytest.mark.slow

@@ -259,7 +259,7 @@ def test_early_stopping_on_a_hand_made_curve(small_models, small_world, tmp_path
 def test_a_setting_newer_than_a_finished_run_reads_as_its_default():
     from dataclasses import asdict
 
-    from hw3lib.captioning.runs import same_settings
+    from hw3lib.training.runfolder import same_settings
 
     cfg = TrainConfig(max_steps=5)
     stored = asdict(cfg)

@@ -369,6 +369,7 @@ def ablation_lines(p2: VariantTable) -> list[str]:
     for r in [ref, *p2.ablation]:
         o, d = r.objects or {}, r.vs_reference or {}
         name = f"{r.variant} (the recipe)" if r is ref else r.variant
+        name += f" (deltas against: {r.against})" if r.against else ""
         lines.append(f"| {md_text(name)} | {_share(o.get('exact'), False)} | "
                      f"{_share((r.objects_by_count or {}).get('3', {}).get('exact'), False)} | "
                      f"{_share(o.get('right_count'), False)} | "

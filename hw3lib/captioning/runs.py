@@ -39,7 +39,7 @@ from ..training.config import load_config
 from ..training.feature_cache import FeatureCache, FeatureSource, encoder_fingerprint, weights_digest
 from ..training.loop import HeldOut, Objects, augmentation_transform, caption_data, fit, seed_everything
 from ..training.mirror import parse_swaps
-from ..training.runfolder import ENCODER_DIGEST, RunFolder, changed_inputs, input_fingerprint
+from ..training.runfolder import ENCODER_DIGEST, RunFolder, changed_inputs, input_fingerprint, same_settings
 from ..training.selection import selection_split, selection_validator
 
 
@@ -94,15 +94,6 @@ def train_run(config, assets, p2_dir, out, overrides: dict | None = None, device
         if force_new:
             RunFolder(out).clear()
         return _train_locked(cap_cfg, cfg, m, p2_dir, out, inputs, objects)
-
-
-def same_settings(stored, cfg) -> bool:
-    """Is a run folder's stored table (config.json) the configuration `cfg`? A setting newer than the run
-    (absent from the stored table) counts as its default, which is what the run trained with."""
-    if not isinstance(stored, dict):
-        return False
-    defaults = asdict(type(cfg)())
-    return {**defaults, **stored} == asdict(cfg)
 
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

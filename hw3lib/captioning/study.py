@@ -51,6 +51,7 @@ class Recipe:
     p2_dir: Path  # the p2_data/ whose captions it trains on (images the same as the report's)
     overrides: dict[str, str]  # [train] settings that differ from the variant's config
     assets: str | None = None  # another asset manifest (another encoder); None: the comparison's
+    against: str | None = None  # the ablation row its paired differences are taken against; None: the reference
 
 
 # the captioner the report shows: a recipe trained until its held-out learning curve stops rising
@@ -183,7 +184,10 @@ def _table(spec: ComparisonSpec, run: _Captioner, scored: dict[str, Scores], pre
             first = first or sc
             decoding.append(with_intervals(VariantRow(f"{best.variant}, {name}", sc.CIDEr, sc.CLIPScore, best.peft,
                                                       best.trainable, best.run), sc, first, spec.n_boot))
-    ablated = [with_intervals(r, sc, ref, spec.n_boot) for r, sc in evaluated[n:]]
+    recipes = [*spec.ablation.values(), *([spec.shown] if spec.shown is not None else [])]
+    ablated = [with_intervals(dataclasses.replace(r, against=recipe.against), sc,
+                              scored[f"recipe: {recipe.against}"] if recipe.against else ref, spec.n_boot)
+               for (r, sc), recipe in zip(evaluated[n:], recipes, strict=True)]
     shown = ablated.pop() if spec.shown is not None else None
     curves = {r.variant: validation_curve(r.run) for r in rows + ablated + ([shown] if shown else []) if r.run}
     return VariantTable(rows, best, beam, spec.reference if ref else None, decoding=decoding, ablation=ablated,

@@ -47,6 +47,19 @@ class PatchGrid:
     def tokens(self) -> int:
         return self.prefix + self.patches
 
+    def position_code(self, dim: int) -> torch.Tensor:
+        """(tokens, dim) fixed 2-D sine-cosine code of each token's place in the grid (DETR's and MAE's): the
+        first half of the channels encodes the row, the second the column, each as sines and cosines of
+        geometrically spaced frequencies; the prefix tokens, which lie nowhere, get zeros."""
+        if dim % 4:
+            raise ValueError(f"a 2-D sine-cosine code needs a width divisible by 4, not {dim}")
+        quarter = dim // 4
+        freq = 10_000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
+        rows = torch.arange(self.rows, dtype=torch.float64).repeat_interleave(self.cols)  # (P,) row-major
+        cols = torch.arange(self.cols, dtype=torch.float64).repeat(self.rows)
+        code = torch.cat([f(pos[:, None] * freq) for pos in (rows, cols) for f in (torch.sin, torch.cos)], dim=1)
+        return torch.cat([torch.zeros(self.prefix, dim, dtype=torch.float64), code]).float()  # (S, dim)
+
     def covered(self, box: Box, size: tuple[int, int]) -> np.ndarray:
         """(patches,) bool: the patches whose centre lies in `box`, in an image of `size` = (height, width)
         pixels; where there is none, the patch that holds the box's own centre."""

@@ -318,6 +318,7 @@ class VariantRow(JsonRecord):
     best_step: int | None = None  # the step of the checkpoint kept (chosen on held-out training images)
     stopped: bool = False  # early stopping ended its training (its held-out curve stopped rising)
     assets: str | None = None  # its asset manifest where it is not the table's (another encoder)
+    against: str | None = None  # the ablation row its vs_reference differences are against (None: the reference)
 
     def score(self, metric: str, n_objects: str | None = None) -> tuple[float | None, Interval | None]:
         """The value and interval of CIDEr, CLIPScore, an object metric ("exact", "recall", ...; on the

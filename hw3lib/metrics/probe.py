@@ -4,6 +4,11 @@ If a linear read-out of the patch tokens cannot tell which colour and shape sit 
 read-out of the image's tokens cannot tell how many objects there are, no decoder can track the objects
 and the encoder is the bottleneck. If they can, the information is there and the decoder loses it.
 
+Where things are is probed the same way (Kamath et al. 2023 find vision-language models near chance on
+left / right / above / below): an object patch's row and column in the patch grid, an object's region (the
+grammar's nine, `phrasing.region`) from the mean of its patches, and whether one object is left of another
+from the pair's two means side by side.
+
 Each probe is a multinomial logistic regression (standardised features, full-batch Adam, weight decay)
 fitted on one set of images and scored on another; chance is the most frequent class's share of the
 scored items.
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 
 from ..core.patches import PatchGrid
 from ..core.results import ProbeRow
+from ..demo.phrasing import REGIONS, region
 from ..demo.world import Obj
 
 BACKGROUND = -1
@@ -80,4 +86,45 @@ def encoder_probes(fit_tokens: torch.Tensor, fit_objects: Sequence[Sequence[Obj]
                           counts[1], n_classes))
     rows.append(probe("object count (mean of patches)", fit_tokens[:, prefix:].float().mean(1), counts[0],
                       test_tokens[:, prefix:].float().mean(1), counts[1], n_classes))
-    return rows
+    return rows + position_probes(fit_tokens, fit_objects, test_tokens, test_objects, side)
+
+
+def position_probes(fit_tokens: torch.Tensor, fit_objects: Sequence[Sequence[Obj]], test_tokens: torch.Tensor,
+                    test_objects: Sequence[Sequence[Obj]], side: int) -> list[ProbeRow]:
+    """Probes of where: each object patch's row and column, each object's region (from the mean of its
+    patch tokens), and for each ordered pair of objects in an image whether the first is left of the second
+    (from the two objects' means side by side)."""
+    grid = PatchGrid.of_tokens(fit_tokens.shape[1])
+    sets: dict[str, list] = {"patch row": [], "patch column": [], "object region (3 x 3)": [],
+                             "pair: left of the other": []}
+    for tokens, objects in ((fit_tokens, fit_objects), (test_tokens, test_objects)):
+        found = _where(tokens[:, grid.prefix:].float(), objects, grid, side)
+        for task, (x, y) in found.items():
+            sets[task] += [x, y]
+    classes = {"patch row": grid.rows, "patch column": grid.cols, "object region (3 x 3)": len(REGIONS),
+               "pair: left of the other": 2}
+    return [probe(task, *xy, classes[task]) for task, xy in sets.items() if len(xy[1]) and len(xy[3])]
+
+
+def _where(patches: torch.Tensor, objects: Sequence[Sequence[Obj]], grid: PatchGrid, side: int) -> dict:
+    """(features, labels) of each position probe on one set of images; patches (N, P, E)."""
+    rows, cols, regions, pairs = [], [], [], []
+    for n, objs in enumerate(objects):
+        means = []
+        for o in objs:
+            covered = torch.from_numpy(grid.covered(o.box, (side, side)))
+            idx = covered.nonzero().flatten()
+            rows += [(patches[n, i], int(i) // grid.cols) for i in idx]
+            cols += [(patches[n, i], int(i) % grid.cols) for i in idx]
+            means.append(patches[n, covered].mean(0) if len(idx) else None)
+            if len(idx):
+                regions.append((means[-1], REGIONS.index(region(o, side))))
+        for a, b in ((a, b) for a in range(len(objs)) for b in range(len(objs)) if a != b):
+            if means[a] is not None and means[b] is not None and objs[a].center[0] != objs[b].center[0]:
+                pairs.append((torch.cat([means[a], means[b]]), int(objs[a].center[0] < objs[b].center[0])))
+    out = {}
+    for task, items in (("patch row", rows), ("patch column", cols), ("object region (3 x 3)", regions),
+                        ("pair: left of the other", pairs)):
+        x = torch.stack([f for f, _ in items]) if items else torch.empty(0)
+        out[task] = (x, torch.tensor([label for _, label in items], dtype=torch.long))
+    return out

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,7 @@ from pydantic import ConfigDict, Field, StringConstraints, ValidationError, fiel
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from ..core.errors import HW3Error, first_line, invalid
+from ..core.patches import PatchGrid
 from ..core.precision import Precision, store_frozen
 from ..core.weights import check_fit, check_tensors
 from . import peft as tuning
@@ -70,6 +71,10 @@ class CaptionerConfig:
     coverage_attention: bool = Field(False, description="cross-attention scores also see the attention each encoder "
                                      "token had at earlier positions, with a trained per-head weight starting at 0 "
                                      "(See et al. 2017's coverage mechanism)")
+    patch_position: Literal["off", "sincos"] = Field(
+        "off", description="where the decoder reads the encoder tokens, add each patch's place in the grid: "
+                           "sincos = a fixed 2-D sine-cosine code (DETR), so that what the cross-attention "
+                           "passes to a word says where it looked | off")
 
     @field_validator("peft")
     @classmethod
@@ -101,6 +106,7 @@ class Captioner(nn.Module):
                              f"coverage={cfg.coverage_attention} (load_decoder(coverage=...))")
         self.config = cfg
         self.encoder = encoder
+        self._position_codes: dict[tuple[int, int], torch.Tensor] = {}  # (S, C) -> `PatchGrid.position_code`
         enc_dim = encoder_dim or encoder.num_features
         self.encoder_dim = enc_dim
         self.proj = Projection(enc_dim, decoder.config.n_embd)  # (B, S, E) -> (B, S, C)
@@ -137,8 +143,19 @@ class Captioner(nn.Module):
         return None
 
     def cross_kv(self, feats: torch.Tensor):
-        """Per-layer cross-attention keys/values from encoder tokens (computed once per image)."""
-        return self.decoder.cross_kv(self.proj(feats.to(self.proj.weight.dtype)))
+        """Per-layer cross-attention keys/values from encoder tokens (computed once per image). With
+        `patch_position`, each projected token (B, S, C) gets its place in the patch grid added first: the
+        values, which are what a word receives, then carry where they come from, not only what is there."""
+        memory = self.proj(feats.to(self.proj.weight.dtype))  # (B, S, C)
+        if self.config.patch_position == "sincos":
+            memory = memory + self._position(memory.shape[1], memory.shape[2]).to(memory)
+        return self.decoder.cross_kv(memory)
+
+    def _position(self, n_tokens: int, dim: int) -> torch.Tensor:
+        """(S, C) the patch grid's position code, made once per token count (not a weight: not saved)."""
+        if (n_tokens, dim) not in self._position_codes:
+            self._position_codes[n_tokens, dim] = PatchGrid.of_tokens(n_tokens).position_code(dim)
+        return self._position_codes[n_tokens, dim]
 
     def forward(self, feats: torch.Tensor, input_ids: torch.Tensor, need_weights: bool = False,
                 packing: Packing | None = None):

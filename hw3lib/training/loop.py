@@ -274,11 +274,10 @@ class Trainer:
         ck = self.folder.read_resume()
         if ck is None:
             return
-        now = config_key(self.model, self.cfg)
-        if ck.get("config") != now:
+        changes = config_changes(ck.get("config"), self.model.config, self.cfg)
+        if changes:
             raise HW3Error(f"{self.folder.resume_path}: run folder holds a run with another configuration "
-                           f"({config_changes(ck.get('config'), now)}; use a new --out, or --force-new to start "
-                           "over)")
+                           f"({changes}; use a new --out, or --force-new to start over)")
         changed = changed_inputs(ck.get("inputs"), self.inputs)
         if changed:
             raise HW3Error(f"{self.folder.resume_path}: the run's inputs changed since it started ({', '.join(changed)}); "

@@ -39,21 +39,34 @@ def config_key(model, cfg) -> str:
     return json.dumps({"captioner": asdict(model.config), "train": asdict(cfg)}, sort_keys=True)
 
 
-def config_changes(recorded: str | None, now: str, shown: int = 6) -> str:
-    """Each setting that differs between two `config_key`s, "name old -> new" (section.name where the two
-    sections share a name), for a resume refusal to say what changed."""
+def same_settings(stored, cfg) -> bool:
+    """Is a stored table of settings (config.json, a resume state) the configuration `cfg`? A setting newer
+    than the run (absent from the stored table) counts as its default, which is what the run trained with."""
+    if not isinstance(stored, dict):
+        return False
+    return {**asdict(type(cfg)()), **stored} == asdict(cfg)
+
+
+def config_changes(recorded: str | None, captioner, train, shown: int = 6) -> str | None:
+    """What differs between the configuration a resume state recorded (`config_key`) and `captioner` /
+    `train` now: each setting "name old -> new" (section.name where the two sections share a name), a
+    setting newer than the run reading as its default (`same_settings`); None when nothing does."""
     try:
         old = json.loads(recorded) if isinstance(recorded, str) else None
     except json.JSONDecodeError:
         old = None
-    if not isinstance(old, dict):
+    if not isinstance(old, dict) or not all(isinstance(old.get(k), dict) for k in ("captioner", "train")):
         return "the resume state records no readable configuration"
-    new = json.loads(now)
+    now = {"captioner": captioner, "train": train}
+    if all(same_settings(old[k], cfg) for k, cfg in now.items()):
+        return None
+    new = json.loads(json.dumps({k: asdict(cfg) for k, cfg in now.items()}))
+    old = {k: {**asdict(type(cfg)()), **old[k]} for k, cfg in now.items()}
     flat_old, flat_new = _flatten(old), _flatten(new)
-    diffs = [f"{k} {json.dumps(flat_old.get(k, '(unset)'))} -> {json.dumps(flat_new.get(k, '(unset)'))}"
-             for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k, ...) != flat_new.get(k, ...)]
+    diffs = [f"{k} {json.dumps(flat_old[k])} -> {json.dumps(flat_new[k])}" for k in sorted(flat_new)
+             if flat_old.get(k) != flat_new[k]]
     more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
-    return "changed: " + "; ".join(diffs[:shown]) + more if diffs else "the same settings in another form"
+    return "changed: " + "; ".join(diffs[:shown]) + more
 
 
 def _flatten(config: dict) -> dict:
