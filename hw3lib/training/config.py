@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from ..core.errors import HW3Error, invalid
@@ -79,13 +79,18 @@ class TrainConfig:
         if self.eta_min > self.lr:
             raise ValueError(f"eta_min={self.eta_min} is above lr={self.lr}")
         self.controls  # noqa: B018 - the decoding controls check their own ranges
+        return self
+
+    @field_validator("flip_swaps")
+    @classmethod
+    def _word_pairs(cls, v: list[str]) -> list[str]:
         from .mirror import parse_swaps
 
         try:
-            parse_swaps(self.flip_swaps)
+            parse_swaps(v)
         except HW3Error as e:
             raise ValueError(str(e).removeprefix("flip_swaps: ")) from None
-        return self
+        return v
 
     @property
     def augment(self) -> bool:
