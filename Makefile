@@ -72,10 +72,10 @@ browser:
 test: venv browser
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
-# The tests that need no trained demo model, notebook or browser (tests/conftest.py marks the others).
+# The tests that need no trained demo model, notebook or browser and are not slow (tests/conftest.py marks them).
 test-fast: venv
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal \
-		-m "not trained and not notebook" $(PYTEST_ARGS)
+		-m "not trained and not notebook and not slow" $(PYTEST_ARGS)
 
 # Every benchmark, one at a time: build/bench/results.{json,md}, kept as docs/benchmarks.json, whose numbers
 # docs/benchmarks.md quotes in its generated block (tests/test_docs.py keeps the two equal).

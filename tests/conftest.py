@@ -19,14 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Tiers (timm's way): most tests run on tiny random models in milliseconds. A test that needs the models
 # the suite trains once (small_models and what builds on them) is marked `trained`, one that runs a
-# notebook or a browser `notebook`; `make test-fast` leaves both out, `make test` runs everything.
+# notebook or a browser `notebook`, one that takes more than a few seconds on its own `slow`; `make
+# test-fast` leaves the three out, `make test` runs everything. The markers are declared in pyproject.toml.
 TRAINED_FIXTURES = {"small_models", "small_run"}
 NOTEBOOK_MODULES = {"test_notebooks", "test_lab_browser"}
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "trained: needs the demo models the suite trains once (not in make test-fast)")
-    config.addinivalue_line("markers", "notebook: runs a notebook or a browser (not in make test-fast)")
 
 
 def pytest_collection_modifyitems(config, items):
