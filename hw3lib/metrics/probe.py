@@ -111,16 +111,15 @@ def _where(patches: torch.Tensor, objects: Sequence[Sequence[Obj]], grid: PatchG
     rows, cols, regions, pairs = [], [], [], []
     for n, objs in enumerate(objects):
         means = []
-        for o in objs:
+        for o in objs:  # every object covers at least one patch (`PatchGrid.covered`)
             covered = torch.from_numpy(grid.covered(o.box, (side, side)))
             idx = covered.nonzero().flatten()
             rows += [(patches[n, i], int(i) // grid.cols) for i in idx]
             cols += [(patches[n, i], int(i) % grid.cols) for i in idx]
-            means.append(patches[n, covered].mean(0) if len(idx) else None)
-            if len(idx):
-                regions.append((means[-1], REGIONS.index(region(o, side))))
+            means.append(patches[n, covered].mean(0))
+            regions.append((means[-1], REGIONS.index(region(o, side))))
         for a, b in ((a, b) for a in range(len(objs)) for b in range(len(objs)) if a != b):
-            if means[a] is not None and means[b] is not None and objs[a].center[0] != objs[b].center[0]:
+            if objs[a].center[0] != objs[b].center[0]:
                 pairs.append((torch.cat([means[a], means[b]]), int(objs[a].center[0] < objs[b].center[0])))
     out = {}
     for task, items in (("patch row", rows), ("patch column", cols), ("object region (3 x 3)", regions),

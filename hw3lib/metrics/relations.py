@@ -98,5 +98,5 @@ def relation_counts(predictions: Mapping[str, str], boxes: Mapping[str, Sequence
     """Every relation word together (`spatial_counts`' relation kinds, summed per image)."""
     by = spatial_counts(predictions, boxes, shapes, colors, None, split)
     keys = sorted(predictions)
-    return RelationCounts(keys, *(sum(getattr(by[w], f) for w in RELATION_WORDS) + np.zeros(len(keys), np.int64)
+    return RelationCounts(keys, *(sum((getattr(by[w], f) for w in RELATION_WORDS), np.zeros(len(keys), np.int64))
                                   for f in ("stated", "checkable", "true")))
